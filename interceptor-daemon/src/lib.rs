@@ -1,0 +1,15 @@
+//! interceptor: a node-level access-governance interceptor for machine identities.
+//!
+//! Data flows one way through the modules:
+//! `redirect` (kernel programs and maps) → `listener` (accept, recover the original
+//! destination, attribute to a cgroup via `cgroups`) → `forward` (upstream and byte
+//! pump). `config` feeds them all; `daemon` wires them; `testbed` builds real
+//! network-namespace + veth + cgroup "pods" for tests, the demo and benchmarks.
+pub mod cgroups;
+pub mod config;
+pub mod daemon;
+pub mod forward;
+pub mod listener;
+pub mod redirect;
+pub mod telemetry;
+pub mod testbed;

@@ -1,0 +1,213 @@
+//! Listener: accepts redirected connections, recovers what the kernel recorded
+//! about each (original destination, cgroup, pid, uid), attributes it to its
+//! cgroup and hands it to the protocol handler (TCP pass-through for now).
+//!
+//! A connection without a kernel record was not redirected by our programs (a
+//! direct connection to the listener, or a record already gone): it is refused,
+//! never forwarded somewhere guessed.
+
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use interceptor_common::OrigDst;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{cgroups::CgroupIndex, config::Config, forward, redirect::ConnTable};
+
+/// Everything a connection needs from the daemon; shared by all tasks.
+pub struct Shared {
+    pub cfg: Config,
+    pub node: String,
+    pub conns: ConnTable,
+    pub cgroups: Arc<CgroupIndex>,
+    pub next_id: AtomicU64,
+}
+
+/// What is known about one redirected connection.
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    pub id: u64,
+    pub client: SocketAddr,
+    pub orig_dst: SocketAddr,
+    pub target: String,
+    pub cgroup_id: u64,
+    /// cgroup path relative to the cgroup root (`None` if it vanished already).
+    pub cgroup: Option<String>,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// False when the cgroup turned out not to be selected (it was intercepted
+    /// only because it was too new to be classified): the connection is passed
+    /// through untouched.
+    pub selected: bool,
+}
+
+fn ip_from16(a: [u8; 16]) -> IpAddr {
+    Ipv6Addr::from(a).to_canonical()
+}
+
+/// Binds every configured listener address.
+pub async fn bind(cfg: &Config) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in cfg.listen_addrs() {
+        let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        sock.set_reuseaddr(true)?;
+        if addr.is_ipv6() {
+            socket2::SockRef::from(&sock).set_only_v6(true)?;
+        }
+        sock.bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding listener {addr}: {e}")))?;
+        out.push(sock.listen(4096)?);
+    }
+    Ok(out)
+}
+
+/// Accepts until `stop` is cancelled; connection tasks are tracked in `tasks`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken, tasks: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let shared = shared.clone();
+                let stop = stop.clone();
+                tasks.spawn(async move { handle(stream, peer, shared, stop).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn lookup_record(shared: &Shared, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+    // The client's sockops program writes the record before it sends the final
+    // handshake ACK, so it is normally there; a short retry covers scheduling.
+    for attempt in 0..3 {
+        if let Some(o) = shared.conns.lookup(peer, local) {
+            return Some(o);
+        }
+        tokio::time::sleep(Duration::from_millis(1 << attempt)).await;
+    }
+    None
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: CancellationToken) {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let local = match stream.local_addr() {
+        Ok(l) => l,
+        Err(_) => return,
+    };
+    let Some(orig) = lookup_record(&shared, peer, local).await else {
+        warn!(conn_id = id, client = %peer, "refusing a connection that has no redirect record");
+        forward::reset(stream);
+        return;
+    };
+    let orig_dst = SocketAddr::new(ip_from16(orig.addr), orig.port);
+    let target = shared
+        .cfg
+        .targets
+        .get(orig.target_id as usize)
+        .map(|t| t.name.clone())
+        .unwrap_or_else(|| format!("#{}", orig.target_id));
+    let index = shared.cgroups.clone();
+    let cg = tokio::task::spawn_blocking(move || index.lookup(orig.cgroup_id)).await.ok().flatten();
+    let meta = ConnMeta {
+        id,
+        client: peer,
+        orig_dst,
+        target,
+        cgroup_id: orig.cgroup_id,
+        // A cgroup unknown even after a rescan is gone already; the kernel only
+        // redirects from selected or not yet classified cgroups: treat as selected.
+        selected: cg.as_ref().is_none_or(|c| c.selected),
+        cgroup: cg.map(|c| c.path),
+        pid: orig.pid,
+        uid: orig.uid,
+        gid: orig.gid,
+    };
+    let span = info_span!(
+        "conn",
+        conn_id = meta.id,
+        target_name = %meta.target,
+        orig_dst = %meta.orig_dst,
+        cgroup_id = meta.cgroup_id,
+    );
+    async move {
+        tokio::select! {
+            _ = passthrough(stream, &meta, &shared) => {}
+            _ = wait_for_shutdown(&stop, &shared) => {
+                info!("closing connection: daemon shutting down");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn wait_for_shutdown(stop: &CancellationToken, shared: &Shared) {
+    stop.cancelled().await;
+    tokio::time::sleep(Duration::from_millis(shared.cfg.proxy.shutdown_grace_ms)).await;
+}
+
+async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    debug!(client = %meta.client, pid = meta.pid, "accepted");
+    let mut upstream = match forward::connect_upstream(
+        meta.orig_dst,
+        shared.cfg.redirect.socket_mark,
+        Duration::from_millis(shared.cfg.proxy.connect_timeout_ms),
+    )
+    .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(
+                client = %meta.client,
+                cgroup = meta.cgroup.as_deref().unwrap_or("?"),
+                pid = meta.pid,
+                error = %e,
+                "upstream connect failed; resetting the client"
+            );
+            forward::reset(client);
+            return;
+        }
+    };
+    let result = forward::pump(&mut client, &mut upstream, shared.cfg.proxy.buffer_bytes).await;
+    let (bytes_up, bytes_down, error) = match &result {
+        Ok(t) => (t.up, t.down, None),
+        Err(e) => (0, 0, Some(e.to_string())),
+    };
+    info!(
+        conn_id = meta.id,
+        target_name = %meta.target,
+        orig_dst = %meta.orig_dst,
+        cgroup_id = meta.cgroup_id,
+        node = %shared.node,
+        client = %meta.client,
+        cgroup = meta.cgroup.as_deref().unwrap_or("?"),
+        selected = meta.selected,
+        pid = meta.pid,
+        uid = meta.uid,
+        gid = meta.gid,
+        protocol = "tcp",
+        bytes_up,
+        bytes_down,
+        duration_ms = started.elapsed().as_millis() as u64,
+        error = error.as_deref().unwrap_or(""),
+        "connection closed"
+    );
+}

@@ -1,0 +1,160 @@
+//! The `interceptor` binary: daemon and CLI.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use interceptor_daemon::{
+    config::Config,
+    daemon,
+    redirect::{self, PinnedView},
+    telemetry::{self, LogFormat},
+};
+
+#[derive(Parser)]
+#[command(name = "interceptor", version, about = "Node-level access-governance interceptor for machine identities")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "INTERCEPTOR_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: attach the programs and serve redirected connections.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove the programs a stopped fail-closed daemon left attached.
+    Detach {
+        #[command(flatten)]
+        pins: PinsArg,
+    },
+    /// Kernel counters and live redirected connections, from the pinned maps.
+    Status {
+        #[command(flatten)]
+        pins: PinsArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct PinsArg {
+    /// Daemon configuration (its redirect.pin_dir is used).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The bpffs pin directory directly.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+}
+
+impl PinsArg {
+    fn pin_dir(&self) -> anyhow::Result<PathBuf> {
+        match (&self.pin_dir, &self.config) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(c)) => Ok(Config::load(c)?.redirect.pin_dir),
+            (None, None) => anyhow::bail!("give --config or --pin-dir"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file (exit 0 when valid, 2 when not).
+    Check { file: PathBuf },
+    /// Print an annotated example configuration.
+    Example,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("interceptor: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("interceptor: invalid configuration: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("interceptor")
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(daemon::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach { pins } => {
+            let dir = pins.pin_dir()?;
+            let n = redirect::remove_pins(&dir);
+            println!("removed {n} pins under {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { pins, json } => {
+            let dir = pins.pin_dir()?;
+            let view = PinnedView::open(&dir)
+                .with_context(|| format!("no running interceptor found at {}", dir.display()))?;
+            let counters: serde_json::Map<String, serde_json::Value> = redirect::stat_names()
+                .iter()
+                .map(|(i, n)| (n.to_string(), view.stats.get(*i).into()))
+                .collect();
+            let links = PinnedView::pinned_links(&dir);
+            let live = view.conns.len();
+            if json {
+                let v = serde_json::json!({
+                    "pin_dir": dir,
+                    "pinned_links": links,
+                    "live_connections": live,
+                    "classified_cgroups": view.cgroups,
+                    "kernel_counters": counters,
+                });
+                println!("{v}");
+            } else {
+                println!("pin dir:             {}", dir.display());
+                println!("pinned links:        {}", if links.is_empty() { "none".into() } else { links.join(", ") });
+                println!("live connections:    {live}");
+                println!("classified cgroups:  {}", view.cgroups);
+                for (k, v) in counters {
+                    println!("{k:<21}{v}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { command: ConfigCommand::Check { file } } => match Config::load(&file) {
+            Ok(c) => {
+                println!("{}: valid ({} targets, {} cgroup selectors)", file.display(), c.targets.len(), c.redirect.select_cgroups.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Config { command: ConfigCommand::Example } => {
+            print!("{}", interceptor_daemon::config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

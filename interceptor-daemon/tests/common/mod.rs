@@ -1,0 +1,306 @@
+//! Shared harness of the privileged integration tests: a lab (real netns + veth
+//! + cgroup pods), the real daemon binary, and the probe as client and server.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use interceptor_daemon::testbed::{self, Lab, Pod};
+use serde_json::Value;
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_interceptor");
+pub const PROBE: &str = env!("CARGO_BIN_EXE_interceptor-probe");
+
+/// Returns false (after printing why) when a privileged test cannot run here.
+/// With INTERCEPTOR_REQUIRE_PRIVILEGED set (CI does), it fails instead, so a
+/// privileged test can never pass by being skipped.
+pub fn privileged(test: &str) -> bool {
+    match testbed::missing_privileges() {
+        None => {
+            assert_bpffs();
+            true
+        }
+        Some(why) => {
+            if std::env::var_os("INTERCEPTOR_REQUIRE_PRIVILEGED").is_some() {
+                panic!("{test}: privileged test cannot run: {why}, and INTERCEPTOR_REQUIRE_PRIVILEGED is set");
+            }
+            eprintln!("SKIPPED {test}: {why}. Run the tests as root (`sudo -E cargo xtask test`) to include it.");
+            false
+        }
+    }
+}
+
+fn assert_bpffs() {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    assert!(
+        mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")),
+        "bpffs is not mounted at /sys/fs/bpf: run `mount -t bpf bpf /sys/fs/bpf` (cargo xtask test does)"
+    );
+}
+
+/// Scratch directory for one test's files.
+pub fn scratch(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("interceptor-test-{}-{test}", std::process::id()));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct DaemonOpts {
+    pub select: Vec<String>,
+    pub destinations: Vec<String>,
+    pub fail_mode: &'static str,
+    pub with_v6: bool,
+    pub extra_targets: String,
+}
+
+impl Default for DaemonOpts {
+    fn default() -> Self {
+        Self {
+            select: vec!["pods/*".into()],
+            destinations: vec![],
+            fail_mode: "closed",
+            with_v6: true,
+            extra_targets: String::new(),
+        }
+    }
+}
+
+pub fn pin_dir(lab: &Lab) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/interceptor-lab-{}", lab.slot))
+}
+
+pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
+    let v6 = if o.with_v6 { format!("  address_v6: \"[{}]:15001\"\n", lab.node_v6(1)) } else { String::new() };
+    let select: Vec<String> = o.select.iter().map(|s| format!("\"{s}\"")).collect();
+    let dests: Vec<String> = o.destinations.iter().map(|s| format!("\"{s}\"")).collect();
+    let text = format!(
+        "node_name: lab-node\nlistener:\n  address: {}:15001\n{v6}redirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [{}]\n  fail_mode: {}\n  rescan_interval_ms: 200\nproxy:\n  shutdown_grace_ms: 200\ntargets:\n  - name: svc\n    destinations: [{}]\n{}",
+        lab.node_v4(1),
+        lab.cgroup_dir.display(),
+        pin_dir(lab).display(),
+        select.join(", "),
+        o.fail_mode,
+        dests.join(", "),
+        o.extra_targets,
+    );
+    let path = dir.join("config.yaml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// The real daemon binary, logging JSON lines to a file.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, dir: &Path) -> Daemon {
+        Self::start_with(Command::new(DAEMON), config, dir)
+    }
+
+    pub fn start_with(mut cmd: Command, config: &Path, dir: &Path) -> Daemon {
+        let log = dir.join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
+        let child = cmd
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn daemon");
+        let mut d = Daemon { child: Some(child), log, config: config.into() };
+        d.wait_for("interceptor ready", Duration::from_secs(20));
+        d
+    }
+
+    pub fn lines(&self) -> Vec<Value> {
+        let f = match fs::File::open(&self.log) {
+            Ok(f) => f,
+            Err(_) => return vec![],
+        };
+        BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+    }
+
+    pub fn raw_log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, message: &str, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.lines().iter().any(|l| l["message"] == message) {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("daemon exited ({status}) before `{message}`:\n{}", self.raw_log());
+                }
+            }
+            assert!(start.elapsed() < timeout, "daemon did not log `{message}` in {timeout:?}:\n{}", self.raw_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// "connection closed" records, waiting until at least `n` are there.
+    pub fn records(&self, n: usize) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let r: Vec<Value> = self.lines().into_iter().filter(|l| l["message"] == "connection closed").collect();
+            if r.len() >= n || start.elapsed() > Duration::from_secs(10) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = c.kill();
+                panic!("daemon did not exit after SIGTERM:\n{}", self.raw_log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: what a crash looks like to the kernel.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// A probe server in the host namespace (a "service" on a node address).
+pub struct Server {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Server {
+    pub fn start(addr: SocketAddr, send: u64, dir: &Path, extra: &[&str]) -> Server {
+        let ready = dir.join(format!("ready-{}-{}", addr.port(), rand_suffix()));
+        let out = dir.join(format!("server-{}-{}.jsonl", addr.port(), rand_suffix()));
+        let child = Command::new(PROBE)
+            .args(["serve", &addr.to_string(), "--send", &send.to_string(), "--ready-file"])
+            .arg(&ready)
+            .args(extra)
+            .stdout(fs::File::create(&out).unwrap())
+            .spawn()
+            .expect("spawn probe server");
+        let start = Instant::now();
+        while !ready.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "probe server on {addr} did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Server { child, out }
+    }
+
+    /// Per-connection reports, waiting until at least `n` are there.
+    pub fn reports(&self, n: usize) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let r: Vec<Value> = fs::read_to_string(&self.out)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if r.len() >= n || start.elapsed() > Duration::from_secs(30) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the probe inside a pod; returns its JSON report and its pid.
+pub fn probe_in_pod(pod: &Pod, args: &[&str]) -> (Value, u32) {
+    let child = pod
+        .command(PROBE)
+        .expect("pod command")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn probe in pod");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("probe output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!("probe printed no JSON ({e}): stdout={text} stderr={}", String::from_utf8_lossy(&out.stderr))
+    });
+    (v, pid)
+}
+
+/// Spawns the probe inside a pod without waiting.
+pub fn spawn_probe_in_pod(pod: &Pod, args: &[&str]) -> Child {
+    pod.command(PROBE)
+        .expect("pod command")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn probe in pod")
+}
+
+pub fn finish(child: Child) -> (Value, u32) {
+    let pid = child.id();
+    let out = child.wait_with_output().expect("probe output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    (serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {text}")), pid)
+}
+
+/// `interceptor status --json` for the lab's pin directory.
+pub fn status(lab: &Lab) -> Value {
+    let out = Command::new(DAEMON)
+        .args(["status", "--json", "--pin-dir"])
+        .arg(pin_dir(lab))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn record_for<'a>(records: &'a [Value], orig_dst: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["orig_dst"] == orig_dst).collect()
+}
