@@ -7,9 +7,10 @@
 //!
 //! * a cgroup a glob matches is `SELECTED` (its subtree inherits it in the kernel);
 //! * the fixed directory above a glob (`kubepods.slice` for
-//!   `kubepods.slice/*/pod*.slice`) is `PENDING`: a cgroup created below it after
-//!   the last scan is intercepted at its very first connection, and the daemon
-//!   classifies it then;
+//!   `kubepods.slice/*/pod*.slice`, or its deepest existing ancestor while it does
+//!   not exist yet; likewise for a literal path not created yet) is `PENDING`: a
+//!   cgroup created below it after the last scan is intercepted at its very first
+//!   connection, and the daemon classifies it then;
 //! * other cgroups below such a directory are `EXCLUDED`, so they reach their
 //!   destinations directly.
 //!
@@ -86,14 +87,36 @@ fn walk(root: &Path, start: &str, out: &mut Vec<(u64, String)>) {
     }
 }
 
-/// Classifies a set of (id, path) pairs against the selection globs.
-pub fn classify(globs: &[CgroupGlob], found: &[(u64, String)]) -> HashMap<u64, CgroupInfo> {
+/// Where each glob's future matches can appear: the deepest existing directory
+/// on the glob's fixed prefix. It is PENDING (its unclassified descendants are
+/// intercepted) unless the glob is a literal path that already exists.
+fn anchors(root: &Path, globs: &[CgroupGlob]) -> Vec<(String, bool)> {
+    globs
+        .iter()
+        .map(|g| {
+            let mut anchor = String::new();
+            for comp in g.fixed_prefix.split('/').filter(|c| !c.is_empty()) {
+                let next = if anchor.is_empty() { comp.to_string() } else { format!("{anchor}/{comp}") };
+                if !root.join(&next).is_dir() {
+                    break;
+                }
+                anchor = next;
+            }
+            let pending = !(g.is_literal() && anchor == g.pattern);
+            (anchor, pending)
+        })
+        .collect()
+}
+
+/// Classifies a set of (id, path) pairs against the selection globs, given the
+/// PENDING directories.
+pub fn classify(globs: &[CgroupGlob], pending: &[String], found: &[(u64, String)]) -> HashMap<u64, CgroupInfo> {
     let selected_paths: Vec<&str> = found
         .iter()
         .filter(|(_, p)| globs.iter().any(|g| g.matcher.is_match(p)))
         .map(|(_, p)| p.as_str())
         .collect();
-    let pending: Vec<&str> = globs.iter().filter(|g| !g.is_literal()).map(|g| g.fixed_prefix.as_str()).collect();
+    let pending: Vec<&str> = pending.iter().map(String::as_str).collect();
     let under = |p: &str, dir: &str| dir.is_empty() || p == dir || p.starts_with(&format!("{dir}/"));
     found
         .iter()
@@ -137,10 +160,12 @@ impl CgroupIndex {
     pub fn refresh(&self) -> (usize, usize) {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let mut found = Vec::new();
-        let mut starts: Vec<&str> = self.globs.iter().map(|g| g.fixed_prefix.as_str()).collect();
+        let anchors = anchors(&self.root, &self.globs);
+        let pending: Vec<String> = anchors.iter().filter(|(_, p)| *p).map(|(a, _)| a.clone()).collect();
+        let mut starts: Vec<&str> = anchors.iter().map(|(a, _)| a.as_str()).collect();
         starts.sort();
         starts.dedup();
-        // A prefix inside another prefix would be walked twice.
+        // A directory inside another start would be walked twice.
         let starts: Vec<&str> = starts
             .iter()
             .copied()
@@ -149,7 +174,7 @@ impl CgroupIndex {
         for s in starts {
             walk(&self.root, s, &mut found);
         }
-        let next = classify(&self.globs, &found);
+        let next = classify(&self.globs, &pending, &found);
         let mut changed = 0;
         {
             let known = self.known.read().unwrap_or_else(|p| p.into_inner());
@@ -222,13 +247,13 @@ mod tests {
         .iter()
         .map(|(i, p)| (*i, p.to_string()))
         .collect();
-        let c = classify(&g, &found);
+        let c = classify(&g, &["kubepods.slice".to_string()], &found);
         let class = |id: u64| (c[&id].class, c[&id].selected);
         assert_eq!(class(1), (cgroup_class::PENDING, false));
         assert_eq!(class(2), (cgroup_class::EXCLUDED, false));
         assert_eq!(class(3), (cgroup_class::SELECTED, true));
         assert_eq!(class(4), (0, true), "containers inherit their pod's selection");
-        assert_eq!(class(5), (0, false), "a literal path adds no pending prefix");
+        assert_eq!(class(5), (0, false), "an existing literal path adds no pending prefix");
         assert_eq!(class(6), (cgroup_class::SELECTED, true));
         assert_eq!(class(7), (0, false));
         assert_eq!(class(8), (0, false));
@@ -270,5 +295,14 @@ mod tests {
         assert_eq!(sink.lock().unwrap().get(&b), None);
         let other = cgroup_id(&root.join("other")).unwrap();
         assert_eq!(idx.lookup(other), None, "outside every prefix: not indexed");
+    }
+
+    #[test]
+    fn missing_prefix_is_pending_at_its_nearest_ancestor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("kubepods")).unwrap();
+        let a = anchors(root, &globs(&["kubepods/burstable/pod*", "kubepods", "later/pod-x"]));
+        assert_eq!(a, vec![("kubepods".into(), true), ("kubepods".into(), false), ("".into(), true)]);
     }
 }

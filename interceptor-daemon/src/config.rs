@@ -334,13 +334,14 @@ impl Config {
 
     /// Parses and validates configuration text; the error names line and column.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let cfg: Config = serde_yaml::from_str(text).map_err(|e| describe_yaml_error(&e))?;
+        let cfg: Config = serde_yaml::from_str(text).map_err(|e| describe_yaml_error(&e, text))?;
         cfg.validate(text)?;
         Ok(cfg)
     }
 
     fn validate(&self, text: &str) -> Result<(), String> {
-        let at = |needle: &str| line_of(text, needle).map(|l| format!("line {l}: ")).unwrap_or_default();
+        let at_nth = |needle: &str, n: usize| line_of(text, needle, n).map(|l| format!("line {l}: ")).unwrap_or_default();
+        let at = |needle: &str| at_nth(needle, 0);
         if self.targets.is_empty() {
             return Err(format!("{}targets: at least one target is needed", at("targets")));
         }
@@ -355,11 +356,14 @@ impl Config {
             if t.name.trim().is_empty() {
                 return Err(format!("targets[{i}]: name is empty"));
             }
+            // The n-th target of a name is the n-th `name: X` line.
+            let nth = self.targets[..i].iter().filter(|o| o.name == t.name).count();
+            let here = at_nth(&format!("name: {}", t.name), nth);
             if seen.insert(t.name.as_str(), i).is_some() {
-                return Err(format!("{}targets[{i}]: duplicate target name `{}`", at(&format!("name: {}", t.name)), t.name));
+                return Err(format!("{here}targets[{i}]: duplicate target name `{}`", t.name));
             }
             if t.destinations.is_empty() {
-                return Err(format!("{}targets[{i}] ({}): no destinations", at(&format!("name: {}", t.name)), t.name));
+                return Err(format!("{here}targets[{i}] ({}): no destinations", t.name));
             }
             for d in &t.destinations {
                 if d.net.addr() == IpAddr::V4(*self.listener.address.ip())
@@ -413,25 +417,30 @@ impl Config {
     }
 }
 
-fn describe_yaml_error(e: &serde_yaml::Error) -> String {
-    // serde_yaml puts "at line L column C" into the message; restate it first so
-    // the place is the first thing a reader sees.
-    match e.location() {
-        Some(loc) => {
-            let msg = e.to_string();
-            let msg = msg
-                .split(" at line ")
-                .next()
-                .unwrap_or(&msg)
-                .to_string();
-            format!("line {}, column {}: {msg}", loc.line(), loc.column())
+fn describe_yaml_error(e: &serde_yaml::Error, text: &str) -> String {
+    let msg = e.to_string();
+    // serde_yaml appends "at line L column C"; restate the place first.
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    let Some(loc) = e.location() else { return msg };
+    let (mut line, mut column) = (loc.line(), loc.column());
+    // For a bad element of a list serde_yaml points at the list; our own value
+    // errors quote the value in backticks, so find the line that holds it.
+    if let Some(value) = msg.split('`').nth(1).filter(|v| !v.is_empty()) {
+        if let Some((i, col)) = text
+            .lines()
+            .enumerate()
+            .skip(line.saturating_sub(1))
+            .find_map(|(i, l)| l.find(value).map(|c| (i, c)))
+        {
+            (line, column) = (i + 1, col + 1);
         }
-        None => e.to_string(),
     }
+    format!("line {line}, column {column}: {msg}")
 }
 
-fn line_of(text: &str, needle: &str) -> Option<usize> {
-    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+/// 1-based line of the `n`-th (0-based) line containing `needle`.
+fn line_of(text: &str, needle: &str, n: usize) -> Option<usize> {
+    text.lines().enumerate().filter(|(_, l)| l.contains(needle)).nth(n).map(|(i, _)| i + 1)
 }
 
 #[cfg(test)]
