@@ -156,7 +156,9 @@ pub struct ConnKey {
 /// `::ffff:a.b.c.d` from IPv4 octets.
 #[inline(always)]
 pub const fn v4_mapped(o: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
 }
 
 /// The IPv4 octets if `a` is IPv4-mapped.

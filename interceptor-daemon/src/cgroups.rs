@@ -67,8 +67,14 @@ pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
 fn walk(root: &Path, start: &str, out: &mut Vec<(u64, String)>) {
     let mut stack = vec![(start.to_string(), 0i32)];
     while let Some((rel, depth)) = stack.pop() {
-        let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
-        let Ok(meta) = std::fs::metadata(&dir) else { continue };
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
         if !meta.is_dir() {
             continue;
         }
@@ -76,11 +82,17 @@ fn walk(root: &Path, start: &str, out: &mut Vec<(u64, String)>) {
         if depth >= MAX_CGROUP_DEPTH {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
                 stack.push((child, depth + 1));
             }
         }
@@ -96,7 +108,11 @@ fn anchors(root: &Path, globs: &[CgroupGlob]) -> Vec<(String, bool)> {
         .map(|g| {
             let mut anchor = String::new();
             for comp in g.fixed_prefix.split('/').filter(|c| !c.is_empty()) {
-                let next = if anchor.is_empty() { comp.to_string() } else { format!("{anchor}/{comp}") };
+                let next = if anchor.is_empty() {
+                    comp.to_string()
+                } else {
+                    format!("{anchor}/{comp}")
+                };
                 if !root.join(&next).is_dir() {
                     break;
                 }
@@ -110,14 +126,19 @@ fn anchors(root: &Path, globs: &[CgroupGlob]) -> Vec<(String, bool)> {
 
 /// Classifies a set of (id, path) pairs against the selection globs, given the
 /// PENDING directories.
-pub fn classify(globs: &[CgroupGlob], pending: &[String], found: &[(u64, String)]) -> HashMap<u64, CgroupInfo> {
+pub fn classify(
+    globs: &[CgroupGlob],
+    pending: &[String],
+    found: &[(u64, String)],
+) -> HashMap<u64, CgroupInfo> {
     let selected_paths: Vec<&str> = found
         .iter()
         .filter(|(_, p)| globs.iter().any(|g| g.matcher.is_match(p)))
         .map(|(_, p)| p.as_str())
         .collect();
     let pending: Vec<&str> = pending.iter().map(String::as_str).collect();
-    let under = |p: &str, dir: &str| dir.is_empty() || p == dir || p.starts_with(&format!("{dir}/"));
+    let under =
+        |p: &str, dir: &str| dir.is_empty() || p == dir || p.starts_with(&format!("{dir}/"));
     found
         .iter()
         .map(|(id, p)| {
@@ -133,7 +154,14 @@ pub fn classify(globs: &[CgroupGlob], pending: &[String], found: &[(u64, String)
             } else {
                 0
             };
-            (*id, CgroupInfo { path: p.clone(), class, selected: inherited })
+            (
+                *id,
+                CgroupInfo {
+                    path: p.clone(),
+                    class,
+                    selected: inherited,
+                },
+            )
         })
         .collect()
 }
@@ -151,8 +179,15 @@ const RESCAN_ON_MISS_MIN: Duration = Duration::from_millis(20);
 
 impl CgroupIndex {
     pub fn new(root: PathBuf, globs: Vec<CgroupGlob>, sink: Box<dyn ClassSink>) -> Self {
-        let past = Instant::now().checked_sub(RESCAN_ON_MISS_MIN).unwrap_or_else(Instant::now);
-        Self { root, globs, known: RwLock::new(HashMap::new()), sink: Mutex::new((sink, past)) }
+        let past = Instant::now()
+            .checked_sub(RESCAN_ON_MISS_MIN)
+            .unwrap_or_else(Instant::now);
+        Self {
+            root,
+            globs,
+            known: RwLock::new(HashMap::new()),
+            sink: Mutex::new((sink, past)),
+        }
     }
 
     /// Rescans the tree and brings the kernel map in line. Returns
@@ -161,7 +196,11 @@ impl CgroupIndex {
         let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
         let mut found = Vec::new();
         let anchors = anchors(&self.root, &self.globs);
-        let pending: Vec<String> = anchors.iter().filter(|(_, p)| *p).map(|(a, _)| a.clone()).collect();
+        let pending: Vec<String> = anchors
+            .iter()
+            .filter(|(_, p)| *p)
+            .map(|(a, _)| a.clone())
+            .collect();
         let mut starts: Vec<&str> = anchors.iter().map(|(a, _)| a.as_str()).collect();
         starts.sort();
         starts.dedup();
@@ -169,7 +208,11 @@ impl CgroupIndex {
         let starts: Vec<&str> = starts
             .iter()
             .copied()
-            .filter(|s| !starts.iter().any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/")))))
+            .filter(|s| {
+                !starts
+                    .iter()
+                    .any(|o| o != s && (o.is_empty() || s.starts_with(&format!("{o}/"))))
+            })
             .collect();
         for s in starts {
             walk(&self.root, s, &mut found);
@@ -205,7 +248,12 @@ impl CgroupIndex {
     /// What is known of a cgroup id; an unknown id triggers a (rate-limited)
     /// rescan, because it is usually a cgroup created since the last one.
     pub fn lookup(&self, id: u64) -> Option<CgroupInfo> {
-        if let Some(i) = self.known.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(i) = self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return Some(i.clone());
         }
         let due = {
@@ -215,7 +263,11 @@ impl CgroupIndex {
         if due {
             self.refresh();
         }
-        self.known.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub fn root(&self) -> &Path {
@@ -252,8 +304,16 @@ mod tests {
         assert_eq!(class(1), (cgroup_class::PENDING, false));
         assert_eq!(class(2), (cgroup_class::EXCLUDED, false));
         assert_eq!(class(3), (cgroup_class::SELECTED, true));
-        assert_eq!(class(4), (0, true), "containers inherit their pod's selection");
-        assert_eq!(class(5), (0, false), "an existing literal path adds no pending prefix");
+        assert_eq!(
+            class(4),
+            (0, true),
+            "containers inherit their pod's selection"
+        );
+        assert_eq!(
+            class(5),
+            (0, false),
+            "an existing literal path adds no pending prefix"
+        );
         assert_eq!(class(6), (cgroup_class::SELECTED, true));
         assert_eq!(class(7), (0, false));
         assert_eq!(class(8), (0, false));
@@ -276,12 +336,19 @@ mod tests {
         std::fs::create_dir_all(root.join("pods/a/c1")).unwrap();
         std::fs::create_dir_all(root.join("other")).unwrap();
         let sink = std::sync::Arc::new(Mutex::new(HashMap::new()));
-        let idx = CgroupIndex::new(root.into(), globs(&["pods/*"]), Box::new(Recorder(sink.clone())));
+        let idx = CgroupIndex::new(
+            root.into(),
+            globs(&["pods/*"]),
+            Box::new(Recorder(sink.clone())),
+        );
         idx.refresh();
         let a = cgroup_id(&root.join("pods/a")).unwrap();
         let pods = cgroup_id(&root.join("pods")).unwrap();
         assert_eq!(sink.lock().unwrap().get(&a), Some(&cgroup_class::SELECTED));
-        assert_eq!(sink.lock().unwrap().get(&pods), Some(&cgroup_class::PENDING));
+        assert_eq!(
+            sink.lock().unwrap().get(&pods),
+            Some(&cgroup_class::PENDING)
+        );
         // A pod created after the scan is found on lookup.
         std::fs::create_dir_all(root.join("pods/b")).unwrap();
         let b = cgroup_id(&root.join("pods/b")).unwrap();
@@ -302,7 +369,17 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         std::fs::create_dir_all(root.join("kubepods")).unwrap();
-        let a = anchors(root, &globs(&["kubepods/burstable/pod*", "kubepods", "later/pod-x"]));
-        assert_eq!(a, vec![("kubepods".into(), true), ("kubepods".into(), false), ("".into(), true)]);
+        let a = anchors(
+            root,
+            &globs(&["kubepods/burstable/pod*", "kubepods", "later/pod-x"]),
+        );
+        assert_eq!(
+            a,
+            vec![
+                ("kubepods".into(), true),
+                ("kubepods".into(), false),
+                ("".into(), true)
+            ]
+        );
     }
 }

@@ -27,7 +27,10 @@ pub const EXAMPLE: &str = include_str!("../config/example.yaml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -200,7 +203,10 @@ impl FromStr for Destination {
                 .ok_or_else(|| format!("`{s}`: missing `]`"))?;
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected `:PORT` after `]`"))?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("`{s}`: expected `:PORT` after `]`"))?,
+                ),
             };
             (inside, port)
         } else if s.matches(':').count() == 1 {
@@ -221,7 +227,10 @@ impl FromStr for Destination {
                 .parse()
                 .map_err(|_| format!("`{s}`: `{host}` is not an address range (CIDR)"))?;
             if net.trunc() != net {
-                return Err(format!("`{s}`: `{host}` has host bits set; did you mean `{}`?", net.trunc()));
+                return Err(format!(
+                    "`{s}`: `{host}` has host bits set; did you mean `{}`?",
+                    net.trunc()
+                ));
             }
             net
         } else {
@@ -262,10 +271,14 @@ impl FromStr for CgroupGlob {
     fn from_str(s: &str) -> Result<Self, String> {
         let pattern = s.trim().trim_matches('/').to_string();
         if pattern.is_empty() {
-            return Err("an empty cgroup selector would select the whole root; name the cgroups".into());
+            return Err(
+                "an empty cgroup selector would select the whole root; name the cgroups".into(),
+            );
         }
         if pattern.split('/').any(|c| c == ".." || c == ".") {
-            return Err(format!("`{s}`: `.` and `..` are not allowed in a cgroup selector"));
+            return Err(format!(
+                "`{s}`: `.` and `..` are not allowed in a cgroup selector"
+            ));
         }
         let glob = globset::GlobBuilder::new(&pattern)
             .literal_separator(true)
@@ -278,7 +291,11 @@ impl FromStr for CgroupGlob {
             }
             fixed.push(comp);
         }
-        Ok(CgroupGlob { matcher: glob.compile_matcher(), fixed_prefix: fixed.join("/"), pattern })
+        Ok(CgroupGlob {
+            matcher: glob.compile_matcher(),
+            fixed_prefix: fixed.join("/"),
+            pattern,
+        })
     }
 }
 
@@ -316,7 +333,9 @@ fn listen_v4<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddrV4, D::Error> 
 }
 
 fn listen_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddrV6>, D::Error> {
-    let Some(s) = Option::<String>::deserialize(d)? else { return Ok(None) };
+    let Some(s) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
     let a: SocketAddrV6 = s
         .parse()
         .map_err(|_| de::Error::custom(format!("`{s}` is not an [IPv6]:port")))?;
@@ -327,9 +346,14 @@ fn listen_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddrV6>, D:
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid { path: path.into(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })
     }
 
     /// Parses and validates configuration text; the error names line and column.
@@ -340,10 +364,17 @@ impl Config {
     }
 
     fn validate(&self, text: &str) -> Result<(), String> {
-        let at_nth = |needle: &str, n: usize| line_of(text, needle, n).map(|l| format!("line {l}: ")).unwrap_or_default();
+        let at_nth = |needle: &str, n: usize| {
+            line_of(text, needle, n)
+                .map(|l| format!("line {l}: "))
+                .unwrap_or_default()
+        };
         let at = |needle: &str| at_nth(needle, 0);
         if self.targets.is_empty() {
-            return Err(format!("{}targets: at least one target is needed", at("targets")));
+            return Err(format!(
+                "{}targets: at least one target is needed",
+                at("targets")
+            ));
         }
         if self.redirect.select_cgroups.is_empty() {
             return Err(format!(
@@ -357,10 +388,16 @@ impl Config {
                 return Err(format!("targets[{i}]: name is empty"));
             }
             // The n-th target of a name is the n-th `name: X` line.
-            let nth = self.targets[..i].iter().filter(|o| o.name == t.name).count();
+            let nth = self.targets[..i]
+                .iter()
+                .filter(|o| o.name == t.name)
+                .count();
             let here = at_nth(&format!("name: {}", t.name), nth);
             if seen.insert(t.name.as_str(), i).is_some() {
-                return Err(format!("{here}targets[{i}]: duplicate target name `{}`", t.name));
+                return Err(format!(
+                    "{here}targets[{i}]: duplicate target name `{}`",
+                    t.name
+                ));
             }
             if t.destinations.is_empty() {
                 return Err(format!("{here}targets[{i}] ({}): no destinations", t.name));
@@ -385,7 +422,9 @@ impl Config {
         for (i, (ta, a)) in all.iter().enumerate() {
             for (tb, b) in &all[i + 1..] {
                 if a == b {
-                    return Err(format!("destination {a} is listed twice (targets `{ta}` and `{tb}`)"));
+                    return Err(format!(
+                        "destination {a} is listed twice (targets `{ta}` and `{tb}`)"
+                    ));
                 }
             }
         }
@@ -425,22 +464,25 @@ fn describe_yaml_error(e: &serde_yaml::Error, text: &str) -> String {
     let (mut line, mut column) = (loc.line(), loc.column());
     // For a bad element of a list serde_yaml points at the list; our own value
     // errors quote the value in backticks, so find the line that holds it.
-    if let Some(value) = msg.split('`').nth(1).filter(|v| !v.is_empty()) {
-        if let Some((i, col)) = text
+    if let Some(value) = msg.split('`').nth(1).filter(|v| !v.is_empty())
+        && let Some((i, col)) = text
             .lines()
             .enumerate()
             .skip(line.saturating_sub(1))
             .find_map(|(i, l)| l.find(value).map(|c| (i, c)))
-        {
-            (line, column) = (i + 1, col + 1);
-        }
+    {
+        (line, column) = (i + 1, col + 1);
     }
     format!("line {line}, column {column}: {msg}")
 }
 
 /// 1-based line of the `n`-th (0-based) line containing `needle`.
 fn line_of(text: &str, needle: &str, n: usize) -> Option<usize> {
-    text.lines().enumerate().filter(|(_, l)| l.contains(needle)).nth(n).map(|(i, _)| i + 1)
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(n)
+        .map(|(i, _)| i + 1)
 }
 
 #[cfg(test)]
@@ -466,12 +508,21 @@ mod tests {
         assert_eq!((d.net.prefix_len(), d.port), (64, Some(80)));
         let d = dest("fd77::/64").unwrap();
         assert_eq!((d.net.prefix_len(), d.port), (64, None));
-        assert_eq!(dest("10.0.0.1/8").unwrap_err(), "`10.0.0.1/8`: `10.0.0.1/8` has host bits set; did you mean `10.0.0.0/8`?");
+        assert_eq!(
+            dest("10.0.0.1/8").unwrap_err(),
+            "`10.0.0.1/8`: `10.0.0.1/8` has host bits set; did you mean `10.0.0.0/8`?"
+        );
         assert!(dest("10.0.0.1:0").is_err());
         assert!(dest("10.0.0.1:99999").is_err());
         assert!(dest("db.example:5432").is_err());
         assert!(dest("[fd77::1").is_err());
-        for s in ["10.77.0.2:5432", "10.0.0.0/8", "10.0.0.0/8:6379", "[fd77::2]:80", "[fd77::/64]:80"] {
+        for s in [
+            "10.77.0.2:5432",
+            "10.0.0.0/8",
+            "10.0.0.0/8:6379",
+            "[fd77::2]:80",
+            "[fd77::/64]:80",
+        ] {
             assert_eq!(dest(s).unwrap().to_string(), s);
         }
     }
@@ -480,8 +531,15 @@ mod tests {
     fn globs_have_fixed_prefix() {
         let g: CgroupGlob = "kubepods.slice/*/kubepods-*-pod*.slice".parse().unwrap();
         assert_eq!(g.fixed_prefix, "kubepods.slice");
-        assert!(g.matcher.is_match("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice"));
-        assert!(!g.matcher.is_match("kubepods.slice/a/b/kubepods-x-pod1.slice"));
+        assert!(
+            g.matcher.is_match(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12.slice"
+            )
+        );
+        assert!(
+            !g.matcher
+                .is_match("kubepods.slice/a/b/kubepods-x-pod1.slice")
+        );
         let g: CgroupGlob = "/demo/pod-a/".parse().unwrap();
         assert!(g.is_literal());
         assert_eq!(g.pattern, "demo/pod-a");
@@ -513,11 +571,17 @@ mod tests {
 
         let bad = GOOD.replace("10.77.0.1:15001", "127.0.0.1:15001");
         let e = Config::parse(&bad).unwrap_err();
-        assert!(e.starts_with("line 2, column") && e.contains("loopback"), "{e}");
+        assert!(
+            e.starts_with("line 2, column") && e.contains("loopback"),
+            "{e}"
+        );
 
         let bad = GOOD.replace("select_cgroups", "select_cgroup");
         let e = Config::parse(&bad).unwrap_err();
-        assert!(e.contains("unknown field `select_cgroup`") && e.starts_with("line 5"), "{e}");
+        assert!(
+            e.contains("unknown field `select_cgroup`") && e.starts_with("line 5"),
+            "{e}"
+        );
 
         let bad = GOOD.replace("  - name: pg", "  - name: pg\n    protocol: smtp");
         let e = Config::parse(&bad).unwrap_err();
@@ -528,10 +592,17 @@ mod tests {
     fn semantic_errors() {
         let dup = format!("{GOOD}  - name: pg\n    destinations: [\"10.77.0.3:5432\"]\n");
         let e = Config::parse(&dup).unwrap_err();
-        assert!(e.contains("duplicate target name `pg`") && e.starts_with("line 9"), "{e}");
+        assert!(
+            e.contains("duplicate target name `pg`") && e.starts_with("line 9"),
+            "{e}"
+        );
         let twice = format!("{GOOD}  - name: pg2\n    destinations: [\"10.77.0.2:5432\"]\n");
         assert!(Config::parse(&twice).unwrap_err().contains("listed twice"));
         let itself = GOOD.replace("10.77.0.2:5432", "10.77.0.1/32");
-        assert!(Config::parse(&itself).unwrap_err().contains("listener itself"));
+        assert!(
+            Config::parse(&itself)
+                .unwrap_err()
+                .contains("listener itself")
+        );
     }
 }

@@ -22,7 +22,9 @@ use crate::{
 };
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let listeners = listener::bind(&cfg).await.context("starting the listener")?;
+    let listeners = listener::bind(&cfg)
+        .await
+        .context("starting the listener")?;
     let (loaded, handles) = Redirector::load(&cfg)?;
     let index = Arc::new(CgroupIndex::new(
         cfg.redirect.cgroup_root.clone(),
@@ -67,7 +69,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut accept_tasks = Vec::new();
     for l in listeners {
         info!(address = %l.local_addr()?, "listening");
-        accept_tasks.push(tokio::spawn(listener::serve(l, shared.clone(), stop.clone(), tasks.clone())));
+        accept_tasks.push(tokio::spawn(listener::serve(
+            l,
+            shared.clone(),
+            stop.clone(),
+            tasks.clone(),
+        )));
     }
     info!(node = %shared.node, targets = cfg.targets.len(), "interceptor ready");
 
@@ -77,7 +84,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    info!(signal = which, "shutting down: detaching programs, draining connections");
+    info!(
+        signal = which,
+        "shutting down: detaching programs, draining connections"
+    );
     stop.cancel();
     for t in accept_tasks {
         let _ = t.await;

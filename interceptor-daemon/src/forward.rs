@@ -8,12 +8,25 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// Connects to the original destination. The socket carries `mark` before it
 /// connects, so the kernel programs never redirect the daemon's own connection.
-pub async fn connect_upstream(dst: SocketAddr, mark: u32, timeout: Duration) -> io::Result<TcpStream> {
-    let sock = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub async fn connect_upstream(
+    dst: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let sock = if dst.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket2::SockRef::from(&sock).set_mark(mark)?;
     let stream = tokio::time::timeout(timeout, sock.connect(dst))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out")))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {dst} timed out"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
@@ -29,8 +42,13 @@ pub struct Transferred {
 /// on (EOF from one side becomes a write shutdown on the other while the other
 /// direction keeps flowing); a slow reader slows its writer, since each
 /// direction has one bounded buffer and writes before it reads again.
-pub async fn pump(client: &mut TcpStream, upstream: &mut TcpStream, buffer: usize) -> io::Result<Transferred> {
-    let (up, down) = tokio::io::copy_bidirectional_with_sizes(client, upstream, buffer, buffer).await?;
+pub async fn pump(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    buffer: usize,
+) -> io::Result<Transferred> {
+    let (up, down) =
+        tokio::io::copy_bidirectional_with_sizes(client, upstream, buffer, buffer).await?;
     Ok(Transferred { up, down })
 }
 

@@ -58,7 +58,11 @@ fn ip_from16(a: [u8; 16]) -> IpAddr {
 pub async fn bind(cfg: &Config) -> std::io::Result<Vec<TcpListener>> {
     let mut out = Vec::new();
     for addr in cfg.listen_addrs() {
-        let sock = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
         sock.set_reuseaddr(true)?;
         if addr.is_ipv6() {
             socket2::SockRef::from(&sock).set_only_v6(true)?;
@@ -71,7 +75,12 @@ pub async fn bind(cfg: &Config) -> std::io::Result<Vec<TcpListener>> {
 }
 
 /// Accepts until `stop` is cancelled; connection tasks are tracked in `tasks`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken, tasks: TaskTracker) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -123,7 +132,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: 
         .map(|t| t.name.clone())
         .unwrap_or_else(|| format!("#{}", orig.target_id));
     let index = shared.cgroups.clone();
-    let cg = tokio::task::spawn_blocking(move || index.lookup(orig.cgroup_id)).await.ok().flatten();
+    let cg = tokio::task::spawn_blocking(move || index.lookup(orig.cgroup_id))
+        .await
+        .ok()
+        .flatten();
     let meta = ConnMeta {
         id,
         client: peer,

@@ -12,10 +12,20 @@ use interceptor_daemon::{
 };
 
 #[derive(Parser)]
-#[command(name = "interceptor", version, about = "Node-level access-governance interceptor for machine identities")]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Node-level access-governance interceptor for machine identities"
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "INTERCEPTOR_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "INTERCEPTOR_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -133,18 +143,32 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 println!("{v}");
             } else {
                 println!("pin dir:             {}", dir.display());
-                println!("pinned links:        {}", if links.is_empty() { "none".into() } else { links.join(", ") });
+                println!(
+                    "pinned links:        {}",
+                    if links.is_empty() {
+                        "none".into()
+                    } else {
+                        links.join(", ")
+                    }
+                );
                 println!("live connections:    {live}");
                 println!("classified cgroups:  {}", view.cgroups);
-                for (k, v) in counters {
-                    println!("{k:<21}{v}");
+                for (i, name) in redirect::stat_names() {
+                    println!("{name:<21}{}", view.stats.get(i));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config { command: ConfigCommand::Check { file } } => match Config::load(&file) {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => match Config::load(&file) {
             Ok(c) => {
-                println!("{}: valid ({} targets, {} cgroup selectors)", file.display(), c.targets.len(), c.redirect.select_cgroups.len());
+                println!(
+                    "{}: valid ({} targets, {} cgroup selectors)",
+                    file.display(),
+                    c.targets.len(),
+                    c.redirect.select_cgroups.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -152,7 +176,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
-        Command::Config { command: ConfigCommand::Example } => {
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
             print!("{}", interceptor_daemon::config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
         }

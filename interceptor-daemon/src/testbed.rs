@@ -106,7 +106,8 @@ impl Lab {
             .find_map(|s| {
                 let f = File::create(lock_dir.join(format!("slot-{s}.lock"))).ok()?;
                 // SAFETY: valid fd owned by `f`.
-                (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0).then_some((s, f))
+                (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
+                    .then_some((s, f))
             })
             .ok_or_else(|| io::Error::other("all lab slots are busy"))?;
         let lab = Lab {
@@ -121,10 +122,32 @@ impl Lab {
         std::fs::create_dir_all(&lab.cgroup_dir)?;
         // The "node" interface: a veth pair kept in the host namespace (this
         // kernel may have no dummy driver); only the first end carries addresses.
-        ip(&["link", "add", &lab.dummy, "type", "veth", "peer", "name", &format!("icl{slot}nodx")])?;
+        ip(&[
+            "link",
+            "add",
+            &lab.dummy,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("icl{slot}nodx"),
+        ])?;
         for h in 1..=3u8 {
-            ip(&["addr", "add", &format!("{}/32", lab.node_v4(h)), "dev", &lab.dummy])?;
-            ip(&["addr", "add", &format!("{}/128", lab.node_v6(h)), "dev", &lab.dummy, "nodad"])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/32", lab.node_v4(h)),
+                "dev",
+                &lab.dummy,
+            ])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/128", lab.node_v6(h)),
+                "dev",
+                &lab.dummy,
+                "nodad",
+            ])?;
         }
         ip(&["link", "set", &lab.dummy, "up"])?;
         ip(&["link", "set", &format!("icl{slot}nodx"), "up"])?;
@@ -152,8 +175,26 @@ impl Lab {
         let pod_if = format!("icl{}p{i}", self.slot);
         let host_v4 = Ipv4Addr::new(10, 77, self.slot, 16 + 4 * i + 1);
         let v4 = Ipv4Addr::new(10, 77, self.slot, 16 + 4 * i + 2);
-        let host_v6 = Ipv6Addr::new(0xfd77, u16::from(self.slot), u16::from(i) + 1, 0, 0, 0, 0, 1);
-        let v6 = Ipv6Addr::new(0xfd77, u16::from(self.slot), u16::from(i) + 1, 0, 0, 0, 0, 2);
+        let host_v6 = Ipv6Addr::new(
+            0xfd77,
+            u16::from(self.slot),
+            u16::from(i) + 1,
+            0,
+            0,
+            0,
+            0,
+            1,
+        );
+        let v6 = Ipv6Addr::new(
+            0xfd77,
+            u16::from(self.slot),
+            u16::from(i) + 1,
+            0,
+            0,
+            0,
+            0,
+            2,
+        );
         let cgroup = self.cgroup_dir.join(cgroup_rel);
         std::fs::create_dir_all(&cgroup)?;
         let cgroup_id = crate::cgroups::cgroup_id(&cgroup)?;
@@ -170,9 +211,18 @@ impl Lab {
         };
         self.pods.push(pod.clone());
         ip(&["netns", "add", &netns])?;
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &netns])?;
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &netns,
+        ])?;
         ip(&["addr", "add", &format!("{host_v4}/30"), "dev", &host_if])?;
-        ip(&["addr", "add", &format!("{host_v6}/64"), "dev", &host_if, "nodad"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{host_v6}/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ])?;
         ip(&["link", "set", &host_if, "up"])?;
         let n = |args: &[&str]| {
             let mut v = vec!["-n", netns.as_str()];
@@ -184,8 +234,21 @@ impl Lab {
         n(&["addr", "add", &format!("{v6}/64"), "dev", &pod_if, "nodad"])?;
         n(&["link", "set", &pod_if, "up"])?;
         // The only way out of the pod: the lab's node block, through the veth.
-        n(&["route", "add", &format!("10.77.{}.0/28", self.slot), "via", &host_v4.to_string()])?;
-        n(&["-6", "route", "add", &format!("fd77:{:x}::/64", self.slot), "via", &host_v6.to_string()])?;
+        n(&[
+            "route",
+            "add",
+            &format!("10.77.{}.0/28", self.slot),
+            "via",
+            &host_v4.to_string(),
+        ])?;
+        n(&[
+            "-6",
+            "route",
+            "add",
+            &format!("fd77:{:x}::/64", self.slot),
+            "via",
+            &host_v6.to_string(),
+        ])?;
         Ok(pod)
     }
 
@@ -198,7 +261,11 @@ impl Lab {
         if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
             let prefix = format!("icl{}-", self.slot);
             for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some(ns) = line.split_whitespace().next().filter(|n| n.starts_with(&prefix)) {
+                if let Some(ns) = line
+                    .split_whitespace()
+                    .next()
+                    .filter(|n| n.starts_with(&prefix))
+                {
                     let _ = ip(&["netns", "del", ns]);
                 }
             }
@@ -275,5 +342,162 @@ impl Pod {
             });
         }
         Ok(cmd)
+    }
+}
+
+/// A real PostgreSQL server (Debian's packages) for the lab, run as the
+/// `postgres` user with its data in a scratch directory.
+pub struct Postgres {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+}
+
+impl Postgres {
+    /// The newest installed server's bin directory.
+    pub fn bin_dir() -> io::Result<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .collect();
+        dirs.sort_by_key(|p| {
+            p.parent()
+                .and_then(|v| v.file_name())
+                .and_then(|v| v.to_str())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        dirs.pop().ok_or_else(|| {
+            io::Error::other(
+                "no PostgreSQL server in /usr/lib/postgresql (apt-get install postgresql)",
+            )
+        })
+    }
+
+    fn postgres_ids() -> io::Result<(u32, u32)> {
+        let id = |flag: &str| -> io::Result<u32> {
+            let out = Command::new("id").args([flag, "postgres"]).output()?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| io::Error::other("no `postgres` user"))
+        };
+        Ok((id("-u")?, id("-g")?))
+    }
+
+    fn as_postgres(program: &Path, uid: u32, gid: u32) -> Command {
+        let mut cmd = Command::new(program);
+        // SAFETY: setgid/setuid between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// initdb (trust authentication) and start, listening on `addr` only.
+    pub fn start(addr: std::net::SocketAddr, dir: &Path) -> io::Result<Postgres> {
+        let bin = Self::bin_dir()?;
+        let (uid, gid) = Self::postgres_ids()?;
+        let data = dir.join("pgdata");
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data)?;
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        std::os::unix::fs::chown(&data, Some(uid), Some(gid))?;
+        run(Self::as_postgres(&bin.join("initdb"), uid, gid)
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]))?;
+        // Clients come from the lab block (pods directly, or the daemon).
+        let mut hba = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("pg_hba.conf"))?;
+        io::Write::write_all(
+            &mut hba,
+            b"host all all 10.77.0.0/16 trust\nhost all all fd77::/16 trust\n",
+        )?;
+        let log = File::create(dir.join("postgres.log"))?;
+        let child = Self::as_postgres(&bin.join("postgres"), uid, gid)
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-c",
+                &format!("listen_addresses={}", addr.ip()),
+                "-c",
+                &format!("port={}", addr.port()),
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.display()))
+            .args(["-c", "fsync=off", "-c", "max_connections=300"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let pg = Postgres {
+            child,
+            addr,
+            dir: dir.into(),
+            bin,
+        };
+        for _ in 0..200 {
+            let ok = Command::new(pg.bin.join("pg_isready"))
+                .args([
+                    "-q",
+                    "-h",
+                    &addr.ip().to_string(),
+                    "-p",
+                    &addr.port().to_string(),
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(pg);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(io::Error::other(format!(
+            "PostgreSQL did not start; see {}",
+            dir.join("postgres.log").display()
+        )))
+    }
+
+    /// Runs SQL as the superuser over the server's unix socket (bypassing the
+    /// lab network: this is the operator setting things up).
+    pub fn admin_sql(&self, sql: &str) -> io::Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-U",
+                "postgres",
+                "-h",
+            ])
+            .arg(&self.dir)
+            .args(["-p", &self.addr.port().to_string(), "-c", sql])
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT is PostgreSQL's fast shutdown.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
     }
 }

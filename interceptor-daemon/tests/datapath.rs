@@ -21,10 +21,25 @@ fn redirect_ipv4_end_to_end_100mb_both_ways() {
     let pod = lab.add_pod("a", "pods/a").unwrap();
     let svc: SocketAddr = (lab.node_v4(2), 7001).into();
     let server = Server::start(svc, 100 * MB, &dir, &[]);
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![svc.to_string()], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
     let daemon = Daemon::start(&cfg, &dir);
 
-    let (report, pid) = probe_in_pod(&pod, &["connect", &svc.to_string(), "--send", &(100 * MB).to_string()]);
+    let (report, pid) = probe_in_pod(
+        &pod,
+        &[
+            "connect",
+            &svc.to_string(),
+            "--send",
+            &(100 * MB).to_string(),
+        ],
+    );
     assert_eq!(report["ok"], true, "{report}");
     // The application sees the original peer, not the daemon.
     assert_eq!(report["peer"], svc.to_string(), "{report}");
@@ -32,8 +47,14 @@ fn redirect_ipv4_end_to_end_100mb_both_ways() {
 
     let s = &server.reports(1)[0];
     assert_eq!(s["received"], 100 * MB);
-    assert_eq!(s["received_sha256"], report["sent_sha256"], "upstream bytes differ");
-    assert_eq!(report["received_sha256"], s["sent_sha256"], "downstream bytes differ");
+    assert_eq!(
+        s["received_sha256"], report["sent_sha256"],
+        "upstream bytes differ"
+    );
+    assert_eq!(
+        report["received_sha256"], s["sent_sha256"],
+        "downstream bytes differ"
+    );
     // The server was reached by the daemon, not by the pod.
     let server_peer: SocketAddr = s["peer"].as_str().unwrap().parse().unwrap();
     assert_ne!(server_peer.ip(), pod.v4, "connection bypassed the daemon");
@@ -50,7 +71,10 @@ fn redirect_ipv4_end_to_end_100mb_both_ways() {
     assert_eq!(r["selected"], true);
     assert_eq!(r["bytes_up"], 100 * MB);
     assert_eq!(r["bytes_down"], 100 * MB);
-    assert_eq!(r["client"].as_str().unwrap().split(':').next().unwrap(), pod.v4.to_string());
+    assert_eq!(
+        r["client"].as_str().unwrap().split(':').next().unwrap(),
+        pod.v4.to_string()
+    );
 }
 
 #[test]
@@ -68,12 +92,23 @@ fn redirect_ipv6_and_ipv4_mapped() {
     let cfg = write_config(
         &lab,
         &dir,
-        &DaemonOpts { destinations: vec![svc6.to_string(), svc4.to_string()], ..Default::default() },
+        &DaemonOpts {
+            destinations: vec![svc6.to_string(), svc4.to_string()],
+            ..Default::default()
+        },
     );
     let daemon = Daemon::start(&cfg, &dir);
 
     // Native IPv6.
-    let (r6, pid6) = probe_in_pod(&pod, &["connect", &svc6.to_string(), "--send", &(4 * MB).to_string()]);
+    let (r6, pid6) = probe_in_pod(
+        &pod,
+        &[
+            "connect",
+            &svc6.to_string(),
+            "--send",
+            &(4 * MB).to_string(),
+        ],
+    );
     assert_eq!(r6["ok"], true, "{r6}");
     assert_eq!(r6["peer"], svc6.to_string());
     assert_eq!(r6["received_sha256"], server6.reports(1)[0]["sent_sha256"]);
@@ -89,7 +124,10 @@ fn redirect_ipv6_and_ipv4_mapped() {
     let recs = daemon.records(2);
     let r = record_for(&recs, &svc6.to_string());
     assert_eq!(r.len(), 1, "{recs:?}");
-    assert_eq!((r[0]["pid"].as_u64(), r[0]["cgroup_id"].as_u64()), (Some(pid6.into()), Some(pod.cgroup_id)));
+    assert_eq!(
+        (r[0]["pid"].as_u64(), r[0]["cgroup_id"].as_u64()),
+        (Some(pid6.into()), Some(pod.cgroup_id))
+    );
     assert_eq!(r[0]["bytes_up"], 4 * MB);
     let r = record_for(&recs, &svc4.to_string());
     assert_eq!(r.len(), 1, "{recs:?}");
@@ -108,7 +146,14 @@ fn two_pods_at_once_are_told_apart() {
     let b = lab.add_pod("b", "pods/b").unwrap();
     let svc: SocketAddr = (lab.node_v4(2), 7004).into();
     let _server = Server::start(svc, 8 * MB, &dir, &[]);
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![svc.to_string()], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
     let daemon = Daemon::start(&cfg, &dir);
 
     let send = (8 * MB).to_string();
@@ -116,17 +161,35 @@ fn two_pods_at_once_are_told_apart() {
     let cb = spawn_probe_in_pod(&b, &["connect", &svc.to_string(), "--send", &send]);
     let (ra, pida) = finish(ca);
     let (rb, pidb) = finish(cb);
-    assert_eq!((ra["ok"].as_bool(), rb["ok"].as_bool()), (Some(true), Some(true)), "{ra} {rb}");
+    assert_eq!(
+        (ra["ok"].as_bool(), rb["ok"].as_bool()),
+        (Some(true), Some(true)),
+        "{ra} {rb}"
+    );
 
     let recs = daemon.records(2);
-    let by_pid = |pid: u32| recs.iter().find(|r| r["pid"] == pid).unwrap_or_else(|| panic!("no record for pid {pid}: {recs:?}"));
+    let by_pid = |pid: u32| {
+        recs.iter()
+            .find(|r| r["pid"] == pid)
+            .unwrap_or_else(|| panic!("no record for pid {pid}: {recs:?}"))
+    };
     let (rec_a, rec_b) = (by_pid(pida), by_pid(pidb));
     assert_eq!(rec_a["cgroup_id"], a.cgroup_id);
     assert_eq!(rec_a["cgroup"], "pods/a");
     assert_eq!(rec_b["cgroup_id"], b.cgroup_id);
     assert_eq!(rec_b["cgroup"], "pods/b");
-    assert!(rec_a["client"].as_str().unwrap().starts_with(&format!("{}:", a.v4)));
-    assert!(rec_b["client"].as_str().unwrap().starts_with(&format!("{}:", b.v4)));
+    assert!(
+        rec_a["client"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", a.v4))
+    );
+    assert!(
+        rec_b["client"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", b.v4))
+    );
 }
 
 #[test]
@@ -142,25 +205,50 @@ fn unselected_cgroup_or_destination_goes_direct() {
     let other_svc: SocketAddr = (lab.node_v4(3), 7005).into();
     let server = Server::start(svc, 1000, &dir, &[]);
     let other = Server::start(other_svc, 1000, &dir, &[]);
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![svc.to_string()], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
     let daemon = Daemon::start(&cfg, &dir);
 
     // Unselected cgroup, selected destination: reaches the server itself.
     let (r, _) = probe_in_pod(&outsider, &["connect", &svc.to_string(), "--send", "1000"]);
     assert_eq!(r["ok"], true, "{r}");
-    let seen: SocketAddr = server.reports(1)[0]["peer"].as_str().unwrap().parse().unwrap();
+    let seen: SocketAddr = server.reports(1)[0]["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(seen.ip(), outsider.v4, "unselected cgroup was redirected");
 
     // Selected cgroup, unselected destination.
-    let (r, _) = probe_in_pod(&selected, &["connect", &other_svc.to_string(), "--send", "1000"]);
+    let (r, _) = probe_in_pod(
+        &selected,
+        &["connect", &other_svc.to_string(), "--send", "1000"],
+    );
     assert_eq!(r["ok"], true, "{r}");
-    let seen: SocketAddr = other.reports(1)[0]["peer"].as_str().unwrap().parse().unwrap();
-    assert_eq!(seen.ip(), selected.v4, "unselected destination was redirected");
+    let seen: SocketAddr = other.reports(1)[0]["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        seen.ip(),
+        selected.v4,
+        "unselected destination was redirected"
+    );
 
     // And the daemon saw neither.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let recs = daemon.records(0);
-    assert!(recs.is_empty(), "daemon handled unselected traffic: {recs:?}");
+    assert!(
+        recs.is_empty(),
+        "daemon handled unselected traffic: {recs:?}"
+    );
 }
 
 #[test]
@@ -175,7 +263,11 @@ fn cgroups_created_after_start_are_classified() {
     let cfg = write_config(
         &lab,
         &dir,
-        &DaemonOpts { select: vec!["pods/pod-*".into()], destinations: vec![svc.to_string()], ..Default::default() },
+        &DaemonOpts {
+            select: vec!["pods/pod-*".into()],
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
     );
     let daemon = Daemon::start(&cfg, &dir);
 
@@ -184,7 +276,10 @@ fn cgroups_created_after_start_are_classified() {
     let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string(), "--send", "100"]);
     assert_eq!(r["ok"], true, "{r}");
     let recs = daemon.records(1);
-    let rec = recs.iter().find(|r| r["cgroup_id"] == pod.cgroup_id).unwrap_or_else(|| panic!("{recs:?}"));
+    let rec = recs
+        .iter()
+        .find(|r| r["cgroup_id"] == pod.cgroup_id)
+        .unwrap_or_else(|| panic!("{recs:?}"));
     assert_eq!(rec["selected"], true);
     assert_eq!(rec["cgroup"], "pods/pod-new");
 
@@ -195,8 +290,16 @@ fn cgroups_created_after_start_are_classified() {
     let (r, _) = probe_in_pod(&side, &["connect", &svc.to_string(), "--send", "100"]);
     assert_eq!(r["ok"], true, "{r}");
     let reports = server.reports(2);
-    let last: SocketAddr = reports.last().unwrap()["peer"].as_str().unwrap().parse().unwrap();
-    assert_eq!(last.ip(), side.v4, "unmatched cgroup was intercepted: {reports:?}");
+    let last: SocketAddr = reports.last().unwrap()["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        last.ip(),
+        side.v4,
+        "unmatched cgroup was intercepted: {reports:?}"
+    );
 }
 
 fn refused(pod: &interceptor_daemon::testbed::Pod, addr: SocketAddr) -> bool {
@@ -214,32 +317,67 @@ fn fail_closed_when_the_daemon_dies_until_detached() {
     let pod = lab.add_pod("a", "pods/a").unwrap();
     let svc: SocketAddr = (lab.node_v4(2), 7007).into();
     let server = Server::start(svc, 10, &dir, &[]);
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![svc.to_string()], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
     let mut daemon = Daemon::start(&cfg, &dir);
     let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string()]);
     assert_eq!(r["ok"], true, "{r}");
 
     daemon.kill9();
     // Programs stay attached through their pinned links: refused, not bypassed.
-    assert!(refused(&pod, svc), "connection was not refused with the daemon down");
+    assert!(
+        refused(&pod, svc),
+        "connection was not refused with the daemon down"
+    );
     let st = status(&lab);
-    assert_eq!(st["pinned_links"].as_array().map(|a| a.len()), Some(5), "{st}");
-    assert_eq!(server.reports(1).len(), 1, "the server must not have been reached");
+    assert_eq!(
+        st["pinned_links"].as_array().map(|a| a.len()),
+        Some(5),
+        "{st}"
+    );
+    assert_eq!(
+        server.reports(1).len(),
+        1,
+        "the server must not have been reached"
+    );
 
     // A new daemon takes over the pinned programs and serves again.
     let mut daemon = Daemon::start(&cfg, &dir);
-    assert!(daemon.raw_log().contains("taking over programs left attached"), "{}", daemon.raw_log());
+    assert!(
+        daemon
+            .raw_log()
+            .contains("taking over programs left attached"),
+        "{}",
+        daemon.raw_log()
+    );
     let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string()]);
     assert_eq!(r["ok"], true, "{r}");
     daemon.kill9();
 
     // `interceptor detach` is the explicit way to stop enforcing.
-    let out = std::process::Command::new(DAEMON).args(["detach", "--pin-dir"]).arg(pin_dir(&lab)).output().unwrap();
+    let out = std::process::Command::new(DAEMON)
+        .args(["detach", "--pin-dir"])
+        .arg(pin_dir(&lab))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(!pin_dir(&lab).exists());
     let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string()]);
-    assert_eq!(r["ok"], true, "after detach the pod reaches the server directly: {r}");
-    let last: SocketAddr = server.reports(3).last().unwrap()["peer"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        r["ok"], true,
+        "after detach the pod reaches the server directly: {r}"
+    );
+    let last: SocketAddr = server.reports(3).last().unwrap()["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(last.ip(), pod.v4);
     assert_attached(&lab, 0);
 }
@@ -257,7 +395,11 @@ fn fail_open_lets_connections_through_when_the_daemon_dies() {
     let cfg = write_config(
         &lab,
         &dir,
-        &DaemonOpts { destinations: vec![svc.to_string()], fail_mode: "open", ..Default::default() },
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            fail_mode: "open",
+            ..Default::default()
+        },
     );
     let mut daemon = Daemon::start(&cfg, &dir);
     assert_attached(&lab, 1);
@@ -265,14 +407,21 @@ fn fail_open_lets_connections_through_when_the_daemon_dies() {
     assert_attached(&lab, 0);
     let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string()]);
     assert_eq!(r["ok"], true, "{r}");
-    let seen: SocketAddr = server.reports(1)[0]["peer"].as_str().unwrap().parse().unwrap();
+    let seen: SocketAddr = server.reports(1)[0]["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(seen.ip(), pod.v4);
 }
 
 /// Every one of our five attach types has `n` programs on the lab's cgroup.
 fn assert_attached(lab: &Lab, n: u32) {
     let attached = interceptor_daemon::redirect::attached_programs(&lab.cgroup_dir).unwrap();
-    assert!(attached.iter().all(|(_, c)| *c == n), "expected {n} per attach type, found {attached:?}");
+    assert!(
+        attached.iter().all(|(_, c)| *c == n),
+        "expected {n} per attach type, found {attached:?}"
+    );
 }
 
 #[test]
@@ -285,7 +434,14 @@ fn sigterm_detaches_and_unpins_everything() {
     let pod = lab.add_pod("a", "pods/a").unwrap();
     let svc: SocketAddr = (lab.node_v4(2), 7009).into();
     let _server = Server::start(svc, 10, &dir, &[]);
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![svc.to_string()], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
     let mut daemon = Daemon::start(&cfg, &dir);
     assert_attached(&lab, 1);
     assert!(pin_dir(&lab).join("links").exists());
@@ -302,19 +458,32 @@ fn connection_table_does_not_grow_over_100k_connections() {
     if !privileged("connection_table_does_not_grow_over_100k_connections") {
         return;
     }
-    let count: u64 = std::env::var("INTERCEPTOR_CHURN").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let count: u64 = std::env::var("INTERCEPTOR_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let dir = scratch("churn");
     let mut lab = Lab::new().unwrap();
     let pod = lab.add_pod("a", "pods/a").unwrap();
     let svc: SocketAddr = (lab.node_v4(2), 7010).into();
     let _server = Server::start(svc, 1, &dir, &["--quiet"]);
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![svc.to_string()], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
     // Connection records at debug level only, to keep the log small.
     let mut cmd = std::process::Command::new(DAEMON);
     cmd.env("RUST_LOG", "warn,interceptor_daemon::daemon=info");
     let _daemon = Daemon::start_with(cmd, &cfg, &dir);
 
-    let (r, _) = probe_in_pod(&pod, &["churn", &svc.to_string(), "--count", &count.to_string()]);
+    let (r, _) = probe_in_pod(
+        &pod,
+        &["churn", &svc.to_string(), "--count", &count.to_string()],
+    );
     assert_eq!(r["failed"], 0, "{r}");
     assert_eq!(r["ok"], count);
     // Entries leave the table when the client sockets close.
@@ -344,7 +513,14 @@ fn daemon_sockets_are_never_redirected_even_from_a_selected_cgroup() {
     let pod = lab.add_pod("a", "pods/a").unwrap();
     let svc: SocketAddr = (lab.node_v4(2), 7011).into();
     let _server = Server::start(svc, 1000, &dir, &[]);
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![svc.to_string()], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
     // Run the daemon itself inside a selected cgroup: only the socket mark
     // keeps its upstream connection from being redirected back to itself.
     let daemon_cg = lab.cgroup_dir.join("pods/daemon");
@@ -357,7 +533,11 @@ fn daemon_sockets_are_never_redirected_even_from_a_selected_cgroup() {
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
             let ok = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
             libc::close(fd);
-            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
         });
     }
     let daemon = Daemon::start_with(cmd, &cfg, &dir);
@@ -365,7 +545,10 @@ fn daemon_sockets_are_never_redirected_even_from_a_selected_cgroup() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["received"], 1000);
     let st = status(&lab);
-    assert!(st["kernel_counters"]["skipped_mark"].as_u64() >= Some(1), "{st}");
+    assert!(
+        st["kernel_counters"]["skipped_mark"].as_u64() >= Some(1),
+        "{st}"
+    );
     assert_eq!(st["kernel_counters"]["redirected"], 1, "{st}");
     assert_eq!(daemon.records(1).len(), 1);
 }
@@ -377,7 +560,14 @@ fn missing_kernel_features_and_privileges_are_named() {
     }
     let dir = scratch("preflight");
     let lab = Lab::new().unwrap();
-    let cfg = write_config(&lab, &dir, &DaemonOpts { destinations: vec![format!("{}:7012", lab.node_v4(2))], ..Default::default() });
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![format!("{}:7012", lab.node_v4(2))],
+            ..Default::default()
+        },
+    );
     let text = std::fs::read_to_string(&cfg).unwrap();
     let run = |text: &str, unprivileged: bool| {
         let path = dir.join("variant.yaml");
@@ -399,11 +589,20 @@ fn missing_kernel_features_and_privileges_are_named() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = run(&text, true);
-    assert!(err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"), "{err}");
-    let not_cg2 = text.replace(&lab.cgroup_dir.display().to_string(), &std::env::temp_dir().display().to_string());
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"),
+        "{err}"
+    );
+    let not_cg2 = text.replace(
+        &lab.cgroup_dir.display().to_string(),
+        &std::env::temp_dir().display().to_string(),
+    );
     let err = run(&not_cg2, false);
     assert!(err.contains("is not a cgroup v2 mount"), "{err}");
-    let no_bpffs = text.replace(&pin_dir(&lab).display().to_string(), &dir.join("pins").display().to_string());
+    let no_bpffs = text.replace(
+        &pin_dir(&lab).display().to_string(),
+        &dir.join("pins").display().to_string(),
+    );
     let err = run(&no_bpffs, false);
     assert!(err.contains("mount -t bpf bpf /sys/fs/bpf"), "{err}");
     assert_attached(&lab, 0);

@@ -21,14 +21,13 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, bpf_sock, bpf_sock_addr, bpf_sock_ops,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, bpf_sock, bpf_sock_addr, bpf_sock_ops,
     },
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, lpm_trie::Key},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid,
-        generated::bpf_sk_storage_get,
+        bpf_get_current_uid_gid, generated::bpf_sk_storage_get,
     },
     macros::{btf_map, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockOpsContext},
@@ -89,11 +88,25 @@ fn cgroup_selected() -> bool {
 /// Target of a destination: exact port first, then the any-port entries.
 #[inline(always)]
 fn match_dest(addr: [u8; 16], port_be: [u8; 2]) -> Option<DestValue> {
-    let key = Key::new(DEST_PORT_BITS + 128, DestKey { port: port_be, addr, _pad: [0; 2] });
+    let key = Key::new(
+        DEST_PORT_BITS + 128,
+        DestKey {
+            port: port_be,
+            addr,
+            _pad: [0; 2],
+        },
+    );
     if let Some(v) = DESTS.get(&key) {
         return Some(*v);
     }
-    let key = Key::new(DEST_PORT_BITS + 128, DestKey { port: [0, 0], addr, _pad: [0; 2] });
+    let key = Key::new(
+        DEST_PORT_BITS + 128,
+        DestKey {
+            port: [0, 0],
+            addr,
+            _pad: [0; 2],
+        },
+    );
     DESTS.get(&key).copied()
 }
 
@@ -152,9 +165,16 @@ fn decide(ctx: &SockAddrContext, addr: [u8; 16], port_be: [u8; 2]) -> Result<Red
     let slot = unsafe { SOCK_ORIG.get_or_insert_ptr_mut(ctx, Some(&mut orig)) };
     if slot.is_null() {
         count(stat::STORAGE_FAILED);
-        warn!(ctx, "interceptor: cannot record the original destination of a connection");
+        warn!(
+            ctx,
+            "interceptor: cannot record the original destination of a connection"
+        );
         // Without the record the daemon could not serve this connection.
-        return Err(if cfg.flags & config_flags::FAIL_OPEN != 0 { ALLOW } else { REJECT });
+        return Err(if cfg.flags & config_flags::FAIL_OPEN != 0 {
+            ALLOW
+        } else {
+            REJECT
+        });
     }
     // A socket that connects again (after a failed attempt) gets the new record.
     unsafe { *slot = orig };
@@ -204,8 +224,18 @@ fn write_ip6(sa: *mut bpf_sock_addr, a: &[u8; 16]) {
 
 #[inline(always)]
 fn is_mapped(a: &[u8; 16]) -> bool {
-    a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0 && a[4] == 0 && a[5] == 0 && a[6] == 0
-        && a[7] == 0 && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -308,7 +338,12 @@ fn conn_key(ops: *mut bpf_sock_ops, family: u32) -> ConnKey {
 
 #[inline(always)]
 fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
-    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
     [
         a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
         d[3],

@@ -1,1 +1,216 @@
-fn main(){}
+//! Build, run and test helpers: `cargo xtask <command>`.
+//!
+//! xtask deliberately depends on nothing of the product: it must build on a
+//! fresh machine before bpf-linker and the nightly sources exist, because
+//! installing them is its first job.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (apt packages, nightly rust-src,
+    /// bpf-linker) and mount bpffs. Idempotent; needs root for apt and mounts.
+    Setup,
+    /// Run every test. As root the privileged tests (eBPF, cgroups, netns) run
+    /// and must not skip; otherwise they print a skip message each.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build and run the demo: a lab pod, real PostgreSQL, the daemon, a
+    /// redirected connection, explained as it runs. Needs root.
+    Demo,
+}
+
+/// Debian packages: build (LLVM for bpf-linker), lab (iproute2), services
+/// the tests and the demo start.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "postgresql",
+    "postgresql-client",
+];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Test { args } => setup().and_then(|()| test(&args)),
+        Cmd::Demo => setup().and_then(|()| demo()),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn setup() -> anyhow::Result<()> {
+    let root = is_root();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        if !root {
+            bail!(
+                "missing Debian packages: {} (run `sudo apt-get install {}` or `sudo cargo xtask setup`)",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        eprintln!("xtask: installing {}", missing.join(" "));
+        status(Command::new("apt-get").arg("update").arg("-q"))?;
+        status(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing),
+        )?;
+    }
+    let components = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup is needed (with a nightly toolchain) to build the eBPF programs")?;
+    if !String::from_utf8_lossy(&components.stdout).contains("rust-src") {
+        eprintln!("xtask: adding rust-src to the nightly toolchain");
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if !have("bpf-linker") {
+        eprintln!("xtask: building bpf-linker against LLVM 22 (takes a few minutes, once)");
+        status(
+            Command::new("cargo")
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ]),
+        )?;
+    }
+    if root && !is_bpffs("/sys/fs/bpf") {
+        status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                l.split_whitespace().nth(1) == Some(path)
+                    && l.split_whitespace().nth(2) == Some("bpf")
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    // The default members: the eBPF crate only builds for the BPF target.
+    cmd.args(["test", "--no-fail-fast"]);
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    if is_root() {
+        // Every privileged test must run: a skip is a failure here.
+        cmd.env("INTERCEPTOR_REQUIRE_PRIVILEGED", "1");
+    } else {
+        eprintln!(
+            "xtask: not root: the privileged tests (eBPF, cgroups, netns) will print SKIPPED; run `sudo -E cargo xtask test` to include them"
+        );
+    }
+    status(&mut cmd)
+}
+
+fn demo() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the demo attaches eBPF programs and creates a network namespace: run it as root (`sudo -E cargo xtask demo`)"
+        );
+    }
+    status(cargo().args(["build", "--release", "-p", "interceptor-daemon", "--bins"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let bin = target.join("release");
+    status(
+        Command::new(bin.join("interceptor-lab"))
+            .arg("demo")
+            .arg("--bin-dir")
+            .arg(&bin),
+    )
+}

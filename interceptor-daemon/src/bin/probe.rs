@@ -20,7 +20,10 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
-#[command(name = "interceptor-probe", about = "TCP probe: connect/serve/churn with byte-exact transfer reports")]
+#[command(
+    name = "interceptor-probe",
+    about = "TCP probe: connect/serve/churn with byte-exact transfer reports"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -119,7 +122,9 @@ fn exchange(s: &TcpStream, send: u64, seed: u64) -> io::Result<serde_json::Value
     let writer = s.try_clone()?;
     let t = std::thread::spawn(move || send_pattern(&writer, send, seed));
     let (received, received_sha) = read_all(s)?;
-    let sent_sha = t.join().map_err(|_| io::Error::other("sender panicked"))??;
+    let sent_sha = t
+        .join()
+        .map_err(|_| io::Error::other("sender panicked"))??;
     Ok(json!({
         "sent": send, "sent_sha256": sent_sha,
         "received": received, "received_sha256": received_sha,
@@ -128,12 +133,20 @@ fn exchange(s: &TcpStream, send: u64, seed: u64) -> io::Result<serde_json::Value
 
 fn main() -> ExitCode {
     match Cli::parse().cmd {
-        Cmd::Connect { addr, send, seed, timeout_ms } => {
+        Cmd::Connect {
+            addr,
+            send,
+            seed,
+            timeout_ms,
+        } => {
             let started = Instant::now();
             let s = match TcpStream::connect_timeout(&addr, Duration::from_millis(timeout_ms)) {
                 Ok(s) => s,
                 Err(e) => {
-                    println!("{}", json!({"ok": false, "stage": "connect", "error": e.to_string(), "kind": format!("{:?}", e.kind())}));
+                    println!(
+                        "{}",
+                        json!({"ok": false, "stage": "connect", "error": e.to_string(), "kind": format!("{:?}", e.kind())})
+                    );
                     return ExitCode::from(1);
                 }
             };
@@ -150,12 +163,22 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    println!("{}", json!({"ok": false, "stage": "transfer", "peer": peer, "local": local, "error": e.to_string(), "kind": format!("{:?}", e.kind())}));
+                    println!(
+                        "{}",
+                        json!({"ok": false, "stage": "transfer", "peer": peer, "local": local, "error": e.to_string(), "kind": format!("{:?}", e.kind())})
+                    );
                     ExitCode::from(1)
                 }
             }
         }
-        Cmd::Serve { addr, send, seed, ready_file, max_conns, quiet } => {
+        Cmd::Serve {
+            addr,
+            send,
+            seed,
+            ready_file,
+            max_conns,
+            quiet,
+        } => {
             let l = match TcpListener::bind(addr) {
                 Ok(l) => l,
                 Err(e) => {
@@ -164,7 +187,8 @@ fn main() -> ExitCode {
                 }
             };
             if let Some(f) = ready_file {
-                let _ = std::fs::write(f, l.local_addr().map(|a| a.to_string()).unwrap_or_default());
+                let _ =
+                    std::fs::write(f, l.local_addr().map(|a| a.to_string()).unwrap_or_default());
             }
             let mut served = 0u64;
             let mut handles = Vec::new();
@@ -182,7 +206,10 @@ fn main() -> ExitCode {
                                 println!("{v}");
                             }
                         }
-                        Err(e) => println!("{}", json!({"ok": false, "peer": peer, "error": e.to_string()})),
+                        Err(e) => println!(
+                            "{}",
+                            json!({"ok": false, "peer": peer, "error": e.to_string()})
+                        ),
                     }
                 });
                 if max_conns > 0 {
@@ -203,11 +230,12 @@ fn main() -> ExitCode {
             let mut first_error = None;
             let mut buf = [0u8; 256];
             for _ in 0..count {
-                let r = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    while s.read(&mut buf)? > 0 {}
-                    Ok(())
-                });
+                let r =
+                    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
+                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        while s.read(&mut buf)? > 0 {}
+                        Ok(())
+                    });
                 match r {
                     Ok(()) => ok += 1,
                     Err(e) => {
@@ -216,8 +244,15 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            println!("{}", json!({"ok": ok, "failed": failed, "first_error": first_error, "elapsed_ms": started.elapsed().as_millis() as u64}));
-            if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            println!(
+                "{}",
+                json!({"ok": ok, "failed": failed, "first_error": first_error, "elapsed_ms": started.elapsed().as_millis() as u64})
+            );
+            if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }

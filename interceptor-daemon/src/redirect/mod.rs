@@ -60,7 +60,8 @@ use tracing::{info, warn};
 use crate::config::{Config, FailMode};
 
 /// The eBPF object, built from `interceptor-ebpf` by the build script.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 const ALL_PROGRAMS: [&str; 5] = [
     programs::CONNECT4,
@@ -74,18 +75,40 @@ const ALL_PROGRAMS: [&str; 5] = [
 pub enum RedirectError {
     #[error(transparent)]
     Preflight(#[from] preflight::PreflightError),
-    #[error("loading the eBPF object failed: {0} (the kernel needs BPF, BTF and cgroup socket hooks: Linux 5.10 or newer)")]
+    #[error(
+        "loading the eBPF object failed: {0} (the kernel needs BPF, BTF and cgroup socket hooks: Linux 5.10 or newer)"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
-    Program { name: &'static str, #[source] source: aya::programs::ProgramError },
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("eBPF program {name}: link: {source}")]
-    Link { name: &'static str, #[source] source: LinkError },
+    Link {
+        name: &'static str,
+        #[source]
+        source: LinkError,
+    },
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, #[source] source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("pinning under {path}: {source}")]
-    Pin { path: PathBuf, #[source] source: io::Error },
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("opening cgroup root {path}: {source}")]
-    CgroupRoot { path: PathBuf, #[source] source: io::Error },
+    CgroupRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     #[error("another interceptor already uses pin directory {0} (lock held)")]
@@ -93,7 +116,10 @@ pub enum RedirectError {
 }
 
 fn pin_err(path: &Path) -> impl FnOnce(aya::pin::PinError) -> RedirectError + '_ {
-    move |e| RedirectError::Pin { path: path.into(), source: io::Error::other(e.to_string()) }
+    move |e| RedirectError::Pin {
+        path: path.into(),
+        source: io::Error::other(e.to_string()),
+    }
 }
 
 enum AttachedLink {
@@ -213,13 +239,18 @@ impl Redirector {
             info!(count = stale.len(), pin_dir = %rc.pin_dir.display(), "taking over programs left attached by a previous daemon");
         }
 
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(RedirectError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(RedirectError::Load)?;
         let logger_task = start_logger(&mut ebpf);
         write_kernel_config(&mut ebpf, cfg)?;
         write_destinations(&mut ebpf, cfg)?;
 
         let maps_dir = rc.pin_dir.join("maps");
-        std::fs::create_dir_all(&maps_dir).map_err(|source| RedirectError::Pin { path: maps_dir.clone(), source })?;
+        std::fs::create_dir_all(&maps_dir).map_err(|source| RedirectError::Pin {
+            path: maps_dir.clone(),
+            source,
+        })?;
         let mut take = |name: &'static str| -> Result<aya::maps::Map, RedirectError> {
             let m = ebpf.take_map(name).ok_or(RedirectError::Missing(name))?;
             // Old map pins belong to the old programs; ours replace them.
@@ -228,12 +259,20 @@ impl Redirector {
             m.pin(&path).map_err(pin_err(&path))?;
             Ok(m)
         };
-        let conns = HashMap::try_from(take(maps::CONNS)?)
-            .map_err(|source| RedirectError::Map { name: maps::CONNS, source })?;
-        let cgroups = HashMap::try_from(take(maps::CGROUPS)?)
-            .map_err(|source| RedirectError::Map { name: maps::CGROUPS, source })?;
-        let stats = PerCpuArray::try_from(take(maps::STATS)?)
-            .map_err(|source| RedirectError::Map { name: maps::STATS, source })?;
+        let conns = HashMap::try_from(take(maps::CONNS)?).map_err(|source| RedirectError::Map {
+            name: maps::CONNS,
+            source,
+        })?;
+        let cgroups =
+            HashMap::try_from(take(maps::CGROUPS)?).map_err(|source| RedirectError::Map {
+                name: maps::CGROUPS,
+                source,
+            })?;
+        let stats =
+            PerCpuArray::try_from(take(maps::STATS)?).map_err(|source| RedirectError::Map {
+                name: maps::STATS,
+                source,
+            })?;
         Ok((
             Loaded {
                 ebpf,
@@ -257,11 +296,24 @@ impl Loaded {
     /// Attaches every program to the cgroup root (pinning the links in
     /// fail-closed mode), then lets go of a previous daemon's links.
     pub fn attach(self) -> Result<Redirector, RedirectError> {
-        let Loaded { mut ebpf, lock, stale, logger_task, cgroup_root, pin_dir, fail_mode } = self;
-        let cgroup_dir = File::open(&cgroup_root)
-            .map_err(|source| RedirectError::CgroupRoot { path: cgroup_root.clone(), source })?;
+        let Loaded {
+            mut ebpf,
+            lock,
+            stale,
+            logger_task,
+            cgroup_root,
+            pin_dir,
+            fail_mode,
+        } = self;
+        let cgroup_dir = File::open(&cgroup_root).map_err(|source| RedirectError::CgroupRoot {
+            path: cgroup_root.clone(),
+            source,
+        })?;
         let links_dir = pin_dir.join("links");
-        std::fs::create_dir_all(&links_dir).map_err(|source| RedirectError::Pin { path: links_dir.clone(), source })?;
+        std::fs::create_dir_all(&links_dir).map_err(|source| RedirectError::Pin {
+            path: links_dir.clone(),
+            source,
+        })?;
         let mut links = Vec::new();
         for name in ALL_PROGRAMS {
             let link = attach_program(&mut ebpf, name, &cgroup_dir)?;
@@ -271,7 +323,9 @@ impl Loaded {
                     // A stale pin here is the previous daemon's: its fd is held
                     // in `stale` until ours are all attached.
                     let _ = std::fs::remove_file(&path);
-                    links.push(AttachedLink::Pinned(link.pin(&path).map_err(pin_err(&path))?));
+                    links.push(AttachedLink::Pinned(
+                        link.pin(&path).map_err(pin_err(&path))?,
+                    ));
                 }
                 FailMode::Open => links.push(AttachedLink::Owned(link)),
             }
@@ -290,7 +344,13 @@ impl Loaded {
             fail_mode = ?fail_mode,
             "eBPF programs attached"
         );
-        Ok(Redirector { pin_dir, links, _ebpf: ebpf, _lock: lock, _logger_task: logger_task })
+        Ok(Redirector {
+            pin_dir,
+            links,
+            _ebpf: ebpf,
+            _lock: lock,
+            _logger_task: logger_task,
+        })
     }
 }
 
@@ -298,10 +358,10 @@ impl Redirector {
     /// Detaches every program and removes every pin (clean shutdown).
     pub fn detach(self) {
         for l in self.links {
-            if let AttachedLink::Pinned(p) = l {
-                if let Err(e) = p.unpin() {
-                    warn!(error = %e, "unpinning a link failed");
-                }
+            if let AttachedLink::Pinned(p) = l
+                && let Err(e) = p.unpin()
+            {
+                warn!(error = %e, "unpinning a link failed");
             }
         }
         remove_pins(&self.pin_dir);
@@ -335,19 +395,29 @@ fn stale_links(pin_dir: &Path) -> Vec<PinnedLink> {
         .collect()
 }
 
-fn attach_program(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, RedirectError> {
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &File,
+) -> Result<FdLink, RedirectError> {
     let perr = |source| RedirectError::Program { name, source };
     let prog = ebpf.program_mut(name).ok_or(RedirectError::Missing(name))?;
     let link: FdLink = if name == programs::SOCKOPS {
         let p: &mut SockOps = prog.try_into().map_err(perr)?;
         p.load().map_err(perr)?;
         let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(perr)?;
-        p.take_link(id).map_err(perr)?.try_into().map_err(|source: LinkError| RedirectError::Link { name, source })?
+        p.take_link(id)
+            .map_err(perr)?
+            .try_into()
+            .map_err(|source: LinkError| RedirectError::Link { name, source })?
     } else {
         let p: &mut CgroupSockAddr = prog.try_into().map_err(perr)?;
         p.load().map_err(perr)?;
         let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(perr)?;
-        p.take_link(id).map_err(perr)?.try_into().map_err(|source: LinkError| RedirectError::Link { name, source })?
+        p.take_link(id)
+            .map_err(perr)?
+            .try_into()
+            .map_err(|source: LinkError| RedirectError::Link { name, source })?
     };
     Ok(link)
 }
@@ -378,32 +448,61 @@ fn write_kernel_config(ebpf: &mut Ebpf, cfg: &Config) -> Result<(), RedirectErro
         listen_port_v6: port_v6,
         _pad: 0,
     };
-    let map = ebpf.map_mut(maps::CONFIG).ok_or(RedirectError::Missing(maps::CONFIG))?;
+    let map = ebpf
+        .map_mut(maps::CONFIG)
+        .ok_or(RedirectError::Missing(maps::CONFIG))?;
     let mut arr: Array<_, KernelConfig> =
-        Array::try_from(map).map_err(|source| RedirectError::Map { name: maps::CONFIG, source })?;
-    arr.set(0, kc, 0).map_err(|source| RedirectError::Map { name: maps::CONFIG, source })
+        Array::try_from(map).map_err(|source| RedirectError::Map {
+            name: maps::CONFIG,
+            source,
+        })?;
+    arr.set(0, kc, 0).map_err(|source| RedirectError::Map {
+        name: maps::CONFIG,
+        source,
+    })
 }
 
 /// LPM key for a destination. IPv4 ranges live in the IPv4-mapped part of the
 /// 128-bit space, so one trie serves both families.
 pub fn dest_key(net: IpNet, port: Option<u16>) -> Key<DestKey> {
     let (addr, bits) = match net {
-        IpNet::V4(n) => (v4_mapped(n.network().octets()), 96 + u32::from(n.prefix_len())),
+        IpNet::V4(n) => (
+            v4_mapped(n.network().octets()),
+            96 + u32::from(n.prefix_len()),
+        ),
         IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
     };
     let port = port.unwrap_or(0).to_be_bytes();
-    Key::new(DEST_PORT_BITS + bits, DestKey { port, addr, _pad: [0; 2] })
+    Key::new(
+        DEST_PORT_BITS + bits,
+        DestKey {
+            port,
+            addr,
+            _pad: [0; 2],
+        },
+    )
 }
 
 fn write_destinations(ebpf: &mut Ebpf, cfg: &Config) -> Result<(), RedirectError> {
-    let map = ebpf.map_mut(maps::DESTS).ok_or(RedirectError::Missing(maps::DESTS))?;
+    let map = ebpf
+        .map_mut(maps::DESTS)
+        .ok_or(RedirectError::Missing(maps::DESTS))?;
     let mut trie: LpmTrie<_, DestKey, DestValue> =
-        LpmTrie::try_from(map).map_err(|source| RedirectError::Map { name: maps::DESTS, source })?;
+        LpmTrie::try_from(map).map_err(|source| RedirectError::Map {
+            name: maps::DESTS,
+            source,
+        })?;
     for (target_id, t) in cfg.targets.iter().enumerate() {
         for d in &t.destinations {
-            let v = DestValue { target_id: target_id as u32, _pad: 0 };
+            let v = DestValue {
+                target_id: target_id as u32,
+                _pad: 0,
+            };
             trie.insert(&dest_key(d.net, d.port), v, 0)
-                .map_err(|source| RedirectError::Map { name: maps::DESTS, source })?;
+                .map_err(|source| RedirectError::Map {
+                    name: maps::DESTS,
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -411,7 +510,10 @@ fn write_destinations(ebpf: &mut Ebpf, cfg: &Config) -> Result<(), RedirectError
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall with a valid pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         warn!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
@@ -422,14 +524,20 @@ fn raise_memlock() {
 fn lock_pin_dir(pin_dir: &Path) -> Result<File, RedirectError> {
     use std::os::fd::AsRawFd;
     let dir = Path::new("/run/interceptor");
-    std::fs::create_dir_all(dir).map_err(|source| RedirectError::Pin { path: dir.into(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| RedirectError::Pin {
+        path: dir.into(),
+        source,
+    })?;
     let name: String = pin_dir
         .to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     let path = dir.join(format!("{name}.lock"));
-    let f = File::create(&path).map_err(|source| RedirectError::Pin { path: path.clone(), source })?;
+    let f = File::create(&path).map_err(|source| RedirectError::Pin {
+        path: path.clone(),
+        source,
+    })?;
     // SAFETY: valid fd owned by `f`.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(RedirectError::Locked(pin_dir.into()));
@@ -446,10 +554,14 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             return None;
         }
     };
-    let Ok(handle) = tokio::runtime::Handle::try_current() else { return None };
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return None;
+    };
     // SAFETY: the logger owns its ring buffer fd, which stays open and the same
     // for as long as the AsyncFd owns the logger.
-    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
@@ -459,7 +571,9 @@ fn start_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     };
     Some(handle.spawn(async move {
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else { break };
+            let Ok(mut guard) = fd.readable_mut().await else {
+                break;
+            };
             guard.get_inner_mut().flush();
             guard.clear_ready();
         }
@@ -480,28 +594,6 @@ pub fn stat_names() -> [(u32, &'static str); 8] {
     ]
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dest_keys() {
-        let k = dest_key("10.77.0.0/24".parse().unwrap(), Some(5432));
-        assert_eq!(k.prefix_len(), 16 + 96 + 24);
-        assert_eq!(k.data().port, [0x15, 0x38]);
-        assert_eq!(k.data().addr[10..13], [0xff, 0xff, 10]);
-        let k = dest_key("fd77::/16".parse().unwrap(), None);
-        assert_eq!((k.prefix_len(), k.data().port), (32, [0, 0]));
-    }
-
-    #[test]
-    fn conn_key_canonicalises_mapped_peers() {
-        let a = conn_key("[::ffff:10.77.0.18]:40000".parse().unwrap(), "10.77.0.1:15001".parse().unwrap());
-        let b = conn_key("10.77.0.18:40000".parse().unwrap(), "[::ffff:10.77.0.1]:15001".parse().unwrap());
-        assert_eq!(a, b);
-    }
-}
-
 /// Reads the pinned maps of a running (or crashed, fail-closed) daemon: what
 /// `interceptor status` shows.
 pub struct PinnedView {
@@ -515,21 +607,38 @@ impl PinnedView {
         let open = |name: &'static str| -> Result<aya::maps::Map, RedirectError> {
             let data = MapData::from_pin(pin_dir.join("maps").join(name))
                 .map_err(|source| RedirectError::Map { name, source })?;
-            aya::maps::Map::from_map_data(data).map_err(|source| RedirectError::Map { name, source })
+            aya::maps::Map::from_map_data(data)
+                .map_err(|source| RedirectError::Map { name, source })
         };
-        let conns = HashMap::try_from(open(maps::CONNS)?)
-            .map_err(|source| RedirectError::Map { name: maps::CONNS, source })?;
-        let stats = PerCpuArray::try_from(open(maps::STATS)?)
-            .map_err(|source| RedirectError::Map { name: maps::STATS, source })?;
-        let cg: HashMap<MapData, u64, u32> = HashMap::try_from(open(maps::CGROUPS)?)
-            .map_err(|source| RedirectError::Map { name: maps::CGROUPS, source })?;
+        let conns = HashMap::try_from(open(maps::CONNS)?).map_err(|source| RedirectError::Map {
+            name: maps::CONNS,
+            source,
+        })?;
+        let stats =
+            PerCpuArray::try_from(open(maps::STATS)?).map_err(|source| RedirectError::Map {
+                name: maps::STATS,
+                source,
+            })?;
+        let cg: HashMap<MapData, u64, u32> =
+            HashMap::try_from(open(maps::CGROUPS)?).map_err(|source| RedirectError::Map {
+                name: maps::CGROUPS,
+                source,
+            })?;
         let cgroups = cg.keys().filter(|k| k.is_ok()).count();
-        Ok(Self { conns: ConnTable { map: conns }, stats: KernelStats { map: stats }, cgroups })
+        Ok(Self {
+            conns: ConnTable { map: conns },
+            stats: KernelStats { map: stats },
+            cgroups,
+        })
     }
 
     /// Whether links are pinned (programs attached in fail-closed mode).
     pub fn pinned_links(pin_dir: &Path) -> Vec<String> {
-        ALL_PROGRAMS.iter().filter(|n| pin_dir.join("links").join(n).exists()).map(|n| n.to_string()).collect()
+        ALL_PROGRAMS
+            .iter()
+            .filter(|n| pin_dir.join("links").join(n).exists())
+            .map(|n| n.to_string())
+            .collect()
     }
 }
 
@@ -566,7 +675,11 @@ pub fn attached_programs(cgroup: &Path) -> io::Result<Vec<(&'static str, u32)>> 
     let dir = File::open(cgroup)?;
     let mut out = Vec::new();
     for (name, attach_type) in ATTACH_TYPES {
-        let mut attr = QueryAttr { target_fd: dir.as_raw_fd() as u32, attach_type, ..Default::default() };
+        let mut attr = QueryAttr {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_type,
+            ..Default::default()
+        };
         // SAFETY: `attr` is a valid, zero-initialised bpf_attr prefix of the size
         // passed; with prog_ids == 0 the kernel only writes prog_cnt.
         let rc = unsafe {
@@ -583,4 +696,32 @@ pub fn attached_programs(cgroup: &Path) -> io::Result<Vec<(&'static str, u32)>> 
         out.push((name, attr.prog_cnt));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dest_keys() {
+        let k = dest_key("10.77.0.0/24".parse().unwrap(), Some(5432));
+        assert_eq!(k.prefix_len(), 16 + 96 + 24);
+        assert_eq!(k.data().port, [0x15, 0x38]);
+        assert_eq!(k.data().addr[10..13], [0xff, 0xff, 10]);
+        let k = dest_key("fd77::/16".parse().unwrap(), None);
+        assert_eq!((k.prefix_len(), k.data().port), (32, [0, 0]));
+    }
+
+    #[test]
+    fn conn_key_canonicalises_mapped_peers() {
+        let a = conn_key(
+            "[::ffff:10.77.0.18]:40000".parse().unwrap(),
+            "10.77.0.1:15001".parse().unwrap(),
+        );
+        let b = conn_key(
+            "10.77.0.18:40000".parse().unwrap(),
+            "[::ffff:10.77.0.1]:15001".parse().unwrap(),
+        );
+        assert_eq!(a, b);
+    }
 }

@@ -70,7 +70,9 @@ pub fn check_capabilities() -> Result<(), PreflightError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::Capabilities { missing: missing.join(" and ") })
+        Err(PreflightError::Capabilities {
+            missing: missing.join(" and "),
+        })
     }
 }
 
@@ -78,7 +80,9 @@ pub fn check_btf(vmlinux: &Path) -> Result<(), PreflightError> {
     if vmlinux.exists() {
         Ok(())
     } else {
-        Err(PreflightError::NoBtf { path: vmlinux.into() })
+        Err(PreflightError::NoBtf {
+            path: vmlinux.into(),
+        })
     }
 }
 
@@ -96,7 +100,10 @@ pub fn check_cgroup2(root: &Path) -> Result<(), PreflightError> {
     }
     match fs_magic(root) {
         Some(CGROUP2_SUPER_MAGIC) => Ok(()),
-        found => Err(PreflightError::NotCgroup2 { path: root.into(), found: found.unwrap_or(0) }),
+        found => Err(PreflightError::NotCgroup2 {
+            path: root.into(),
+            found: found.unwrap_or(0),
+        }),
     }
 }
 
@@ -111,7 +118,10 @@ pub fn check_bpffs(pin_dir: &Path) -> Result<(), PreflightError> {
     }
     match fs_magic(p) {
         Some(BPF_FS_MAGIC) => Ok(()),
-        found => Err(PreflightError::NoBpffs { path: pin_dir.into(), found: found.unwrap_or(0) }),
+        found => Err(PreflightError::NoBpffs {
+            path: pin_dir.into(),
+            found: found.unwrap_or(0),
+        }),
     }
 }
 
@@ -123,12 +133,21 @@ mod tests {
     fn wrong_filesystems_are_named() {
         let tmp = std::env::temp_dir();
         let e = check_cgroup2(&tmp).unwrap_err().to_string();
-        assert!(e.contains("is not a cgroup v2 mount") && e.contains("cgroup_root"), "{e}");
-        let e = check_bpffs(&tmp.join("interceptor-pins")).unwrap_err().to_string();
+        assert!(
+            e.contains("is not a cgroup v2 mount") && e.contains("cgroup_root"),
+            "{e}"
+        );
+        let e = check_bpffs(&tmp.join("interceptor-pins"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mount -t bpf bpf /sys/fs/bpf"), "{e}");
-        let e = check_cgroup2(Path::new("/nonexistent/cgroup")).unwrap_err().to_string();
+        let e = check_cgroup2(Path::new("/nonexistent/cgroup"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
-        let e = check_btf(Path::new("/nonexistent/vmlinux")).unwrap_err().to_string();
+        let e = check_btf(Path::new("/nonexistent/vmlinux"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CONFIG_DEBUG_INFO_BTF"), "{e}");
     }
 }

@@ -28,9 +28,13 @@ pub fn privileged(test: &str) -> bool {
         }
         Some(why) => {
             if std::env::var_os("INTERCEPTOR_REQUIRE_PRIVILEGED").is_some() {
-                panic!("{test}: privileged test cannot run: {why}, and INTERCEPTOR_REQUIRE_PRIVILEGED is set");
+                panic!(
+                    "{test}: privileged test cannot run: {why}, and INTERCEPTOR_REQUIRE_PRIVILEGED is set"
+                );
             }
-            eprintln!("SKIPPED {test}: {why}. Run the tests as root (`sudo -E cargo xtask test`) to include it.");
+            eprintln!(
+                "SKIPPED {test}: {why}. Run the tests as root (`sudo -E cargo xtask test`) to include it."
+            );
             false
         }
     }
@@ -39,7 +43,9 @@ pub fn privileged(test: &str) -> bool {
 fn assert_bpffs() {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     assert!(
-        mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")),
+        mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")),
         "bpffs is not mounted at /sys/fs/bpf: run `mount -t bpf bpf /sys/fs/bpf` (cargo xtask test does)"
     );
 }
@@ -77,7 +83,11 @@ pub fn pin_dir(lab: &Lab) -> PathBuf {
 }
 
 pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
-    let v6 = if o.with_v6 { format!("  address_v6: \"[{}]:15001\"\n", lab.node_v6(1)) } else { String::new() };
+    let v6 = if o.with_v6 {
+        format!("  address_v6: \"[{}]:15001\"\n", lab.node_v6(1))
+    } else {
+        String::new()
+    };
     let select: Vec<String> = o.select.iter().map(|s| format!("\"{s}\"")).collect();
     let dests: Vec<String> = o.destinations.iter().map(|s| format!("\"{s}\"")).collect();
     let text = format!(
@@ -108,7 +118,10 @@ impl Daemon {
     }
 
     pub fn start_with(mut cmd: Command, config: &Path, dir: &Path) -> Daemon {
-        let log = dir.join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos() ^ rand_suffix()));
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            Instant::now().elapsed().as_nanos() ^ rand_suffix()
+        ));
         let child = cmd
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
@@ -116,7 +129,11 @@ impl Daemon {
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn daemon");
-        let mut d = Daemon { child: Some(child), log, config: config.into() };
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+            config: config.into(),
+        };
         d.wait_for("interceptor ready", Duration::from_secs(20));
         d
     }
@@ -126,7 +143,11 @@ impl Daemon {
             Ok(f) => f,
             Err(_) => return vec![],
         };
-        BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
     }
 
     pub fn raw_log(&self) -> String {
@@ -139,12 +160,19 @@ impl Daemon {
             if self.lines().iter().any(|l| l["message"] == message) {
                 return;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("daemon exited ({status}) before `{message}`:\n{}", self.raw_log());
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "daemon exited ({status}) before `{message}`:\n{}",
+                    self.raw_log()
+                );
             }
-            assert!(start.elapsed() < timeout, "daemon did not log `{message}` in {timeout:?}:\n{}", self.raw_log());
+            assert!(
+                start.elapsed() < timeout,
+                "daemon did not log `{message}` in {timeout:?}:\n{}",
+                self.raw_log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -153,7 +181,11 @@ impl Daemon {
     pub fn records(&self, n: usize) -> Vec<Value> {
         let start = Instant::now();
         loop {
-            let r: Vec<Value> = self.lines().into_iter().filter(|l| l["message"] == "connection closed").collect();
+            let r: Vec<Value> = self
+                .lines()
+                .into_iter()
+                .filter(|l| l["message"] == "connection closed")
+                .collect();
             if r.len() >= n || start.elapsed() > Duration::from_secs(10) {
                 return r;
             }
@@ -201,7 +233,10 @@ impl Drop for Daemon {
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 /// A probe server in the host namespace (a "service" on a node address).
@@ -215,7 +250,13 @@ impl Server {
         let ready = dir.join(format!("ready-{}-{}", addr.port(), rand_suffix()));
         let out = dir.join(format!("server-{}-{}.jsonl", addr.port(), rand_suffix()));
         let child = Command::new(PROBE)
-            .args(["serve", &addr.to_string(), "--send", &send.to_string(), "--ready-file"])
+            .args([
+                "serve",
+                &addr.to_string(),
+                "--send",
+                &send.to_string(),
+                "--ready-file",
+            ])
             .arg(&ready)
             .args(extra)
             .stdout(fs::File::create(&out).unwrap())
@@ -223,7 +264,10 @@ impl Server {
             .expect("spawn probe server");
         let start = Instant::now();
         while !ready.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "probe server on {addr} did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "probe server on {addr} did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Server { child, out }
@@ -267,7 +311,10 @@ pub fn probe_in_pod(pod: &Pod, args: &[&str]) -> (Value, u32) {
     let out = child.wait_with_output().expect("probe output");
     let text = String::from_utf8_lossy(&out.stdout);
     let v: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!("probe printed no JSON ({e}): stdout={text} stderr={}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "probe printed no JSON ({e}): stdout={text} stderr={}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (v, pid)
 }
@@ -287,7 +334,10 @@ pub fn finish(child: Child) -> (Value, u32) {
     let pid = child.id();
     let out = child.wait_with_output().expect("probe output");
     let text = String::from_utf8_lossy(&out.stdout);
-    (serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {text}")), pid)
+    (
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {text}")),
+        pid,
+    )
 }
 
 /// `interceptor status --json` for the lab's pin directory.
@@ -297,10 +347,17 @@ pub fn status(lab: &Lab) -> Value {
         .arg(pin_dir(lab))
         .output()
         .unwrap();
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 pub fn record_for<'a>(records: &'a [Value], orig_dst: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["orig_dst"] == orig_dst).collect()
+    records
+        .iter()
+        .filter(|r| r["orig_dst"] == orig_dst)
+        .collect()
 }

@@ -1,0 +1,292 @@
+//! `interceptor-lab`: runs the product on this machine, no Kubernetes needed.
+//!
+//! `interceptor-lab demo` builds a lab (pods made of a network namespace, a veth
+//! pair and a cgroup), starts a real PostgreSQL on a node address, runs the
+//! daemon on the embedded standalone configuration and walks through what it
+//! does, explaining each step. Everything it creates is removed at the end.
+//! `cargo xtask demo` builds the binaries and runs it.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use interceptor_daemon::testbed::{Lab, Pod, Postgres, missing_privileges};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "interceptor-lab",
+    about = "Run the interceptor on lab pods on this machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The guided demo.
+    Demo {
+        /// Directory holding the `interceptor` binary (default: next to this one).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let Cmd::Demo { bin_dir } = Cli::parse().cmd;
+    match demo(bin_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\ndemo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn step(n: u32, title: &str) {
+    println!("\n\x1b[1m[{n}] {title}\x1b[0m");
+}
+
+fn say(text: &str) {
+    for l in text.lines() {
+        println!("    {l}");
+    }
+}
+
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn records(&self) -> Vec<Value> {
+        let Ok(f) = fs::File::open(&self.log) else {
+            return vec![];
+        };
+        BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .collect()
+    }
+
+    fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, what: &str) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.records().into_iter().find(|v| pred(v)) {
+                return Ok(v);
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                bail!(
+                    "the daemon exited ({st}); its log: {}",
+                    fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "timed out waiting for {what}; daemon log: {}",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn psql_in_pod(pod: &Pod, pg: SocketAddr, sql: &str) -> anyhow::Result<(String, u32)> {
+    let child = pod
+        .command("psql")?
+        .args([
+            "-X",
+            "-At",
+            "-F",
+            " | ",
+            "-h",
+            &pg.ip().to_string(),
+            "-p",
+            &pg.port().to_string(),
+        ])
+        .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running psql in the pod")?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((String::from_utf8_lossy(&out.stdout).trim().to_string(), pid))
+}
+
+fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    if let Some(why) = missing_privileges() {
+        bail!("the demo {why}: run it as root");
+    }
+    let bin_dir = match bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("binary directory")?,
+    };
+    let interceptor = bin_dir.join("interceptor");
+    let work = std::env::temp_dir().join(format!("interceptor-demo-{}", std::process::id()));
+    fs::create_dir_all(&work)?;
+
+    println!(
+        "\x1b[1minterceptor demo\x1b[0m: a pod's PostgreSQL connection, transparently routed through the"
+    );
+    println!("node's interceptor by eBPF, with no change to the application.");
+
+    step(
+        1,
+        "A lab node and two pods (real network namespaces, veth pairs and cgroups)",
+    );
+    let mut lab = Lab::new().context("creating the lab (needs iproute2 and cgroup v2)")?;
+    let app = lab.add_pod("app", "pods/app")?;
+    let batch = lab.add_pod("batch", "batch/job")?;
+    say(&format!(
+        "pod `app`:   address {}, cgroup {} (id {})\npod `batch`: address {}, cgroup {} (id {})\nnode addresses: {} (interceptor), {} (PostgreSQL)\nEach pod has one route, to the node block through its veth: no way out of the lab.",
+        app.v4,
+        app.cgroup.display(),
+        app.cgroup_id,
+        batch.v4,
+        batch.cgroup.display(),
+        batch.cgroup_id,
+        lab.node_v4(1),
+        lab.node_v4(2),
+    ));
+
+    step(2, "A real PostgreSQL server on the node");
+    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
+    let pg_dir = work.join("pg");
+    fs::create_dir_all(&pg_dir)?;
+    let pg = Postgres::start(pg_addr, &pg_dir).context("starting PostgreSQL")?;
+    pg.admin_sql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');",
+    )?;
+    say(&format!(
+        "PostgreSQL ({}) listening on {pg_addr}, table `customers` created",
+        pg.bin.display()
+    ));
+
+    step(
+        3,
+        "The interceptor daemon, on the embedded standalone configuration",
+    );
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-demo-{}", lab.slot));
+    let config = format!(
+        "node_name: demo-node\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\ntargets:\n  - name: customers-db\n    destinations: [\"{pg_addr}\"]\n",
+        lab.node_v4(1),
+        lab.cgroup_dir.display(),
+        pin_dir.display()
+    );
+    let config_path = work.join("interceptor.yaml");
+    fs::write(&config_path, &config)?;
+    say(&config);
+    let log = work.join("interceptor.log");
+    let child = Command::new(&interceptor)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config_path)
+        .stderr(fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", interceptor.display()))?;
+    let mut daemon = Daemon {
+        child: Some(child),
+        log,
+    };
+    daemon.wait_for(
+        |v| v["message"] == "interceptor ready",
+        "the daemon to start",
+    )?;
+    say(&format!(
+        "eBPF programs (connect4/6, getpeername4/6, sockops) attached to {}\nlistening on {}:15001; cgroups matching `pods/*` are intercepted",
+        lab.cgroup_dir.display(),
+        lab.node_v4(1)
+    ));
+
+    step(
+        4,
+        "The `app` pod runs psql against PostgreSQL's own address",
+    );
+    let (out, pid) = psql_in_pod(
+        &app,
+        pg_addr,
+        "SELECT inet_server_addr() AS server, inet_client_addr() AS seen_client, (SELECT count(*) FROM customers)",
+    )?;
+    say(&format!(
+        "$ psql -h {} -c 'SELECT inet_server_addr(), inet_client_addr(), ...'\n{out}",
+        pg_addr.ip()
+    ));
+    let rec = daemon.wait_for(
+        |v| v["message"] == "connection closed" && v["pid"] == pid,
+        "the connection record",
+    )?;
+    say(&format!(
+        "PostgreSQL saw the connection come from the node, not from the pod ({}): the interceptor carried it.\nThe daemon's record of it:\n  original destination {}  target {}\n  cgroup {} (id {})  pid {} (psql)  uid {}\n  {} bytes up, {} bytes down",
+        app.v4,
+        rec["orig_dst"].as_str().unwrap_or("?"),
+        rec["target_name"].as_str().unwrap_or("?"),
+        rec["cgroup"].as_str().unwrap_or("?"),
+        rec["cgroup_id"],
+        rec["pid"],
+        rec["uid"],
+        rec["bytes_up"],
+        rec["bytes_down"],
+    ));
+
+    step(
+        5,
+        "The `batch` pod is not selected: it reaches PostgreSQL directly",
+    );
+    let (out, _) = psql_in_pod(&batch, pg_addr, "SELECT inet_client_addr()")?;
+    say(&format!(
+        "inet_client_addr() = {out}  (the pod's own address: not intercepted)"
+    ));
+
+    step(6, "`interceptor status`: the kernel side");
+    let st = Command::new(&interceptor)
+        .args(["status", "--pin-dir"])
+        .arg(&pin_dir)
+        .output()?;
+    say(String::from_utf8_lossy(&st.stdout).trim_end());
+
+    step(
+        7,
+        "Stopping the daemon (SIGTERM) detaches and unpins everything",
+    );
+    let code = daemon.stop();
+    say(&format!(
+        "daemon exited with {code:?}; pin directory present afterwards: {}",
+        pin_dir.exists()
+    ));
+
+    drop(pg);
+    drop(lab);
+    let _ = fs::remove_dir_all(&work);
+    println!("\n\x1b[1mdone\x1b[0m: lab, PostgreSQL and daemon cleaned up.");
+    Ok(())
+}
