@@ -87,7 +87,7 @@ fn redirect_ipv6_and_ipv4_mapped() {
     let pod = lab.add_pod("a", "pods/a").unwrap();
     let svc6: SocketAddr = (lab.node_v6(2), 7002).into();
     let svc4: SocketAddr = (lab.node_v4(2), 7003).into();
-    let server6 = Server::start(svc6, 4 * MB, &dir, &[]);
+    let server6 = Server::start(svc6, 100 * MB, &dir, &[]);
     let server4 = Server::start(svc4, 4 * MB, &dir, &[]);
     let cfg = write_config(
         &lab,
@@ -106,11 +106,12 @@ fn redirect_ipv6_and_ipv4_mapped() {
             "connect",
             &svc6.to_string(),
             "--send",
-            &(4 * MB).to_string(),
+            &(100 * MB).to_string(),
         ],
     );
     assert_eq!(r6["ok"], true, "{r6}");
     assert_eq!(r6["peer"], svc6.to_string());
+    assert_eq!(r6["received"], 100 * MB);
     assert_eq!(r6["received_sha256"], server6.reports(1)[0]["sent_sha256"]);
     assert_eq!(r6["sent_sha256"], server6.reports(1)[0]["received_sha256"]);
 
@@ -128,11 +129,57 @@ fn redirect_ipv6_and_ipv4_mapped() {
         (r[0]["pid"].as_u64(), r[0]["cgroup_id"].as_u64()),
         (Some(pid6.into()), Some(pod.cgroup_id))
     );
-    assert_eq!(r[0]["bytes_up"], 4 * MB);
+    assert_eq!(
+        (r[0]["bytes_up"].as_u64(), r[0]["bytes_down"].as_u64()),
+        (Some(100 * MB), Some(100 * MB))
+    );
     let r = record_for(&recs, &svc4.to_string());
     assert_eq!(r.len(), 1, "{recs:?}");
     assert_eq!(r[0]["pid"].as_u64(), Some(pidm.into()));
     assert_eq!(r[0]["bytes_down"], 4 * MB);
+}
+
+#[test]
+fn half_close_is_passed_on_both_ways() {
+    if !privileged("half_close_is_passed_on_both_ways") {
+        return;
+    }
+    let dir = scratch("halfclose");
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("a", "pods/a").unwrap();
+    let svc: SocketAddr = (lab.node_v4(2), 7013).into();
+    // The server answers only after it has seen the client's EOF.
+    let server = Server::start(svc, 20 * MB, &dir, &["--after-eof"]);
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
+    let daemon = Daemon::start(&cfg, &dir);
+    let (r, _) = probe_in_pod(
+        &pod,
+        &[
+            "connect",
+            &svc.to_string(),
+            "--send",
+            "4096",
+            "--timeout-ms",
+            "20000",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["received"], 20 * MB, "{r}");
+    let s = &server.reports(1)[0];
+    assert_eq!(s["received"], 4096);
+    assert_eq!(s["sent_sha256"], r["received_sha256"]);
+    let recs = daemon.records(1);
+    assert_eq!(
+        (recs[0]["bytes_up"].as_u64(), recs[0]["bytes_down"].as_u64()),
+        (Some(4096), Some(20 * MB))
+    );
 }
 
 #[test]

@@ -55,9 +55,13 @@ enum Cmd {
         /// Stop after this many connections (0: never).
         #[arg(long, default_value_t = 0)]
         max_conns: u64,
-        /// Report only every connection's failures and a summary every N (for churn).
+        /// Report failed connections only (for churn).
         #[arg(long)]
         quiet: bool,
+        /// Read until the client's EOF before sending anything: the answer can
+        /// only arrive if the client's half-close was passed on.
+        #[arg(long)]
+        after_eof: bool,
     },
     /// Open `count` connections one after another, each read to EOF then closed.
     Churn {
@@ -131,6 +135,16 @@ fn exchange(s: &TcpStream, send: u64, seed: u64) -> io::Result<serde_json::Value
     }))
 }
 
+/// Reads everything first, then answers.
+fn reply_after_eof(s: &TcpStream, send: u64, seed: u64) -> io::Result<serde_json::Value> {
+    let (received, received_sha) = read_all(s)?;
+    let sent_sha = send_pattern(s, send, seed)?;
+    Ok(json!({
+        "sent": send, "sent_sha256": sent_sha,
+        "received": received, "received_sha256": received_sha,
+    }))
+}
+
 fn main() -> ExitCode {
     match Cli::parse().cmd {
         Cmd::Connect {
@@ -178,6 +192,7 @@ fn main() -> ExitCode {
             ready_file,
             max_conns,
             quiet,
+            after_eof,
         } => {
             let l = match TcpListener::bind(addr) {
                 Ok(l) => l,
@@ -198,7 +213,12 @@ fn main() -> ExitCode {
                 let h = std::thread::spawn(move || {
                     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                     let local = s.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    match exchange(&s, send, seed) {
+                    let result = if after_eof {
+                        reply_after_eof(&s, send, seed)
+                    } else {
+                        exchange(&s, send, seed)
+                    };
+                    match result {
                         Ok(mut v) => {
                             if !quiet {
                                 v["peer"] = peer.into();
