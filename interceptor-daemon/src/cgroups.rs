@@ -270,6 +270,11 @@ impl CgroupIndex {
             .cloned()
     }
 
+    /// Number of cgroups in the index.
+    pub fn known_len(&self) -> usize {
+        self.known.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -46,6 +46,22 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// The per-node HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(deserialize_with = "socket_addr")]
+    pub address: SocketAddr,
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|_| de::Error::custom(format!("`{s}` is not an address:port")))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,9 +15,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
+    admin::{self, AdminState, Readiness},
     cgroups::CgroupIndex,
     config::Config,
     listener::{self, Shared},
+    metrics::Metrics,
     redirect::{self, Redirector},
 };
 
@@ -25,6 +27,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let listeners = listener::bind(&cfg)
         .await
         .context("starting the listener")?;
+    let admin_listener = match &cfg.admin {
+        Some(a) => Some(admin::bind(a.address).await?),
+        None => None,
+    };
     let (loaded, handles) = Redirector::load(&cfg)?;
     let index = Arc::new(CgroupIndex::new(
         cfg.redirect.cgroup_root.clone(),
@@ -34,16 +40,33 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (known, classified) = index.refresh();
     info!(cgroups_seen = known, classified, "cgroup tree scanned");
     let redirector = loaded.attach()?;
+    let ready = Arc::new(Readiness::new(cfg.redirect.cgroup_root.clone()));
+    ready.set_attached(true);
 
+    let metrics = Arc::new(Metrics::new());
+    let conns = Arc::new(handles.conns);
     let shared = Arc::new(Shared {
         node: cfg.node_name(),
         cfg: cfg.clone(),
-        conns: handles.conns,
+        conns: conns.clone(),
         cgroups: index.clone(),
+        metrics: metrics.clone(),
         next_id: AtomicU64::new(1),
     });
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let stats = Arc::new(handles.stats);
+    if let Some(l) = admin_listener {
+        info!(address = %l.local_addr()?, "admin endpoint: /metrics /healthz /readyz");
+        let state = Arc::new(AdminState {
+            metrics,
+            stats: stats.clone(),
+            conns,
+            cgroups: index.clone(),
+            ready: ready.clone(),
+        });
+        tokio::spawn(admin::serve(l, state, stop.child_token()));
+    }
 
     // Rescan the tree so new pods become SELECTED/EXCLUDED without waiting for
     // their first connection, and removed ones leave the kernel map.
@@ -95,8 +118,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = rescan.await;
     // Detach before draining: from here on new connections are not intercepted,
     // which is the operator's explicit choice when stopping the daemon.
+    ready.set_attached(false);
     redirector.detach();
-    log_kernel_stats(&handles.stats);
+    log_kernel_stats(&stats);
     tasks.close();
     let grace = Duration::from_millis(cfg.proxy.shutdown_grace_ms) + Duration::from_millis(500);
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {

@@ -5,11 +5,13 @@
 //! destination, attribute to a cgroup via `cgroups`) → `forward` (upstream and byte
 //! pump). `config` feeds them all; `daemon` wires them; `testbed` builds real
 //! network-namespace + veth + cgroup "pods" for tests, the demo and benchmarks.
+pub mod admin;
 pub mod cgroups;
 pub mod config;
 pub mod daemon;
 pub mod forward;
 pub mod listener;
+pub mod metrics;
 pub mod redirect;
 pub mod telemetry;
 pub mod testbed;

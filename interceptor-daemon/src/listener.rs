@@ -20,14 +20,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::{cgroups::CgroupIndex, config::Config, forward, redirect::ConnTable};
+use crate::{
+    cgroups::CgroupIndex,
+    config::Config,
+    forward,
+    metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
+    redirect::ConnTable,
+};
 
 /// Everything a connection needs from the daemon; shared by all tasks.
 pub struct Shared {
     pub cfg: Config,
     pub node: String,
-    pub conns: ConnTable,
+    pub conns: Arc<ConnTable>,
     pub cgroups: Arc<CgroupIndex>,
+    pub metrics: Arc<Metrics>,
     pub next_id: AtomicU64,
 }
 
@@ -121,6 +128,14 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: 
     };
     let Some(orig) = lookup_record(&shared, peer, local).await else {
         warn!(conn_id = id, client = %peer, "refusing a connection that has no redirect record");
+        shared
+            .metrics
+            .failures
+            .get_or_create(&FailureLabels {
+                target: "unknown".into(),
+                reason: Failure::NoRedirectRecord,
+            })
+            .inc();
         forward::reset(stream);
         return;
     };
@@ -174,9 +189,47 @@ async fn wait_for_shutdown(stop: &CancellationToken, shared: &Shared) {
     tokio::time::sleep(Duration::from_millis(shared.cfg.proxy.shutdown_grace_ms)).await;
 }
 
+/// Keeps `connections_active` right however the connection task ends
+/// (including being dropped at shutdown).
+struct ActiveGuard<'a> {
+    metrics: &'a Metrics,
+    labels: TargetLabels,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.active.get_or_create(&self.labels).dec();
+    }
+}
+
 async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
     let started = Instant::now();
     let _ = client.set_nodelay(true);
+    let m = &shared.metrics;
+    let labels = TargetLabels {
+        target: meta.target.clone(),
+        protocol: "tcp",
+    };
+    m.connections
+        .get_or_create(&ConnLabels {
+            target: meta.target.clone(),
+            protocol: "tcp",
+            intercepted: meta.selected,
+        })
+        .inc();
+    m.active.get_or_create(&labels).inc();
+    let _active = ActiveGuard {
+        metrics: m,
+        labels: labels.clone(),
+    };
+    let fail = |reason| {
+        m.failures
+            .get_or_create(&FailureLabels {
+                target: meta.target.clone(),
+                reason,
+            })
+            .inc()
+    };
     debug!(client = %meta.client, pid = meta.pid, "accepted");
     let mut upstream = match forward::connect_upstream(
         meta.orig_dst,
@@ -185,8 +238,14 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
     )
     .await
     {
-        Ok(u) => u,
+        Ok(u) => {
+            m.upstream_connect
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            u
+        }
         Err(e) => {
+            fail(Failure::UpstreamConnect);
             warn!(
                 client = %meta.client,
                 cgroup = meta.cgroup.as_deref().unwrap_or("?"),
@@ -201,8 +260,22 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
     let result = forward::pump(&mut client, &mut upstream, shared.cfg.proxy.buffer_bytes).await;
     let (bytes_up, bytes_down, error) = match &result {
         Ok(t) => (t.up, t.down, None),
-        Err(e) => (0, 0, Some(e.to_string())),
+        Err(e) => {
+            fail(Failure::Transfer);
+            (0, 0, Some(e.to_string()))
+        }
     };
+    let bytes = |direction| {
+        m.bytes.get_or_create(&BytesLabels {
+            target: meta.target.clone(),
+            direction,
+        })
+    };
+    bytes(Direction::Up).inc_by(bytes_up);
+    bytes(Direction::Down).inc_by(bytes_down);
+    m.duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     info!(
         conn_id = meta.id,
         target_name = %meta.target,

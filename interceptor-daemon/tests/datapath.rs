@@ -237,6 +237,33 @@ fn two_pods_at_once_are_told_apart() {
             .unwrap()
             .starts_with(&format!("{}:", b.v4))
     );
+
+    // What an SRE's Prometheus sees.
+    let (code, text) = http_get(admin_addr(&lab), "/metrics");
+    assert_eq!(code, 200);
+    let m = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no `{s}` in:\n{text}"));
+    let svc_conns =
+        r#"interceptor_connections_total{target="svc",protocol="tcp",intercepted="true"}"#;
+    assert_eq!(m(svc_conns), 2.0);
+    assert_eq!(
+        m(r#"interceptor_connections_active{target="svc",protocol="tcp"}"#),
+        0.0
+    );
+    assert_eq!(
+        m(r#"interceptor_bytes_total{target="svc",direction="up"}"#),
+        (16 * MB) as f64
+    );
+    assert_eq!(
+        m(r#"interceptor_bytes_total{target="svc",direction="down"}"#),
+        (16 * MB) as f64
+    );
+    assert_eq!(
+        m(r#"interceptor_kernel_events_total{event="redirected"}"#),
+        2.0
+    );
+    assert_eq!(m("interceptor_bpf_conntrack_entries"), 0.0);
+    let connects = r#"interceptor_upstream_connect_seconds_count{target="svc",protocol="tcp"}"#;
+    assert_eq!(m(connects), 2.0);
 }
 
 #[test]
@@ -492,6 +519,11 @@ fn sigterm_detaches_and_unpins_everything() {
     let mut daemon = Daemon::start(&cfg, &dir);
     assert_attached(&lab, 1);
     assert!(pin_dir(&lab).join("links").exists());
+    assert_eq!(
+        http_get(admin_addr(&lab), "/readyz"),
+        (200, "ready\n".into())
+    );
+    assert_eq!(http_get(admin_addr(&lab), "/healthz").0, 200);
     let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string()]);
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(daemon.stop(), Some(0), "{}", daemon.raw_log());

@@ -72,11 +72,17 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The workspace around the current directory. Not the compile-time manifest
+/// path: with a build cache shared between clones (CI), the xtask binary may
+/// have been built from another checkout.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cwd.ancestors()
+        .find(|d| {
+            std::fs::read_to_string(d.join("Cargo.toml")).is_ok_and(|t| t.contains("[workspace]"))
+        })
         .map(Path::to_path_buf)
-        .unwrap_or_default()
+        .unwrap_or(cwd)
 }
 
 fn status(cmd: &mut Command) -> anyhow::Result<()> {

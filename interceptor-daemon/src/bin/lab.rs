@@ -140,6 +140,23 @@ fn psql_in_pod(pod: &Pod, pg: SocketAddr, sql: &str) -> anyhow::Result<(String, 
     Ok((String::from_utf8_lossy(&out.stdout).trim().to_string(), pid))
 }
 
+/// A plain HTTP/1.1 GET on loopback; returns the body.
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
+
 fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(why) = missing_privileges() {
         bail!("the demo {why}: run it as root");
@@ -198,8 +215,9 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         "The interceptor daemon, on the embedded standalone configuration",
     );
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-demo-{}", lab.slot));
+    let admin_port = 19_200 + u16::from(lab.slot);
     let config = format!(
-        "node_name: demo-node\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\ntargets:\n  - name: customers-db\n    destinations: [\"{pg_addr}\"]\n",
+        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\ntargets:\n  - name: customers-db\n    destinations: [\"{pg_addr}\"]\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display()
@@ -276,6 +294,29 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     step(
         7,
+        "The per-node metrics endpoint an SRE's Prometheus scrapes",
+    );
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let body = http_get(admin, "/metrics")?;
+    let shown = [
+        "interceptor_connections_total",
+        "interceptor_bytes_total",
+        "interceptor_kernel_events_total{event=\"redirected\"}",
+        "interceptor_bpf_conntrack_entries",
+    ];
+    for l in body
+        .lines()
+        .filter(|l| shown.iter().any(|p| l.starts_with(p)))
+    {
+        say(l);
+    }
+    say(&format!(
+        "GET /readyz -> {}",
+        http_get(admin, "/readyz")?.trim()
+    ));
+
+    step(
+        8,
         "Stopping the daemon (SIGTERM) detaches and unpins everything",
     );
     let code = daemon.stop();

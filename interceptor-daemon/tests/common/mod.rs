@@ -86,6 +86,45 @@ pub fn pin_dir(lab: &Lab) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/interceptor-lab-{}", lab.slot))
 }
 
+/// The daemon's admin endpoint in a lab (loopback, one port per lab slot).
+pub fn admin_addr(lab: &Lab) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 19_100 + u16::from(lab.slot)))
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("admin endpoint reachable");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line in an OpenMetrics exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
     let v6 = if o.with_v6 {
         format!("  address_v6: \"[{}]:15001\"\n", lab.node_v6(1))
@@ -95,7 +134,8 @@ pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
     let select: Vec<String> = o.select.iter().map(|s| format!("\"{s}\"")).collect();
     let dests: Vec<String> = o.destinations.iter().map(|s| format!("\"{s}\"")).collect();
     let text = format!(
-        "node_name: lab-node\nlistener:\n  address: {}:15001\n{v6}redirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [{}]\n  fail_mode: {}\n  rescan_interval_ms: 200\nproxy:\n  shutdown_grace_ms: 200\ntargets:\n  - name: svc\n    destinations: [{}]\n{}",
+        "node_name: lab-node\nadmin:\n  address: {}\nlistener:\n  address: {}:15001\n{v6}redirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [{}]\n  fail_mode: {}\n  rescan_interval_ms: 200\nproxy:\n  shutdown_grace_ms: 200\ntargets:\n  - name: svc\n    destinations: [{}]\n{}",
+        admin_addr(lab),
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir(lab).display(),

@@ -1,0 +1,258 @@
+//! Prometheus / OpenMetrics instruments of the daemon.
+//!
+//! Connection instruments are updated on the data path (atomic adds behind a
+//! label lookup); kernel-side figures (the programs' counters, occupancy of the
+//! connection table) are read from the BPF maps when a scrape asks for them.
+//! Labels are bounded: targets come from the configuration, never from traffic.
+
+use std::{fmt::Write as _, sync::atomic::Ordering};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub target: String,
+    pub protocol: &'static str,
+    /// False for connections passed through because their cgroup turned out
+    /// not to be selected.
+    pub intercepted: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Failure {
+    /// Accepted connection without a kernel record: refused.
+    NoRedirectRecord,
+    /// The original destination could not be reached.
+    UpstreamConnect,
+    /// The transfer ended with an I/O error.
+    Transfer,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub target: String,
+    pub reason: Failure,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to upstream.
+    Up,
+    /// Upstream to client.
+    Down,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub target: String,
+    pub direction: Direction,
+}
+
+impl EncodeLabelValue for Failure {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        enc.write_str(match self {
+            Failure::NoRedirectRecord => "no_redirect_record",
+            Failure::UpstreamConnect => "upstream_connect",
+            Failure::Transfer => "transfer",
+        })
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        enc.write_str(match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Buckets(fn() -> Histogram);
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        (self.0)()
+    }
+}
+
+fn latency_buckets() -> Histogram {
+    // 50 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+fn duration_buckets() -> Histogram {
+    // 1 ms .. ~4.7 h
+    Histogram::new(exponential_buckets(0.001, 4.0, 13))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Family<ConnLabels, Counter>,
+    pub active: Family<TargetLabels, Gauge>,
+    pub failures: Family<FailureLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub upstream_connect: Family<TargetLabels, Histogram, Buckets>,
+    pub duration: Family<TargetLabels, Histogram, Buckets>,
+    kernel_events: Family<EventLabels, Counter>,
+    conntrack_entries: Gauge,
+    cgroups_known: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("interceptor");
+        let m = Metrics {
+            connections: Family::default(),
+            active: Family::default(),
+            failures: Family::default(),
+            bytes: Family::default(),
+            upstream_connect: Family::new_with_constructor(Buckets(latency_buckets)),
+            duration: Family::new_with_constructor(Buckets(duration_buckets)),
+            kernel_events: Family::default(),
+            conntrack_entries: Gauge::default(),
+            cgroups_known: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Redirected connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Redirected connections open now",
+            m.active.clone(),
+        );
+        registry.register(
+            "connection_failures",
+            "Redirected connections that failed, by reason",
+            m.failures.clone(),
+        );
+        registry.register("bytes", "Bytes carried, by direction", m.bytes.clone());
+        registry.register(
+            "upstream_connect_seconds",
+            "Time to connect to the original destination",
+            m.upstream_connect.clone(),
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "Lifetime of redirected connections",
+            m.duration.clone(),
+        );
+        registry.register(
+            "kernel_events",
+            "Events counted by the eBPF programs (redirected, skipped_mark, rejected, ...)",
+            m.kernel_events.clone(),
+        );
+        registry.register(
+            "bpf_conntrack_entries",
+            "Live entries in the kernel's redirected-connection table",
+            m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "cgroups_known",
+            "cgroups in the selection index",
+            m.cgroups_known.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Copies kernel-side figures in; called right before a scrape is encoded.
+    pub fn set_kernel(
+        &self,
+        events: &[(&'static str, u64)],
+        conntrack_entries: usize,
+        cgroups_known: usize,
+    ) {
+        for (event, v) in events {
+            self.kernel_events
+                .get_or_create(&EventLabels { event })
+                .inner()
+                .store(*v, Ordering::Relaxed);
+        }
+        self.conntrack_entries.set(conntrack_entries as i64);
+        self.cgroups_known.set(cgroups_known as i64);
+    }
+
+    /// OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_and_labels() {
+        let m = Metrics::new();
+        let t = TargetLabels {
+            target: "db".into(),
+            protocol: "tcp",
+        };
+        m.connections
+            .get_or_create(&ConnLabels {
+                target: "db".into(),
+                protocol: "tcp",
+                intercepted: true,
+            })
+            .inc();
+        m.bytes
+            .get_or_create(&BytesLabels {
+                target: "db".into(),
+                direction: Direction::Up,
+            })
+            .inc_by(42);
+        m.failures
+            .get_or_create(&FailureLabels {
+                target: "db".into(),
+                reason: Failure::UpstreamConnect,
+            })
+            .inc();
+        m.upstream_connect.get_or_create(&t).observe(0.001);
+        m.set_kernel(&[("redirected", 7)], 3, 5);
+        let text = m.encode();
+        for needle in [
+            "interceptor_connections_total{target=\"db\",protocol=\"tcp\",intercepted=\"true\"} 1",
+            "interceptor_bytes_total{target=\"db\",direction=\"up\"} 42",
+            "interceptor_connection_failures_total{target=\"db\",reason=\"upstream_connect\"} 1",
+            "interceptor_kernel_events_total{event=\"redirected\"} 7",
+            "interceptor_bpf_conntrack_entries 3",
+            "interceptor_upstream_connect_seconds_count{target=\"db\",protocol=\"tcp\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+        }
+    }
+}
