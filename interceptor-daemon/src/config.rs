@@ -46,6 +46,9 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Who is behind a selected cgroup (standalone mappings; unknown = deny by default).
+    #[serde(default)]
+    pub identity: crate::identity::IdentityConfig,
     /// The per-node HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,

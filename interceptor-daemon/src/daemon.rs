@@ -18,6 +18,7 @@ use crate::{
     admin::{self, AdminState, Readiness},
     cgroups::CgroupIndex,
     config::Config,
+    identity::Resolver,
     listener::{self, Shared},
     metrics::Metrics,
     redirect::{self, Redirector},
@@ -51,6 +52,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         conns: conns.clone(),
         cgroups: index.clone(),
         metrics: metrics.clone(),
+        identities: Resolver::new(cfg.identity.clone()),
         next_id: AtomicU64::new(1),
     });
     let stop = CancellationToken::new();

@@ -10,6 +10,7 @@ pub mod cgroups;
 pub mod config;
 pub mod daemon;
 pub mod forward;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod redirect;

@@ -24,6 +24,7 @@ use crate::{
     cgroups::CgroupIndex,
     config::Config,
     forward,
+    identity::{Identity, Resolver, Unknown},
     metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
     redirect::ConnTable,
 };
@@ -35,6 +36,7 @@ pub struct Shared {
     pub conns: Arc<ConnTable>,
     pub cgroups: Arc<CgroupIndex>,
     pub metrics: Arc<Metrics>,
+    pub identities: Resolver,
     pub next_id: AtomicU64,
 }
 
@@ -55,6 +57,9 @@ pub struct ConnMeta {
     /// only because it was too new to be classified): the connection is passed
     /// through untouched.
     pub selected: bool,
+    /// Who is behind the connection (None: passed through unselected, or an
+    /// unknown identity let through by `identity.unknown: allow`).
+    pub identity: Option<Identity>,
 }
 
 fn ip_from16(a: [u8; 16]) -> IpAddr {
@@ -151,19 +156,52 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: 
         .await
         .ok()
         .flatten();
+    // A cgroup unknown even after a rescan is gone already; the kernel only
+    // redirects from selected or not yet classified cgroups: treat as selected.
+    let selected = cg.as_ref().is_none_or(|c| c.selected);
+    let cgroup = cg.map(|c| c.path);
+    let identity = if selected {
+        match shared.identities.resolve(cgroup.as_deref()) {
+            Ok(i) => Some(i),
+            Err(why) if shared.identities.unknown_policy() == Unknown::Deny => {
+                warn!(
+                    conn_id = id,
+                    client = %peer,
+                    target_name = %target,
+                    orig_dst = %orig_dst,
+                    cgroup_id = orig.cgroup_id,
+                    pid = orig.pid,
+                    reason = %why,
+                    "refusing a connection from an unknown identity (identity.unknown: deny)"
+                );
+                shared
+                    .metrics
+                    .failures
+                    .get_or_create(&FailureLabels {
+                        target: target.clone(),
+                        reason: Failure::UnknownIdentity,
+                    })
+                    .inc();
+                forward::reset(stream);
+                return;
+            }
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
     let meta = ConnMeta {
         id,
         client: peer,
         orig_dst,
         target,
         cgroup_id: orig.cgroup_id,
-        // A cgroup unknown even after a rescan is gone already; the kernel only
-        // redirects from selected or not yet classified cgroups: treat as selected.
-        selected: cg.as_ref().is_none_or(|c| c.selected),
-        cgroup: cg.map(|c| c.path),
+        selected,
+        cgroup,
         pid: orig.pid,
         uid: orig.uid,
         gid: orig.gid,
+        identity,
     };
     let span = info_span!(
         "conn",
@@ -282,6 +320,10 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         orig_dst = %meta.orig_dst,
         cgroup_id = meta.cgroup_id,
         node = %shared.node,
+        identity = %meta.identity.as_ref().map(Identity::name).unwrap_or_default(),
+        identity_method = meta.identity.as_ref().map(|i| i.method.as_str()).unwrap_or(""),
+        pod_uid = meta.identity.as_ref().and_then(|i| i.pod_uid.as_deref()).unwrap_or(""),
+        container_id = meta.identity.as_ref().and_then(|i| i.container_id.as_deref()).unwrap_or(""),
         client = %meta.client,
         cgroup = meta.cgroup.as_deref().unwrap_or("?"),
         selected = meta.selected,

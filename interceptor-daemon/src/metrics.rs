@@ -39,6 +39,8 @@ pub enum Failure {
     NoRedirectRecord,
     /// The original destination could not be reached.
     UpstreamConnect,
+    /// A selected cgroup with no identity, refused (fail closed).
+    UnknownIdentity,
     /// The transfer ended with an I/O error.
     Transfer,
 }
@@ -68,6 +70,7 @@ impl EncodeLabelValue for Failure {
         enc.write_str(match self {
             Failure::NoRedirectRecord => "no_redirect_record",
             Failure::UpstreamConnect => "upstream_connect",
+            Failure::UnknownIdentity => "unknown_identity",
             Failure::Transfer => "transfer",
         })
     }

@@ -68,6 +68,8 @@ fn redirect_ipv4_end_to_end_100mb_both_ways() {
     assert_eq!(r["pid"], pid);
     assert_eq!(r["uid"], 0);
     assert_eq!(r["target_name"], "svc");
+    assert_eq!(r["identity"], "lab/a");
+    assert_eq!(r["identity_method"], "standalone");
     assert_eq!(r["selected"], true);
     assert_eq!(r["bytes_up"], 100 * MB);
     assert_eq!(r["bytes_down"], 100 * MB);
@@ -183,6 +185,65 @@ fn half_close_is_passed_on_both_ways() {
 }
 
 #[test]
+fn unknown_identities_are_refused_unless_allowed() {
+    if !privileged("unknown_identities_are_refused_unless_allowed") {
+        return;
+    }
+    let dir = scratch("unknownid");
+    let mut lab = Lab::new().unwrap();
+    let known = lab.add_pod("a", "pods/a").unwrap();
+    let stranger = lab.add_pod("x", "pods/x").unwrap();
+    let svc: SocketAddr = (lab.node_v4(2), 7014).into();
+    let server = Server::start(svc, 10, &dir, &[]);
+    let mapping = "identity:\n  standalone:\n    - cgroups: \"pods/a\"\n      namespace: shop\n      service_account: orders\n";
+    let opts = DaemonOpts {
+        destinations: vec![svc.to_string()],
+        identity: mapping.into(),
+        ..Default::default()
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let mut daemon = Daemon::start(&cfg, &dir);
+    let (r, _) = probe_in_pod(&known, &["connect", &svc.to_string()]);
+    assert_eq!(r["ok"], true, "{r}");
+    // Selected but mapped to no identity: refused (reset), never forwarded.
+    let (r, _) = probe_in_pod(&stranger, &["connect", &svc.to_string()]);
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(
+        server.reports(1).len(),
+        1,
+        "the stranger reached the server"
+    );
+    let log = daemon.raw_log();
+    assert!(
+        log.contains("refusing a connection from an unknown identity"),
+        "{log}"
+    );
+    let (_, text) = http_get(admin_addr(&lab), "/metrics");
+    let failures =
+        r#"interceptor_connection_failures_total{target="svc",reason="unknown_identity"}"#;
+    assert_eq!(metric(&text, failures), Some(1.0), "{text}");
+    let recs = daemon.records(1);
+    assert_eq!(recs[0]["identity"], "shop/orders");
+    daemon.stop();
+
+    // With `unknown: allow` the stranger goes through, recorded without identity.
+    let opts = DaemonOpts {
+        identity: format!("{mapping}  unknown: allow\n"),
+        ..opts
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let daemon = Daemon::start(&cfg, &dir);
+    let (r, pid) = probe_in_pod(&stranger, &["connect", &svc.to_string()]);
+    assert_eq!(r["ok"], true, "{r}");
+    let recs = daemon.records(1);
+    let rec = recs
+        .iter()
+        .find(|r| r["pid"] == pid)
+        .unwrap_or_else(|| panic!("{recs:?}"));
+    assert_eq!(rec["identity"], "");
+}
+
+#[test]
 fn two_pods_at_once_are_told_apart() {
     if !privileged("two_pods_at_once_are_told_apart") {
         return;
@@ -223,6 +284,10 @@ fn two_pods_at_once_are_told_apart() {
     let (rec_a, rec_b) = (by_pid(pida), by_pid(pidb));
     assert_eq!(rec_a["cgroup_id"], a.cgroup_id);
     assert_eq!(rec_a["cgroup"], "pods/a");
+    assert_eq!(
+        (rec_a["identity"].as_str(), rec_b["identity"].as_str()),
+        (Some("lab/a"), Some("lab/b"))
+    );
     assert_eq!(rec_b["cgroup_id"], b.cgroup_id);
     assert_eq!(rec_b["cgroup"], "pods/b");
     assert!(

@@ -217,7 +217,7 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-demo-{}", lab.slot));
     let admin_port = 19_200 + u16::from(lab.slot);
     let config = format!(
-        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\ntargets:\n  - name: customers-db\n    destinations: [\"{pg_addr}\"]\n",
+        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\nidentity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\ntargets:\n  - name: customers-db\n    destinations: [\"{pg_addr}\"]\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display()
@@ -264,8 +264,10 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         "the connection record",
     )?;
     say(&format!(
-        "PostgreSQL saw the connection come from the node, not from the pod ({}): the interceptor carried it.\nThe daemon's record of it:\n  original destination {}  target {}\n  cgroup {} (id {})  pid {} (psql)  uid {}\n  {} bytes up, {} bytes down",
+        "PostgreSQL saw the connection come from the node, not from the pod ({}): the interceptor carried it.\nThe daemon's record of it:\n  identity {} ({})\n  original destination {}  target {}\n  cgroup {} (id {})  pid {} (psql)  uid {}\n  {} bytes up, {} bytes down",
         app.v4,
+        rec["identity"].as_str().unwrap_or("?"),
+        rec["identity_method"].as_str().unwrap_or("?"),
         rec["orig_dst"].as_str().unwrap_or("?"),
         rec["target_name"].as_str().unwrap_or("?"),
         rec["cgroup"].as_str().unwrap_or("?"),

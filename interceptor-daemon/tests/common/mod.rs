@@ -68,6 +68,8 @@ pub struct DaemonOpts {
     pub fail_mode: &'static str,
     pub with_v6: bool,
     pub extra_targets: String,
+    /// The `identity:` section.
+    pub identity: String,
 }
 
 impl Default for DaemonOpts {
@@ -78,6 +80,7 @@ impl Default for DaemonOpts {
             fail_mode: "closed",
             with_v6: true,
             extra_targets: String::new(),
+            identity: "identity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: lab\n      service_account: \"{name}\"\n".into(),
         }
     }
 }
@@ -134,7 +137,7 @@ pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
     let select: Vec<String> = o.select.iter().map(|s| format!("\"{s}\"")).collect();
     let dests: Vec<String> = o.destinations.iter().map(|s| format!("\"{s}\"")).collect();
     let text = format!(
-        "node_name: lab-node\nadmin:\n  address: {}\nlistener:\n  address: {}:15001\n{v6}redirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [{}]\n  fail_mode: {}\n  rescan_interval_ms: 200\nproxy:\n  shutdown_grace_ms: 200\ntargets:\n  - name: svc\n    destinations: [{}]\n{}",
+        "node_name: lab-node\nadmin:\n  address: {}\nlistener:\n  address: {}:15001\n{v6}redirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [{}]\n  fail_mode: {}\n  rescan_interval_ms: 200\nproxy:\n  shutdown_grace_ms: 200\ntargets:\n  - name: svc\n    destinations: [{}]\n{}{}",
         admin_addr(lab),
         lab.node_v4(1),
         lab.cgroup_dir.display(),
@@ -143,6 +146,7 @@ pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
         o.fail_mode,
         dests.join(", "),
         o.extra_targets,
+        o.identity,
     );
     let path = dir.join("config.yaml");
     fs::write(&path, text).unwrap();
