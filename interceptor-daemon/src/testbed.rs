@@ -28,6 +28,8 @@ use std::{
 
 /// Number of labs that can exist at once on a machine (10.77.0.0/20).
 pub const SLOTS: u8 = 16;
+/// Node addresses per lab (10.77.s.1 ..= 10.77.s.6).
+pub const NODE_ADDRESSES: u8 = 6;
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones).
@@ -132,7 +134,7 @@ impl Lab {
             "name",
             &format!("icl{slot}nodx"),
         ])?;
-        for h in 1..=3u8 {
+        for h in 1..=NODE_ADDRESSES {
             ip(&[
                 "addr",
                 "add",
@@ -154,8 +156,8 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Node address `h` (1-15) of this lab. 1 is meant for the daemon's listener,
-    /// 2 and 3 for services.
+    /// Node address `h` (1-6) of this lab. 1 is meant for the daemon's listener,
+    /// the others for services.
     pub fn node_v4(&self, h: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 77, self.slot, h)
     }
@@ -403,6 +405,15 @@ impl Postgres {
 
     /// initdb (trust authentication) and start, listening on `addr` only.
     pub fn start(addr: std::net::SocketAddr, dir: &Path) -> io::Result<Postgres> {
+        Self::start_on(addr, &[], dir)
+    }
+
+    /// Like [`Postgres::start`], also listening on `also` (same port).
+    pub fn start_on(
+        addr: std::net::SocketAddr,
+        also: &[std::net::IpAddr],
+        dir: &Path,
+    ) -> io::Result<Postgres> {
         let bin = Self::bin_dir()?;
         let (uid, gid) = Self::postgres_ids()?;
         let data = dir.join("pgdata");
@@ -423,12 +434,15 @@ impl Postgres {
             b"host all all 10.77.0.0/16 trust\nhost all all fd77::/16 trust\n",
         )?;
         let log = File::create(dir.join("postgres.log"))?;
+        let listen: Vec<String> =
+            std::iter::once(addr.ip()).chain(also.iter().copied()).map(|i| i.to_string()).collect();
+        let listen = listen.join(",");
         let child = Self::as_postgres(&bin.join("postgres"), uid, gid)
             .arg("-D")
             .arg(&data)
             .args([
                 "-c",
-                &format!("listen_addresses={}", addr.ip()),
+                &format!("listen_addresses={listen}"),
                 "-c",
                 &format!("port={}", addr.port()),
             ])
