@@ -10,6 +10,8 @@ pub mod config;
 pub mod daemon;
 pub mod forward;
 pub mod listener;
+pub mod protocol;
 pub mod redirect;
+pub mod sql;
 pub mod telemetry;
 pub mod testbed;
