@@ -471,3 +471,56 @@ fn ordinary_queries_are_not_refused() {
         assert!(!c.any_unparsable(), "{sql}: {c:#?}");
     }
 }
+
+#[test]
+fn arbitrary_input_never_panics() {
+    // xorshift64: deterministic pseudo-randomness without a dependency.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n.max(1) as u64) as usize
+    };
+    let seeds = [
+        "SELECT a FROM t JOIN u ON t.id = u.id WHERE x IN (SELECT y FROM v)",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d; COMMIT",
+        "COPY t TO PROGRAM 'x'; DO $$ BEGIN END $$; PREPARE p AS SELECT 1",
+        "SELECT E'\\'', $q$;$q$, \"a\"\"b\" /* /* */ */ -- c",
+        "SET ROLE x; EXECUTE p(1); SELECT pg_read_file('/etc/passwd')",
+    ];
+    let alphabet: Vec<char> = "'\"$;-/*\\EeUu&()[] \n\tab1.:,é".chars().collect();
+    for _ in 0..3000 {
+        let mut s: Vec<char> = seeds[rng(seeds.len())].chars().collect();
+        for _ in 0..1 + rng(6) {
+            let at = rng(s.len() + 1);
+            match rng(3) {
+                0 => s.insert(at, alphabet[rng(alphabet.len())]),
+                1 if at < s.len() => {
+                    s.remove(at);
+                }
+                _ => s.truncate(at),
+            }
+        }
+        let sql: String = s.into_iter().collect();
+        for st in classify(&sql).statements {
+            assert!(
+                sql.get(st.span.clone()).is_some(),
+                "{sql:?}: bad span {:?}",
+                st.span
+            );
+        }
+    }
+    // Deep nesting hits sqlparser's recursion limit, not the stack.
+    let deep = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+    assert!(classify(&deep).any_unparsable());
+}
+
+#[test]
+fn lexer_word_disagreement_is_whole_string_unparsable() {
+    // PostgreSQL 16 reads `123abc` as one (invalid) numeric token; sqlparser as
+    // a number and a word. The readings differ, so nothing is classified.
+    let c = classify("SELECT 1; SELECT 123abc");
+    assert_eq!(c.statements.len(), 1);
+    assert_eq!(c.statements[0].kind, Kind::Unparsable);
+}
