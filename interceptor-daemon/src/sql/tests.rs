@@ -415,6 +415,13 @@ fn prepare_execute_deallocate() {
     );
     // Quoted names are distinct, as in PostgreSQL.
     assert!(prepared.resolve(&one("EXECUTE \"Wipe\"")).is_none());
+    let mut quoted = PreparedStatements::default();
+    quoted.record(&one("PREPARE \"Wipe\" AS TRUNCATE users"));
+    assert_eq!(
+        quoted.resolve(&one("EXECUTE \"Wipe\"")).map(|s| s.kind),
+        Some(Kind::Write)
+    );
+    assert!(quoted.resolve(&one("EXECUTE wipe")).is_none());
 
     let r = one("PREPARE r (int) AS SELECT * FROM t WHERE id = $1");
     assert_eq!((r.kind, reads(&r)), (Kind::Read, vec!["t".to_owned()]));

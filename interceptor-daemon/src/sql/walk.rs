@@ -193,8 +193,8 @@ impl Visitor for Walker {
             }
             Statement::Prepare { name, .. } => self.flags.push(Flag::Prepare(ident(name))),
             Statement::Execute { name: Some(n), .. } => {
-                self.flags
-                    .push(Flag::Execute(super::walk::name(n).to_string()));
+                // Same spelling as PREPARE's (the plain identifier), not SQL-quoted.
+                self.flags.push(Flag::Execute(name(n).parts.join(".")));
             }
             Statement::Deallocate { name, .. } => {
                 let all = name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all");
