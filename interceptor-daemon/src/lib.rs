@@ -13,6 +13,8 @@ pub mod forward;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod protocol;
 pub mod redirect;
+pub mod sql;
 pub mod telemetry;
 pub mod testbed;

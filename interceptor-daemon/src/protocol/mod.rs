@@ -1,0 +1,2 @@
+//! Wire-protocol codecs.
+pub mod postgres;

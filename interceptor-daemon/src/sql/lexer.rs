@@ -1,0 +1,287 @@
+//! A small lexer faithful to PostgreSQL's `scan.l` in the one thing the
+//! classifier needs from it: where the top-level statements of a simple-query
+//! string begin and end, and which bare words are code (outside string
+//! literals, quoted identifiers, dollar quotes and comments).
+//!
+//! It is deliberately independent of sqlparser's tokenizer: the classifier
+//! splits with this lexer, then requires sqlparser to see exactly one statement
+//! and the same sequence of words in every piece. Any disagreement means the
+//! two lexers read the text differently, and the string is refused.
+
+use std::ops::Range;
+
+/// Why the text could not be lexed the way PostgreSQL would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LexError {
+    Unterminated(&'static str),
+    /// `U&'...'` / `U&"..."`: Unicode escapes are not decoded here, and
+    /// sqlparser reads them as `U & "..."`, so they are refused outright.
+    UnicodeEscape,
+}
+
+/// One top-level statement: its byte range and the words that are code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub range: Range<usize>,
+    /// Bare words (keywords and unquoted identifiers) lower-cased as
+    /// PostgreSQL does (ASCII only), and quoted identifiers prefixed with `"`.
+    pub words: Vec<String>,
+}
+
+/// Splits `sql` into non-empty statements. `backslash_quotes` selects the
+/// reading of plain `'...'` strings with `standard_conforming_strings = off`
+/// (backslash escapes); `E'...'` strings always take backslash escapes.
+pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, LexError> {
+    let b = sql.as_bytes();
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut words = Vec::new();
+    let mut has_tokens = false;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let next = b.get(i + 1).copied();
+        match c {
+            b';' => {
+                if has_tokens {
+                    pieces.push(Piece {
+                        range: start..i,
+                        words: std::mem::take(&mut words),
+                    });
+                }
+                has_tokens = false;
+                i += 1;
+                start = i;
+                continue;
+            }
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => {
+                i += 1;
+                continue;
+            }
+            b'-' if next == Some(b'-') => {
+                i = line_comment_end(b, i);
+                continue;
+            }
+            b'/' if next == Some(b'*') => {
+                i = block_comment_end(b, i)?;
+                continue;
+            }
+            _ => {}
+        }
+        has_tokens = true;
+        i = match c {
+            b'\'' => string_end(b, i + 1, backslash_quotes)?,
+            b'"' => {
+                let (end, ident) = quoted_ident(b, i + 1)?;
+                words.push(format!("\"{ident}"));
+                end
+            }
+            b'$' => match dollar_tag(b, i) {
+                Some(tag_end) => dollar_end(b, i, tag_end)?,
+                // `$1` parameter or a lone `$`.
+                None => skip_while(b, i + 1, |c| c.is_ascii_digit()),
+            },
+            c if is_ident_start(c) => {
+                let end = skip_while(b, i + 1, is_ident_cont);
+                let word = b.get(i..end).unwrap_or_default();
+                match (word, b.get(end).copied()) {
+                    // String prefixes: E'' (escapes), B'' / X'' (bit strings), N'' (national).
+                    ([b'e' | b'E'], Some(b'\'')) => string_end(b, end + 1, true)?,
+                    ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
+                        string_end(b, end + 1, backslash_quotes)?
+                    }
+                    ([b'u' | b'U'], Some(b'&')) if matches!(b.get(end + 1), Some(b'\'' | b'"')) => {
+                        return Err(LexError::UnicodeEscape);
+                    }
+                    _ => {
+                        words.push(String::from_utf8_lossy(word).to_ascii_lowercase());
+                        end
+                    }
+                }
+            }
+            c if c.is_ascii_digit() => skip_while(b, i + 1, |c| {
+                c.is_ascii_alphanumeric() || c == b'_' || c == b'.'
+            }),
+            _ => i + 1,
+        };
+    }
+    if has_tokens {
+        pieces.push(Piece {
+            range: start..b.len(),
+            words,
+        });
+    }
+    Ok(pieces)
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_cont(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+fn skip_while(b: &[u8], mut i: usize, f: impl Fn(u8) -> bool) -> usize {
+    while b.get(i).is_some_and(|&c| f(c)) {
+        i += 1;
+    }
+    i
+}
+
+fn line_comment_end(b: &[u8], i: usize) -> usize {
+    skip_while(b, i, |c| c != b'\n' && c != b'\r')
+}
+
+/// PostgreSQL block comments nest: `/* /* */ still comment */`.
+fn block_comment_end(b: &[u8], mut i: usize) -> Result<usize, LexError> {
+    let mut depth = 0usize;
+    loop {
+        match (b.get(i), b.get(i + 1)) {
+            (Some(b'/'), Some(b'*')) => {
+                depth += 1;
+                i += 2;
+            }
+            (Some(b'*'), Some(b'/')) => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Ok(i);
+                }
+            }
+            (Some(_), _) => i += 1,
+            (None, _) => return Err(LexError::Unterminated("block comment")),
+        }
+    }
+}
+
+/// End (exclusive) of a `'...'` string whose body starts at `i`. `''` is a
+/// quote; with `backslash`, `\` escapes the next byte.
+fn string_end(b: &[u8], mut i: usize, backslash: bool) -> Result<usize, LexError> {
+    loop {
+        match b.get(i) {
+            Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+            Some(b'\'') => return Ok(i + 1),
+            Some(b'\\') if backslash => i += 2,
+            Some(_) => i += 1,
+            None => return Err(LexError::Unterminated("string literal")),
+        }
+    }
+}
+
+/// A `"..."` identifier whose body starts at `i`: its end and its value.
+fn quoted_ident(b: &[u8], mut i: usize) -> Result<(usize, String), LexError> {
+    let mut value = Vec::new();
+    loop {
+        match b.get(i) {
+            Some(b'"') if b.get(i + 1) == Some(&b'"') => {
+                value.push(b'"');
+                i += 2;
+            }
+            Some(b'"') => return Ok((i + 1, String::from_utf8_lossy(&value).into_owned())),
+            Some(&c) => {
+                value.push(c);
+                i += 1;
+            }
+            None => return Err(LexError::Unterminated("quoted identifier")),
+        }
+    }
+}
+
+/// If a dollar-quote delimiter (`$$` or `$tag$`) starts at `i`, its end.
+fn dollar_tag(b: &[u8], i: usize) -> Option<usize> {
+    let first = *b.get(i + 1)?;
+    if first == b'$' {
+        return Some(i + 2);
+    }
+    if !(first.is_ascii_alphabetic() || first == b'_' || first >= 0x80) {
+        return None;
+    }
+    let end = skip_while(b, i + 2, |c| {
+        c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80
+    });
+    (b.get(end) == Some(&b'$')).then_some(end + 1)
+}
+
+/// End of a dollar-quoted string whose opening delimiter is `b[i..tag_end]`.
+fn dollar_end(b: &[u8], i: usize, tag_end: usize) -> Result<usize, LexError> {
+    let tag = b.get(i..tag_end).unwrap_or_default();
+    let body = b.get(tag_end..).unwrap_or_default();
+    body.windows(tag.len())
+        .position(|w| w == tag)
+        .map(|p| tag_end + p + tag.len())
+        .ok_or(LexError::Unterminated("dollar-quoted string"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(sql: &str, bs: bool) -> Vec<&str> {
+        split(sql, bs)
+            .unwrap()
+            .into_iter()
+            .map(|p| sql[p.range].trim())
+            .collect()
+    }
+
+    #[test]
+    fn splits_at_top_level_semicolons_only() {
+        assert_eq!(texts("select 1; select 2", false), ["select 1", "select 2"]);
+        assert_eq!(texts(" ; ;select 1;; -- trailing\n", false), ["select 1"]);
+        assert_eq!(
+            texts("select ';' , \"a;b\"", false),
+            ["select ';' , \"a;b\""]
+        );
+        assert_eq!(texts("select $$;$$, $x$ $$; $x$; select 2", false).len(), 2);
+        assert_eq!(
+            texts("select 1 -- ; drop table t\n; select 2", false).len(),
+            2
+        );
+        assert_eq!(
+            texts("select /* ; /* ; */ ; */ 1; select 2", false).len(),
+            2
+        );
+        assert_eq!(texts("select E'\\';', 1; select 2", false).len(), 2);
+        // An identifier may contain `$`: `a$$b` is not a dollar quote.
+        assert_eq!(texts("select a$$b; select 2", false).len(), 2);
+        // `$1` is a parameter, not a dollar quote.
+        assert_eq!(texts("select $1; select $2", false).len(), 2);
+    }
+
+    #[test]
+    fn standard_conforming_strings_changes_boundaries() {
+        let sql = "select 'a\\'; select 2; --'";
+        assert_eq!(split(sql, false).unwrap().len(), 2);
+        assert_eq!(split(sql, true).unwrap().len(), 1);
+        assert!(split("select 'a\\'", true).is_err());
+    }
+
+    #[test]
+    fn words_skip_literals_and_comments() {
+        let p = split(
+            "SELECT \"Pg_Read\"(x) /* drop */ FROM T -- y\n WHERE e'z' = $q$w$q$",
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            p[0].words,
+            ["select", "\"Pg_Read", "x", "from", "t", "where"]
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read() {
+        assert_eq!(
+            split("select 'x", false),
+            Err(LexError::Unterminated("string literal"))
+        );
+        assert!(split("select /* /* */", false).is_err());
+        assert!(split("select $a$ x $b$", false).is_err());
+        assert!(split("select \"x", false).is_err());
+        assert_eq!(
+            split("select U&\"\\0070\"", false),
+            Err(LexError::UnicodeEscape)
+        );
+        assert_eq!(split("select u&'x'", false), Err(LexError::UnicodeEscape));
+    }
+}

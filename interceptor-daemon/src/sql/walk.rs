@@ -1,0 +1,400 @@
+//! Walks one parsed statement: its kind, the tables it reads and writes, the
+//! functions it calls and its risky constructs.
+//!
+//! Tables come from sqlparser's relation visitor, minus references to CTEs in
+//! scope (scoped as PostgreSQL does: a non-recursive CTE sees only the CTEs
+//! before it, so `WITH t AS (SELECT * FROM t)` reads the real table `t`), minus
+//! table functions (`FROM pg_read_file(...)` is a call, not a table). Write
+//! targets (INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY FROM, DDL objects) are
+//! recognised by identity of the AST node, so the same name read elsewhere in
+//! the statement is still reported as a read.
+
+use std::ops::{ControlFlow, Range};
+
+use sqlparser::ast::{
+    CopySource, CopyTarget, DiscardObject, Expr, FromTable, Ident, ObjectName, ObjectNamePart,
+    ObjectType, Query, Reset, Select, Set, Statement, TableFactor, TableObject, Visit, Visitor,
+};
+
+use super::{Access, DangerousFunctions, Flag, Kind, QualifiedName, StatementInfo, TableAccess};
+
+/// PostgreSQL truncates identifiers to `NAMEDATALEN - 1` bytes.
+const MAX_IDENT_BYTES: usize = 63;
+
+pub(super) fn ident(id: &Ident) -> String {
+    let mut s = if id.quote_style.is_some() {
+        id.value.clone()
+    } else {
+        id.value.to_ascii_lowercase()
+    };
+    if s.len() > MAX_IDENT_BYTES {
+        let mut cut = MAX_IDENT_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+pub(super) fn name(n: &ObjectName) -> QualifiedName {
+    QualifiedName {
+        parts: n
+            .0
+            .iter()
+            .map(|p| match p {
+                ObjectNamePart::Identifier(id) => ident(id),
+                other => other.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// A DO block, recognised by the lexer (sqlparser cannot parse DO).
+pub(super) fn do_block(span: Range<usize>) -> StatementInfo {
+    StatementInfo {
+        span,
+        kind: Kind::Procedural,
+        tables: Vec::new(),
+        functions: Vec::new(),
+        flags: vec![Flag::OpaqueCode],
+        error: None,
+    }
+}
+
+pub(super) fn analyze(
+    stmt: &Statement,
+    span: Range<usize>,
+    dangerous: &DangerousFunctions,
+) -> StatementInfo {
+    let mut w = Walker::default();
+    // The walker never breaks, so the result carries no information.
+    let _ = stmt.visit(&mut w);
+    let kind = kind_of(stmt, &w);
+    let Walker {
+        mut tables,
+        mut functions,
+        mut flags,
+        ..
+    } = w;
+    tables.sort();
+    tables.dedup();
+    functions.sort();
+    functions.dedup();
+    flags.extend(
+        functions
+            .iter()
+            .filter(|f| dangerous.matches(f))
+            .cloned()
+            .map(Flag::DangerousFunction),
+    );
+    flags.sort();
+    flags.dedup();
+    let error = (kind == Kind::Unparsable)
+        .then(|| "statement type not modelled by the classifier".to_owned());
+    StatementInfo {
+        span,
+        kind,
+        tables,
+        functions,
+        flags,
+        error,
+    }
+}
+
+#[derive(Default)]
+struct Walker {
+    /// CTE names visible in each enclosing query (innermost last).
+    scopes: Vec<Vec<String>>,
+    /// CTE bodies (by address) and the CTE names visible inside each.
+    cte_bodies: Vec<(*const Query, Vec<String>)>,
+    /// Relation nodes already accounted for (write targets, table functions).
+    handled: Vec<*const ObjectName>,
+    tables: Vec<TableAccess>,
+    functions: Vec<QualifiedName>,
+    flags: Vec<Flag>,
+    select_into: bool,
+}
+
+impl Walker {
+    fn access(&mut self, n: &ObjectName, access: Access) {
+        self.handled.push(n);
+        self.tables.push(TableAccess {
+            table: name(n),
+            access,
+        });
+    }
+
+    fn write_factor(&mut self, f: &TableFactor) {
+        if let TableFactor::Table { name, .. } = f {
+            self.access(name, Access::Write);
+        }
+    }
+
+    fn function(&mut self, n: &ObjectName) {
+        self.handled.push(n);
+        self.functions.push(name(n));
+    }
+}
+
+impl Visitor for Walker {
+    type Break = ();
+
+    fn pre_visit_statement(&mut self, stmt: &Statement) -> ControlFlow<()> {
+        match stmt {
+            Statement::Insert(i) => {
+                if let TableObject::TableName(n) = &i.table {
+                    self.access(n, Access::Write);
+                }
+            }
+            Statement::Update(u) => self.write_factor(&u.table.relation),
+            Statement::Delete(d) => {
+                let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+                for t in from {
+                    self.write_factor(&t.relation);
+                }
+                for n in &d.tables {
+                    self.access(n, Access::Write);
+                }
+            }
+            Statement::Merge(m) => self.write_factor(&m.table),
+            Statement::Truncate(t) => {
+                for target in &t.table_names {
+                    self.access(&target.name, Access::Write);
+                }
+            }
+            Statement::CreateTable(c) => self.access(&c.name, Access::Write),
+            Statement::CreateView(v) => self.access(&v.name, Access::Write),
+            Statement::AlterTable(a) => self.access(&a.name, Access::Write),
+            Statement::Drop {
+                object_type: ObjectType::Table | ObjectType::View | ObjectType::MaterializedView,
+                names,
+                ..
+            } => {
+                for n in names {
+                    self.access(n, Access::Write);
+                }
+            }
+            Statement::Copy {
+                source, to, target, ..
+            } => {
+                if let CopySource::Table { table_name, .. } = source {
+                    self.access(table_name, if *to { Access::Read } else { Access::Write });
+                }
+                match target {
+                    CopyTarget::Program { .. } => self.flags.push(Flag::CopyProgram),
+                    CopyTarget::File { .. } => self.flags.push(Flag::CopyFile),
+                    CopyTarget::Stdin | CopyTarget::Stdout => {}
+                }
+            }
+            Statement::Call(f) => self.function(&f.name),
+            Statement::CreateFunction(_) | Statement::CreateProcedure { .. } => {
+                self.flags.push(Flag::CreatesRoutine);
+            }
+            Statement::Prepare { name, .. } => self.flags.push(Flag::Prepare(ident(name))),
+            Statement::Execute { name: Some(n), .. } => {
+                // Same spelling as PREPARE's (the plain identifier), not SQL-quoted.
+                self.flags.push(Flag::Execute(name(n).parts.join(".")));
+            }
+            Statement::Deallocate { name, .. } => {
+                let all = name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all");
+                self.flags
+                    .push(Flag::Deallocate((!all).then(|| ident(name))));
+            }
+            Statement::Discard {
+                object_type: DiscardObject::ALL,
+            } => {
+                self.flags.push(Flag::Deallocate(None));
+            }
+            Statement::Load { .. } => self.flags.push(Flag::LoadsLibrary),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        let me: *const Query = q;
+        let base = match self.cte_bodies.iter().find(|(p, _)| *p == me) {
+            Some((_, visible)) => visible.clone(),
+            None => self.scopes.last().cloned().unwrap_or_default(),
+        };
+        let mut frame = base.clone();
+        if let Some(with) = &q.with {
+            let names: Vec<String> = with
+                .cte_tables
+                .iter()
+                .map(|c| ident(&c.alias.name))
+                .collect();
+            for (i, cte) in with.cte_tables.iter().enumerate() {
+                let mut visible = base.clone();
+                let seen = if with.recursive { names.len() } else { i };
+                visible.extend(names.iter().take(seen).cloned());
+                self.cte_bodies.push((&*cte.query, visible));
+            }
+            frame.extend(names);
+        }
+        if !q.locks.is_empty() {
+            self.flags.push(Flag::LocksRows);
+        }
+        self.scopes.push(frame);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+        self.scopes.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        if let Some(into) = &s.into {
+            self.select_into = true;
+            for t in &into.targets {
+                let parts = match t {
+                    Expr::Identifier(id) => vec![ident(id)],
+                    Expr::CompoundIdentifier(ids) => ids.iter().map(ident).collect(),
+                    _ => continue,
+                };
+                self.tables.push(TableAccess {
+                    table: QualifiedName { parts },
+                    access: Access::Write,
+                });
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+        match f {
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            }
+            | TableFactor::Function { name, .. } => {
+                self.function(name);
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, n: &ObjectName) -> ControlFlow<()> {
+        let me: *const ObjectName = n;
+        if self.handled.contains(&me) {
+            return ControlFlow::Continue(());
+        }
+        if let [ObjectNamePart::Identifier(id)] = n.0.as_slice()
+            && self.scopes.last().is_some_and(|s| s.contains(&ident(id)))
+        {
+            return ControlFlow::Continue(());
+        }
+        self.tables.push(TableAccess {
+            table: name(n),
+            access: Access::Read,
+        });
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = e {
+            self.function(&f.name);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn is_role_setting(n: &ObjectName) -> bool {
+    matches!(n.0.as_slice(), [ObjectNamePart::Identifier(id)]
+        if matches!(ident(id).as_str(), "role" | "session_authorization"))
+}
+
+fn kind_of(stmt: &Statement, w: &Walker) -> Kind {
+    match stmt {
+        Statement::Query(_) if w.select_into => Kind::Ddl,
+        Statement::Query(_) if w.tables.iter().any(|t| t.access == Access::Write) => Kind::Write,
+        Statement::Query(_) | Statement::ExplainTable { .. } | Statement::Declare { .. } => {
+            Kind::Read
+        }
+        Statement::Insert(_)
+        | Statement::Update(_)
+        | Statement::Delete(_)
+        | Statement::Merge(_)
+        | Statement::Truncate(_) => Kind::Write,
+        Statement::Grant(_)
+        | Statement::Revoke(_)
+        | Statement::Deny(_)
+        | Statement::CreateRole(_)
+        | Statement::AlterRole { .. }
+        | Statement::CreateUser(_)
+        | Statement::AlterUser(_) => Kind::Dcl,
+        Statement::Drop {
+            object_type: ObjectType::Role | ObjectType::User,
+            ..
+        } => Kind::Dcl,
+        Statement::Set(Set::SetRole { .. } | Set::SetSessionAuthorization(_)) => Kind::RoleSwitch,
+        Statement::Set(Set::SingleAssignment { variable, .. }) if is_role_setting(variable) => {
+            Kind::RoleSwitch
+        }
+        Statement::Set(Set::ParenthesizedAssignments { variables, .. })
+            if variables.iter().any(is_role_setting) =>
+        {
+            Kind::RoleSwitch
+        }
+        Statement::Set(Set::MultipleAssignments { assignments })
+            if assignments.iter().any(|a| is_role_setting(&a.name)) =>
+        {
+            Kind::RoleSwitch
+        }
+        Statement::Reset(r) => match &r.reset {
+            Reset::SessionAuthorization => Kind::RoleSwitch,
+            Reset::ConfigurationParameter(n) if is_role_setting(n) => Kind::RoleSwitch,
+            _ => Kind::Utility,
+        },
+        // DISCARD ALL includes SET SESSION AUTHORIZATION DEFAULT.
+        Statement::Discard {
+            object_type: DiscardObject::ALL,
+        } => Kind::RoleSwitch,
+        Statement::StartTransaction { statements, .. } if statements.is_empty() => {
+            Kind::Transaction
+        }
+        Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => Kind::Transaction,
+        // PREPARE is judged by what it prepares; EXPLAIN (ANALYZE runs it) too.
+        Statement::Prepare { statement, .. } | Statement::Explain { statement, .. } => {
+            kind_of(statement, w)
+        }
+        Statement::Execute { name: Some(_), .. } => Kind::Execute,
+        Statement::Call(_) => Kind::Procedural,
+        Statement::Set(_)
+        | Statement::Copy { .. }
+        | Statement::Deallocate { .. }
+        | Statement::Discard { .. }
+        | Statement::Vacuum(_)
+        | Statement::Analyze(_)
+        | Statement::ShowVariable { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::LISTEN { .. }
+        | Statement::UNLISTEN { .. }
+        | Statement::NOTIFY { .. }
+        | Statement::Lock(_)
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::Load { .. }
+        | Statement::Kill { .. } => Kind::Utility,
+        other => {
+            // The remaining modelled statements are schema changes; anything
+            // else is not PostgreSQL we understand.
+            let variant = format!("{other:?}");
+            if ["Create", "Alter", "Drop", "Comment"]
+                .iter()
+                .any(|p| variant.starts_with(p))
+            {
+                Kind::Ddl
+            } else {
+                Kind::Unparsable
+            }
+        }
+    }
+}
