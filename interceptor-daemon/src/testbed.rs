@@ -434,8 +434,10 @@ impl Postgres {
             b"host all all 10.77.0.0/16 trust\nhost all all fd77::/16 trust\n",
         )?;
         let log = File::create(dir.join("postgres.log"))?;
-        let listen: Vec<String> =
-            std::iter::once(addr.ip()).chain(also.iter().copied()).map(|i| i.to_string()).collect();
+        let listen: Vec<String> = std::iter::once(addr.ip())
+            .chain(also.iter().copied())
+            .map(|i| i.to_string())
+            .collect();
         let listen = listen.join(",");
         let child = Self::as_postgres(&bin.join("postgres"), uid, gid)
             .arg("-D")

@@ -28,12 +28,19 @@ enum Cmd {
     /// and must not skip; otherwise they print a skip message each.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Build and run the demo: a lab pod, real PostgreSQL, the daemon, a
     /// redirected connection, explained as it runs. Needs root.
     Demo,
+    /// Side-by-side benchmark: pgbench direct, through the interceptor,
+    /// pgbouncer and HAProxy, in one run; writes bench/RESULTS.md. Needs root.
+    Bench {
+        /// Arguments for `interceptor-lab bench` (e.g. --seconds 5 --clients 1,16).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Debian packages: build (LLVM for bpf-linker), lab (iproute2), services
@@ -46,6 +53,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "postgresql",
     "postgresql-client",
+    "pgbouncer",
+    "haproxy",
 ];
 
 fn main() -> ExitCode {
@@ -54,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup(),
         Cmd::Test { args } => setup().and_then(|()| test(&args)),
         Cmd::Demo => setup().and_then(|()| demo()),
+        Cmd::Bench { args } => setup().and_then(|()| bench(&args)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,21 +212,44 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     status(&mut cmd)
 }
 
+fn release_bins() -> anyhow::Result<PathBuf> {
+    status(cargo().args(["build", "--release", "-p", "interceptor-daemon", "--bins"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    Ok(target.join("release"))
+}
+
 fn demo() -> anyhow::Result<()> {
     if !is_root() {
         bail!(
             "the demo attaches eBPF programs and creates a network namespace: run it as root (`sudo -E cargo xtask demo`)"
         );
     }
-    status(cargo().args(["build", "--release", "-p", "interceptor-daemon", "--bins"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let bin = target.join("release");
+    let bin = release_bins()?;
     status(
         Command::new(bin.join("interceptor-lab"))
             .arg("demo")
             .arg("--bin-dir")
             .arg(&bin),
+    )
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "the benchmark attaches eBPF programs and creates a network namespace: run it as root"
+        );
+    }
+    let bin = release_bins()?;
+    let out = workspace_root().join("bench").join("RESULTS.md");
+    status(
+        Command::new(bin.join("interceptor-lab"))
+            .arg("bench")
+            .arg("--bin-dir")
+            .arg(&bin)
+            .arg("--out")
+            .arg(&out)
+            .args(args),
     )
 }

@@ -38,14 +38,63 @@ enum Cmd {
         #[arg(long)]
         bin_dir: Option<PathBuf>,
     },
+    /// pgbench from a lab pod: direct, through the interceptor, through
+    /// pgbouncer and through HAProxy, in one run.
+    Bench {
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Seconds per pgbench run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Client counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<u32>,
+        #[arg(long, default_value_t = 10)]
+        scale: u32,
+        /// Also write the Markdown report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+mod bench;
+
+fn bin_dir_or_here(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match bin_dir {
+        Some(d) => Ok(d),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("binary directory")?),
+    }
 }
 
 fn main() -> ExitCode {
-    let Cmd::Demo { bin_dir } = Cli::parse().cmd;
-    match demo(bin_dir) {
+    let res = match Cli::parse().cmd {
+        Cmd::Demo { bin_dir } => demo(bin_dir),
+        Cmd::Bench {
+            bin_dir,
+            seconds,
+            clients,
+            scale,
+            out,
+        } => bin_dir_or_here(bin_dir).and_then(|bin_dir| {
+            if let Some(why) = missing_privileges() {
+                anyhow::bail!("the benchmark {why}: run it as root");
+            }
+            bench::run(bench::Options {
+                bin_dir,
+                seconds,
+                clients,
+                scale,
+                out,
+            })
+        }),
+    };
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("\ndemo failed: {e:#}");
+            eprintln!("\nfailed: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -161,13 +210,7 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(why) = missing_privileges() {
         bail!("the demo {why}: run it as root");
     }
-    let bin_dir = match bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("binary directory")?,
-    };
+    let bin_dir = bin_dir_or_here(bin_dir)?;
     let interceptor = bin_dir.join("interceptor");
     let work = std::env::temp_dir().join(format!("interceptor-demo-{}", std::process::id()));
     fs::create_dir_all(&work)?;

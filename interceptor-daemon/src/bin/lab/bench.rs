@@ -1,0 +1,348 @@
+//! `interceptor-lab bench`: pgbench from inside a lab pod, in one run, against
+//! the same PostgreSQL four ways:
+//!
+//! * direct: the pod connects to an address that is not a selected destination;
+//! * interceptor: to a selected destination, so the kernel redirects it to the
+//!   daemon, which carries it upstream;
+//! * pgbouncer (session pooling) and HAProxy (TCP mode), both on node addresses,
+//!   as the proxies an operator would otherwise deploy.
+//!
+//! Every path crosses the same veth from the pod, so the ratios compare what
+//! each proxy adds. Throughput comes from pgbench; p50/p99 latencies from its
+//! per-transaction logs.
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use interceptor_daemon::testbed::{Lab, Pod, Postgres};
+
+use crate::Daemon;
+
+pub struct Options {
+    pub bin_dir: PathBuf,
+    pub seconds: u32,
+    pub clients: Vec<u32>,
+    pub scale: u32,
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Sample {
+    path: &'static str,
+    mode: &'static str,
+    clients: u32,
+    tps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// A helper process (pgbouncer, HAProxy) stopped on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr}")
+}
+
+fn start_pgbouncer(listen: SocketAddr, pg: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
+    let ini = dir.join("pgbouncer.ini");
+    fs::write(
+        &ini,
+        format!(
+            "[databases]\npostgres = host={} port={} user=postgres\n[pgbouncer]\nlisten_addr = {}\nlisten_port = {}\nauth_type = any\npool_mode = session\nmax_client_conn = 500\ndefault_pool_size = 100\nunix_socket_dir =\nlogfile = {}\n",
+            pg.ip(),
+            pg.port(),
+            listen.ip(),
+            listen.port(),
+            dir.join("pgbouncer.log").display()
+        ),
+    )?;
+    let (uid, gid) = postgres_ids()?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    let mut cmd = Command::new("pgbouncer");
+    cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
+    // pgbouncer refuses to run as root.
+    // SAFETY: setgid/setuid between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let p = Proc(
+        cmd.spawn()
+            .context("starting pgbouncer (apt-get install pgbouncer)")?,
+    );
+    wait_listening(listen)?;
+    Ok(p)
+}
+
+fn start_haproxy(listen: SocketAddr, pg: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
+    let cfg = dir.join("haproxy.cfg");
+    fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend pg\n  bind {listen}\n  default_backend pg\nbackend pg\n  server pg1 {pg}\n"
+        ),
+    )?;
+    let p = Proc(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting haproxy (apt-get install haproxy)")?,
+    );
+    wait_listening(listen)?;
+    Ok(p)
+}
+
+fn postgres_ids() -> anyhow::Result<(u32, u32)> {
+    let id = |flag: &str| -> anyhow::Result<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pgbench(
+    pod: &Pod,
+    pgbench: &Path,
+    addr: SocketAddr,
+    mode: &'static str,
+    clients: u32,
+    seconds: u32,
+    work: &Path,
+    path: &'static str,
+) -> anyhow::Result<Sample> {
+    let logdir = work.join(format!("log-{path}-{mode}-{clients}"));
+    let _ = fs::remove_dir_all(&logdir);
+    fs::create_dir_all(&logdir)?;
+    let out = pod
+        .command(pgbench)?
+        .args([
+            "-n",
+            "-S",
+            "-M",
+            mode,
+            "-h",
+            &addr.ip().to_string(),
+            "-p",
+            &addr.port().to_string(),
+        ])
+        .args([
+            "-U",
+            "postgres",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &seconds.to_string(), "-l", "--log-prefix"])
+        .arg(logdir.join("tx"))
+        .arg("postgres")
+        .output()
+        .context("running pgbench in the pod")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench via {path} failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tps = stdout
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no tps line in pgbench output: {stdout}"))?;
+    // Per-transaction log lines: client_id transaction_no latency_us script_no epoch us.
+    let mut lat: Vec<u64> = Vec::new();
+    for e in fs::read_dir(&logdir)?.flatten() {
+        for l in fs::read_to_string(e.path())?.lines() {
+            if let Some(v) = l.split_whitespace().nth(2).and_then(|v| v.parse().ok()) {
+                lat.push(v);
+            }
+        }
+    }
+    lat.sort_unstable();
+    let _ = fs::remove_dir_all(&logdir);
+    Ok(Sample {
+        path,
+        mode,
+        clients,
+        tps,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
+    })
+}
+
+pub fn run(o: Options) -> anyhow::Result<()> {
+    let work = std::env::temp_dir().join(format!("interceptor-bench-{}", std::process::id()));
+    fs::create_dir_all(&work)?;
+    let mut lab = Lab::new().context("creating the lab")?;
+    let pod = lab.add_pod("bench", "pods/bench")?;
+    let selected: SocketAddr = (lab.node_v4(2), 5432).into();
+    let direct: SocketAddr = (lab.node_v4(3), 5432).into();
+    let bouncer: SocketAddr = (lab.node_v4(4), 6432).into();
+    let haproxy: SocketAddr = (lab.node_v4(5), 5433).into();
+
+    eprintln!(
+        "bench: PostgreSQL on {selected} and {direct}, pgbench scale {}",
+        o.scale
+    );
+    let pg_dir = work.join("pg");
+    fs::create_dir_all(&pg_dir)?;
+    let pg = Postgres::start_on(selected, &[IpAddr::V4(lab.node_v4(3))], &pg_dir)?;
+    let pgbench_bin = pg.bin.join("pgbench");
+    let init = Command::new(&pgbench_bin)
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            &o.scale.to_string(),
+            "-U",
+            "postgres",
+            "-h",
+        ])
+        .arg(&pg.dir)
+        .args(["-p", "5432", "postgres"])
+        .output()?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+
+    let bdir = work.join("pgbouncer");
+    fs::create_dir_all(&bdir)?;
+    let _bouncer = start_pgbouncer(bouncer, direct, &bdir)?;
+    let _haproxy = start_haproxy(haproxy, direct, &work)?;
+
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-bench-{}", lab.slot));
+    let config = format!(
+        "node_name: bench\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: bench-db\n    destinations: [\"{selected}\"]\n",
+        lab.node_v4(1),
+        lab.cgroup_dir.display(),
+        pin_dir.display()
+    );
+    let config_path = work.join("interceptor.yaml");
+    fs::write(&config_path, config)?;
+    let log = work.join("interceptor.log");
+    let child = Command::new(o.bin_dir.join("interceptor"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "warn,interceptor_daemon::daemon=info")
+        .stderr(fs::File::create(&log)?)
+        .spawn()?;
+    let mut daemon = Daemon {
+        child: Some(child),
+        log,
+    };
+    daemon.wait_for(
+        |v| v["message"] == "interceptor ready",
+        "the daemon to start",
+    )?;
+
+    let paths: [(&'static str, SocketAddr); 4] = [
+        ("direct", direct),
+        ("interceptor", selected),
+        ("pgbouncer", bouncer),
+        ("haproxy", haproxy),
+    ];
+    let mut samples = Vec::new();
+    for mode in ["simple", "prepared"] {
+        for &c in &o.clients {
+            for (name, addr) in paths {
+                let s = pgbench(&pod, &pgbench_bin, addr, mode, c, o.seconds, &work, name)?;
+                eprintln!(
+                    "bench: {:<11} {:<8} c={:<3} {:>9.0} tps  p50 {:.3} ms  p99 {:.3} ms",
+                    s.path, s.mode, s.clients, s.tps, s.p50_ms, s.p99_ms
+                );
+                samples.push(s);
+            }
+        }
+    }
+    daemon.stop();
+
+    let report = report(&samples, &o);
+    println!("{report}");
+    if let Some(out) = &o.out {
+        fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+    }
+    drop(pg);
+    drop(lab);
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn report(samples: &[Sample], o: &Options) -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut s = format!(
+        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {cores} cores, {cpu}, kernel {}\ninterceptor: TCP pass-through (eBPF redirect, original destination, identity, per-connection record, metrics)\n\n",
+        o.scale,
+        o.seconds,
+        kernel.trim()
+    );
+    s.push_str("| mode | clients | path | TPS | × direct | p50 ms | p99 ms |\n|---|---:|---|---:|---:|---:|---:|\n");
+    for x in samples {
+        let direct = samples
+            .iter()
+            .find(|d| d.path == "direct" && d.mode == x.mode && d.clients == x.clients)
+            .map(|d| d.tps)
+            .unwrap_or(f64::NAN);
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.3} | {:.3} |\n",
+            x.mode,
+            x.clients,
+            x.path,
+            x.tps,
+            x.tps / direct,
+            x.p50_ms,
+            x.p99_ms
+        ));
+    }
+    s
+}
