@@ -46,6 +46,9 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    /// Statement-level policy for protocol-aware targets (default: deny all).
+    #[serde(default)]
+    pub policy: crate::policy::Policy,
     /// Who is behind a selected cgroup (standalone mappings; unknown = deny by default).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
@@ -137,12 +140,23 @@ pub struct TargetConfig {
     pub protocol: Protocol,
 }
 
+impl Protocol {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Postgres => "postgres",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Plain TCP pass-through with connection-level records.
     #[default]
     Tcp,
+    /// PostgreSQL: every statement is classified and decided by the policy.
+    Postgres,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,6 +415,7 @@ impl Config {
                 at("select_cgroups")
             ));
         }
+        self.policy.validate().map_err(|e| format!("policy: {e}"))?;
         let mut seen = std::collections::HashMap::new();
         for (i, t) in self.targets.iter().enumerate() {
             if t.name.trim().is_empty() {

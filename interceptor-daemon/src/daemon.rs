@@ -53,6 +53,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cgroups: index.clone(),
         metrics: metrics.clone(),
         identities: Resolver::new(cfg.identity.clone()),
+        policy: Arc::new(cfg.policy.clone()),
+        classifier: Arc::new(crate::sql::Classifier::new(
+            crate::sql::DangerousFunctions::builtin(),
+        )),
         next_id: AtomicU64::new(1),
     });
     let stop = CancellationToken::new();

@@ -13,6 +13,8 @@ pub mod forward;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod pgproxy;
+pub mod policy;
 pub mod protocol;
 pub mod redirect;
 pub mod sql;

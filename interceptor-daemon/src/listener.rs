@@ -22,11 +22,14 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     cgroups::CgroupIndex,
-    config::Config,
+    config::{Config, Protocol},
     forward,
     identity::{Identity, Resolver, Unknown},
     metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
+    pgproxy::{self, SessionCtx},
+    policy::Policy,
     redirect::ConnTable,
+    sql::Classifier,
 };
 
 /// Everything a connection needs from the daemon; shared by all tasks.
@@ -37,6 +40,8 @@ pub struct Shared {
     pub cgroups: Arc<CgroupIndex>,
     pub metrics: Arc<Metrics>,
     pub identities: Resolver,
+    pub policy: Arc<Policy>,
+    pub classifier: Arc<Classifier>,
     pub next_id: AtomicU64,
 }
 
@@ -60,6 +65,9 @@ pub struct ConnMeta {
     /// Who is behind the connection (None: passed through unselected, or an
     /// unknown identity let through by `identity.unknown: allow`).
     pub identity: Option<Identity>,
+    /// The handler: the target's protocol for selected connections, plain TCP
+    /// for pass-through ones.
+    pub protocol: Protocol,
 }
 
 fn ip_from16(a: [u8; 16]) -> IpAddr {
@@ -145,10 +153,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: 
         return;
     };
     let orig_dst = SocketAddr::new(ip_from16(orig.addr), orig.port);
-    let target = shared
-        .cfg
-        .targets
-        .get(orig.target_id as usize)
+    let target_cfg = shared.cfg.targets.get(orig.target_id as usize);
+    let target = target_cfg
         .map(|t| t.name.clone())
         .unwrap_or_else(|| format!("#{}", orig.target_id));
     let index = shared.cgroups.clone();
@@ -202,6 +208,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: 
         uid: orig.uid,
         gid: orig.gid,
         identity,
+        protocol: match target_cfg {
+            Some(t) if selected => t.protocol,
+            _ => Protocol::Tcp,
+        },
     };
     let span = info_span!(
         "conn",
@@ -246,12 +256,12 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
     let m = &shared.metrics;
     let labels = TargetLabels {
         target: meta.target.clone(),
-        protocol: "tcp",
+        protocol: meta.protocol.as_str(),
     };
     m.connections
         .get_or_create(&ConnLabels {
             target: meta.target.clone(),
-            protocol: "tcp",
+            protocol: meta.protocol.as_str(),
             intercepted: meta.selected,
         })
         .inc();
@@ -295,7 +305,28 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
             return;
         }
     };
-    let result = forward::pump(&mut client, &mut upstream, shared.cfg.proxy.buffer_bytes).await;
+    let result = match meta.protocol {
+        Protocol::Tcp => {
+            forward::pump(&mut client, &mut upstream, shared.cfg.proxy.buffer_bytes).await
+        }
+        Protocol::Postgres => {
+            let ctx = SessionCtx {
+                identity: meta.identity.as_ref().map(Identity::name),
+                target: meta.target.clone(),
+                policy: shared.policy.clone(),
+                classifier: shared.classifier.clone(),
+                metrics: shared.metrics.clone(),
+            };
+            pgproxy::run(client, upstream, ctx)
+                .await
+                .map_err(|e| match e {
+                    pgproxy::SessionError::Io(e) => e,
+                    other => {
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string())
+                    }
+                })
+        }
+    };
     let (bytes_up, bytes_down, error) = match &result {
         Ok(t) => (t.up, t.down, None),
         Err(e) => {
@@ -330,7 +361,7 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         pid = meta.pid,
         uid = meta.uid,
         gid = meta.gid,
-        protocol = "tcp",
+        protocol = meta.protocol.as_str(),
         bytes_up,
         bytes_down,
         duration_ms = started.elapsed().as_millis() as u64,

@@ -86,6 +86,14 @@ impl EncodeLabelValue for Direction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub target: String,
+    pub action: &'static str,
+    /// Rule ids come from the policy file: bounded.
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
 }
@@ -116,6 +124,7 @@ pub struct Metrics {
     pub bytes: Family<BytesLabels, Counter>,
     pub upstream_connect: Family<TargetLabels, Histogram, Buckets>,
     pub duration: Family<TargetLabels, Histogram, Buckets>,
+    pub decisions: Family<DecisionLabels, Counter>,
     kernel_events: Family<EventLabels, Counter>,
     conntrack_entries: Gauge,
     cgroups_known: Gauge,
@@ -137,6 +146,7 @@ impl Metrics {
             bytes: Family::default(),
             upstream_connect: Family::new_with_constructor(Buckets(latency_buckets)),
             duration: Family::new_with_constructor(Buckets(duration_buckets)),
+            decisions: Family::default(),
             kernel_events: Family::default(),
             conntrack_entries: Gauge::default(),
             cgroups_known: Gauge::default(),
@@ -167,6 +177,11 @@ impl Metrics {
             "connection_duration_seconds",
             "Lifetime of redirected connections",
             m.duration.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Policy decisions on statements, by action and rule",
+            m.decisions.clone(),
         );
         registry.register(
             "kernel_events",

@@ -1,0 +1,403 @@
+//! PostgreSQL session handling: frames both directions of a redirected
+//! connection, decides every statement before it reaches the server, and answers
+//! denied ones with a native ErrorResponse (SQLSTATE 42501) while keeping the
+//! session usable.
+//!
+//! Denials keep the server's response order intact by riding on the protocol's
+//! own synchronisation points instead of answering out of band:
+//! * a denied simple Query is replaced by an empty Query; the server answers
+//!   EmptyQueryResponse + ReadyForQuery, and the EmptyQueryResponse is replaced
+//!   by our ErrorResponse, so the client also gets the server's true
+//!   transaction status;
+//! * a denied Parse starts skipping the client's messages up to Sync (what the
+//!   server itself does after an error); the Sync is forwarded and our
+//!   ErrorResponse goes in front of the server's ReadyForQuery for it.
+//!
+//! Each forwarded Query, Sync and FunctionCall yields exactly one ReadyForQuery,
+//! so a FIFO of pending injections lines the two directions up.
+//!
+//! SSLRequest and GSSENCRequest are answered `N`: the pod-to-node hop stays on
+//! the node. A CancelRequest is forwarded to the same original destination.
+//! Authentication messages pass through (the upstream credential is the
+//! client's in this version).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+    sync::{Arc, Mutex},
+};
+
+use bytes::{Buf, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
+use tracing::{info, warn};
+
+use crate::{
+    forward::Transferred,
+    metrics::{DecisionLabels, Metrics},
+    policy::{Action, Context, Decision, Policy},
+    protocol::postgres::{
+        Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
+        build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
+        looks_like_tls_client_hello,
+    },
+    sql::Classifier,
+};
+
+/// Everything the session needs besides its two sockets.
+pub struct SessionCtx {
+    pub identity: Option<String>,
+    pub target: String,
+    pub policy: Arc<Policy>,
+    pub classifier: Arc<Classifier>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed PostgreSQL message from the {side}: {source}")]
+    Protocol {
+        side: &'static str,
+        source: ProtocolError,
+    },
+    #[error("the client started TLS directly; only SSLRequest negotiation is supported")]
+    DirectTls,
+}
+
+/// What to do when the server's answer to a forwarded Query/Sync arrives.
+enum Inject {
+    Nothing,
+    /// Replace the EmptyQueryResponse with this ErrorResponse.
+    ReplaceEmptyQuery(Vec<u8>),
+    /// Send this ErrorResponse before the ReadyForQuery.
+    BeforeReady(Vec<u8>),
+}
+
+type Pending = Arc<Mutex<VecDeque<Inject>>>;
+
+/// Most distinct statements a session remembers decisions for.
+const DECISION_CACHE: usize = 1024;
+
+const EMPTY_QUERY: &[u8] = &[b'Q', 0, 0, 0, 5, 0];
+
+async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 8192 {
+        buf.reserve(64 * 1024);
+    }
+    r.read_buf(buf).await
+}
+
+/// Runs the session until both directions are done.
+pub async fn run(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    ctx: SessionCtx,
+) -> Result<Transferred, SessionError> {
+    let mut cbuf = BytesMut::with_capacity(16 * 1024);
+    let mut up = 0u64;
+    // Startup phase: encryption negotiation, cancel, startup message.
+    let framer = Framer::new(Direction::Frontend);
+    loop {
+        let (packet_len, packet_kind) = match framer.next_startup(&cbuf) {
+            Ok(Progress::Complete(f)) => {
+                let p = f.parse().map_err(|source| SessionError::Protocol {
+                    side: "client",
+                    source,
+                })?;
+                (f.len(), p)
+            }
+            Ok(Progress::NeedMore(_)) => {
+                if looks_like_tls_client_hello(&cbuf) {
+                    return Err(SessionError::DirectTls);
+                }
+                if fill(&mut client, &mut cbuf).await? == 0 {
+                    return Ok(Transferred { up, down: 0 });
+                }
+                continue;
+            }
+            Err(source) => {
+                return Err(SessionError::Protocol {
+                    side: "client",
+                    source,
+                });
+            }
+        };
+        match packet_kind {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.write_all(b"N").await?;
+                cbuf.advance(packet_len);
+            }
+            StartupPacket::CancelRequest { .. } => {
+                // The key belongs to the backend behind this same destination.
+                upstream.write_all(&cbuf[..packet_len]).await?;
+                let _ = upstream.shutdown().await;
+                return Ok(Transferred {
+                    up: packet_len as u64,
+                    down: 0,
+                });
+            }
+            StartupPacket::Startup { .. } => {
+                upstream.write_all(&cbuf[..packet_len]).await?;
+                up += packet_len as u64;
+                cbuf.advance(packet_len);
+                break;
+            }
+        }
+    }
+
+    let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), &ctx);
+    let s2c = server_to_client(ur, cw, pending);
+    let (a, b) = tokio::join!(c2s, s2c);
+    Ok(Transferred {
+        up: up + a?,
+        down: b?,
+    })
+}
+
+fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
+    let message = format!(
+        "interceptor: statement denied by rule `{}`: {}",
+        d.rule, d.reason
+    );
+    let detail = format!(
+        "identity {}, target {}",
+        ctx.identity.as_deref().unwrap_or("(unidentified)"),
+        ctx.target
+    );
+    let mut out = Vec::new();
+    let spec = ErrorSpec::error(SQLSTATE_INSUFFICIENT_PRIVILEGE, &message).detail(&detail);
+    if build::error_response(&mut out, &spec).is_err() {
+        // Only a NUL inside a field fails; ours have none, but never send nothing.
+        let _ = build::error_response(
+            &mut out,
+            &ErrorSpec::error(SQLSTATE_INSUFFICIENT_PRIVILEGE, "denied"),
+        );
+    }
+    out
+}
+
+struct Decider<'c> {
+    ctx: &'c SessionCtx,
+    cache: HashMap<String, Decision>,
+}
+
+impl Decider<'_> {
+    fn decide(&mut self, sql: &str, via: &'static str) -> Decision {
+        if let Some(d) = self.cache.get(sql) {
+            return d.clone();
+        }
+        let c = self.ctx.classifier.classify(sql);
+        let pctx = Context {
+            identity: self.ctx.identity.as_deref(),
+            target: &self.ctx.target,
+        };
+        let d = self.ctx.policy.decide_statements(&pctx, &c.statements);
+        let kinds: Vec<String> = c
+            .statements
+            .iter()
+            .map(|s| format!("{:?}", s.kind).to_lowercase())
+            .collect();
+        let tables: Vec<String> = c
+            .statements
+            .iter()
+            .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
+            .collect();
+        // Literals never reach the log: the statement is described, not quoted.
+        info!(
+            action = d.action.as_str(),
+            rule = %d.rule,
+            reason = %d.reason,
+            via,
+            kinds = %kinds.join(","),
+            tables = %tables.join(","),
+            identity = self.ctx.identity.as_deref().unwrap_or(""),
+            "statement decision"
+        );
+        self.ctx
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                target: self.ctx.target.clone(),
+                action: d.action.as_str(),
+                rule: d.rule.clone(),
+            })
+            .inc();
+        if self.cache.len() >= DECISION_CACHE {
+            self.cache.clear();
+        }
+        self.cache.insert(sql.to_string(), d.clone());
+        d
+    }
+}
+
+async fn client_to_server(
+    mut cr: OwnedReadHalf,
+    mut uw: OwnedWriteHalf,
+    mut buf: BytesMut,
+    pending: Pending,
+    ctx: &SessionCtx,
+) -> Result<u64, SessionError> {
+    let framer = Framer::new(Direction::Frontend);
+    let mut decider = Decider {
+        ctx,
+        cache: HashMap::new(),
+    };
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Set while skipping to Sync after a denied extended-protocol message.
+    let mut skipping: Option<Vec<u8>> = None;
+    let mut total = 0u64;
+    loop {
+        loop {
+            let frame = match framer.next(&buf) {
+                Ok(Progress::Complete(f)) => f,
+                Ok(Progress::NeedMore(_)) => break,
+                Err(source) => {
+                    return Err(SessionError::Protocol {
+                        side: "client",
+                        source,
+                    });
+                }
+            };
+            let len = frame.len();
+            match frame.tag {
+                b'Q' | b'P' => {
+                    let msg = FrontendMessage::parse(&frame).map_err(|source| {
+                        SessionError::Protocol {
+                            side: "client",
+                            source,
+                        }
+                    })?;
+                    let (sql, via) = match msg {
+                        FrontendMessage::Query { sql } => (sql, "query"),
+                        FrontendMessage::Parse(p) => (p.query, "parse"),
+                        _ => ("", "other"),
+                    };
+                    if skipping.is_some() {
+                        // Already failing this extended batch: dropped like the server would.
+                    } else {
+                        let d = decider.decide(sql, via);
+                        match (d.action, frame.tag) {
+                            (Action::Allow, b'Q') => {
+                                push(&pending, Inject::Nothing);
+                                out.extend_from_slice(frame.raw);
+                            }
+                            (Action::Allow, _) => out.extend_from_slice(frame.raw),
+                            (Action::Deny, b'Q') => {
+                                push(&pending, Inject::ReplaceEmptyQuery(error_bytes(&d, ctx)));
+                                out.extend_from_slice(EMPTY_QUERY);
+                            }
+                            (Action::Deny, _) => skipping = Some(error_bytes(&d, ctx)),
+                        }
+                    }
+                }
+                b'S' => {
+                    push(
+                        &pending,
+                        skipping.take().map_or(Inject::Nothing, Inject::BeforeReady),
+                    );
+                    out.extend_from_slice(frame.raw);
+                }
+                b'F' => {
+                    if skipping.is_none() {
+                        push(&pending, Inject::Nothing);
+                        out.extend_from_slice(frame.raw);
+                    }
+                }
+                // Bind/Describe/Execute/Close/Flush of a failed batch are dropped.
+                b'B' | b'D' | b'E' | b'C' | b'H' if skipping.is_some() => {}
+                _ => out.extend_from_slice(frame.raw),
+            }
+            buf.advance(len);
+        }
+        if !out.is_empty() {
+            uw.write_all(&out).await?;
+            total += out.len() as u64;
+            out.clear();
+        }
+        if fill(&mut cr, &mut buf).await? == 0 {
+            if !buf.is_empty() {
+                warn!(
+                    bytes = buf.len(),
+                    "client closed in the middle of a message"
+                );
+            }
+            let _ = uw.shutdown().await;
+            return Ok(total);
+        }
+    }
+}
+
+fn push(p: &Pending, i: Inject) {
+    p.lock().unwrap_or_else(|e| e.into_inner()).push_back(i);
+}
+
+async fn server_to_client(
+    mut ur: OwnedReadHalf,
+    mut cw: OwnedWriteHalf,
+    pending: Pending,
+) -> Result<u64, SessionError> {
+    let framer = Framer::new(Direction::Backend);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // The ReadyForQuery that ends authentication answers no client message.
+    let mut startup_ready_seen = false;
+    let mut total = 0u64;
+    loop {
+        loop {
+            let frame = match framer.next(&buf) {
+                Ok(Progress::Complete(f)) => f,
+                Ok(Progress::NeedMore(_)) => break,
+                Err(source) => {
+                    return Err(SessionError::Protocol {
+                        side: "server",
+                        source,
+                    });
+                }
+            };
+            let len = frame.len();
+            match frame.tag {
+                b'I' => {
+                    let mut q = pending.lock().unwrap_or_else(|e| e.into_inner());
+                    match q.front_mut() {
+                        Some(Inject::ReplaceEmptyQuery(err)) => out.append(err),
+                        _ => out.extend_from_slice(frame.raw),
+                    }
+                }
+                b'Z' => {
+                    if startup_ready_seen {
+                        let next = pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pop_front();
+                        if let Some(Inject::BeforeReady(err)) = next {
+                            out.extend_from_slice(&err);
+                        }
+                    }
+                    startup_ready_seen = true;
+                    out.extend_from_slice(frame.raw);
+                }
+                _ => out.extend_from_slice(frame.raw),
+            }
+            buf.advance(len);
+        }
+        if !out.is_empty() {
+            cw.write_all(&out).await?;
+            total += out.len() as u64;
+            out.clear();
+        }
+        if fill(&mut ur, &mut buf).await? == 0 {
+            let _ = cw.shutdown().await;
+            return Ok(total);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! PostgreSQL through the interceptor: real PostgreSQL, real psql and pgbench
+//! inside a lab pod, the eBPF redirect, statement policy on the wire.
+//! Privileged: run as root (CI does).
+
+mod common;
+
+use std::{net::SocketAddr, process::Output};
+
+use common::*;
+use interceptor_daemon::testbed::{Lab, Pod, Postgres};
+
+const POLICY: &str = r#"policy:
+  default: deny
+  rules:
+    - id: orders-read
+      identities: ["shop/*"]
+      targets: ["customers-db"]
+      sql: { kinds: [read, transaction, utility], tables: ["customers", "orders"] }
+      action: allow
+    - id: orders-write
+      identities: ["shop/*"]
+      sql: { kinds: [write], tables: ["orders"] }
+      action: allow
+    - id: no-customer-changes
+      sql: { kinds: [write, ddl], tables: ["customers"] }
+      action: deny
+      description: customer records are never changed by workloads
+"#;
+
+struct Setup {
+    _lab: Lab,
+    pod: Pod,
+    pg: Postgres,
+    pg_addr: SocketAddr,
+    daemon: Daemon,
+}
+
+fn setup(test: &str) -> Setup {
+    let dir = scratch(test);
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
+    pg.admin_sql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');
+         CREATE TABLE orders (id int, customer int);",
+    )
+    .unwrap();
+    let opts = DaemonOpts {
+        destinations: vec![],
+        extra_targets: format!(
+            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}"
+        ),
+        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
+        ..Default::default()
+    };
+    // The default `svc` target needs a destination: one nobody uses.
+    let opts = DaemonOpts {
+        destinations: vec![format!("{}:9", lab.node_v4(6))],
+        ..opts
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let daemon = Daemon::start(&cfg, &dir);
+    Setup {
+        _lab: lab,
+        pod,
+        pg,
+        pg_addr,
+        daemon,
+    }
+}
+
+fn psql(s: &Setup, script: &str) -> Output {
+    let mut cmd = s.pod.command(s.pg.bin.join("psql")).unwrap();
+    cmd.args([
+        "-X",
+        "-At",
+        "-v",
+        "VERBOSITY=verbose",
+        "-h",
+        &s.pg_addr.ip().to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ])
+    .args(["-c", script]);
+    cmd.output().unwrap()
+}
+
+fn psql_file(s: &Setup, script: &str) -> Output {
+    let path =
+        std::env::temp_dir().join(format!("icpt-{}-{}.sql", std::process::id(), script.len()));
+    std::fs::write(&path, script).unwrap();
+    let mut cmd = s.pod.command(s.pg.bin.join("psql")).unwrap();
+    cmd.args([
+        "-X",
+        "-At",
+        "-v",
+        "VERBOSITY=verbose",
+        "-h",
+        &s.pg_addr.ip().to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-f",
+    ])
+    .arg(&path);
+    let out = cmd.output().unwrap();
+    let _ = std::fs::remove_file(path);
+    out
+}
+
+fn customers(s: &Setup) -> String {
+    s.pg.admin_sql("SELECT count(*) FROM customers")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn statements_are_decided_before_they_reach_the_server() {
+    if !privileged("statements_are_decided_before_they_reach_the_server") {
+        return;
+    }
+    let s = setup("pgpolicy");
+
+    let out = psql(&s, "SELECT name FROM customers ORDER BY id");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Ada\nGrace\n");
+
+    let out = psql(&s, "DELETE FROM customers");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("ERROR:  42501: interceptor: statement denied by rule `no-customer-changes`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("identity shop/orders-api, target customers-db"),
+        "{err}"
+    );
+    assert_eq!(customers(&s), "2", "the DELETE reached the server");
+
+    // The session stays usable after a denial, inside and outside a transaction.
+    let out = psql_file(
+        &s,
+        "DELETE FROM customers;\nSELECT 40 + 2;\nBEGIN;\nUPDATE customers SET name = 'x';\nSELECT count(*) FROM customers;\nCOMMIT;\nINSERT INTO orders VALUES (1, 1);\nSELECT count(*) FROM orders;\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("42\n"), "{stdout}\n{err}");
+    assert!(
+        stdout.contains("BEGIN\n2\nCOMMIT\nINSERT 0 1\n1\n"),
+        "{stdout}\n{err}"
+    );
+    assert_eq!(err.matches("42501").count(), 2, "{err}");
+    assert_eq!(
+        s.pg.admin_sql("SELECT count(*) FROM customers WHERE name = 'x'")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+
+    // Evasions: each is denied and changes nothing.
+    for sql in [
+        "/* hi */ DeLeTe FROM \"customers\"",
+        "WITH gone AS (DELETE FROM customers RETURNING 1) SELECT count(*) FROM gone",
+        "SELECT 1; DELETE FROM customers",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT pg_catalog.pg_read_file('/etc/hostname')",
+        "COPY customers TO PROGRAM 'id'",
+        "DO $$ BEGIN DELETE FROM customers; END $$",
+        "SET ROLE postgres",
+        "PREPARE p AS DELETE FROM customers",
+        "DROP TABLE customers",
+        "TRUNCATE customers",
+        "SELECT $$;$$; DELETE FROM customers",
+        "SELECT * FROM secrets_we_did_not_allow",
+        "SELEKT 1",
+    ] {
+        let out = psql(&s, sql);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("42501"),
+            "`{sql}` was not denied: {err}"
+        );
+    }
+    assert_eq!(customers(&s), "2");
+
+    // Decisions are visible to SREs.
+    let (_, text) = http_get(admin_addr(&s._lab), "/metrics");
+    let denied = r#"interceptor_decisions_total{target="customers-db",action="deny",rule="no-customer-changes"}"#;
+    assert!(metric(&text, denied).unwrap_or(0.0) >= 3.0, "{text}");
+    // The daemon's log describes statements without their literals.
+    let log = s.daemon.raw_log();
+    assert!(log.contains("statement decision"), "{log}");
+    assert!(!log.contains("/etc/passwd"), "a literal reached the log");
+}
+
+#[test]
+fn extended_protocol_is_enforced_at_parse() {
+    if !privileged("extended_protocol_is_enforced_at_parse") {
+        return;
+    }
+    let s = setup("pgextended");
+    let pgbench = s.pg.bin.join("pgbench");
+    let dir = std::env::temp_dir().join(format!("icpt-pgbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |script: &str, mode: &str| {
+        let f = dir.join(format!("{mode}-{}.sql", script.len()));
+        std::fs::write(&f, script).unwrap();
+        s.pod
+            .command(&pgbench)
+            .unwrap()
+            .args([
+                "-n",
+                "-t",
+                "5",
+                "-M",
+                mode,
+                "-h",
+                &s.pg_addr.ip().to_string(),
+                "-U",
+                "postgres",
+                "-f",
+            ])
+            .arg(&f)
+            .arg("postgres")
+            .output()
+            .unwrap()
+    };
+    for mode in ["extended", "prepared"] {
+        let ok = run("SELECT count(*) FROM customers;\n", mode);
+        assert!(
+            ok.status.success(),
+            "{mode}: {}{}",
+            String::from_utf8_lossy(&ok.stdout),
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&ok.stdout)
+                .contains("number of transactions actually processed: 5/5")
+        );
+        let denied = run("DELETE FROM customers;\n", mode);
+        let err = String::from_utf8_lossy(&denied.stderr);
+        assert!(!denied.status.success(), "{mode}: a denied statement ran");
+        assert!(
+            err.contains("statement denied by rule `no-customer-changes`"),
+            "{mode}: {err}"
+        );
+    }
+    assert_eq!(customers(&s), "2");
+    let _ = std::fs::remove_dir_all(dir);
+}
