@@ -100,7 +100,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn step(n: u32, title: &str) {
+fn step(title: &str) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     println!("\n\x1b[1m[{n}] {title}\x1b[0m");
 }
 
@@ -220,10 +222,7 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     );
     println!("node's interceptor by eBPF, with no change to the application.");
 
-    step(
-        1,
-        "A lab node and two pods (real network namespaces, veth pairs and cgroups)",
-    );
+    step("A lab node and two pods (real network namespaces, veth pairs and cgroups)");
     let mut lab = Lab::new().context("creating the lab (needs iproute2 and cgroup v2)")?;
     let app = lab.add_pod("app", "pods/app")?;
     let batch = lab.add_pod("batch", "batch/job")?;
@@ -239,7 +238,7 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         lab.node_v4(2),
     ));
 
-    step(2, "A real PostgreSQL server on the node");
+    step("A real PostgreSQL server on the node");
     let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
     let pg_dir = work.join("pg");
     fs::create_dir_all(&pg_dir)?;
@@ -253,14 +252,11 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         pg.bin.display()
     ));
 
-    step(
-        3,
-        "The interceptor daemon, on the embedded standalone configuration",
-    );
+    step("The interceptor daemon, on the embedded standalone configuration");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-demo-{}", lab.slot));
     let admin_port = 19_200 + u16::from(lab.slot);
     let config = format!(
-        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\nidentity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\ntargets:\n  - name: customers-db\n    destinations: [\"{pg_addr}\"]\n",
+        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\nidentity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\ntargets:\n  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy:\n  default: deny\n  rules:\n    - id: app-reads\n      identities: [\"shop/orders-api\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [customers] }}\n      action: allow\n    - id: no-customer-deletes\n      sql: {{ kinds: [write], tables: [customers] }}\n      action: deny\n      description: customer records are never deleted by workloads\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display()
@@ -289,10 +285,7 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         lab.node_v4(1)
     ));
 
-    step(
-        4,
-        "The `app` pod runs psql against PostgreSQL's own address",
-    );
+    step("The `app` pod runs psql against PostgreSQL's own address");
     let (out, pid) = psql_in_pod(
         &app,
         pg_addr,
@@ -321,26 +314,33 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         rec["bytes_down"],
     ));
 
-    step(
-        5,
-        "The `batch` pod is not selected: it reaches PostgreSQL directly",
-    );
+    step("The `app` pod tries to delete customers: the interceptor blocks it");
+    match psql_in_pod(&app, pg_addr, "DELETE FROM customers") {
+        Ok((out, _)) => bail!("the DELETE was not blocked: {out}"),
+        Err(e) => say(&format!(
+            "$ psql -c 'DELETE FROM customers'\n{}",
+            e.to_string().trim_start_matches("psql failed: ").trim()
+        )),
+    }
+    say(&format!(
+        "customers still in the table (checked on the server): {}\nThe statement never reached PostgreSQL; the pod got a native error (SQLSTATE 42501) naming the rule.",
+        pg.admin_sql("SELECT count(*) FROM customers")?.trim()
+    ));
+
+    step("The `batch` pod is not selected: it reaches PostgreSQL directly");
     let (out, _) = psql_in_pod(&batch, pg_addr, "SELECT inet_client_addr()")?;
     say(&format!(
         "inet_client_addr() = {out}  (the pod's own address: not intercepted)"
     ));
 
-    step(6, "`interceptor status`: the kernel side");
+    step("`interceptor status`: the kernel side");
     let st = Command::new(&interceptor)
         .args(["status", "--pin-dir"])
         .arg(&pin_dir)
         .output()?;
     say(String::from_utf8_lossy(&st.stdout).trim_end());
 
-    step(
-        7,
-        "The per-node metrics endpoint an SRE's Prometheus scrapes",
-    );
+    step("The per-node metrics endpoint an SRE's Prometheus scrapes");
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let body = http_get(admin, "/metrics")?;
     let shown = [
@@ -360,10 +360,7 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         http_get(admin, "/readyz")?.trim()
     ));
 
-    step(
-        8,
-        "Stopping the daemon (SIGTERM) detaches and unpins everything",
-    );
+    step("Stopping the daemon (SIGTERM) detaches and unpins everything");
     let code = daemon.stop();
     say(&format!(
         "daemon exited with {code:?}; pin directory present afterwards: {}",
