@@ -52,9 +52,30 @@ pub struct Config {
     /// Who is behind a selected cgroup (standalone mappings; unknown = deny by default).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
+    /// The signed audit log on node storage; none if absent.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
     /// The per-node HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub dir: PathBuf,
+    /// A signed checkpoint after this many entries.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

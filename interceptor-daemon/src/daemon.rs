@@ -32,6 +32,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(a) => Some(admin::bind(a.address).await?),
         None => None,
     };
+    let audit = match &cfg.audit {
+        Some(a) => Some(
+            crate::audit::AuditLog::open(crate::audit::Options {
+                dir: a.dir.clone(),
+                node: cfg.node_name(),
+                checkpoint_every: a.checkpoint_every.max(1),
+                segment_bytes: a.segment_bytes.max(4096),
+            })
+            .context("opening the audit log")?,
+        ),
+        None => None,
+    };
     let (loaded, handles) = Redirector::load(&cfg)?;
     let index = Arc::new(CgroupIndex::new(
         cfg.redirect.cgroup_root.clone(),
@@ -54,6 +66,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         identities: Resolver::new(cfg.identity.clone()),
         policy: Arc::new(cfg.policy.clone()),
+        audit: audit.clone(),
         classifier: Arc::new(crate::sql::Classifier::new(
             crate::sql::DangerousFunctions::builtin(),
         )),
@@ -131,6 +144,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let grace = Duration::from_millis(cfg.proxy.shutdown_grace_ms) + Duration::from_millis(500);
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         warn!("connections still open after the grace period; exiting");
+    }
+    if let Some(a) = &audit {
+        // Signs what the session wrote, so it verifies without an unsigned tail.
+        a.close().await;
     }
     info!("stopped");
     Ok(())

@@ -21,6 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
+    audit::{AuditLog, Record},
     cgroups::CgroupIndex,
     config::{Config, Protocol},
     forward,
@@ -42,7 +43,36 @@ pub struct Shared {
     pub identities: Resolver,
     pub policy: Arc<Policy>,
     pub classifier: Arc<Classifier>,
+    pub audit: Option<AuditLog>,
     pub next_id: AtomicU64,
+}
+
+impl ConnMeta {
+    /// The audit record every entry about this connection starts from.
+    pub fn audit_base(&self, node: &str) -> Record {
+        let id = self.identity.as_ref();
+        Record {
+            node: node.into(),
+            identity: id.map(Identity::name).unwrap_or_default(),
+            identity_method: id
+                .map(|i| i.method.as_str().to_string())
+                .unwrap_or_default(),
+            claims: id
+                .map(|i| {
+                    i.claims
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            pod_uid: id.and_then(|i| i.pod_uid.clone()).unwrap_or_default(),
+            target: self.target.clone(),
+            protocol: self.protocol.as_str().into(),
+            session: self.id,
+            connection: self.id,
+            ..Record::default()
+        }
+    }
 }
 
 /// What is known about one redirected connection.
@@ -311,6 +341,10 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         }
         Protocol::Postgres => {
             let ctx = SessionCtx {
+                audit: shared
+                    .audit
+                    .clone()
+                    .map(|log| (log, meta.audit_base(&shared.node))),
                 identity: meta.identity.as_ref().map(Identity::name),
                 target: meta.target.clone(),
                 policy: shared.policy.clone(),
@@ -368,4 +402,28 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         error = error.as_deref().unwrap_or(""),
         "connection closed"
     );
+    if let Some(log) = &shared.audit {
+        log.append_nowait(Record {
+            time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_nanos() as u64)
+                .unwrap_or(0),
+            operation: format!(
+                "connection to {} from pid {} uid {}",
+                meta.orig_dst, meta.pid, meta.uid
+            ),
+            decision: if meta.selected {
+                "intercepted"
+            } else {
+                "passed_through"
+            }
+            .into(),
+            outcome: Some(match &error {
+                Some(e) => format!("error: {e}"),
+                None => format!("{bytes_up} bytes up, {bytes_down} bytes down"),
+            }),
+            duration_us: started.elapsed().as_micros() as u64,
+            ..meta.audit_base(&shared.node)
+        });
+    }
 }

@@ -38,6 +38,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    audit::{AuditLog, Record},
     forward::Transferred,
     metrics::{DecisionLabels, Metrics},
     policy::{Action, Context, Decision, Policy},
@@ -51,6 +52,9 @@ use crate::{
 
 /// Everything the session needs besides its two sockets.
 pub struct SessionCtx {
+    /// Where decisions are recorded, and the record every entry starts from
+    /// (node, identity, target, connection).
+    pub audit: Option<(AuditLog, Record)>,
     pub identity: Option<String>,
     pub target: String,
     pub policy: Arc<Policy>,
@@ -188,11 +192,12 @@ fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
 
 struct Decider<'c> {
     ctx: &'c SessionCtx,
-    cache: HashMap<String, Decision>,
+    cache: HashMap<String, (Decision, String)>,
 }
 
 impl Decider<'_> {
-    fn decide(&mut self, sql: &str, via: &'static str) -> Decision {
+    /// The decision and a literal-free description of the statement(s).
+    fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
         if let Some(d) = self.cache.get(sql) {
             return d.clone();
         }
@@ -212,6 +217,7 @@ impl Decider<'_> {
             .iter()
             .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
             .collect();
+        let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
         // Literals never reach the log: the statement is described, not quoted.
         info!(
             action = d.action.as_str(),
@@ -235,8 +241,33 @@ impl Decider<'_> {
         if self.cache.len() >= DECISION_CACHE {
             self.cache.clear();
         }
-        self.cache.insert(sql.to_string(), d.clone());
-        d
+        self.cache
+            .insert(sql.to_string(), (d.clone(), description.clone()));
+        (d, description)
+    }
+
+    /// Records a decision. A denial is durable before the client hears of it.
+    async fn audit(&self, d: &Decision, description: String) {
+        let Some((log, base)) = &self.ctx.audit else {
+            return;
+        };
+        let rec = Record {
+            time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_nanos() as u64)
+                .unwrap_or(0),
+            operation: description,
+            decision: d.action.as_str().into(),
+            rule: d.rule.clone(),
+            ..base.clone()
+        };
+        if d.action == Action::Deny {
+            if let Err(e) = log.append(rec).await {
+                warn!(error = %e, "audit append failed");
+            }
+        } else {
+            log.append_nowait(rec);
+        }
     }
 }
 
@@ -285,7 +316,8 @@ async fn client_to_server(
                     if skipping.is_some() {
                         // Already failing this extended batch: dropped like the server would.
                     } else {
-                        let d = decider.decide(sql, via);
+                        let (d, description) = decider.decide(sql, via);
+                        decider.audit(&d, description).await;
                         match (d.action, frame.tag) {
                             (Action::Allow, b'Q') => {
                                 push(&pending, Inject::Nothing);

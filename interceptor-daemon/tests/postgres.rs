@@ -33,6 +33,7 @@ struct Setup {
     pg: Postgres,
     pg_addr: SocketAddr,
     daemon: Daemon,
+    audit_dir: std::path::PathBuf,
 }
 
 fn setup(test: &str) -> Setup {
@@ -62,6 +63,15 @@ fn setup(test: &str) -> Setup {
         destinations: vec![format!("{}:9", lab.node_v4(6))],
         ..opts
     };
+    let audit_dir = dir.join("audit");
+    let opts = DaemonOpts {
+        extra_targets: format!(
+            "{}audit:\n  dir: {}\n  checkpoint_every: 5\n",
+            opts.extra_targets,
+            audit_dir.display()
+        ),
+        ..opts
+    };
     let cfg = write_config(&lab, &dir, &opts);
     let daemon = Daemon::start(&cfg, &dir);
     Setup {
@@ -70,6 +80,7 @@ fn setup(test: &str) -> Setup {
         pg,
         pg_addr,
         daemon,
+        audit_dir,
     }
 }
 
@@ -204,6 +215,61 @@ fn statements_are_decided_before_they_reach_the_server() {
     let log = s.daemon.raw_log();
     assert!(log.contains("statement decision"), "{log}");
     assert!(!log.contains("/etc/passwd"), "a literal reached the log");
+
+    // The signed audit log: every decision, verifiable offline.
+    let mut s = s;
+    assert_eq!(s.daemon.stop(), Some(0));
+    let verify = || {
+        std::process::Command::new(DAEMON)
+            .args(["audit", "verify"])
+            .arg(&s.audit_dir)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+    let shown = std::process::Command::new(DAEMON)
+        .args(["audit", "show"])
+        .arg(&s.audit_dir)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let denials = shown
+        .lines()
+        .filter(|l| l.contains("\"decision\":\"deny\"") && l.contains("no-customer-changes"))
+        .count();
+    assert!(denials >= 3, "{shown}");
+    assert!(
+        shown.contains("\"identity\":\"shop/orders-api\""),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("/etc/passwd"),
+        "a literal reached the audit log"
+    );
+    // One flipped byte is detected and located.
+    let seg = std::fs::read_dir(&s.audit_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".log"))
+        .unwrap();
+    let mut data = std::fs::read(&seg).unwrap();
+    let pos = data.len() / 2;
+    data[pos] ^= 0x20;
+    std::fs::write(&seg, &data).unwrap();
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with("FAILED: seg-") && text.contains("at byte"),
+        "{text}"
+    );
 }
 
 #[test]
