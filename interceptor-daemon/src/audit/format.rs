@@ -42,7 +42,7 @@ pub enum Event {
         node: String,
         public_key: [u8; 32],
     },
-    Record(Record),
+    Record(Box<Record>),
     /// Signed over (head, count, time): the chain up to here is authentic.
     Checkpoint {
         head: [u8; 32],

@@ -76,11 +76,9 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
         if let Some(n) = name
             .strip_prefix("seg-")
             .and_then(|s| s.strip_suffix(".log"))
-        {
-            if let Ok(seq) = n.parse::<u64>() {
+            && let Ok(seq) = n.parse::<u64>() {
                 v.push((seq, e.path()));
             }
-        }
     }
     v.sort();
     Ok(v)
@@ -133,8 +131,7 @@ pub fn verify(
         unsigned_tail: 0,
         recoveries: 0,
     };
-    let mut expected_segment = segs[0].0;
-    for (seg_no, path) in &segs {
+    for (expected_segment, (seg_no, path)) in (segs[0].0..).zip(segs.iter()) {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -146,7 +143,6 @@ pub fn verify(
                 format!("segment {expected_segment} is missing (found {seg_no} next)"),
             ));
         }
-        expected_segment += 1;
         let data = std::fs::read(path).map_err(|e| fail(&name, 0, e.to_string()))?;
         let mut off = 0usize;
         let mut first = true;

@@ -159,7 +159,7 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append(r, ack) => {
-                        let receipt = self.push(Event::Record(*r));
+                        let receipt = self.push(Event::Record(r));
                         acks.push((receipt, ack));
                         if self.since_checkpoint >= self.opts.checkpoint_every {
                             self.checkpoint();
