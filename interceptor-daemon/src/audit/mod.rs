@@ -76,9 +76,10 @@ pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
         if let Some(n) = name
             .strip_prefix("seg-")
             .and_then(|s| s.strip_suffix(".log"))
-            && let Ok(seq) = n.parse::<u64>() {
-                v.push((seq, e.path()));
-            }
+            && let Ok(seq) = n.parse::<u64>()
+        {
+            v.push((seq, e.path()));
+        }
     }
     v.sort();
     Ok(v)

@@ -255,8 +255,10 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     step("The interceptor daemon, on the embedded standalone configuration");
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-demo-{}", lab.slot));
     let admin_port = 19_200 + u16::from(lab.slot);
+    let audit_dir = work.join("audit");
+    let audit_dir = audit_dir.display();
     let config = format!(
-        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\nidentity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\ntargets:\n  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy:\n  default: deny\n  rules:\n    - id: app-reads\n      identities: [\"shop/orders-api\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [customers] }}\n      action: allow\n    - id: no-customer-deletes\n      sql: {{ kinds: [write], tables: [customers] }}\n      action: deny\n      description: customer records are never deleted by workloads\n",
+        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\nidentity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\ntargets:\n  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy:\n  default: deny\n  rules:\n    - id: app-reads\n      identities: [\"shop/orders-api\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [customers] }}\n      action: allow\n    - id: no-customer-deletes\n      sql: {{ kinds: [write], tables: [customers] }}\n      action: deny\n      description: customer records are never deleted by workloads\naudit:\n  dir: {audit_dir}\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display()
@@ -366,6 +368,69 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         "daemon exited with {code:?}; pin directory present afterwards: {}",
         pin_dir.exists()
     ));
+
+    step("An auditor verifies the signed audit log offline, with only the node's public key");
+    let audit_dir = work.join("audit");
+    let run = |args: &[&str]| -> anyhow::Result<(bool, String)> {
+        let out = Command::new(&interceptor)
+            .args(args)
+            .arg(&audit_dir)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    };
+    let key = Command::new(&interceptor)
+        .args(["audit", "pubkey", "--dir"])
+        .arg(&audit_dir)
+        .output()?;
+    say(&format!(
+        "node public key: {}",
+        String::from_utf8_lossy(&key.stdout).trim()
+    ));
+    let (_, shown) = run(&["audit", "show"])?;
+    for l in shown
+        .lines()
+        .filter(|l| l.contains("\"decision\":\"deny\""))
+    {
+        let v: Value = serde_json::from_str(l)?;
+        let r = &v["event"]["Record"];
+        say(&format!(
+            "entry {}: {} {} -> {} by rule `{}`",
+            v["seq"],
+            r["identity"].as_str().unwrap_or("?"),
+            r["operation"].as_str().unwrap_or("?"),
+            r["decision"].as_str().unwrap_or("?"),
+            r["rule"].as_str().unwrap_or("?")
+        ));
+    }
+    let (ok, text) = run(&["audit", "verify"])?;
+    say(&format!(
+        "$ interceptor audit verify {}\n{text}",
+        audit_dir.display()
+    ));
+    if !ok {
+        bail!("the audit log did not verify");
+    }
+    step("Someone edits one byte of the log: verification fails and says where");
+    let seg = fs::read_dir(&audit_dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .context("no audit segment")?;
+    let mut data = fs::read(&seg)?;
+    let pos = data.len() / 2;
+    data[pos] ^= 0x01;
+    fs::write(&seg, &data)?;
+    let (ok, text) = run(&["audit", "verify"])?;
+    say(&format!(
+        "flipped one bit at byte {pos} of {}\n$ interceptor audit verify ...\n{text}",
+        seg.display()
+    ));
+    if ok {
+        bail!("a tampered audit log verified");
+    }
 
     drop(pg);
     drop(lab);
