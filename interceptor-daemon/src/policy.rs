@@ -61,46 +61,14 @@ impl<'de> Deserialize<'de> for NameGlob {
     }
 }
 
-/// Statement kinds as written in policy files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KindName {
-    Read,
-    Write,
-    Ddl,
-    Dcl,
-    RoleSwitch,
-    Transaction,
-    Utility,
-    Procedural,
-    Execute,
-    Unparsable,
-}
-
-impl KindName {
-    fn matches(&self, k: Kind) -> bool {
-        matches!(
-            (self, k),
-            (KindName::Read, Kind::Read)
-                | (KindName::Write, Kind::Write)
-                | (KindName::Ddl, Kind::Ddl)
-                | (KindName::Dcl, Kind::Dcl)
-                | (KindName::RoleSwitch, Kind::RoleSwitch)
-                | (KindName::Transaction, Kind::Transaction)
-                | (KindName::Utility, Kind::Utility)
-                | (KindName::Procedural, Kind::Procedural)
-                | (KindName::Execute, Kind::Execute)
-                | (KindName::Unparsable, Kind::Unparsable)
-        )
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SqlMatch {
-    /// Statement kinds; empty = any parsable kind.
+    /// Statement kinds (`read`, `write`, `ddl`, `dcl`, `role_switch`,
+    /// `transaction`, `utility`, `procedural`, `execute`, `unparsable`);
+    /// empty = any parsable kind.
     #[serde(default)]
-    pub kinds: Vec<KindName>,
+    pub kinds: Vec<Kind>,
     /// Table globs over `name` and `schema.name`; empty = any table.
     #[serde(default)]
     pub tables: Vec<NameGlob>,
@@ -203,7 +171,7 @@ impl Rule {
         let kind_ok = if m.kinds.is_empty() {
             s.kind != Kind::Unparsable
         } else {
-            m.kinds.iter().any(|k| k.matches(s.kind))
+            m.kinds.contains(&s.kind)
         };
         if !kind_ok {
             return false;

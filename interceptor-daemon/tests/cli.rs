@@ -27,8 +27,12 @@ fn config_check_accepts_the_example_and_names_the_line_of_an_error() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (2 targets"));
 
-    let text = String::from_utf8_lossy(&example.stdout)
-        .replace("10.244.0.0/16:5432", "10.244.0.1/16:5432");
+    let example = String::from_utf8_lossy(&example.stdout).into_owned();
+    let line = 1 + example
+        .lines()
+        .position(|l| l.contains("10.244.0.0/16:5432"))
+        .expect("the example has a CIDR destination");
+    let text = example.replace("10.244.0.0/16:5432", "10.244.0.1/16:5432");
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, text).unwrap();
     let out = Command::new(BIN)
@@ -40,7 +44,7 @@ fn config_check_accepts_the_example_and_names_the_line_of_an_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("bad.yaml")
-            && err.contains("line 35")
+            && err.contains(&format!("line {line},"))
             && err.contains("did you mean `10.244.0.0/16`"),
         "{err}"
     );

@@ -84,7 +84,9 @@ fn setup(test: &str) -> Setup {
     }
 }
 
-fn psql(s: &Setup, script: &str) -> Output {
+/// psql inside the pod, through the redirect, with `args` after the connection options.
+fn psql_args(s: &Setup, args: &[&std::ffi::OsStr]) -> Output {
+    let host = s.pg_addr.ip().to_string();
     let mut cmd = s.pod.command(s.pg.bin.join("psql")).unwrap();
     cmd.args([
         "-X",
@@ -92,36 +94,26 @@ fn psql(s: &Setup, script: &str) -> Output {
         "-v",
         "VERBOSITY=verbose",
         "-h",
-        &s.pg_addr.ip().to_string(),
+        &host,
         "-U",
         "postgres",
         "-d",
         "postgres",
     ])
-    .args(["-c", script]);
+    .args(args);
     cmd.output().unwrap()
 }
 
+fn psql(s: &Setup, script: &str) -> Output {
+    psql_args(s, &["-c".as_ref(), script.as_ref()])
+}
+
+/// Runs a multi-statement script in one session.
 fn psql_file(s: &Setup, script: &str) -> Output {
     let path =
         std::env::temp_dir().join(format!("icpt-{}-{}.sql", std::process::id(), script.len()));
     std::fs::write(&path, script).unwrap();
-    let mut cmd = s.pod.command(s.pg.bin.join("psql")).unwrap();
-    cmd.args([
-        "-X",
-        "-At",
-        "-v",
-        "VERBOSITY=verbose",
-        "-h",
-        &s.pg_addr.ip().to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        "postgres",
-        "-f",
-    ])
-    .arg(&path);
-    let out = cmd.output().unwrap();
+    let out = psql_args(s, &["-f".as_ref(), path.as_os_str()]);
     let _ = std::fs::remove_file(path);
     out
 }

@@ -260,19 +260,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let config_path = work.join("interceptor.yaml");
     fs::write(&config_path, config)?;
     let log = work.join("interceptor.log");
-    let child = Command::new(o.bin_dir.join("interceptor"))
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "warn,interceptor_daemon::daemon=info")
-        .stderr(fs::File::create(&log)?)
-        .spawn()?;
-    let mut daemon = Daemon {
-        child: Some(child),
+    let mut daemon = Daemon::start(
+        &o.bin_dir.join("interceptor"),
+        &config_path,
         log,
-    };
-    daemon.wait_for(
-        |v| v["message"] == "interceptor ready",
-        "the daemon to start",
+        Some("warn,interceptor_daemon::daemon=info"),
     )?;
 
     let paths: [(&'static str, SocketAddr); 4] = [

@@ -118,6 +118,34 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Runs `interceptor run` with JSON logs into `log`; returns once it is ready.
+    fn start(
+        interceptor: &Path,
+        config: &Path,
+        log: PathBuf,
+        rust_log: Option<&str>,
+    ) -> anyhow::Result<Daemon> {
+        let mut cmd = Command::new(interceptor);
+        cmd.args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(fs::File::create(&log)?);
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", interceptor.display()))?;
+        let mut daemon = Daemon {
+            child: Some(child),
+            log,
+        };
+        daemon.wait_for(
+            |v| v["message"] == "interceptor ready",
+            "the daemon to start",
+        )?;
+        Ok(daemon)
+    }
+
     fn records(&self) -> Vec<Value> {
         let Ok(f) = fs::File::open(&self.log) else {
             return vec![];
@@ -267,20 +295,7 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     fs::write(&config_path, &config)?;
     say(&config);
     let log = work.join("interceptor.log");
-    let child = Command::new(&interceptor)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&config_path)
-        .stderr(fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("starting {}", interceptor.display()))?;
-    let mut daemon = Daemon {
-        child: Some(child),
-        log,
-    };
-    daemon.wait_for(
-        |v| v["message"] == "interceptor ready",
-        "the daemon to start",
-    )?;
+    let mut daemon = Daemon::start(&interceptor, &config_path, log, None)?;
     say(&format!(
         "eBPF programs (connect4/6, getpeername4/6, sockops) attached to {}\nlistening on {}:15001; cgroups matching `pods/*` are intercepted",
         lab.cgroup_dir.display(),
