@@ -290,6 +290,11 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
     };
     m.connections
         .get_or_create(&ConnLabels {
+            identity: meta
+                .identity
+                .as_ref()
+                .map(Identity::name)
+                .unwrap_or_default(),
             target: meta.target.clone(),
             protocol: meta.protocol.as_str(),
             intercepted: meta.selected,

@@ -20,6 +20,9 @@ use prometheus_client::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
+    /// `namespace/service-account`; empty when unidentified. Bounded by the
+    /// service accounts that exist, not by traffic.
+    pub identity: String,
     pub target: String,
     pub protocol: &'static str,
     /// False for connections passed through because their cgroup turned out
@@ -241,6 +244,7 @@ mod tests {
         };
         m.connections
             .get_or_create(&ConnLabels {
+                identity: "shop/orders".into(),
                 target: "db".into(),
                 protocol: "tcp",
                 intercepted: true,
@@ -262,7 +266,7 @@ mod tests {
         m.set_kernel(&[("redirected", 7)], 3, 5);
         let text = m.encode();
         for needle in [
-            "interceptor_connections_total{target=\"db\",protocol=\"tcp\",intercepted=\"true\"} 1",
+            "interceptor_connections_total{identity=\"shop/orders\",target=\"db\",protocol=\"tcp\",intercepted=\"true\"} 1",
             "interceptor_bytes_total{target=\"db\",direction=\"up\"} 42",
             "interceptor_connection_failures_total{target=\"db\",reason=\"upstream_connect\"} 1",
             "interceptor_kernel_events_total{event=\"redirected\"} 7",

@@ -307,9 +307,12 @@ fn two_pods_at_once_are_told_apart() {
     let (code, text) = http_get(admin_addr(&lab), "/metrics");
     assert_eq!(code, 200);
     let m = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no `{s}` in:\n{text}"));
-    let svc_conns =
-        r#"interceptor_connections_total{target="svc",protocol="tcp",intercepted="true"}"#;
-    assert_eq!(m(svc_conns), 2.0);
+    for pod in ["a", "b"] {
+        let series = format!(
+            r#"interceptor_connections_total{{identity="lab/{pod}",target="svc",protocol="tcp",intercepted="true"}}"#
+        );
+        assert_eq!(m(&series), 1.0, "{series}");
+    }
     assert_eq!(
         m(r#"interceptor_connections_active{target="svc",protocol="tcp"}"#),
         0.0
