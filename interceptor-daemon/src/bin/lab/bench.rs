@@ -252,10 +252,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
 
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-bench-{}", lab.slot));
     let config = format!(
-        "node_name: bench\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: bench-db\n    destinations: [\"{selected}\"]\n",
+        "node_name: bench\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: bench-db\n    protocol: postgres\n    destinations: [\"{selected}\"]\npolicy:\n  default: deny\n  rules:\n    - id: bench-reads\n      identities: [\"bench/*\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history] }}\n      action: allow\naudit:\n  dir: {}\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
-        pin_dir.display()
+        pin_dir.display(),
+        work.join("audit").display()
     );
     let config_path = work.join("interceptor.yaml");
     fs::write(&config_path, config)?;
@@ -313,7 +314,7 @@ fn report(samples: &[Sample], o: &Options) -> String {
         .unwrap_or(0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut s = format!(
-        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {cores} cores, {cpu}, kernel {}\ninterceptor: TCP pass-through (eBPF redirect, original destination, identity, per-connection record, metrics)\n\n",
+        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {cores} cores, {cpu}, kernel {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit record per statement (group commit) + metrics\n\n",
         o.scale,
         o.seconds,
         kernel.trim()
