@@ -6,6 +6,7 @@
 //! pump). `config` feeds them all; `daemon` wires them; `testbed` builds real
 //! network-namespace + veth + cgroup "pods" for tests, the demo and benchmarks.
 pub mod cgroups;
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod forward;

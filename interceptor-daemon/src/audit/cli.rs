@@ -1,0 +1,129 @@
+//! `interceptor audit ...`: what an auditor and an operator run.
+//!
+//! The functions return their output and exit status instead of printing, so the
+//! binary only wires them and tests can assert the exact text.
+
+use std::path::{Path, PathBuf};
+
+use super::{AuditConfig, keys, verify};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify a log directory offline; exit 0 only when everything verifies.
+    Verify {
+        /// The log directory (a copy is fine: only the segment files are read).
+        dir: PathBuf,
+        /// The node public key to trust (a file with `ed25519:<hex>`, as printed by
+        /// `interceptor audit pubkey`). Without it only integrity is checked.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Print the node's audit public key.
+    Pubkey {
+        /// The log directory of the node.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The key file, when it is not `DIR/node.key`.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// Text for stdout and stderr, and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run a command and print its output; returns the exit status.
+pub fn run(cmd: AuditCommand) -> u8 {
+    let out = match cmd {
+        AuditCommand::Verify { dir, pubkey } => verify(&dir, pubkey.as_deref()),
+        AuditCommand::Pubkey { dir, key_file } => pubkey(&dir, key_file.as_deref()),
+    };
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    out.code
+}
+
+/// `audit verify`: one `OK: ...` line (and details) with status 0, or `FAILED: ...`
+/// naming the segment file, byte offset and reason with status 1.
+pub fn verify(dir: &Path, pubkey_file: Option<&Path>) -> Output {
+    let mut stderr = String::new();
+    let trusted = match pubkey_file {
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|t| keys::parse_public(&t).map_err(|e| format!("{}: {e}", p.display())))
+        {
+            Ok(k) => Some(k),
+            Err(e) => {
+                return Output {
+                    code: 1,
+                    stdout: String::new(),
+                    stderr: format!("interceptor: error: {e}\n"),
+                };
+            }
+        },
+        None => {
+            stderr.push_str(
+                "warning: no --pubkey given: signatures are checked against the key the log names, \
+                 which shows integrity but not who wrote it\n",
+            );
+            None
+        }
+    };
+    match verify::verify_dir(dir, trusted.as_ref()) {
+        Ok(r) => {
+            let mut s = format!(
+                "OK: {} segments, {} records, {} checkpoints verified\n",
+                r.segments, r.records, r.checkpoints
+            );
+            s.push_str(&format!(
+                "segments {}..={}, {} access records, {} key rotations, {} recoveries, {} retention events\n",
+                r.first_segment, r.last_segment, r.access_records, r.key_rotations, r.recoveries, r.retention_events
+            ));
+            let signers: Vec<String> = r.signers.iter().map(keys::public_text_bytes).collect();
+            s.push_str(&format!("signed by {}\n", signers.join(" -> ")));
+            s.push_str(&format!(
+                "chain head {}\n",
+                super::format::hex(&r.chain_head)
+            ));
+            if r.unsigned_tail > 0 {
+                s.push_str(&format!(
+                    "note: the last {} records are chained but not yet covered by a checkpoint\n",
+                    r.unsigned_tail
+                ));
+            }
+            Output {
+                code: 0,
+                stdout: s,
+                stderr,
+            }
+        }
+        Err(e) => Output {
+            code: 1,
+            stdout: format!("FAILED: {e}\n"),
+            stderr,
+        },
+    }
+}
+
+/// `audit pubkey`: the public half of the node key, as one line.
+pub fn pubkey(dir: &Path, key_file: Option<&Path>) -> Output {
+    let mut cfg = AuditConfig::new(dir, "");
+    cfg.key_file = key_file.map(Path::to_path_buf);
+    match keys::load(&cfg.key_path()) {
+        Ok(k) => Output {
+            code: 0,
+            stdout: format!("{}\n", keys::public_text(&k.verifying_key())),
+            stderr: String::new(),
+        },
+        Err(e) => Output {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("interceptor: error: {e}\n"),
+        },
+    }
+}

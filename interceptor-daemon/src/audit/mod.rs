@@ -1,0 +1,123 @@
+//! Tamper-evident audit log: the evidence auditors check offline.
+//!
+//! Every governed operation becomes an [`AccessRecord`] appended to a log of segment
+//! files in one directory. The design follows from what an auditor must be able to
+//! conclude from the files and the node's public key alone:
+//!
+//! - *Nothing was altered or inserted*: every record carries the SHA-256 of the
+//!   record before it, across segment boundaries (segment headers are links of the
+//!   chain too), so any change breaks the chain at that point ([`format`]).
+//! - *The records come from this node*: every N records or T seconds, and whenever
+//!   the log itself has something to say (segment sealed, recovery, retention, key
+//!   rotation), a checkpoint signed with the node's Ed25519 key commits to the chain
+//!   head, the record count, the time and an RFC 6962 Merkle root over the records
+//!   since the previous checkpoint ([`keys`], [`record::Checkpoint`]).
+//! - *Nothing was removed*: segments are numbered and chained; only a signed
+//!   retention record can explain missing old segments, and a crash's torn tail is
+//!   cut only together with a signed recovery record that says what was cut (the
+//!   bytes are kept next to the segment).
+//! - *Nothing acknowledged is lost*: [`AuditLog::append`] resolves after the record
+//!   is fsynced; a writer task batches concurrent appends into one write and one
+//!   fsync (group commit), which is where the throughput comes from ([`writer`]).
+//!
+//! [`verify::verify_dir`] checks all of this without the daemon; [`cli`] holds the
+//! `interceptor audit` commands. Any index over the records (e.g. a sled database for
+//! searching by identity) is derived data: it can be rebuilt from the segments at any
+//! time and is never part of the evidence, so it is deliberately not in this module.
+
+pub mod cli;
+pub mod format;
+pub mod keys;
+pub mod record;
+pub mod verify;
+pub mod writer;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use record::{AccessRecord, Decision, Identity, Outcome, Protocol, Record, Verification};
+pub use verify::{Report, VerifyError, verify_dir};
+pub use writer::{AuditLog, OpenReport, Receipt};
+
+/// Errors of the audit log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit key: {0}")]
+    Key(String),
+    #[error("audit log damaged: {segment} at byte {offset}: {reason}")]
+    Corrupt {
+        segment: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("audit record rejected: {0}")]
+    Record(String),
+    #[error("audit writer failed: {0}")]
+    WriterFailed(String),
+    #[error("audit log is closed")]
+    Closed,
+}
+
+impl AuditError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        AuditError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Where and how the log is written.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Directory of the segment files (created with mode 0700).
+    pub dir: PathBuf,
+    /// This node's name, written into every segment header.
+    pub node: String,
+    /// The signing key; `dir/node.key` by default.
+    pub key_file: Option<PathBuf>,
+    /// A segment is sealed and a new one started once it reaches this size.
+    pub segment_max_bytes: u64,
+    /// A checkpoint is written after this many records...
+    pub checkpoint_every_records: u64,
+    /// ...or this long after the previous one, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// Delete the oldest sealed segments while the log is larger than this.
+    pub retention_max_bytes: Option<u64>,
+    /// Delete sealed segments last written longer ago than this.
+    pub retention_max_age: Option<Duration>,
+    /// Appends waiting for the writer before `append` waits for room.
+    pub queue_capacity: usize,
+    /// Most records written with one fsync.
+    pub max_batch: usize,
+}
+
+impl AuditConfig {
+    pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
+        AuditConfig {
+            dir: dir.into(),
+            node: node.into(),
+            key_file: None,
+            segment_max_bytes: 64 << 20,
+            checkpoint_every_records: 10_000,
+            checkpoint_interval: Duration::from_secs(10),
+            retention_max_bytes: None,
+            retention_max_age: None,
+            queue_capacity: 65_536,
+            max_batch: 32_768,
+        }
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.dir.join(DEFAULT_KEY_FILE))
+    }
+}
+
+/// Name of the key file inside the log directory, unless configured otherwise.
+pub const DEFAULT_KEY_FILE: &str = "node.key";
