@@ -392,3 +392,393 @@ fn finish(
     st.report.chain_head = st.head;
     Ok(st.report)
 }
+
+/// Every record of a log directory in order, with its sequence number and hash,
+/// for tools that export or index the log. It checks frames and links but not
+/// signatures: run [`verify_dir`] for that.
+pub fn read_records(dir: &Path) -> Result<Vec<(u64, Hash, Record)>, VerifyError> {
+    let segs = list_segments(dir).or_else(|e| fail("", 0, e.to_string()))?;
+    let mut out = Vec::new();
+    for (_, path) in &segs {
+        let name = file_name(path);
+        let buf = std::fs::read(path).or_else(|e| fail(&name, 0, format!("cannot read: {e}")))?;
+        let header =
+            decode_header(&buf).or_else(|(off, reason)| fail(&name, off as usize, reason))?;
+        let mut head = header.hash;
+        let mut pos = header.len;
+        while pos < buf.len() {
+            let f = decode_frame(&buf[pos..]).or_else(|e| fail(&name, pos, e.reason()))?;
+            if f.prev != head {
+                return fail(&name, pos, "record does not chain to the previous record");
+            }
+            out.push((
+                f.seq,
+                f.hash,
+                record::decode(f.body).or_else(|r| fail(&name, pos, r))?,
+            ));
+            head = f.hash;
+            pos += f.len;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf};
+
+    use ed25519_dalek::Signer as _;
+
+    use super::*;
+    use crate::audit::{
+        AuditConfig, AuditLog, Receipt,
+        format::{encode_frame, segment_name},
+        record::sample_access,
+    };
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn small_cfg(dir: &Path) -> AuditConfig {
+        let mut c = AuditConfig::new(dir, "node-a");
+        c.segment_max_bytes = 4096;
+        c.checkpoint_every_records = 7;
+        c
+    }
+
+    /// A closed log of `n` records in small segments; returns its public key.
+    fn build(dir: &Path, n: u64) -> VerifyingKey {
+        rt().block_on(async {
+            let (log, rep) = AuditLog::open(small_cfg(dir)).await.unwrap();
+            for i in 0..n {
+                log.append(&sample_access(i)).await.unwrap();
+            }
+            log.close().await.unwrap();
+            rep.public_key
+        })
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        list_segments(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// (offset, len, is checkpoint) of every frame of a segment.
+    fn frames(buf: &[u8]) -> Vec<(usize, usize, bool)> {
+        let mut pos = decode_header(buf).unwrap().len;
+        let mut out = Vec::new();
+        while pos < buf.len() {
+            let f = decode_frame(&buf[pos..]).unwrap();
+            let cp = matches!(record::decode(f.body).unwrap(), Record::Checkpoint(_));
+            out.push((pos, f.len, cp));
+            pos += f.len;
+        }
+        out
+    }
+
+    #[test]
+    fn intact_log_verifies_with_its_key_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = build(tmp.path(), 60);
+        let r = verify_dir(tmp.path(), Some(&key)).unwrap();
+        assert_eq!(r.access_records, 60);
+        assert_eq!(r.segments, segment_files(tmp.path()).len() as u64);
+        assert!(r.segments >= 3, "{r:?}");
+        // Genesis + one every 7 + seals at rotation + final: more than 60/7.
+        assert!(r.checkpoints > 60 / 7, "{r:?}");
+        assert_eq!(r.records, r.access_records + r.checkpoints);
+        assert_eq!(r.unsigned_tail, 0);
+        assert_eq!(r.signers, vec![key.to_bytes()]);
+
+        let other = crate::audit::keys::generate().unwrap().verifying_key();
+        let e = verify_dir(tmp.path(), Some(&other)).unwrap_err();
+        assert_eq!(e.segment, segment_name(0));
+        assert!(e.reason.contains("not the trusted key"), "{e}");
+    }
+
+    #[test]
+    fn every_flipped_byte_is_found_at_or_before_its_offset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = build(tmp.path(), 40);
+        let mut checked = 0;
+        for path in segment_files(tmp.path()) {
+            let name = file_name(&path);
+            let orig = fs::read(&path).unwrap();
+            let header_len = decode_header(&orig).unwrap().len;
+            let mut positions: Vec<usize> = (0..header_len).collect();
+            positions.extend((header_len..orig.len()).step_by(7));
+            for (off, len, cp) in frames(&orig) {
+                // Length prefix, and for checkpoints the signature bytes.
+                positions.extend(off..off + 4);
+                if cp {
+                    positions.extend((off + len - 32 - 64..off + len - 32).step_by(3));
+                }
+            }
+            for pos in positions {
+                let mut bad = orig.clone();
+                bad[pos] ^= 0x5a;
+                fs::write(&path, &bad).unwrap();
+                let e = verify_dir(tmp.path(), Some(&key))
+                    .expect_err(&format!("flip at {name}:{pos} not detected"));
+                assert_eq!(e.segment, name, "flip at {pos}: {e}");
+                assert!(
+                    e.offset <= pos as u64,
+                    "flip at {pos} reported at {}: {e}",
+                    e.offset
+                );
+                checked += 1;
+            }
+            fs::write(&path, &orig).unwrap();
+        }
+        assert!(checked > 1000, "{checked}");
+        verify_dir(tmp.path(), Some(&key)).unwrap();
+    }
+
+    #[test]
+    fn removed_and_reordered_segments_are_detected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = build(tmp.path(), 60);
+        let files = segment_files(tmp.path());
+        assert!(files.len() >= 4);
+
+        // A middle segment removed.
+        let saved = fs::read(&files[1]).unwrap();
+        fs::remove_file(&files[1]).unwrap();
+        let e = verify_dir(tmp.path(), Some(&key)).unwrap_err();
+        assert_eq!(
+            (e.segment.as_str(), e.offset),
+            (segment_name(2).as_str(), 0)
+        );
+        assert!(e.reason.contains("segment 1 is missing"), "{e}");
+        fs::write(&files[1], &saved).unwrap();
+
+        // The first segment removed, without a retention record.
+        let saved0 = fs::read(&files[0]).unwrap();
+        fs::remove_file(&files[0]).unwrap();
+        let e = verify_dir(tmp.path(), Some(&key)).unwrap_err();
+        assert_eq!(e.segment, segment_name(1));
+        assert!(e.reason.contains("no signed retention record"), "{e}");
+        fs::write(&files[0], &saved0).unwrap();
+
+        // Two segments swapped.
+        let a = fs::read(&files[1]).unwrap();
+        let b = fs::read(&files[2]).unwrap();
+        fs::write(&files[1], &b).unwrap();
+        fs::write(&files[2], &a).unwrap();
+        let e = verify_dir(tmp.path(), Some(&key)).unwrap_err();
+        assert_eq!(e.segment, segment_name(1));
+        assert!(e.reason.contains("reordered"), "{e}");
+        fs::write(&files[1], &a).unwrap();
+        fs::write(&files[2], &b).unwrap();
+
+        // The newest segment removed: the rest still verifies (nothing can show it
+        // offline), but the chain head differs from the one the full log reported.
+        let full = verify_dir(tmp.path(), Some(&key)).unwrap();
+        fs::remove_file(files.last().unwrap()).unwrap();
+        let cut = verify_dir(tmp.path(), Some(&key)).unwrap();
+        assert_ne!(full.chain_head, cut.chain_head);
+    }
+
+    /// Re-sign the final checkpoint (the last frame) with another key, fixing its
+    /// frame hash so only the signature tells.
+    fn forge_last_checkpoint(dir: &Path, keep_signer: bool) -> VerifyError {
+        let path = segment_files(dir).pop().unwrap();
+        let buf = fs::read(&path).unwrap();
+        let &(off, _, cp) = frames(&buf).last().unwrap();
+        assert!(cp);
+        let f = decode_frame(&buf[off..]).unwrap();
+        let Record::Checkpoint(mut c) = record::decode(f.body).unwrap() else {
+            unreachable!()
+        };
+        let mallory = crate::audit::keys::generate().unwrap();
+        if !keep_signer {
+            c.signer = mallory.verifying_key().to_bytes();
+        }
+        c.signature = mallory.sign(&c.signed_message()).to_bytes().to_vec();
+        let body = record::encode(&Record::Checkpoint(c)).unwrap();
+        let mut out = buf[..off].to_vec();
+        encode_frame(&mut out, f.seq, &f.prev, &body);
+        fs::write(&path, &out).unwrap();
+        let e = verify_dir(dir, None).unwrap_err();
+        assert_eq!(
+            (e.segment.clone(), e.offset),
+            (file_name(&path), off as u64)
+        );
+        e
+    }
+
+    #[test]
+    fn checkpoint_signed_by_another_key_is_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        build(tmp.path(), 20);
+        let e = forge_last_checkpoint(tmp.path(), false);
+        assert!(e.reason.contains("no key rotation record"), "{e}");
+        let tmp = tempfile::tempdir().unwrap();
+        build(tmp.path(), 20);
+        let e = forge_last_checkpoint(tmp.path(), true);
+        assert!(
+            e.reason.contains("signature by ed25519:") && e.reason.contains("invalid"),
+            "{e}"
+        );
+    }
+
+    /// Appends acknowledged before a crash; the writer task dies with its runtime,
+    /// without a final checkpoint.
+    fn crash_after(dir: &Path, n: u64) -> (Vec<Receipt>, VerifyingKey) {
+        let rt = rt();
+        let (log, receipts, key) = rt.block_on(async {
+            let (log, rep) = AuditLog::open(small_cfg(dir)).await.unwrap();
+            let mut receipts = Vec::new();
+            for i in 0..n {
+                receipts.push(log.append(&sample_access(i)).await.unwrap());
+            }
+            (log, receipts, rep.public_key)
+        });
+        drop(rt);
+        drop(log);
+        (receipts, key)
+    }
+
+    fn reopen(dir: &Path) -> crate::audit::OpenReport {
+        rt().block_on(async {
+            let (log, rep) = AuditLog::open(small_cfg(dir)).await.unwrap();
+            log.close().await.unwrap();
+            rep
+        })
+    }
+
+    fn assert_all_present(dir: &Path, receipts: &[Receipt]) {
+        let recs = read_records(dir).unwrap();
+        for r in receipts {
+            assert!(
+                recs.iter().any(|(s, h, _)| *s == r.seq && *h == r.hash),
+                "acknowledged record {} lost",
+                r.seq
+            );
+        }
+    }
+
+    #[test]
+    fn torn_tail_is_cut_recorded_and_verifies() {
+        // Each shape an interrupted write can leave at the end of the last segment.
+        let shapes: [(&str, fn(&[u8]) -> Vec<u8>); 4] = [
+            ("partial length prefix", |f| f[..2].to_vec()),
+            ("partial record", |f| f[..f.len() / 2].to_vec()),
+            ("bad hash", |f| {
+                let mut v = f.to_vec();
+                let n = v.len();
+                v[n - 40] ^= 1;
+                v
+            }),
+            ("zeros", |f| vec![0; f.len()]),
+        ];
+        for (what, shape) in shapes {
+            let tmp = tempfile::tempdir().unwrap();
+            let (receipts, key) = crash_after(tmp.path(), 23);
+            let before = verify_dir(tmp.path(), Some(&key)).unwrap();
+            assert!(
+                before.unsigned_tail > 0,
+                "{what}: the crash must leave unsigned records"
+            );
+            let last = segment_files(tmp.path()).pop().unwrap();
+            let mut data = fs::read(&last).unwrap();
+            let cut_at = data.len() as u64;
+            // The frame the crash was writing, chained correctly, then torn.
+            let mut frame = Vec::new();
+            let body = record::encode(&Record::Access(sample_access(99))).unwrap();
+            encode_frame(
+                &mut frame,
+                receipts.last().unwrap().seq + 1,
+                &receipts.last().unwrap().hash,
+                &body,
+            );
+            let torn = shape(&frame);
+            data.extend_from_slice(&torn);
+            fs::write(&last, &data).unwrap();
+            let e = verify_dir(tmp.path(), Some(&key)).unwrap_err();
+            assert_eq!(
+                (e.segment.clone(), e.offset),
+                (file_name(&last), cut_at),
+                "{what}: {e}"
+            );
+
+            let rep = reopen(tmp.path());
+            let rec = rep
+                .recovered
+                .unwrap_or_else(|| panic!("{what}: no recovery"));
+            assert_eq!(
+                (rec.offset, rec.bytes),
+                (cut_at, torn.len() as u64),
+                "{what}"
+            );
+            let saved = fs::read(tmp.path().join(&rec.saved_as)).unwrap();
+            assert_eq!(saved, torn, "{what}: the cut bytes are kept");
+            assert_all_present(tmp.path(), &receipts);
+            let recs = read_records(tmp.path()).unwrap();
+            assert!(
+                recs.iter()
+                    .any(|(_, _, r)| matches!(r, Record::Recovery(x) if x.offset == cut_at))
+            );
+            let r = verify_dir(tmp.path(), Some(&key)).unwrap();
+            assert_eq!(
+                (r.recoveries, r.access_records, r.unsigned_tail),
+                (1, 23, 0),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn crash_without_torn_tail_signs_the_tail_without_recovery() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (receipts, key) = crash_after(tmp.path(), 10);
+        let rep = reopen(tmp.path());
+        assert!(rep.recovered.is_none());
+        assert_all_present(tmp.path(), &receipts);
+        let r = verify_dir(tmp.path(), Some(&key)).unwrap();
+        assert_eq!((r.recoveries, r.unsigned_tail), (0, 0));
+    }
+
+    #[test]
+    fn torn_segment_header_after_rotation_is_recovered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (receipts, key) = crash_after(tmp.path(), 30);
+        let files = segment_files(tmp.path());
+        let next = tmp.path().join(segment_name(files.len() as u64));
+        fs::write(&next, b"ICPTAU").unwrap();
+        let rep = reopen(tmp.path());
+        let rec = rep.recovered.unwrap();
+        assert_eq!(
+            (rec.segment, rec.offset, rec.bytes),
+            (files.len() as u64, 0, 6)
+        );
+        assert_all_present(tmp.path(), &receipts);
+        let r = verify_dir(tmp.path(), Some(&key)).unwrap();
+        assert_eq!(r.recoveries, 1);
+    }
+
+    #[test]
+    fn damage_in_a_sealed_segment_is_left_alone_and_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        crash_after(tmp.path(), 40);
+        let first = segment_files(tmp.path()).remove(0);
+        let mut data = fs::read(&first).unwrap();
+        let n = data.len();
+        data[n - 10] ^= 1;
+        fs::write(&first, &data).unwrap();
+        // Recovery only ever cuts the newest segment: the damaged one is evidence.
+        let rep = reopen(tmp.path());
+        assert!(rep.recovered.is_none());
+        assert_eq!(fs::read(&first).unwrap(), data);
+        let e = verify_dir(tmp.path(), None).unwrap_err();
+        assert_eq!(e.segment, file_name(&first));
+        assert!(e.reason.contains("hash mismatch"), "{e}");
+    }
+}
