@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Audit log: offline verification and the node's public key.
+    Audit {
+        #[command(subcommand)]
+        command: interceptor_daemon::audit::cli::AuditCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -156,5 +161,6 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             print!("{}", interceptor_daemon::config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { command } => Ok(ExitCode::from(interceptor_daemon::audit::cli::run(command))),
     }
 }
