@@ -17,7 +17,7 @@ use std::{
     io::{Read as _, Write as _},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -93,7 +93,13 @@ impl AuditLog {
             .await
             .map_err(|e| AuditError::WriterFailed(format!("open: {e}")))??;
         let (tx, rx) = mpsc::channel(capacity);
-        tokio::spawn(run(Box::new(writer), rx));
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel();
+        let failed = writer.sync_failed.clone();
+        std::thread::Builder::new()
+            .name("audit-fsync".into())
+            .spawn(move || syncer(sync_rx, &failed))
+            .map_err(|e| AuditError::WriterFailed(format!("cannot start the fsync thread: {e}")))?;
+        tokio::spawn(run(Box::new(writer), rx, sync_tx));
         Ok((AuditLog { tx, node }, report))
     }
 
@@ -136,7 +142,11 @@ impl AuditLog {
     }
 }
 
-async fn run(mut w: Box<Writer>, mut rx: mpsc::Receiver<Msg>) {
+async fn run(
+    mut w: Box<Writer>,
+    mut rx: mpsc::Receiver<Msg>,
+    sync_tx: std::sync::mpsc::Sender<SyncJob>,
+) {
     let max_batch = w.cfg.max_batch.max(1);
     loop {
         let deadline = tokio::time::Instant::from_std(w.next_tick());
@@ -159,18 +169,55 @@ async fn run(mut w: Box<Writer>, mut rx: mpsc::Receiver<Msg>) {
             }
         }
         let joined = tokio::task::spawn_blocking(move || {
-            let replies = w.process(batch);
-            (w, replies)
+            let job = w.process(batch);
+            (w, job)
         })
         .await;
-        let Ok((back, replies)) = joined else {
+        let Ok((back, job)) = joined else {
             // The writer panicked: dropping the queue fails every waiting append.
             tracing::error!("audit writer task panicked; audit log closed");
             return;
         };
         w = back;
-        if replies.send() {
+        if sync_tx.send(job).is_err() || w.closed {
             return;
+        }
+    }
+}
+
+/// A written batch waiting for its fsync, and the replies to send after it.
+struct SyncJob {
+    file: Option<(Arc<File>, PathBuf)>,
+    replies: Replies,
+}
+
+/// The second stage of the pipeline: while the writer frames and writes the next
+/// batch, this thread fsyncs the previous ones (one fsync for all batches waiting)
+/// and acknowledges them. A failed fsync fails its batches and every later one:
+/// after an fsync error the kernel may have dropped the data, and a later fsync
+/// can succeed without writing it.
+fn syncer(rx: std::sync::mpsc::Receiver<SyncJob>, failed: &OnceLock<String>) {
+    while let Ok(job) = rx.recv() {
+        let mut jobs = vec![job];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        let mut synced: Vec<*const File> = Vec::new();
+        for j in &jobs {
+            if let Some((f, path)) = &j.file
+                && failed.get().is_none()
+                && !synced.contains(&Arc::as_ptr(f))
+            {
+                if let Err(e) = f.sync_data() {
+                    let msg = format!("{}: fsync: {e}", path.display());
+                    tracing::error!(error = %msg, "audit log fsync failed; the log stops accepting records");
+                    let _ = failed.set(msg);
+                }
+                synced.push(Arc::as_ptr(f));
+            }
+        }
+        for j in jobs {
+            j.replies.send(failed.get());
         }
     }
 }
@@ -194,27 +241,29 @@ enum Reply {
 }
 
 impl Replies {
-    /// Send every reply; true when the log was closed.
-    fn send(self) -> bool {
-        let mut closed = false;
+    /// Send every reply (failed ones when the fsync failed).
+    fn send(self, failed: Option<&String>) {
+        let fail = || AuditError::WriterFailed(failed.cloned().unwrap_or_default());
         for r in self.0 {
             // A caller that stopped waiting is no error of the log.
             match r {
-                Reply::Append(tx, v) => drop(tx.send(v)),
-                Reply::RotateKey(tx, v) => drop(tx.send(v)),
+                Reply::Append(tx, v) => {
+                    drop(tx.send(if failed.is_some() { Err(fail()) } else { v }))
+                }
+                Reply::RotateKey(tx, v) => {
+                    drop(tx.send(if failed.is_some() { Err(fail()) } else { v }))
+                }
                 Reply::Close(tx, v) => {
-                    closed = true;
-                    drop(tx.send(v));
+                    drop(tx.send(if failed.is_some() { Err(fail()) } else { v }))
                 }
             }
         }
-        closed
     }
 }
 
 struct Active {
     seq: u64,
-    file: File,
+    file: Arc<File>,
     /// Bytes on disk (written and fsynced).
     len: u64,
     /// Header size: a segment longer than this has records.
@@ -235,7 +284,11 @@ pub(super) struct Writer {
     last_checkpoint: Instant,
     last_retention: Instant,
     buf: Vec<u8>,
+    /// Written since the last fsync.
+    unsynced: bool,
     failed: Option<String>,
+    /// Set by the fsync thread.
+    sync_failed: Arc<OnceLock<String>>,
     closed: bool,
 }
 
@@ -254,7 +307,10 @@ impl Writer {
         t
     }
 
-    fn process(&mut self, batch: Vec<Msg>) -> Replies {
+    fn process(&mut self, batch: Vec<Msg>) -> SyncJob {
+        if let Some(f) = self.sync_failed.get() {
+            self.failed.get_or_insert_with(|| f.clone());
+        }
         let mut replies = Vec::with_capacity(batch.len());
         if let Some(f) = self
             .failed
@@ -264,7 +320,10 @@ impl Writer {
             for m in batch {
                 reply_err(&mut replies, m, &f);
             }
-            return Replies(replies);
+            return SyncJob {
+                file: None,
+                replies: Replies(replies),
+            };
         }
         let res = self.process_inner(batch, &mut replies);
         if let Err(e) = res {
@@ -279,7 +338,12 @@ impl Writer {
                 }
             }
         }
-        Replies(replies)
+        let file = std::mem::take(&mut self.unsynced)
+            .then(|| (self.seg.file.clone(), self.segment_path(self.seg.seq)));
+        SyncJob {
+            file,
+            replies: Replies(replies),
+        }
     }
 
     fn process_inner(
@@ -338,13 +402,13 @@ impl Writer {
     fn finish(mut self: Box<Self>) {
         if self.failed.is_none()
             && !self.closed
-            && let Err(e) = self.seal()
+            && let Err(e) = self.seal().and_then(|()| self.flush_sync())
         {
             tracing::error!(error = %e, "audit log: final checkpoint failed");
         }
     }
 
-    /// Checkpoint (if anything is unsigned) and flush.
+    /// Checkpoint (if anything is unsigned) and write (the fsync follows).
     fn seal(&mut self) -> Result<(), AuditError> {
         if self.merkle.count() > 0 {
             self.checkpoint()?;
@@ -406,18 +470,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Write the buffer; the fsync thread syncs it (see [`syncer`]).
     fn flush(&mut self) -> Result<(), AuditError> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let path = self.segment_path(self.seg.seq);
-        self.seg
-            .file
+        (&*self.seg.file)
             .write_all(&self.buf)
-            .and_then(|()| self.seg.file.sync_data())
-            .map_err(|e| AuditError::io(&path, e))?;
+            .map_err(|e| AuditError::io(self.segment_path(self.seg.seq), e))?;
         self.seg.len += self.buf.len() as u64;
         self.buf.clear();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Write and fsync now, for steps that must not go on before the data is durable
+    /// (sealing a segment, deleting old ones, replacing the key).
+    fn flush_sync(&mut self) -> Result<(), AuditError> {
+        self.flush()?;
+        if std::mem::take(&mut self.unsynced) {
+            self.seg
+                .file
+                .sync_data()
+                .map_err(|e| AuditError::io(self.segment_path(self.seg.seq), e))?;
+        }
         Ok(())
     }
 
@@ -428,7 +504,7 @@ impl Writer {
     /// Seal the active segment with a checkpoint and start the next one.
     fn rotate_segment(&mut self) -> Result<(), AuditError> {
         self.checkpoint()?;
-        self.flush()?;
+        self.flush_sync()?;
         let seq = self.seg.seq + 1;
         let (seg, head) = create_segment(&self.cfg.dir, seq, &self.head, &self.cfg.node)?;
         self.seg = seg;
@@ -463,7 +539,7 @@ impl Writer {
         self.push_raw(&body, true);
         self.key = new;
         self.checkpoint()?;
-        self.flush()?;
+        self.flush_sync()?;
         // The log now names the new key; on a crash before this rename, open()
         // promotes the `.next` file because the log's last signer is its key.
         fs::rename(&next_path, &self.key_path).map_err(|e| AuditError::io(&self.key_path, e))?;
@@ -528,7 +604,7 @@ impl Writer {
         };
         self.push_event(&Record::Retention(rec))?;
         self.checkpoint()?;
-        self.flush()?;
+        self.flush_sync()?;
         for p in &paths {
             fs::remove_file(p).map_err(|e| AuditError::io(p, e))?;
         }
@@ -577,7 +653,9 @@ impl Writer {
             last_checkpoint: now,
             last_retention: now,
             buf: Vec::with_capacity(1 << 20),
+            unsynced: false,
             failed: None,
+            sync_failed: Arc::new(OnceLock::new()),
             closed: false,
         };
         let recovered = st.recovery.clone();
@@ -596,7 +674,7 @@ impl Writer {
         if w.merkle.count() > 0 || w.prev_checkpoint == ZERO_HASH {
             w.checkpoint()?;
         }
-        w.flush()?;
+        w.flush_sync()?;
         let report = OpenReport {
             recovered,
             next_seq: w.next_seq,
@@ -703,7 +781,7 @@ fn create_segment(
     Ok((
         Active {
             seq,
-            file,
+            file: Arc::new(file),
             len,
             header_len: len,
         },
@@ -948,7 +1026,7 @@ fn recover(dir: &Path, segs: &[(u64, PathBuf)]) -> Result<Tail, AuditError> {
     let header_len = tail.header.as_ref().map_or(0, |h| h.len as u64);
     t.active = Some(Active {
         seq: tail.seq,
-        file,
+        file: Arc::new(file),
         len: tail.good_len,
         header_len,
     });
