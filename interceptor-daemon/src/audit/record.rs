@@ -199,6 +199,108 @@ pub struct RemovedSegment {
     pub bytes: u64,
 }
 
+/// A borrowing mirror of [`Record`] for the verifier: it checks that every record
+/// decodes with the same schema, without allocating for access records (their
+/// content is not needed to verify the chain). It must follow `Record` field for
+/// field; a test decodes the same bytes with both.
+#[derive(Deserialize)]
+pub(crate) enum RecordView<'a> {
+    #[serde(borrow)]
+    Access(#[allow(dead_code)] AccessView<'a>),
+    Checkpoint(Checkpoint),
+    KeyRotation(KeyRotation),
+    Recovery(#[allow(dead_code)] Recovery),
+    Retention(Retention),
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+pub(crate) struct AccessView<'a> {
+    time_ns: u64,
+    node: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+    pod: &'a str,
+    #[serde(borrow)]
+    verification: VerificationView<'a>,
+    claims: SkipMap,
+    target: &'a str,
+    #[serde(borrow)]
+    protocol: ProtocolView<'a>,
+    operation: &'a str,
+    decision: Decision,
+    rule_id: Option<&'a str>,
+    approval_ref: Option<&'a str>,
+    #[serde(borrow)]
+    outcome: Option<OutcomeView<'a>>,
+    duration_ns: u64,
+    session_id: &'a str,
+    connection_id: u64,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+enum VerificationView<'a> {
+    Cgroup,
+    ServiceAccountToken,
+    Spiffe,
+    Mtls,
+    Other(&'a str),
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+enum ProtocolView<'a> {
+    Postgres,
+    Mysql,
+    Http,
+    Redis,
+    Tcp,
+    Other(&'a str),
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+enum OutcomeView<'a> {
+    Rows(u64),
+    Error(&'a str),
+}
+
+/// A string map read and dropped without allocating.
+struct SkipMap;
+
+impl<'de> Deserialize<'de> for SkipMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SkipMap;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<SkipMap, A::Error> {
+                while m.next_entry::<&'de str, &'de str>()?.is_some() {}
+                Ok(SkipMap)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Decode for verification; the whole slice must be one record.
+pub(crate) fn decode_view(bytes: &[u8]) -> Result<RecordView<'_>, String> {
+    match bincode::serde::borrow_decode_from_slice::<RecordView<'_>, _>(bytes, CONFIG) {
+        Ok((r, n)) if n == bytes.len() => Ok(r),
+        Ok((_, n)) => Err(format!(
+            "record body has {} trailing bytes",
+            bytes.len() - n
+        )),
+        Err(e) => Err(format!("record body does not decode: {e}")),
+    }
+}
+
 /// Encode a record with the on-disk configuration.
 pub fn encode(record: &Record) -> Result<Vec<u8>, bincode::error::EncodeError> {
     bincode::serde::encode_to_vec(record, CONFIG)
@@ -269,5 +371,66 @@ mod tests {
         longer.push(0);
         assert!(decode(&longer).unwrap_err().contains("trailing"));
         assert!(decode(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn the_verifier_view_reads_every_variant_like_record() {
+        let verifications = [
+            Verification::Cgroup,
+            Verification::ServiceAccountToken,
+            Verification::Spiffe,
+            Verification::Mtls,
+            Verification::Other("x".into()),
+        ];
+        let protocols = [
+            Protocol::Postgres,
+            Protocol::Mysql,
+            Protocol::Http,
+            Protocol::Redis,
+            Protocol::Tcp,
+            Protocol::Other("amqp".into()),
+        ];
+        let outcomes = [
+            None,
+            Some(Outcome::Rows(3)),
+            Some(Outcome::Error("e".into())),
+        ];
+        let decisions = [
+            Decision::Allow,
+            Decision::AllowMasked,
+            Decision::Deny,
+            Decision::RequireApproval,
+            Decision::Approved,
+        ];
+        let mut n = 0;
+        for v in &verifications {
+            for p in &protocols {
+                for o in &outcomes {
+                    for d in &decisions {
+                        let mut a = sample_access(n);
+                        a.identity.verification = v.clone();
+                        a.protocol = p.clone();
+                        a.outcome = o.clone();
+                        a.decision = d.clone();
+                        a.approval_ref = (n % 2 == 0).then(|| "CHG-1".to_string());
+                        let bytes = encode(&Record::Access(a)).unwrap();
+                        assert!(
+                            matches!(decode_view(&bytes), Ok(RecordView::Access(_))),
+                            "{v:?} {p:?} {o:?} {d:?}"
+                        );
+                        // Any cut is an error for both readers.
+                        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+                            assert!(decode(&bytes[..cut]).is_err());
+                            assert!(decode_view(&bytes[..cut]).is_err());
+                        }
+                        n += 1;
+                    }
+                }
+            }
+        }
+        // An unknown variant index is rejected by both.
+        let mut bytes = encode(&Record::Access(sample_access(1))).unwrap();
+        bytes[0] = 9;
+        assert!(decode(&bytes).is_err() && decode_view(&bytes).is_err());
     }
 }

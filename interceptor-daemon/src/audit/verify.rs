@@ -19,14 +19,17 @@
 //! the last checkpoint; the report gives the chain head and the unsigned tail so it
 //! can be compared with a copy taken earlier.
 
-use std::{fmt, path::Path};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::{
-    format::{FrameError, Hash, Merkle, ZERO_HASH, decode_frame, decode_header, hex},
+    format::{FrameError, Hash, Header, Merkle, ZERO_HASH, decode_frame, decode_header, hex},
     keys,
-    record::{self, Checkpoint, Record},
+    record::{self, Checkpoint, KeyRotation, Record, RecordView, Retention},
     writer::{file_name, list_segments},
 };
 
@@ -124,26 +127,132 @@ pub fn verify_dir(dir: &Path, trusted: Option<&VerifyingKey>) -> Result<Report, 
         gap: None,
         gap_covered_at: None,
     };
-    let mut prev_seq = None;
-    for (seq, path) in &segs {
-        let name = file_name(path);
-        let buf = std::fs::read(path).or_else(|e| fail(&name, 0, format!("cannot read: {e}")))?;
-        verify_segment(&mut st, *seq, prev_seq, &name, &buf)?;
-        prev_seq = Some(*seq);
-        st.report.segments += 1;
-        st.report.last_segment = *seq;
-    }
+    // Segments are scanned (hashes, decoding) in parallel, a window at a time, while
+    // the previous window is checked in order (links, Merkle roots, signatures).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let windows: Vec<&[(u64, PathBuf)]> = segs.chunks(threads).collect();
+    std::thread::scope(|scope| {
+        let spawn = |w: &[(u64, PathBuf)]| -> Vec<_> {
+            w.iter()
+                .map(|(_, p)| {
+                    let p = p.clone();
+                    scope.spawn(move || scan_segment(&p))
+                })
+                .collect()
+        };
+        let mut pending = windows.first().map(|w| spawn(w));
+        let mut prev_seq = None;
+        for (i, w) in windows.iter().enumerate() {
+            let handles = pending.take().unwrap_or_default();
+            if let Some(next) = windows.get(i + 1) {
+                pending = Some(spawn(next));
+            }
+            for ((seq, path), h) in w.iter().zip(handles) {
+                let scanned = h
+                    .join()
+                    .or_else(|_| fail(&file_name(path), 0, "verifier thread panicked"))?;
+                apply_segment(&mut st, *seq, prev_seq, &scanned)?;
+                prev_seq = Some(*seq);
+                st.report.segments += 1;
+                st.report.last_segment = *seq;
+            }
+        }
+        Ok(())
+    })?;
     finish(st, &segs[0].1, trusted)
 }
 
-fn verify_segment(
+/// What the per-segment pass found: every good frame in order, then the first
+/// problem with the frames themselves (their own hash, their encoding), if any.
+struct Scanned {
+    name: String,
+    header: Result<Header, VerifyError>,
+    frames: Vec<Summary>,
+    problem: Option<VerifyError>,
+}
+
+struct Summary {
+    pos: usize,
+    seq: u64,
+    prev: Hash,
+    hash: Hash,
+    event: Event,
+}
+
+/// The content the ordered pass needs; access records are only counted.
+enum Event {
+    Access,
+    Checkpoint(Checkpoint),
+    KeyRotation(KeyRotation),
+    Recovery,
+    Retention(Retention),
+}
+
+fn scan_segment(path: &Path) -> Scanned {
+    let name = file_name(path);
+    let mut out = Scanned {
+        header: fail(&name, 0, "not read"),
+        frames: Vec::new(),
+        problem: None,
+        name,
+    };
+    let buf = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            out.header = fail(&out.name, 0, format!("cannot read: {e}"));
+            return out;
+        }
+    };
+    out.header = decode_header(&buf).or_else(|(off, reason)| fail(&out.name, off as usize, reason));
+    let Ok(header) = &out.header else {
+        return out;
+    };
+    let mut pos = header.len;
+    while pos < buf.len() {
+        let f = match decode_frame(&buf[pos..]) {
+            Ok(f) => f,
+            Err(e) => {
+                let reason = match e {
+                    FrameError::Torn(r) => format!(
+                        "{r}: torn write at the end (the log was not reopened after a crash) or truncation"
+                    ),
+                    FrameError::Corrupt(r) => r,
+                };
+                out.problem = fail::<()>(&out.name, pos, reason).err();
+                break;
+            }
+        };
+        let event = match record::decode_view(f.body) {
+            Ok(RecordView::Access(_)) => Event::Access,
+            Ok(RecordView::Checkpoint(c)) => Event::Checkpoint(c),
+            Ok(RecordView::KeyRotation(r)) => Event::KeyRotation(r),
+            Ok(RecordView::Recovery(_)) => Event::Recovery,
+            Ok(RecordView::Retention(r)) => Event::Retention(r),
+            Err(r) => {
+                out.problem = fail::<()>(&out.name, pos, r).err();
+                break;
+            }
+        };
+        out.frames.push(Summary {
+            pos,
+            seq: f.seq,
+            prev: f.prev,
+            hash: f.hash,
+            event,
+        });
+        pos += f.len;
+    }
+    out
+}
+
+fn apply_segment(
     st: &mut State,
     seq: u64,
     prev_seq: Option<u64>,
-    name: &str,
-    buf: &[u8],
+    scanned: &Scanned,
 ) -> Result<(), VerifyError> {
-    let header = decode_header(buf).or_else(|(off, reason)| fail(name, off as usize, reason))?;
+    let name = scanned.name.as_str();
+    let header = scanned.header.as_ref().map_err(Clone::clone)?;
     if header.segment != seq {
         return fail(
             name,
@@ -184,15 +293,8 @@ fn verify_segment(
         }
     }
     st.head = header.hash;
-    let mut pos = header.len;
-    while pos < buf.len() {
-        let f = decode_frame(&buf[pos..]).or_else(|e| {
-            let reason = match e {
-                FrameError::Torn(r) => format!("{r}: torn write at the end (the log was not reopened after a crash) or truncation"),
-                FrameError::Corrupt(r) => r,
-            };
-            fail(name, pos, reason)
-        })?;
+    for f in &scanned.frames {
+        let pos = f.pos;
         if f.prev != st.head {
             return fail(name, pos, "record does not chain to the previous record");
         }
@@ -205,15 +307,12 @@ fn verify_segment(
                 format!("record number {} where {e} was expected", f.seq),
             );
         }
-        let rec = record::decode(f.body).or_else(|r| fail(name, pos, r))?;
-        match rec {
-            Record::Checkpoint(cp) => {
-                check_checkpoint(st, &cp, &f.prev, &f.hash, f.seq, name, pos)?
-            }
+        match &f.event {
+            Event::Checkpoint(cp) => check_checkpoint(st, cp, &f.prev, &f.hash, f.seq, name, pos)?,
             other => {
                 match other {
-                    Record::Access(_) => st.report.access_records += 1,
-                    Record::KeyRotation(r) => {
+                    Event::Access => st.report.access_records += 1,
+                    Event::KeyRotation(r) => {
                         let old = st.current_key.unwrap_or(r.old_key);
                         if r.old_key != old {
                             return fail(name, pos, "key rotation not made by the current key");
@@ -227,8 +326,8 @@ fn verify_segment(
                         st.report.signers.push(r.new_key);
                         st.report.key_rotations += 1;
                     }
-                    Record::Recovery(_) => st.report.recoveries += 1,
-                    Record::Retention(r) => {
+                    Event::Recovery => st.report.recoveries += 1,
+                    Event::Retention(r) => {
                         st.report.retention_events += 1;
                         if let Some((missing, last, _)) = &st.gap
                             && st.gap_covered_at.is_none()
@@ -239,7 +338,7 @@ fn verify_segment(
                             st.gap_covered_at = Some(st.report.records);
                         }
                     }
-                    Record::Checkpoint(_) => {}
+                    Event::Checkpoint(_) => {}
                 }
                 st.merkle.push(&f.hash);
             }
@@ -247,9 +346,11 @@ fn verify_segment(
         st.head = f.hash;
         st.expected_seq = Some(f.seq + 1);
         st.report.records += 1;
-        pos += f.len;
     }
-    Ok(())
+    match &scanned.problem {
+        Some(p) => Err(p.clone()),
+        None => Ok(()),
+    }
 }
 
 fn check_checkpoint(
