@@ -31,14 +31,14 @@ fn record(i: u64) -> AccessRecord {
         target: "ledger-db".into(),
         protocol: Protocol::Postgres,
         operation: "UPDATE accounts SET balance = balance - $1 WHERE id = $2".into(),
-        decision: if i % 10 == 0 {
+        decision: if i.is_multiple_of(10) {
             Decision::Deny
         } else {
             Decision::Allow
         },
         rule_id: Some("ledger-write".into()),
         approval_ref: None,
-        outcome: Some(if i % 10 == 0 {
+        outcome: Some(if i.is_multiple_of(10) {
             Outcome::Error("denied by policy".into())
         } else {
             Outcome::Rows(1)

@@ -769,7 +769,8 @@ mod tests {
     #[test]
     fn torn_tail_is_cut_recorded_and_verifies() {
         // Each shape an interrupted write can leave at the end of the last segment.
-        let shapes: [(&str, fn(&[u8]) -> Vec<u8>); 4] = [
+        type Shape = fn(&[u8]) -> Vec<u8>;
+        let shapes: [(&str, Shape); 4] = [
             ("partial length prefix", |f| f[..2].to_vec()),
             ("partial record", |f| f[..f.len() / 2].to_vec()),
             ("bad hash", |f| {
