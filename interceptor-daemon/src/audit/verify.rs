@@ -180,12 +180,13 @@ struct Summary {
 }
 
 /// The content the ordered pass needs; access records are only counted.
+/// The rare kinds are boxed to keep the per-record summary small.
 enum Event {
     Access,
-    Checkpoint(Checkpoint),
-    KeyRotation(KeyRotation),
+    Checkpoint(Box<Checkpoint>),
+    KeyRotation(Box<KeyRotation>),
     Recovery,
-    Retention(Retention),
+    Retention(Box<Retention>),
 }
 
 fn scan_segment(path: &Path) -> Scanned {
@@ -224,10 +225,10 @@ fn scan_segment(path: &Path) -> Scanned {
         };
         let event = match record::decode_view(f.body) {
             Ok(RecordView::Access(_)) => Event::Access,
-            Ok(RecordView::Checkpoint(c)) => Event::Checkpoint(c),
-            Ok(RecordView::KeyRotation(r)) => Event::KeyRotation(r),
+            Ok(RecordView::Checkpoint(c)) => Event::Checkpoint(Box::new(c)),
+            Ok(RecordView::KeyRotation(r)) => Event::KeyRotation(Box::new(r)),
             Ok(RecordView::Recovery(_)) => Event::Recovery,
-            Ok(RecordView::Retention(r)) => Event::Retention(r),
+            Ok(RecordView::Retention(r)) => Event::Retention(Box::new(r)),
             Err(r) => {
                 out.problem = fail::<()>(&out.name, pos, r).err();
                 break;
