@@ -33,15 +33,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     let audit = match &cfg.audit {
-        Some(a) => Some(
-            crate::audit::AuditLog::open(crate::audit::Options {
-                dir: a.dir.clone(),
-                node: cfg.node_name(),
-                checkpoint_every: a.checkpoint_every.max(1),
-                segment_bytes: a.segment_bytes.max(4096),
-            })
-            .context("opening the audit log")?,
-        ),
+        Some(a) => Some({
+            let mut ac = crate::audit::AuditConfig::new(a.dir.clone(), cfg.node_name());
+            ac.checkpoint_every_records = a.checkpoint_every.max(1);
+            ac.segment_max_bytes = a.segment_bytes.max(4096);
+            let (log, report) = crate::audit::AuditLog::open(ac)
+                .await
+                .context("opening the audit log")?;
+            if let Some(r) = &report.recovered {
+                warn!(recovery = ?r, "audit log: a torn tail was cut and recorded");
+            }
+            log
+        }),
         None => None,
     };
     let (loaded, handles) = Redirector::load(&cfg)?;
@@ -147,7 +150,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     if let Some(a) = &audit {
         // Signs what the session wrote, so it verifies without an unsigned tail.
-        a.close().await;
+        if let Err(e) = a.close().await {
+            warn!(error = %e, "closing the audit log");
+        }
     }
     info!("stopped");
     Ok(())

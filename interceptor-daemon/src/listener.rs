@@ -21,7 +21,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    audit::{AuditLog, Record},
+    audit::{self, AccessRecord, AuditLog},
     cgroups::CgroupIndex,
     config::{Config, Protocol},
     forward,
@@ -49,28 +49,37 @@ pub struct Shared {
 
 impl ConnMeta {
     /// The audit record every entry about this connection starts from.
-    pub fn audit_base(&self, node: &str) -> Record {
+    pub fn audit_base(&self, node: &str) -> AccessRecord {
         let id = self.identity.as_ref();
-        Record {
+        AccessRecord {
+            time_ns: 0,
             node: node.into(),
-            identity: id.map(Identity::name).unwrap_or_default(),
-            identity_method: id
-                .map(|i| i.method.as_str().to_string())
-                .unwrap_or_default(),
-            claims: id
-                .map(|i| {
-                    i.claims
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            pod_uid: id.and_then(|i| i.pod_uid.clone()).unwrap_or_default(),
+            identity: audit::Identity {
+                namespace: id.map(|i| i.namespace.clone()).unwrap_or_default(),
+                service_account: id.map(|i| i.service_account.clone()).unwrap_or_default(),
+                pod: id
+                    .and_then(|i| i.pod_uid.clone())
+                    .or_else(|| self.cgroup.clone())
+                    .unwrap_or_default(),
+                verification: match id {
+                    Some(i) => audit::Verification::Other(i.method.as_str().into()),
+                    None => audit::Verification::Cgroup,
+                },
+                claims: id.map(|i| i.claims.clone()).unwrap_or_default(),
+            },
             target: self.target.clone(),
-            protocol: self.protocol.as_str().into(),
-            session: self.id,
-            connection: self.id,
-            ..Record::default()
+            protocol: match self.protocol {
+                Protocol::Tcp => audit::Protocol::Tcp,
+                Protocol::Postgres => audit::Protocol::Postgres,
+            },
+            operation: String::new(),
+            decision: audit::Decision::Allow,
+            rule_id: None,
+            approval_ref: None,
+            outcome: None,
+            duration_ns: 0,
+            session_id: format!("{node}-{}", self.id),
+            connection_id: self.id,
         }
     }
 }
@@ -408,27 +417,18 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         "connection closed"
     );
     if let Some(log) = &shared.audit {
-        log.append_nowait(Record {
-            time_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_nanos() as u64)
-                .unwrap_or(0),
+        let rec = AccessRecord {
+            time_ns: audit::record::now_ns(),
             operation: format!(
                 "connection to {} from pid {} uid {}",
                 meta.orig_dst, meta.pid, meta.uid
             ),
-            decision: if meta.selected {
-                "intercepted"
-            } else {
-                "passed_through"
-            }
-            .into(),
-            outcome: Some(match &error {
-                Some(e) => format!("error: {e}"),
-                None => format!("{bytes_up} bytes up, {bytes_down} bytes down"),
-            }),
-            duration_us: started.elapsed().as_micros() as u64,
+            outcome: error.as_ref().map(|e| audit::Outcome::Error(e.clone())),
+            duration_ns: started.elapsed().as_nanos() as u64,
             ..meta.audit_base(&shared.node)
-        });
+        };
+        if let Err(e) = log.append(&rec).await {
+            warn!(error = %e, "audit append failed");
+        }
     }
 }

@@ -50,15 +50,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The signed audit log: verify it, print the node's public key.
-    Audit {
-        #[command(subcommand)]
-        command: AuditCommand,
-    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Audit log: offline verification and the node's public key.
+    Audit {
+        #[command(subcommand)]
+        command: interceptor_daemon::audit::cli::AuditCommand,
     },
 }
 
@@ -81,25 +81,6 @@ impl PinsArg {
             (None, None) => anyhow::bail!("give --config or --pin-dir"),
         }
     }
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check every chain link and checkpoint signature; exit 0 only if all verify.
-    Verify {
-        dir: PathBuf,
-        /// The node's public key as obtained independently (`ed25519:<hex>`);
-        /// default: the copy in DIR, which only proves internal consistency.
-        #[arg(long)]
-        pubkey: Option<PathBuf>,
-    },
-    /// Print every entry as a JSON line, in chain order.
-    Show { dir: PathBuf },
-    /// Print the node's audit public key.
-    Pubkey {
-        #[arg(long)]
-        dir: PathBuf,
-    },
 }
 
 #[derive(Subcommand)]
@@ -200,38 +181,14 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
-        Command::Audit {
-            command: AuditCommand::Verify { dir, pubkey },
-        } => {
-            let (ok, text) = interceptor_daemon::audit::cli::verify_dir(&dir, pubkey.as_deref());
-            println!("{text}");
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Command::Audit {
-            command: AuditCommand::Show { dir },
-        } => {
-            interceptor_daemon::audit::cli::show(&dir, &mut std::io::stdout().lock())
-                .map_err(anyhow::Error::msg)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Audit {
-            command: AuditCommand::Pubkey { dir },
-        } => {
-            println!(
-                "{}",
-                interceptor_daemon::audit::cli::pubkey(&dir).map_err(anyhow::Error::msg)?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
         Command::Config {
             command: ConfigCommand::Example,
         } => {
             print!("{}", interceptor_daemon::config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => {
+            Ok(ExitCode::from(interceptor_daemon::audit::cli::run(command)))
         }
     }
 }

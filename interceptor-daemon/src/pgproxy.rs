@@ -38,7 +38,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    audit::{AuditLog, Record},
+    audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
     metrics::{DecisionLabels, Metrics},
     policy::{Action, Context, Decision, Policy},
@@ -54,7 +54,7 @@ use crate::{
 pub struct SessionCtx {
     /// Where decisions are recorded, and the record every entry starts from
     /// (node, identity, target, connection).
-    pub audit: Option<(AuditLog, Record)>,
+    pub audit: Option<(AuditLog, AccessRecord)>,
     pub identity: Option<String>,
     pub target: String,
     pub policy: Arc<Policy>,
@@ -251,22 +251,28 @@ impl Decider<'_> {
         let Some((log, base)) = &self.ctx.audit else {
             return;
         };
-        let rec = Record {
-            time_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_nanos() as u64)
-                .unwrap_or(0),
+        let rec = AccessRecord {
+            time_ns: audit::record::now_ns(),
             operation: description,
-            decision: d.action.as_str().into(),
-            rule: d.rule.clone(),
+            decision: match d.action {
+                Action::Allow => audit::Decision::Allow,
+                Action::Deny => audit::Decision::Deny,
+            },
+            rule_id: Some(d.rule.clone()),
             ..base.clone()
         };
         if d.action == Action::Deny {
-            if let Err(e) = log.append(rec).await {
+            if let Err(e) = log.append(&rec).await {
                 warn!(error = %e, "audit append failed");
             }
         } else {
-            log.append_nowait(rec);
+            // Allowed statements do not wait for the disk; the record follows.
+            let log = log.clone();
+            tokio::spawn(async move {
+                if let Err(e) = log.append(&rec).await {
+                    warn!(error = %e, "audit append failed");
+                }
+            });
         }
     }
 }

@@ -233,11 +233,12 @@ fn statements_are_decided_before_they_reach_the_server() {
     let shown = String::from_utf8_lossy(&shown.stdout);
     let denials = shown
         .lines()
-        .filter(|l| l.contains("\"decision\":\"deny\"") && l.contains("no-customer-changes"))
+        .filter(|l| l.contains("\"decision\":\"Deny\"") && l.contains("no-customer-changes"))
         .count();
     assert!(denials >= 3, "{shown}");
     assert!(
-        shown.contains("\"identity\":\"shop/orders-api\""),
+        shown.contains("\"service_account\":\"orders-api\"")
+            && shown.contains("\"namespace\":\"shop\""),
         "{shown}"
     );
     assert!(
@@ -249,7 +250,7 @@ fn statements_are_decided_before_they_reach_the_server() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".log"))
+        .find(|p| p.to_string_lossy().ends_with(".audit"))
         .unwrap();
     let mut data = std::fs::read(&seg).unwrap();
     let pos = data.len() / 2;

@@ -1,80 +1,188 @@
-//! What `interceptor audit ...` does, as functions the binary calls.
+//! `interceptor audit ...`: what an auditor and an operator run.
+//!
+//! The functions return their output and exit status instead of printing, so the
+//! binary only wires them and tests can assert the exact text.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{
-    key::{default_pubkey_path, parse_public_key, public_key_text},
-    verify,
-};
+use super::{AuditConfig, keys, verify};
 
-/// `audit verify DIR [--pubkey FILE]`: (success, text to print). Without
-/// `--pubkey` the key in DIR is used, which proves integrity only against
-/// that file: auditors should pass the key they obtained independently.
-pub fn verify_dir(dir: &Path, pubkey: Option<&Path>) -> (bool, String) {
-    let key_path = pubkey
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| default_pubkey_path(dir));
-    let key = match std::fs::read_to_string(&key_path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| parse_public_key(&t))
-    {
-        Ok(k) => k,
-        Err(e) => {
-            return (
-                false,
-                format!("FAILED: public key {}: {e}", key_path.display()),
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify a log directory offline; exit 0 only when everything verifies.
+    Verify {
+        /// The log directory (a copy is fine: only the segment files are read).
+        dir: PathBuf,
+        /// The node public key to trust (a file with `ed25519:<hex>`, as printed by
+        /// `interceptor audit pubkey`). Without it only integrity is checked.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Print every record as one JSON line, in chain order (reading does not
+    /// verify: run `verify` for that).
+    Show {
+        /// The log directory.
+        dir: PathBuf,
+    },
+    /// Print the node's audit public key.
+    Pubkey {
+        /// The log directory of the node.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The key file, when it is not `DIR/node.key`.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// Text for stdout and stderr, and the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run a command and print its output; returns the exit status.
+pub fn run(cmd: AuditCommand) -> u8 {
+    let out = match cmd {
+        AuditCommand::Verify { dir, pubkey } => verify(&dir, pubkey.as_deref()),
+        AuditCommand::Pubkey { dir, key_file } => pubkey(&dir, key_file.as_deref()),
+        AuditCommand::Show { dir } => show(&dir),
+    };
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    out.code
+}
+
+/// `audit verify`: one `OK: ...` line (and details) with status 0, or `FAILED: ...`
+/// naming the segment file, byte offset and reason with status 1.
+pub fn verify(dir: &Path, pubkey_file: Option<&Path>) -> Output {
+    let mut stderr = String::new();
+    let trusted = match pubkey_file {
+        Some(p) => match std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|t| keys::parse_public(&t).map_err(|e| format!("{}: {e}", p.display())))
+        {
+            Ok(k) => Some(k),
+            Err(e) => {
+                return Output {
+                    code: 1,
+                    stdout: String::new(),
+                    stderr: format!("interceptor: error: {e}\n"),
+                };
+            }
+        },
+        None => {
+            stderr.push_str(
+                "warning: no --pubkey given: signatures are checked against the key the log names, \
+                 which shows integrity but not who wrote it\n",
             );
+            None
         }
     };
-    match verify(dir, &key) {
+    match verify::verify_dir(dir, trusted.as_ref()) {
         Ok(r) => {
-            let mut msg = format!(
-                "OK: {} segments, {} entries, {} signed checkpoints verified with {}",
-                r.segments,
-                r.entries,
-                r.checkpoints,
-                public_key_text(&key)
+            let mut s = format!(
+                "OK: {} segments, {} records, {} checkpoints verified\n",
+                r.segments, r.records, r.checkpoints
             );
+            s.push_str(&format!(
+                "segments {}..={}, {} access records, {} key rotations, {} recoveries, {} retention events\n",
+                r.first_segment, r.last_segment, r.access_records, r.key_rotations, r.recoveries, r.retention_events
+            ));
+            let signers: Vec<String> = r.signers.iter().map(keys::public_text_bytes).collect();
+            s.push_str(&format!("signed by {}\n", signers.join(" -> ")));
+            s.push_str(&format!(
+                "chain head {}\n",
+                super::format::hex(&r.chain_head)
+            ));
             if r.unsigned_tail > 0 {
-                msg.push_str(&format!(
-                    "\nnote: the last {} entries are chained but not yet covered by a checkpoint",
+                s.push_str(&format!(
+                    "note: the last {} records are chained but not yet covered by a checkpoint\n",
                     r.unsigned_tail
                 ));
             }
-            if r.recoveries > 0 {
-                msg.push_str(&format!(
-                    "\nnote: {} torn-tail recoveries are recorded in the log",
-                    r.recoveries
-                ));
+            Output {
+                code: 0,
+                stdout: s,
+                stderr,
             }
-            (true, msg)
         }
-        Err(f) => (false, format!("FAILED: {f}")),
+        Err(e) => Output {
+            code: 1,
+            stdout: format!("FAILED: {e}\n"),
+            stderr,
+        },
     }
 }
 
-/// `audit pubkey --dir DIR`.
-pub fn pubkey(dir: &Path) -> Result<String, String> {
-    std::fs::read_to_string(default_pubkey_path(dir))
-        .map(|s| s.trim().to_string())
-        .map_err(|e| format!("{}: {e}", default_pubkey_path(dir).display()))
+/// `audit pubkey`: the public half of the node key, as one line.
+pub fn pubkey(dir: &Path, key_file: Option<&Path>) -> Output {
+    let mut cfg = AuditConfig::new(dir, "");
+    cfg.key_file = key_file.map(Path::to_path_buf);
+    match keys::load(&cfg.key_path()) {
+        Ok(k) => Output {
+            code: 0,
+            stdout: format!("{}\n", keys::public_text(&k.verifying_key())),
+            stderr: String::new(),
+        },
+        Err(e) => Output {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("interceptor: error: {e}\n"),
+        },
+    }
 }
 
-/// `audit show DIR`: every entry as one JSON line, in chain order. Reading does
-/// not verify: run `audit verify` for that.
-pub fn show(dir: &Path, out: &mut impl std::io::Write) -> Result<u64, String> {
-    let mut n = 0;
-    for (_, path) in super::segments(dir).map_err(|e| e.to_string())? {
-        let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut off = 0;
-        while let Some((payload, len)) = super::format::read_frame(&data[off..]) {
-            let entry = super::format::decode_payload(payload)
-                .map_err(|e| format!("{} at byte {off}: {e}", path.display()))?;
-            let line = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
-            writeln!(out, "{line}").map_err(|e| e.to_string())?;
-            off += len;
-            n += 1;
+/// `audit show`: every record as a JSON line `{"segment":..,"seq":..,"record":..}`.
+pub fn show(dir: &Path) -> Output {
+    let fail = |e: String| Output {
+        code: 1,
+        stdout: String::new(),
+        stderr: format!("{e}\n"),
+    };
+    let mut names: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                super::format::parse_segment_name(&name).map(|n| (n, e.path()))
+            })
+            .collect(),
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    names.sort();
+    let mut stdout = String::new();
+    for (segment, path) in names {
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) => return fail(format!("{}: {e}", path.display())),
+        };
+        let header = match super::format::decode_header(&data) {
+            Ok(h) => h,
+            Err((off, why)) => return fail(format!("{} at byte {off}: {why}", path.display())),
+        };
+        let mut off = header.len;
+        while off < data.len() {
+            let frame = match super::format::decode_frame(&data[off..]) {
+                Ok(f) => f,
+                Err(e) => return fail(format!("{} at byte {off}: {}", path.display(), e.reason())),
+            };
+            let record = match super::record::decode(frame.body) {
+                Ok(r) => r,
+                Err(e) => return fail(format!("{} at byte {off}: {e}", path.display())),
+            };
+            let line =
+                serde_json::json!({ "segment": segment, "seq": frame.seq, "record": record });
+            stdout.push_str(&line.to_string());
+            stdout.push('\n');
+            off += frame.len;
         }
     }
-    Ok(n)
+    Output {
+        code: 0,
+        stdout,
+        stderr: String::new(),
+    }
 }

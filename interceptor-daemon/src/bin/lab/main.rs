@@ -400,6 +400,10 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         .args(["audit", "pubkey", "--dir"])
         .arg(&audit_dir)
         .output()?;
+    // What the auditor obtained from the node beforehand, kept apart from the log.
+    let pubkey_file = work.join("node.pub");
+    fs::write(&pubkey_file, &key.stdout)?;
+    let pubkey_arg = format!("--pubkey={}", pubkey_file.display());
     say(&format!(
         "node public key: {}",
         String::from_utf8_lossy(&key.stdout).trim()
@@ -407,20 +411,21 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let (_, shown) = run(&["audit", "show"])?;
     for l in shown
         .lines()
-        .filter(|l| l.contains("\"decision\":\"deny\""))
+        .filter(|l| l.contains("\"decision\":\"Deny\""))
     {
         let v: Value = serde_json::from_str(l)?;
-        let r = &v["event"]["Record"];
+        let r = &v["record"]["Access"];
         say(&format!(
-            "entry {}: {} {} -> {} by rule `{}`",
+            "record {}: {}/{} {} -> {} by rule `{}`",
             v["seq"],
-            r["identity"].as_str().unwrap_or("?"),
+            r["identity"]["namespace"].as_str().unwrap_or("?"),
+            r["identity"]["service_account"].as_str().unwrap_or("?"),
             r["operation"].as_str().unwrap_or("?"),
             r["decision"].as_str().unwrap_or("?"),
-            r["rule"].as_str().unwrap_or("?")
+            r["rule_id"].as_str().unwrap_or("?")
         ));
     }
-    let (ok, text) = run(&["audit", "verify"])?;
+    let (ok, text) = run(&["audit", "verify", &pubkey_arg])?;
     say(&format!(
         "$ interceptor audit verify {}\n{text}",
         audit_dir.display()
@@ -432,13 +437,13 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let seg = fs::read_dir(&audit_dir)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .find(|p| p.extension().is_some_and(|x| x == "audit"))
         .context("no audit segment")?;
     let mut data = fs::read(&seg)?;
     let pos = data.len() / 2;
     data[pos] ^= 0x01;
     fs::write(&seg, &data)?;
-    let (ok, text) = run(&["audit", "verify"])?;
+    let (ok, text) = run(&["audit", "verify", &pubkey_arg])?;
     say(&format!(
         "flipped one bit at byte {pos} of {}\n$ interceptor audit verify ...\n{text}",
         seg.display()
