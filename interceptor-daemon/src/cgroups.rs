@@ -274,10 +274,6 @@ impl CgroupIndex {
     pub fn known_len(&self) -> usize {
         self.known.read().unwrap_or_else(|p| p.into_inner()).len()
     }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -492,10 +492,6 @@ impl Config {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into())
         })
-    }
-
-    pub fn listen_v6_ip(&self) -> Option<Ipv6Addr> {
-        self.listener.address_v6.map(|a| *a.ip())
     }
 
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {

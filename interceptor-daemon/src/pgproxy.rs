@@ -219,16 +219,26 @@ impl Decider<'_> {
             .collect();
         let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
         // Literals never reach the log: the statement is described, not quoted.
+        // Logged once per distinct statement; metrics and audit count every one.
         info!(
             action = d.action.as_str(),
             rule = %d.rule,
             reason = %d.reason,
-            via,
-            kinds = %kinds.join(","),
-            tables = %tables.join(","),
+            operation = %description,
             identity = self.ctx.identity.as_deref().unwrap_or(""),
             "statement decision"
         );
+        if self.cache.len() >= DECISION_CACHE {
+            self.cache.clear();
+        }
+        self.cache
+            .insert(sql.to_string(), (d.clone(), description.clone()));
+        (d, description)
+    }
+
+    /// Counts and audits a decision (every one, cached or not). A denial is
+    /// durable before the client hears of it.
+    async fn record(&self, d: &Decision, description: String) {
         self.ctx
             .metrics
             .decisions
@@ -238,16 +248,6 @@ impl Decider<'_> {
                 rule: d.rule.clone(),
             })
             .inc();
-        if self.cache.len() >= DECISION_CACHE {
-            self.cache.clear();
-        }
-        self.cache
-            .insert(sql.to_string(), (d.clone(), description.clone()));
-        (d, description)
-    }
-
-    /// Records a decision. A denial is durable before the client hears of it.
-    async fn audit(&self, d: &Decision, description: String) {
         let Some((log, base)) = &self.ctx.audit else {
             return;
         };
@@ -323,7 +323,7 @@ async fn client_to_server(
                         // Already failing this extended batch: dropped like the server would.
                     } else {
                         let (d, description) = decider.decide(sql, via);
-                        decider.audit(&d, description).await;
+                        decider.record(&d, description).await;
                         match (d.action, frame.tag) {
                             (Action::Allow, b'Q') => {
                                 push(&pending, Inject::Nothing);
