@@ -199,7 +199,8 @@ struct Decider<'c> {
 }
 
 impl Decider<'_> {
-    /// The decision and a literal-free description of the statement(s).
+    /// The decision and the literal-free form of the statement(s)
+    /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
         let policy = self.ctx.policy.current();
         if policy.version != self.version {
@@ -226,13 +227,15 @@ impl Decider<'_> {
             .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
             .collect();
         let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
-        // Literals never reach the log: the statement is described, not quoted.
+        let operation = crate::sql::normalize(sql);
+        // Literals never reach the log: the statement is normalised, not quoted.
         // Logged once per distinct statement; metrics and audit count every one.
         info!(
             action = d.action.as_str(),
             rule = %d.rule,
             reason = %d.reason,
             operation = %description,
+            statement = %operation,
             identity = self.ctx.identity.as_deref().unwrap_or(""),
             "statement decision"
         );
@@ -240,8 +243,8 @@ impl Decider<'_> {
             self.cache.clear();
         }
         self.cache
-            .insert(sql.to_string(), (d.clone(), description.clone()));
-        (d, description)
+            .insert(sql.to_string(), (d.clone(), operation.clone()));
+        (d, operation)
     }
 
     /// Counts and audits a decision (every one, cached or not). A denial is

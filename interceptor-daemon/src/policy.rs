@@ -22,6 +22,7 @@
 //! name the `unparsable` kind.
 
 pub mod cli;
+pub mod replay;
 pub mod store;
 
 use std::time::SystemTime;
@@ -216,7 +217,7 @@ fn any_glob(globs: &[NameGlob], names: &[String]) -> bool {
     globs.iter().any(|g| names.iter().any(|n| g.is_match(n)))
 }
 
-fn is_risky(f: &Flag) -> bool {
+pub(crate) fn is_risky(f: &Flag) -> bool {
     matches!(
         f,
         Flag::CopyProgram

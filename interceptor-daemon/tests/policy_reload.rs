@@ -174,7 +174,6 @@ fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
     wait_for("policy version 3", || version() == 3.0);
     send("INSERT INTO orders VALUES (2, 1);");
     wait_for("the second insert", || orders() == "2");
-    drop(send);
     drop(stdin);
     let status = psql.wait().unwrap();
     reader.join().unwrap();
