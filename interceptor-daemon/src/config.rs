@@ -20,6 +20,8 @@ use globset::GlobMatcher;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 
+mod env;
+
 /// The built-in example configuration, printed by `interceptor config example`.
 pub const EXAMPLE: &str = include_str!("../config/example.yaml");
 
@@ -398,16 +400,19 @@ fn listen_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddrV6>, D:
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. `${NAME}` in it is replaced by
+    /// the environment variable NAME (see [`env`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let invalid = |message| ConfigError::Invalid {
             path: path.into(),
             message,
-        })
+        };
+        let text = env::expand(&text, |name| std::env::var(name).ok()).map_err(invalid)?;
+        Self::parse(&text).map_err(invalid)
     }
 
     /// Parses and validates configuration text; the error names line and column.

@@ -1,0 +1,164 @@
+//! The Helm chart (helm/interceptor) runs the daemon as uid 0 with every
+//! capability dropped except CAP_BPF and CAP_NET_ADMIN, not privileged, with
+//! no_new_privs (allowPrivilegeEscalation: false) and the host's cgroup root
+//! mounted read-only. This runs the real daemon exactly so, on the real kernel:
+//! it must load and attach its programs (verifier without CAP_PERFMON or
+//! CAP_SYS_ADMIN), pin them, become ready, redirect a pod's connection with a
+//! marked upstream socket and write its signed audit log. `cargo xtask chart`
+//! checks that the chart renders this same capability list.
+//! Privileged: run as root (CI does, with INTERCEPTOR_REQUIRE_PRIVILEGED=1).
+
+mod common;
+
+use std::{ffi::CString, net::SocketAddr, os::unix::process::CommandExt as _};
+
+use common::*;
+use interceptor_daemon::testbed::Lab;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_BPF: u32 = 39;
+/// What the chart's DaemonSet adds after `drop: [ALL]` (without the kubelet
+/// pods directory, whose DAC_READ_SEARCH the daemon does not use yet).
+const CHART_CAPS: [u32; 2] = [CAP_BPF, CAP_NET_ADMIN];
+
+/// Between fork and exec: what the container runtime does for the chart's
+/// securityContext, plus a read-only bind of the cgroup root (the chart's
+/// `readOnly: true` hostPath mount).
+fn confine(cmd: &mut std::process::Command, cgroup_root: &std::path::Path) {
+    let root = CString::new(cgroup_root.to_str().unwrap()).unwrap();
+    // SAFETY: only async-signal-safe syscalls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let err = std::io::Error::last_os_error;
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(err());
+            }
+            let slash = c"/".as_ptr();
+            if libc::mount(
+                std::ptr::null(),
+                slash,
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    root.as_ptr(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return Err(err());
+            }
+            // The bounding set limits what uid 0 gets at exec; capabilities
+            // above the kernel's last one give EINVAL, which is fine.
+            for cap in 0..64u32 {
+                if !CHART_CAPS.contains(&cap) {
+                    libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+                }
+            }
+            if libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            {
+                return Err(err());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn cap_eff(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn daemon_runs_with_only_the_charts_capabilities() {
+    if !privileged("daemon_runs_with_only_the_charts_capabilities") {
+        return;
+    }
+    let dir = scratch("chartcaps");
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("a", "pods/a").unwrap();
+    let svc: SocketAddr = (lab.node_v4(2), 7020).into();
+    let server = Server::start(svc, 4096, &dir, &[]);
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![svc.to_string()],
+            ..Default::default()
+        },
+    );
+    let audit = dir.join("audit");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!("audit:\n  dir: {}\n", audit.display()));
+    std::fs::write(&cfg, text).unwrap();
+
+    let mut cmd = std::process::Command::new(DAEMON);
+    confine(&mut cmd, &lab.cgroup_dir);
+    let mut daemon = Daemon::start_with(cmd, &cfg, &dir);
+
+    let want: u64 = CHART_CAPS.iter().map(|c| 1u64 << c).sum();
+    assert_eq!(
+        cap_eff(daemon.pid()),
+        want,
+        "the daemon runs with more than the chart's capabilities"
+    );
+    let (code, body) = http_get(admin_addr(&lab), "/readyz");
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+
+    let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string(), "--send", "4096"]);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["peer"], svc.to_string(), "{r}");
+    assert_eq!(r["received"], 4096);
+    let s = &server.reports(1)[0];
+    let server_peer: SocketAddr = s["peer"].as_str().unwrap().parse().unwrap();
+    assert_ne!(server_peer.ip(), pod.v4, "connection bypassed the daemon");
+    let recs = daemon.records(1);
+    assert_eq!(record_for(&recs, &svc.to_string()).len(), 1, "{recs:?}");
+    assert_eq!(status(&lab)["kernel_counters"]["redirected"], 1);
+
+    // A clean stop detaches, unpins and seals the audit log.
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.raw_log());
+    let audit_cli = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(DAEMON)
+            .arg("audit")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pubkey = dir.join("node.pub");
+    std::fs::write(
+        &pubkey,
+        audit_cli(&["pubkey".as_ref(), "--dir".as_ref(), audit.as_os_str()]),
+    )
+    .unwrap();
+    let report = audit_cli(&[
+        "verify".as_ref(),
+        audit.as_os_str(),
+        "--pubkey".as_ref(),
+        pubkey.as_os_str(),
+    ]);
+    assert!(report.starts_with("OK: "), "{report}");
+}
