@@ -1,11 +1,12 @@
 //! The Helm chart (helm/interceptor) runs the daemon as uid 0 with every
-//! capability dropped except CAP_BPF and CAP_NET_ADMIN, not privileged, with
-//! no_new_privs (allowPrivilegeEscalation: false) and the host's cgroup root
-//! mounted read-only. This runs the real daemon exactly so, on the real kernel:
-//! it must load and attach its programs (verifier without CAP_PERFMON or
-//! CAP_SYS_ADMIN), pin them, become ready, redirect a pod's connection with a
-//! marked upstream socket and write its signed audit log. `cargo xtask chart`
-//! checks that the chart renders this same capability list.
+//! capability dropped except CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, not
+//! privileged, with no_new_privs (allowPrivilegeEscalation: false) and the
+//! host's cgroup root mounted read-only. This runs the real daemon exactly so,
+//! on the real kernel: it must load and attach its programs without
+//! CAP_SYS_ADMIN, pin them, become ready, redirect a pod's connection with a
+//! marked upstream socket and write its signed audit log; and without any one
+//! of the three it must fail, naming why. `cargo xtask chart` checks that the
+//! chart renders this same capability list.
 //! Privileged: run as root (CI does, with INTERCEPTOR_REQUIRE_PRIVILEGED=1).
 
 mod common;
@@ -16,15 +17,17 @@ use common::*;
 use interceptor_daemon::testbed::Lab;
 
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 /// What the chart's DaemonSet adds after `drop: [ALL]` (without the kubelet
 /// pods directory, whose DAC_READ_SEARCH the daemon does not use yet).
-const CHART_CAPS: [u32; 2] = [CAP_BPF, CAP_NET_ADMIN];
+const CHART_CAPS: [u32; 3] = [CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN];
 
 /// Between fork and exec: what the container runtime does for the chart's
 /// securityContext, plus a read-only bind of the cgroup root (the chart's
 /// `readOnly: true` hostPath mount).
-fn confine(cmd: &mut std::process::Command, cgroup_root: &std::path::Path) {
+fn confine(cmd: &mut std::process::Command, cgroup_root: &std::path::Path, caps: &[u32]) {
+    let caps = caps.to_vec();
     let root = CString::new(cgroup_root.to_str().unwrap()).unwrap();
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
@@ -61,7 +64,7 @@ fn confine(cmd: &mut std::process::Command, cgroup_root: &std::path::Path) {
             // The bounding set limits what uid 0 gets at exec; capabilities
             // above the kernel's last one give EINVAL, which is fine.
             for cap in 0..64u32 {
-                if !CHART_CAPS.contains(&cap) {
+                if !caps.contains(&cap) {
                     libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
                 }
             }
@@ -114,7 +117,7 @@ fn daemon_runs_with_only_the_charts_capabilities() {
     std::fs::write(&cfg, text).unwrap();
 
     let mut cmd = std::process::Command::new(DAEMON);
-    confine(&mut cmd, &lab.cgroup_dir);
+    confine(&mut cmd, &lab.cgroup_dir, &CHART_CAPS);
     let mut daemon = Daemon::start_with(cmd, &cfg, &dir);
 
     let want: u64 = CHART_CAPS.iter().map(|c| 1u64 << c).sum();
@@ -145,7 +148,11 @@ fn daemon_runs_with_only_the_charts_capabilities() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let pubkey = dir.join("node.pub");
@@ -161,4 +168,44 @@ fn daemon_runs_with_only_the_charts_capabilities() {
         pubkey.as_os_str(),
     ]);
     assert!(report.starts_with("OK: "), "{report}");
+}
+
+#[test]
+fn each_of_the_charts_capabilities_is_needed() {
+    if !privileged("each_of_the_charts_capabilities_is_needed") {
+        return;
+    }
+    let dir = scratch("chartcaps-less");
+    let lab = Lab::new().unwrap();
+    let cfg = write_config(
+        &lab,
+        &dir,
+        &DaemonOpts {
+            destinations: vec![format!("{}:7021", lab.node_v4(2))],
+            ..Default::default()
+        },
+    );
+    for (without, why) in [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        // Without it the verifier applies its Spectre v1 restrictions to the
+        // loader and rejects the programs' stack-buffer arithmetic ("pointer
+        // arithmetic ... prohibited for !root"); the preflight says so first.
+        (CAP_PERFMON, "CAP_PERFMON"),
+    ] {
+        let caps: Vec<u32> = CHART_CAPS
+            .iter()
+            .copied()
+            .filter(|c| *c != without)
+            .collect();
+        let mut cmd = std::process::Command::new(DAEMON);
+        confine(&mut cmd, &lab.cgroup_dir, &caps);
+        let out = cmd.args(["run", "--config"]).arg(&cfg).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "started without capability {without}"
+        );
+        assert!(err.contains(why), "without capability {without}: {err}");
+    }
 }

@@ -226,7 +226,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 
 /// The chart test needs the daemon binary to check the rendered configuration.
 fn chart_test() -> anyhow::Result<()> {
-    status(cargo().args(["build", "-q", "-p", "interceptor-daemon", "--bin", "interceptor"]))?;
+    status(cargo().args([
+        "build",
+        "-q",
+        "-p",
+        "interceptor-daemon",
+        "--bin",
+        "interceptor",
+    ]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));

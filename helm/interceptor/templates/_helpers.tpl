@@ -49,17 +49,21 @@ app.kubernetes.io/component: node-daemon
 Capabilities the daemon container gets (everything else is dropped):
   BPF        load the programs, create and pin maps and links (kernel 5.8+;
              before that only CAP_SYS_ADMIN could, and 5.10 is the minimum)
+  PERFMON    without it the verifier applies its Spectre v1 restrictions to
+             the loader and rejects the programs ("pointer arithmetic ...
+             prohibited for !root")
   NET_ADMIN  cgroup sock_addr and sock_ops programs are networking program
              types: loading and attaching them, querying what is attached
              (/readyz), and SO_MARK on the daemon's upstream sockets need it
   DAC_READ_SEARCH  only with kubeletPodsDir: read pods' projected tokens,
              which belong to the pod's user with mode 0600/0640
-Not needed: SYS_ADMIN (CAP_BPF covers it on 5.8+), PERFMON (no tracing
-programs, no perf events: logs use a BPF ring buffer), NET_RAW (no raw
+Not needed: SYS_ADMIN (CAP_BPF covers it on 5.8+), NET_RAW (no raw
 sockets), NET_BIND_SERVICE (ports are >= 1024), SYS_PTRACE, hostPID.
+interceptor-daemon/tests/chart_privileges.rs runs the daemon with exactly
+BPF, PERFMON and NET_ADMIN, and shows each of them is needed.
 */}}
 {{- define "interceptor.capabilities" -}}
-{{- $caps := list "BPF" "NET_ADMIN" }}
+{{- $caps := list "BPF" "PERFMON" "NET_ADMIN" }}
 {{- if .Values.kubeletPodsDir.enabled }}
 {{- $caps = append $caps "DAC_READ_SEARCH" }}
 {{- end }}

@@ -28,7 +28,10 @@ pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Str
                 .find('}')
                 .ok_or_else(|| format!("line {line}: `${{` without a closing `}}`"))?;
             let name = &body[..end];
-            let valid = name.chars().next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
                 && name.chars().all(|c| c == '_' || c.is_ascii_alphanumeric());
             if !valid {
                 return Err(format!(
