@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use serde::Deserialize as _;
 use serde_yaml::Value;
 
 /// npm package whose `lib/layer.zip` holds `helm/helm` (linux-amd64).
@@ -194,8 +195,6 @@ fn render(chart: &Path, extra: &[&str]) -> anyhow::Result<Rendered> {
     }
     Ok(Rendered { docs })
 }
-
-use serde::Deserialize as _;
 
 /// kubernetes-validate --strict on every object of the Kubernetes API (the
 /// ServiceMonitor is a CRD it has no schema for; it is checked by hand).
@@ -605,6 +604,16 @@ fn check_checksums(configs: &[(String, String)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn check_monitor_needs_crd(chart: &Path, full: &str) -> anyhow::Result<()> {
+    let out = helm(chart, &["template", RELEASE, "-f", full])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("ServiceMonitor CRD"),
+        "rendered a ServiceMonitor with no CRD available: {err}"
+    );
+    Ok(())
+}
+
 /// Bad values are refused by values.schema.json, with the key named.
 fn check_schema_refuses(chart: &Path) -> anyhow::Result<()> {
     for (set, key) in [
@@ -655,9 +664,19 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
     let mut t = Tally::default();
 
     t.check("helm lint --strict (default values)", lint(&chart, &[]));
+    // helm lint cannot be told about CRDs: the ServiceMonitor is rendered
+    // (and checked) below with --api-versions.
     t.check(
-        "helm lint --strict (ci/full-values.yaml)",
-        lint(&chart, &["-f", &full_s]),
+        "helm lint --strict (ci/full-values.yaml, ServiceMonitor off)",
+        lint(
+            &chart,
+            &[
+                "-f",
+                &full_s,
+                "--set",
+                "metrics.serviceMonitor.enabled=false",
+            ],
+        ),
     );
 
     let cases = [
@@ -755,6 +774,10 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
     t.check(
         "the pod template changes exactly when the configuration does (rolls the daemons)",
         check_checksums(&configs),
+    );
+    t.check(
+        "a ServiceMonitor without its CRD in the cluster is refused, naming it",
+        check_monitor_needs_crd(&chart, &full_s),
     );
     t.check(
         "values.schema.json refuses bad values",
