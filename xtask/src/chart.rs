@@ -604,6 +604,39 @@ fn check_checksums(configs: &[(String, String)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// NOTES.txt is only rendered by install/upgrade: a client-side dry run.
+fn check_notes(chart: &Path) -> anyhow::Result<()> {
+    for (mode, says) in [
+        ("closed", "refused until the next daemon takes over"),
+        ("open", "go directly to their"),
+    ] {
+        let set = format!("failMode={mode}");
+        let out = helm(
+            chart,
+            &[
+                "install",
+                RELEASE,
+                "--namespace",
+                NAMESPACE,
+                "--dry-run=client",
+                "--set",
+                &set,
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let notes = text
+            .split_once("NOTES:")
+            .map(|(_, n)| n)
+            .unwrap_or_default();
+        ensure!(
+            out.status.success() && notes.contains(says) && notes.contains("SIGTERM"),
+            "NOTES for failMode {mode}: {notes}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 fn check_monitor_needs_crd(chart: &Path, full: &str) -> anyhow::Result<()> {
     let out = helm(chart, &["template", RELEASE, "-f", full])?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -774,6 +807,10 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
     t.check(
         "the pod template changes exactly when the configuration does (rolls the daemons)",
         check_checksums(&configs),
+    );
+    t.check(
+        "NOTES.txt renders and tells what each fail mode does",
+        check_notes(&chart),
     );
     t.check(
         "a ServiceMonitor without its CRD in the cluster is refused, naming it",
