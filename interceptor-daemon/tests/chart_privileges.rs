@@ -1,7 +1,7 @@
 //! The Helm chart (helm/interceptor) runs the daemon as uid 0 with every
 //! capability dropped except CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, not
-//! privileged, with no_new_privs (allowPrivilegeEscalation: false) and the
-//! host's cgroup root mounted read-only. This runs the real daemon exactly so,
+//! privileged, with no_new_privs (allowPrivilegeEscalation: false), a
+//! read-only root filesystem and the host's cgroup root mounted read-only. This runs the real daemon exactly so,
 //! on the real kernel: it must load and attach its programs without
 //! CAP_SYS_ADMIN, pin them, become ready, redirect a pod's connection with a
 //! marked upstream socket and write its signed audit log; and without any one
@@ -26,9 +26,18 @@ const CHART_CAPS: [u32; 3] = [CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN];
 /// Between fork and exec: what the container runtime does for the chart's
 /// securityContext, plus a read-only bind of the cgroup root (the chart's
 /// `readOnly: true` hostPath mount).
-fn confine(cmd: &mut std::process::Command, cgroup_root: &std::path::Path, caps: &[u32]) {
+fn confine(
+    cmd: &mut std::process::Command,
+    cgroup_root: &std::path::Path,
+    writable: &[&std::path::Path],
+    caps: &[u32],
+) {
     let caps = caps.to_vec();
     let root = CString::new(cgroup_root.to_str().unwrap()).unwrap();
+    let writable: Vec<CString> = writable
+        .iter()
+        .map(|p| CString::new(p.to_str().unwrap()).unwrap())
+        .collect();
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -60,6 +69,35 @@ fn confine(cmd: &mut std::process::Command, cgroup_root: &std::path::Path, caps:
                 ) != 0
             {
                 return Err(err());
+            }
+            // readOnlyRootFilesystem: the container's root (here the host's
+            // "/", which holds /tmp and /run) and /sys are read-only; only the
+            // chart's writable hostPath mounts (bound onto themselves first, so
+            // they are mounts of their own) and bpffs (its own mount) stay
+            // writable.
+            for w in &writable {
+                if libc::mount(
+                    w.as_ptr(),
+                    w.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(err());
+                }
+            }
+            for ro in [c"/", c"/sys"] {
+                if libc::mount(
+                    std::ptr::null(),
+                    ro.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(err());
+                }
             }
             // The bounding set limits what uid 0 gets at exec; capabilities
             // above the kernel's last one give EINVAL, which is fine.
@@ -116,9 +154,19 @@ fn daemon_runs_with_only_the_charts_capabilities() {
     text.push_str(&format!("audit:\n  dir: {}\n", audit.display()));
     std::fs::write(&cfg, text).unwrap();
 
+    // The chart's writable hostPath mounts: the node lock and the audit log.
+    let run = std::path::Path::new("/run/interceptor");
+    std::fs::create_dir_all(run).unwrap();
+    std::fs::create_dir_all(&audit).unwrap();
     let mut cmd = std::process::Command::new(DAEMON);
-    confine(&mut cmd, &lab.cgroup_dir, &CHART_CAPS);
+    confine(&mut cmd, &lab.cgroup_dir, &[run, &audit], &CHART_CAPS);
     let mut daemon = Daemon::start_with(cmd, &cfg, &dir);
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", daemon.pid())).unwrap();
+    let root_ro = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    });
+    assert!(root_ro, "the daemon's root is not read-only:\n{mounts}");
 
     let want: u64 = CHART_CAPS.iter().map(|c| 1u64 << c).sum();
     assert_eq!(
@@ -199,7 +247,7 @@ fn each_of_the_charts_capabilities_is_needed() {
             .filter(|c| *c != without)
             .collect();
         let mut cmd = std::process::Command::new(DAEMON);
-        confine(&mut cmd, &lab.cgroup_dir, &caps);
+        confine(&mut cmd, &lab.cgroup_dir, &[], &caps);
         let out = cmd.args(["run", "--config"]).arg(&cfg).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
