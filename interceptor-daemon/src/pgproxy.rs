@@ -207,7 +207,10 @@ impl Decider<'_> {
             self.cache.clear();
             self.version = policy.version;
         }
-        if let Some(d) = self.cache.get(sql) {
+        // Keyed by fingerprint: the same statement with other constants
+        // (pgbench's `WHERE aid = 123`) costs no parse.
+        let key = crate::sql::fingerprint(sql).unwrap_or_else(|| sql.to_string());
+        if let Some(d) = self.cache.get(&key) {
             return d.clone();
         }
         let c = self.ctx.classifier.classify(sql);
@@ -242,8 +245,7 @@ impl Decider<'_> {
         if self.cache.len() >= DECISION_CACHE {
             self.cache.clear();
         }
-        self.cache
-            .insert(sql.to_string(), (d.clone(), operation.clone()));
+        self.cache.insert(key, (d.clone(), operation.clone()));
         (d, operation)
     }
 
