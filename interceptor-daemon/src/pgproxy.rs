@@ -25,6 +25,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io,
     sync::{Arc, Mutex},
+    time::SystemTime,
 };
 
 use bytes::{Buf, BytesMut};
@@ -43,7 +44,7 @@ use crate::{
     metrics::{DecisionLabels, Metrics},
     policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
-        Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
+        Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket, Target,
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
         looks_like_tls_client_hello,
     },
@@ -196,6 +197,23 @@ struct Decider<'c> {
     cache: HashMap<String, (Decision, String)>,
     /// The policy version the cache was filled under; a reload empties it.
     version: u64,
+    /// When a rule's time window opens or closes next: the cache empties then.
+    stale_at: Option<SystemTime>,
+}
+
+/// A named (or the unnamed) prepared statement that was allowed at Parse.
+struct Prepared {
+    sql: String,
+    /// Policy version and window boundary of the Parse-time decision: an
+    /// Execute after a reload or a boundary is decided again.
+    version: u64,
+    stale_at: Option<SystemTime>,
+}
+
+impl Prepared {
+    fn current(&self, version: u64, now: SystemTime) -> bool {
+        self.version == version && self.stale_at.is_none_or(|t| now < t)
+    }
 }
 
 impl Decider<'_> {
@@ -203,9 +221,11 @@ impl Decider<'_> {
     /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
         let policy = self.ctx.policy.current();
-        if policy.version != self.version {
+        let now = SystemTime::now();
+        if policy.version != self.version || self.stale_at.is_some_and(|t| now >= t) {
             self.cache.clear();
             self.version = policy.version;
+            self.stale_at = policy.policy.next_boundary(now);
         }
         // Keyed by fingerprint: the same statement with other constants
         // (pgbench's `WHERE aid = 123`) costs no parse.
@@ -302,7 +322,12 @@ async fn client_to_server(
         ctx,
         cache: HashMap::new(),
         version: 0,
+        stale_at: None,
     };
+    // Statements allowed at Parse, and which statement each portal runs:
+    // Execute re-decides when the policy changed since the Parse.
+    let mut statements: HashMap<String, Prepared> = HashMap::new();
+    let mut portals: HashMap<String, String> = HashMap::new();
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     // Set while skipping to Sync after a denied extended-protocol message.
     let mut skipping: Option<Vec<u8>> = None;
@@ -338,6 +363,16 @@ async fn client_to_server(
                     } else {
                         let (d, description) = decider.decide(sql, via);
                         decider.record(&d, description).await;
+                        if let (FrontendMessage::Parse(p), Action::Allow) = (msg, d.action) {
+                            statements.insert(
+                                p.name.to_string(),
+                                Prepared {
+                                    sql: sql.to_string(),
+                                    version: decider.version,
+                                    stale_at: decider.stale_at,
+                                },
+                            );
+                        }
                         match (d.action, frame.tag) {
                             (Action::Allow, b'Q') => {
                                 push(&pending, Inject::Nothing);
@@ -367,6 +402,53 @@ async fn client_to_server(
                 }
                 // Bind/Describe/Execute/Close/Flush of a failed batch are dropped.
                 b'B' | b'D' | b'E' | b'C' | b'H' if skipping.is_some() => {}
+                b'B' | b'E' | b'C' => {
+                    let msg = FrontendMessage::parse(&frame).map_err(|source| {
+                        SessionError::Protocol {
+                            side: "client",
+                            source,
+                        }
+                    })?;
+                    let mut forward = true;
+                    match msg {
+                        // No allocation when a portal keeps its statement
+                        // (the unnamed portal of every pgbench execution).
+                        FrontendMessage::Bind(b)
+                            if portals.get(b.portal).map(String::as_str) != Some(b.statement) =>
+                        {
+                            portals.insert(b.portal.to_string(), b.statement.to_string());
+                        }
+                        FrontendMessage::Execute(e) => {
+                            let stmt = portals.get(e.portal).and_then(|s| statements.get_mut(s));
+                            if let Some(p) = stmt {
+                                let now = SystemTime::now();
+                                if !p.current(ctx.policy.version(), now) {
+                                    let (d, operation) = decider.decide(&p.sql, "execute");
+                                    decider.record(&d, operation).await;
+                                    p.version = decider.version;
+                                    p.stale_at = decider.stale_at;
+                                    if d.action != Action::Allow {
+                                        // Fails the batch like a server error would.
+                                        skipping = Some(error_bytes(&d, ctx));
+                                        forward = false;
+                                    }
+                                }
+                            }
+                        }
+                        FrontendMessage::Close(c) => match c.target {
+                            Target::Statement => {
+                                statements.remove(c.name);
+                            }
+                            Target::Portal => {
+                                portals.remove(c.name);
+                            }
+                        },
+                        _ => {}
+                    }
+                    if forward {
+                        out.extend_from_slice(frame.raw);
+                    }
+                }
                 _ => out.extend_from_slice(frame.raw),
             }
             buf.advance(len);
