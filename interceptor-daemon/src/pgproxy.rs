@@ -41,7 +41,7 @@ use tracing::{info, warn};
 use crate::{
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
-    metrics::{DecisionLabels, Metrics},
+    metrics::{DecisionLabels, Metrics, TargetLabels},
     policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
         Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket, Target,
@@ -220,6 +220,20 @@ impl Decider<'_> {
     /// The decision and the literal-free form of the statement(s)
     /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
+        let started = std::time::Instant::now();
+        let d = self.decide_uncounted(sql, via);
+        self.ctx
+            .metrics
+            .decision_time
+            .get_or_create(&TargetLabels {
+                target: self.ctx.target.clone(),
+                protocol: "postgres",
+            })
+            .observe(started.elapsed().as_secs_f64());
+        d
+    }
+
+    fn decide_uncounted(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
         let policy = self.ctx.policy.current();
         let now = SystemTime::now();
         if policy.version != self.version || self.stale_at.is_some_and(|t| now >= t) {
@@ -295,17 +309,26 @@ impl Decider<'_> {
             ..base.clone()
         };
         if d.action == Action::Deny {
-            if let Err(e) = log.append(&rec).await {
-                warn!(error = %e, "audit append failed");
-            }
+            append(&self.ctx.metrics, log, rec).await;
         } else {
             // Allowed statements do not wait for the disk; the record follows.
             let log = log.clone();
-            tokio::spawn(async move {
-                if let Err(e) = log.append(&rec).await {
-                    warn!(error = %e, "audit append failed");
-                }
-            });
+            let metrics = self.ctx.metrics.clone();
+            tokio::spawn(async move { append(&metrics, &log, rec).await });
+        }
+    }
+}
+
+/// Appends one record, timing it until durable.
+async fn append(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
+    let started = std::time::Instant::now();
+    match log.append(&rec).await {
+        Ok(_) => metrics
+            .audit_append
+            .observe(started.elapsed().as_secs_f64()),
+        Err(e) => {
+            metrics.audit_append_failures.inc();
+            warn!(error = %e, "audit append failed");
         }
     }
 }
