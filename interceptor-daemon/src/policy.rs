@@ -16,17 +16,26 @@
 //! code, dangerous functions, LOAD) unless the rule says `risky: true`. Deny rules
 //! match on *any* table or function. Unparsable statements only match rules that
 //! name the `unparsable` kind.
+//!
+//! `mask` rules never allow or deny: decisions skip them, and
+//! [`Policy::masks_for`] collects those applying to a session (see
+//! [`crate::masking`]).
 
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Deserializer, de};
 
-use crate::sql::{Flag, Kind, StatementInfo};
+use crate::{
+    masking::{MaskPlan, MaskSpec},
+    sql::{Flag, Kind, StatementInfo},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Allow,
     Deny,
+    /// Masks result data (see `mask:`); never decides a statement.
+    Mask,
 }
 
 impl Action {
@@ -34,6 +43,7 @@ impl Action {
         match self {
             Action::Allow => "allow",
             Action::Deny => "deny",
+            Action::Mask => "mask",
         }
     }
 }
@@ -94,6 +104,9 @@ pub struct Rule {
     #[serde(default)]
     pub sql: SqlMatch,
     pub action: Action,
+    /// For `action: mask`: what to mask and how.
+    #[serde(default)]
+    pub mask: Option<MaskSpec>,
     /// One line shown with decisions this rule makes.
     #[serde(default)]
     pub description: Option<String>,
@@ -200,6 +213,7 @@ impl Rule {
                 let risky_ok = m.risky || !s.flags.iter().any(is_risky);
                 tables && funcs && risky_ok
             }
+            Action::Mask => false,
         }
     }
 
@@ -221,15 +235,47 @@ impl Policy {
         Ok(p)
     }
 
-    /// Checks what the schema cannot: rule ids are unique.
+    /// Checks what the schema cannot: rule ids are unique, `mask:` goes with
+    /// (and only with) `action: mask`, and its globs and regexes compile.
     pub fn validate(&self) -> Result<(), String> {
+        if self.default == Action::Mask {
+            return Err("default must be allow or deny".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for r in &self.rules {
             if !seen.insert(r.id.as_str()) {
                 return Err(format!("duplicate rule id `{}`", r.id));
             }
+            match (&r.mask, r.action) {
+                (Some(m), Action::Mask) => {
+                    m.compiled()
+                        .map_err(|e| format!("rule `{}`: mask: {e}", r.id))?;
+                }
+                (None, Action::Mask) => {
+                    return Err(format!(
+                        "rule `{}`: action mask needs a `mask:` field",
+                        r.id
+                    ));
+                }
+                (Some(_), _) => {
+                    return Err(format!("rule `{}`: `mask:` needs action mask", r.id));
+                }
+                (None, _) => {}
+            }
         }
         Ok(())
+    }
+
+    /// Every mask rule applying to this identity and target.
+    pub fn masks_for(&self, ctx: &Context<'_>) -> MaskPlan {
+        MaskPlan {
+            specs: self
+                .rules
+                .iter()
+                .filter(|r| r.action == Action::Mask && r.applies_to(ctx))
+                .filter_map(|r| r.mask.as_ref()?.compiled().ok())
+                .collect(),
+        }
     }
 
     /// Decides one SQL statement.
@@ -251,6 +297,7 @@ impl Policy {
                 Action::Allow => {
                     allow.get_or_insert(r);
                 }
+                Action::Mask => {}
             }
         }
         match allow {
@@ -428,6 +475,61 @@ rules:
                 (action, rule.to_string()),
                 "{who} {target} {sql}"
             );
+        }
+    }
+
+    #[test]
+    fn mask_rules_never_decide_and_are_collected_per_session() {
+        let p = Policy::parse(
+            r#"
+default: deny
+rules:
+  - id: mask-pii
+    identities: ["shop/*"]
+    targets: ["customers-db"]
+    action: mask
+    mask: { columns: ["customers.email"], strategy: hash }
+  - id: mask-all
+    action: mask
+    mask: { detectors: [card], strategy: partial, keep_last: 4 }
+  - id: read
+    sql: { kinds: [read] }
+    action: allow
+"#,
+        )
+        .unwrap();
+        let ctx = |identity, target| Context {
+            identity: Some(identity),
+            target,
+        };
+        let c = classify("SELECT email FROM customers");
+        let d = p.decide_statements(&ctx("shop/a", "customers-db"), &c.statements);
+        assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "read"));
+        let c = classify("DELETE FROM customers");
+        let d = p.decide_statements(&ctx("shop/a", "customers-db"), &c.statements);
+        assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "default"));
+        assert_eq!(p.masks_for(&ctx("shop/a", "customers-db")).specs.len(), 2);
+        let other = p.masks_for(&ctx("billing/a", "customers-db"));
+        assert_eq!(other.specs.len(), 1);
+        assert!(!other.has_columns() && other.has_detectors());
+        // Mask rules are checked at load, naming the rule.
+        for (yaml, want) in [
+            (
+                "rules:\n  - {id: m, action: mask, mask: {regex: ['(x']}}\n",
+                "rule `m`: mask: `(x`: not a valid regex",
+            ),
+            (
+                "rules:\n  - {id: m, action: mask}\n",
+                "rule `m`: action mask needs",
+            ),
+            (
+                "rules:\n  - {id: a, action: allow, mask: {detectors: [email]}}\n",
+                "rule `a`: `mask:` needs action mask",
+            ),
+            ("default: mask\n", "default must be allow or deny"),
+        ] {
+            let e = Policy::parse(yaml).unwrap_err();
+            assert!(e.contains(want), "{e}");
         }
     }
 

@@ -174,6 +174,14 @@ pub fn data_row<'v>(
     })
 }
 
+/// CopyData (`'d'`), either direction.
+pub fn copy_data(out: &mut Vec<u8>, data: &[u8]) -> Result<(), ProtocolError> {
+    tagged(out, b'd', |out| {
+        out.extend_from_slice(data);
+        Ok(())
+    })
+}
+
 /// RowDescription (`'T'`).
 pub fn row_description<'f>(
     out: &mut Vec<u8>,
