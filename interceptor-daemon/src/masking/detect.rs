@@ -146,6 +146,31 @@ pub fn scrub(plan: &MaskPlan, text: &str, key: &MaskKey) -> Result<Option<String
     Ok(Some(out))
 }
 
+/// `text` with every finding replaced where a value cannot become NULL (a
+/// COPY line, an error message): `null` findings are redacted. `None` when
+/// nothing was found.
+pub fn scrub_inline(plan: &MaskPlan, text: &str, key: &MaskKey) -> Option<String> {
+    let found = findings(plan, text);
+    if found.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (r, t) in found {
+        out.push_str(text.get(at..r.start).unwrap_or_default());
+        let t = if t.strategy == Strategy::Null {
+            Treatment::new(Strategy::Redact, 0)
+        } else {
+            t
+        };
+        let part = text.get(r.clone()).unwrap_or_default();
+        out.push_str(&t.render(part, key).unwrap_or_default());
+        at = r.end;
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

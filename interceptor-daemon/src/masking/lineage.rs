@@ -28,7 +28,8 @@ pub trait Sensitivity {
 /// Provenance facts of one statement string (all its statements together).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Facts {
-    /// sqlparser could not read it: every expression output is suspect.
+    /// sqlparser could not read it, or its rows come from elsewhere (FETCH,
+    /// EXECUTE, CALL): every expression output is suspect.
     pub unparsable: bool,
     /// Relations named anywhere, each as `[name, qualified]`.
     pub relations: Vec<[String; 2]>,
@@ -83,6 +84,20 @@ impl Facts {
                 };
             }
         };
+        // Rows produced by a cursor, an SQL-level prepared statement or a
+        // procedure come from a query this text does not show.
+        let opaque = stmts.iter().any(|s| {
+            matches!(
+                s,
+                Statement::Fetch { .. } | Statement::Execute { .. } | Statement::Call(_)
+            )
+        });
+        if opaque {
+            return Facts {
+                unparsable: true,
+                ..Facts::default()
+            };
+        }
         let mut c = Collector::default();
         for s in &stmts {
             c.top = top_select(s).map(|s| s as *const Select);
@@ -367,6 +382,9 @@ mod tests {
             ("SELECT row_to_json(v) FROM v_contacts v", true),
             ("SELECT 1 UNION SELECT email FROM customers", true),
             ("SELEKT email", true),
+            ("FETCH ALL FROM c", true),
+            ("EXECUTE p(1)", true),
+            ("CALL p()", true),
         ];
         for (sql, want) in table {
             assert_eq!(Facts::of(sql).tainted(&S), want, "{sql}");

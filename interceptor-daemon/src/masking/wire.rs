@@ -13,8 +13,10 @@
 use std::{
     borrow::Cow,
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
 };
+
+use regex::Regex;
 
 use tracing::warn;
 
@@ -28,6 +30,10 @@ use super::{
 use crate::protocol::postgres::{
     BackendMessage, Fields, Frame, FrontendMessage, ProtocolError, Target, build,
 };
+
+/// A double-quoted part of a server message.
+static QUOTED: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#""[^"]*""#).unwrap_or_else(|e| panic!("constant regex: {e}")));
 
 /// Facts remembered per session for distinct statement texts.
 const FACTS_CACHE: usize = 1024;
@@ -366,6 +372,7 @@ impl ResultMasker {
                 Ok(Verdict::Forward)
             }
             b'd' => self.copy_data(frame, out),
+            b'E' | b'N' => self.server_message(frame, out),
             b'c' => {
                 self.copy = None;
                 Ok(Verdict::Forward)
@@ -527,28 +534,61 @@ impl ResultMasker {
         let Ok(text) = std::str::from_utf8(frame.body) else {
             return Ok(Verdict::Forward);
         };
-        let found = detect::findings(&self.plan, text);
-        if found.is_empty() {
+        let Some(s) = detect::scrub_inline(&self.plan, text, &self.key) else {
+            return Ok(Verdict::Forward);
+        };
+        build::copy_data(out, s.as_bytes())?;
+        Ok(Verdict::Consumed)
+    }
+
+    /// Errors and notices quote data (`invalid input syntax for type
+    /// integer: "ada@example.com"`, `Key (email)=(...) already exists`).
+    /// After a statement reading a masked relation, quoted text in the
+    /// message is redacted and the detail, context and internal query are
+    /// dropped; detectors scan what remains.
+    fn server_message(
+        &mut self,
+        frame: &Frame<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Verdict, ProtocolError> {
+        let masked = self.batch_reads_masked();
+        let detectors = self.plan.has_detectors();
+        if !masked && !detectors {
             return Ok(Verdict::Forward);
         }
-        let mut s = String::with_capacity(text.len());
-        let mut at = 0;
-        for (r, t) in found {
-            s.push_str(text.get(at..r.start).unwrap_or_default());
-            // NULL cannot stand for part of a COPY line: redact instead.
-            let t = if t.strategy == Strategy::Null {
-                Treatment::new(Strategy::Redact, 0)
-            } else {
-                t
-            };
-            s.push_str(
-                &t.render(text.get(r.clone()).unwrap_or_default(), &self.key)
-                    .unwrap_or_default(),
-            );
-            at = r.end;
+        let (BackendMessage::ErrorResponse(f) | BackendMessage::NoticeResponse(f)) =
+            BackendMessage::parse(frame)?
+        else {
+            return Ok(Verdict::Forward);
+        };
+        let mut changed = false;
+        let mut fields: Vec<(u8, Cow<'_, str>)> = Vec::new();
+        for (code, v) in f.iter() {
+            if masked && matches!(code, b'D' | b'W' | b'q') {
+                changed = true;
+                continue;
+            }
+            let mut val = Cow::Borrowed(v);
+            if masked && code == b'M' {
+                let r = QUOTED.replace_all(v, "\"[redacted]\"");
+                if r != v {
+                    val = Cow::Owned(r.into_owned());
+                    changed = true;
+                }
+            }
+            if detectors
+                && matches!(code, b'M' | b'D' | b'H' | b'W' | b'q')
+                && let Some(x) = detect::scrub_inline(&self.plan, &val, &self.key)
+            {
+                val = Cow::Owned(x);
+                changed = true;
+            }
+            fields.push((code, val));
         }
-        s.push_str(text.get(at..).unwrap_or_default());
-        build::copy_data(out, s.as_bytes())?;
+        if !changed {
+            return Ok(Verdict::Forward);
+        }
+        build::fields_message(out, frame.tag, fields.iter().map(|(c, v)| (*c, v.as_ref())))?;
         Ok(Verdict::Consumed)
     }
 }

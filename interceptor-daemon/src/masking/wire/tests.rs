@@ -465,3 +465,56 @@ fn copy_out_of_a_masked_relation_delivers_no_rows() {
     a2.extend(z());
     assert_eq!(sess.query("COPY orders TO STDOUT", &a2), a2);
 }
+
+fn error(fields: &[(u8, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    build::fields_message(&mut out, b'E', fields.iter().copied()).unwrap();
+    out
+}
+
+#[test]
+fn errors_after_masked_reads_do_not_quote_data() {
+    let mut sess = Session::new(plan(&[PII, "{detectors: [card], strategy: redact}"]));
+    let mut a = error(&[
+        (b'S', "ERROR"),
+        (b'C', "22P02"),
+        (
+            b'M',
+            "invalid input syntax for type integer: \"ada@example.com\"",
+        ),
+        (b'D', "Key (email)=(ada@example.com) already exists."),
+    ]);
+    a.extend(z());
+    let out = sess.query("SELECT email::int FROM customers", &a);
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("ada@"), "{text}");
+    let framer = Framer::new(Direction::Backend);
+    let Progress::Complete(f) = framer.next(&out).unwrap() else {
+        panic!()
+    };
+    let BackendMessage::ErrorResponse(e) = BackendMessage::parse(&f).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        e.message(),
+        Some("invalid input syntax for type integer: \"[redacted]\"")
+    );
+    assert_eq!(e.code(), Some("22P02"));
+    assert_eq!(e.get(b'D'), None);
+    // Other statements' errors keep their text; detectors still apply.
+    let mut a = error(&[
+        (b'S', "ERROR"),
+        (b'C', "42703"),
+        (b'M', "column \"x\" does not exist"),
+    ]);
+    a.extend(z());
+    assert_eq!(sess.query("SELECT x FROM orders", &a), a);
+    let mut a = error(&[
+        (b'S', "ERROR"),
+        (b'C', "22P02"),
+        (b'M', "bad: \"4111 1111 1111 1111\""),
+    ]);
+    a.extend(z());
+    let out = sess.query("SELECT note::int FROM orders", &a);
+    assert!(String::from_utf8_lossy(&out).contains("bad: \"[redacted]\""));
+}
