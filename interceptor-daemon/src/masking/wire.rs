@@ -28,7 +28,7 @@ use super::{
     strategy::REDACTED,
 };
 use crate::protocol::postgres::{
-    BackendMessage, Fields, Frame, FrontendMessage, ProtocolError, Target, build,
+    BackendMessage, FieldDescription, Frame, FrontendMessage, ProtocolError, Target, build,
 };
 
 /// A double-quoted part of a server message.
@@ -42,7 +42,40 @@ enum Batch {
     /// The proxy's own catalog query: its whole answer is swallowed.
     Catalog,
     /// Client statements answered before the next ReadyForQuery.
-    Statements(Vec<Arc<Facts>>),
+    Statements(Stmts),
+}
+
+/// A prepared statement as the feed saw it parsed: its name and facts (a
+/// re-Parse under the same name with other text gets other facts, so a
+/// layout remembered for the old text is never used for the new one).
+#[derive(Debug, Clone)]
+struct Prepared {
+    name: String,
+    facts: Arc<Facts>,
+}
+
+impl Prepared {
+    fn key(&self) -> (String, usize) {
+        (self.name.clone(), Arc::as_ptr(&self.facts) as usize)
+    }
+}
+
+/// An Execute: which statement runs, and the result formats its Bind asked for.
+#[derive(Debug, Clone)]
+struct Exec {
+    statement: Prepared,
+    formats: Vec<i16>,
+}
+
+#[derive(Debug, Default)]
+struct Stmts {
+    facts: Vec<Arc<Facts>>,
+    /// The statement behind each Describe, in order (answered by
+    /// RowDescription or NoData).
+    describes: VecDeque<Prepared>,
+    /// Each Execute, in order (ended by CommandComplete, PortalSuspended,
+    /// EmptyQueryResponse or an error).
+    executes: VecDeque<Exec>,
 }
 
 type Batches = Arc<Mutex<VecDeque<Batch>>>;
@@ -64,7 +97,7 @@ pub fn session(plan: MaskPlan, key: MaskKey) -> Option<(Feed, ResultMasker)> {
             batches: batches.clone(),
             columns,
             needs_catalog: columns,
-            current: Vec::new(),
+            current: Stmts::default(),
             cache: HashMap::new(),
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -76,6 +109,7 @@ pub fn session(plan: MaskPlan, key: MaskKey) -> Option<(Feed, ResultMasker)> {
             building: CatalogBuilder::default(),
             catalog: Catalog::default(),
             layout: None,
+            layouts: HashMap::new(),
             copy: None,
             warned_unknown_layout: false,
         },
@@ -88,10 +122,10 @@ pub struct Feed {
     /// Column rules exist (facts and the catalog are needed).
     columns: bool,
     needs_catalog: bool,
-    current: Vec<Arc<Facts>>,
+    current: Stmts,
     cache: HashMap<String, Arc<Facts>>,
-    statements: HashMap<String, Arc<Facts>>,
-    portals: HashMap<String, Arc<Facts>>,
+    statements: HashMap<String, Prepared>,
+    portals: HashMap<String, Exec>,
 }
 
 impl Feed {
@@ -112,6 +146,26 @@ impl Feed {
         Arc::new(Facts {
             unparsable: true,
             ..Facts::default()
+        })
+    }
+
+    fn statement(&self, name: &str) -> Prepared {
+        self.statements
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Prepared {
+                name: name.to_string(),
+                facts: Self::unknown(),
+            })
+    }
+
+    fn portal(&self, name: &str) -> Exec {
+        self.portals.get(name).cloned().unwrap_or_else(|| Exec {
+            statement: Prepared {
+                name: String::new(),
+                facts: Self::unknown(),
+            },
+            formats: Vec::new(),
         })
     }
 
@@ -139,37 +193,38 @@ impl Feed {
         match msg {
             FrontendMessage::Query { sql } => {
                 let f = self.facts(sql);
-                self.current.push(f);
+                self.current.facts.push(f);
             }
             FrontendMessage::Parse(p) => {
-                let f = self.facts(p.query);
-                self.statements.insert(p.name.to_string(), f.clone());
-                self.current.push(f);
+                let facts = self.facts(p.query);
+                self.current.facts.push(facts.clone());
+                let prepared = Prepared {
+                    name: p.name.to_string(),
+                    facts,
+                };
+                self.statements.insert(p.name.to_string(), prepared);
             }
             FrontendMessage::Bind(b) => {
-                let f = self
-                    .statements
-                    .get(b.statement)
-                    .cloned()
-                    .unwrap_or_else(Self::unknown);
-                self.portals.insert(b.portal.to_string(), f.clone());
-                self.current.push(f);
+                let statement = self.statement(b.statement);
+                self.current.facts.push(statement.facts.clone());
+                let exec = Exec {
+                    statement,
+                    formats: b.result_formats.iter().collect(),
+                };
+                self.portals.insert(b.portal.to_string(), exec);
             }
             FrontendMessage::Describe(d) => {
-                let f = match d.target {
-                    Target::Statement => self.statements.get(d.name),
-                    Target::Portal => self.portals.get(d.name),
+                let statement = match d.target {
+                    Target::Statement => self.statement(d.name),
+                    Target::Portal => self.portal(d.name).statement,
                 };
-                let f = f.cloned().unwrap_or_else(Self::unknown);
-                self.current.push(f);
+                self.current.facts.push(statement.facts.clone());
+                self.current.describes.push_back(statement);
             }
             FrontendMessage::Execute(e) => {
-                let f = self
-                    .portals
-                    .get(e.portal)
-                    .cloned()
-                    .unwrap_or_else(Self::unknown);
-                self.current.push(f);
+                let exec = self.portal(e.portal);
+                self.current.facts.push(exec.statement.facts.clone());
+                self.current.executes.push_back(exec);
             }
             _ => {}
         }
@@ -181,8 +236,8 @@ impl Feed {
         if !self.columns {
             return;
         }
-        let facts = std::mem::take(&mut self.current);
-        lock(&self.batches).push_back(Batch::Statements(facts));
+        let stmts = std::mem::take(&mut self.current);
+        lock(&self.batches).push_back(Batch::Statements(stmts));
     }
 }
 
@@ -193,6 +248,28 @@ pub enum Verdict {
     Forward,
     /// Done: the masker swallowed it or wrote its replacement to `out`.
     Consumed,
+}
+
+/// One RowDescription field, owned (remembered across batches).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FieldInfo {
+    name: String,
+    table_oid: u32,
+    column: i16,
+    type_oid: u32,
+    format: i16,
+}
+
+impl From<FieldDescription<'_>> for FieldInfo {
+    fn from(f: FieldDescription<'_>) -> Self {
+        Self {
+            name: f.name.to_string(),
+            table_oid: f.table_oid,
+            column: f.column,
+            type_oid: f.type_oid,
+            format: f.format,
+        }
+    }
 }
 
 /// How one output column is treated.
@@ -218,6 +295,8 @@ pub struct ResultMasker {
     building: CatalogBuilder,
     catalog: Catalog,
     layout: Option<Vec<Col>>,
+    /// RowDescriptions of prepared statements, for Executes without a Describe.
+    layouts: HashMap<(String, usize), Vec<FieldInfo>>,
     copy: Option<CopyState>,
     warned_unknown_layout: bool,
 }
@@ -331,7 +410,7 @@ impl ResultMasker {
     /// The facts of the batch being answered (unknown = the worst case).
     fn batch_facts(&self) -> Vec<Arc<Facts>> {
         match lock(&self.batches).front() {
-            Some(Batch::Statements(f)) => f.clone(),
+            Some(Batch::Statements(s)) => s.facts.clone(),
             _ => vec![Feed::unknown()],
         }
     }
@@ -357,11 +436,33 @@ impl ResultMasker {
         match frame.tag {
             b'T' => {
                 if let BackendMessage::RowDescription(fields) = BackendMessage::parse(frame)? {
-                    self.layout = Some(self.plan_columns(fields));
+                    let info: Vec<FieldInfo> = fields.iter().map(FieldInfo::from).collect();
+                    if let Some(p) = self.with_stmts(|s| s.describes.pop_front()).flatten() {
+                        if self.layouts.len() >= FACTS_CACHE {
+                            self.layouts.clear();
+                        }
+                        self.layouts.insert(p.key(), info.clone());
+                    }
+                    self.layout = Some(self.plan_columns(&info));
                 }
                 Ok(Verdict::Forward)
             }
-            b'D' => self.data_row(frame, out),
+            b'n' => {
+                self.with_stmts(|s| s.describes.pop_front());
+                Ok(Verdict::Forward)
+            }
+            b'D' => {
+                if self.layout.is_none() {
+                    self.layout = self.layout_of_execute();
+                }
+                self.data_row(frame, out)
+            }
+            b'C' | b's' | b'I' => {
+                // One Execute (or one statement of a simple Query) is done.
+                self.with_stmts(|s| s.executes.pop_front());
+                self.layout = None;
+                Ok(Verdict::Forward)
+            }
             b'H' => {
                 if let BackendMessage::CopyOutResponse(c) = BackendMessage::parse(frame)? {
                     self.copy = Some(CopyState {
@@ -372,7 +473,16 @@ impl ResultMasker {
                 Ok(Verdict::Forward)
             }
             b'd' => self.copy_data(frame, out),
-            b'E' | b'N' => self.server_message(frame, out),
+            b'E' => {
+                // The server skips the rest of the batch up to Sync.
+                self.with_stmts(|s| {
+                    s.describes.clear();
+                    s.executes.clear();
+                });
+                self.layout = None;
+                self.server_message(frame, out)
+            }
+            b'N' => self.server_message(frame, out),
             b'c' => {
                 self.copy = None;
                 Ok(Verdict::Forward)
@@ -413,7 +523,30 @@ impl ResultMasker {
         Verdict::Consumed
     }
 
-    fn plan_columns(&self, fields: Fields<'_>) -> Vec<Col> {
+    fn with_stmts<R>(&self, f: impl FnOnce(&mut Stmts) -> R) -> Option<R> {
+        match lock(&self.batches).front_mut() {
+            Some(Batch::Statements(s)) => Some(f(s)),
+            _ => None,
+        }
+    }
+
+    /// The layout for rows of an Execute without a Describe in its batch:
+    /// the statement's remembered RowDescription with the Bind's formats.
+    fn layout_of_execute(&self) -> Option<Vec<Col>> {
+        let exec = self.with_stmts(|s| s.executes.front().cloned())??;
+        let mut info = self.layouts.get(&exec.statement.key())?.clone();
+        match exec.formats.as_slice() {
+            [] => info.iter_mut().for_each(|f| f.format = 0),
+            [one] => info.iter_mut().for_each(|f| f.format = *one),
+            many if many.len() == info.len() => {
+                info.iter_mut().zip(many).for_each(|(f, m)| f.format = *m)
+            }
+            _ => return None,
+        }
+        Some(self.plan_columns(&info))
+    }
+
+    fn plan_columns(&self, fields: &[FieldInfo]) -> Vec<Col> {
         let n = fields.len();
         let facts = if self.plan.has_columns() {
             self.batch_facts()
@@ -436,7 +569,7 @@ impl ResultMasker {
                 } else if plain && self.catalog.knows(f.table_oid) {
                     self.catalog.masked(f.table_oid, f.column)
                 } else {
-                    let by_name = plain.then(|| self.plan.column_by_name(f.name)).flatten();
+                    let by_name = plain.then(|| self.plan.column_by_name(&f.name)).flatten();
                     let tainted = facts.iter().any(|x| x.column_tainted(i, n, &sens));
                     match (by_name, tainted.then_some(strongest).flatten()) {
                         (Some(a), Some(b)) => Some(a.stronger(b)),

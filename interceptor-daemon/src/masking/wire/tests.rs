@@ -518,3 +518,81 @@ fn errors_after_masked_reads_do_not_quote_data() {
     let out = sess.query("SELECT note::int FROM orders", &a);
     assert!(String::from_utf8_lossy(&out).contains("bad: \"[redacted]\""));
 }
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
+    msg(
+        b'P',
+        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
+    )
+}
+
+/// Bind of `stmt` to the unnamed portal with the given result formats.
+fn bind_msg(stmt: &str, formats: &[i16]) -> Vec<u8> {
+    let mut b = vec![0u8];
+    b.extend_from_slice(stmt.as_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 0]);
+    b.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+    for f in formats {
+        b.extend_from_slice(&f.to_be_bytes());
+    }
+    msg(b'B', &b)
+}
+
+#[test]
+fn executes_without_describe_use_the_statement_s_remembered_layout() {
+    let mut sess = Session::new(plan(&[PII]));
+    sess.query(
+        "SELECT 1",
+        &answer(&[field("?column?", 0, 0, INT4, 0)], &[&[Some(b"1")]]),
+    );
+    // Batch 1: Parse + Describe statement + Sync.
+    let mut up = parse_msg("s1", "SELECT id, email FROM customers WHERE id = $1");
+    up.extend(msg(b'D', b"Ss1\0"));
+    up.extend(msg(b'S', b""));
+    sess.client(&up);
+    let mut a = msg(b'1', b"");
+    a.extend(msg(b't', &[0, 1, 0, 0, 0, 23]));
+    a.extend(t(&[
+        field("id", CUSTOMERS, 1, INT4, 0),
+        field("email", CUSTOMERS, 3, TEXT, 0),
+    ]));
+    a.extend(z());
+    sess.server(&a);
+    // Batch 2: Bind (binary results) + Execute + Sync, no Describe.
+    let mut up = bind_msg("s1", &[1]);
+    up.extend(msg(b'E', b"\0\0\0\0\0"));
+    up.extend(msg(b'S', b""));
+    sess.client(&up);
+    let mut a = msg(b'2', b"");
+    a.extend(d(&[Some(&[0, 0, 0, 1]), Some(b"ada@example.com")]));
+    a.extend(c("SELECT 1"));
+    a.extend(z());
+    let out = sess.server(&a);
+    assert_eq!(
+        rows(&out),
+        vec![vec![
+            Some(vec![0, 0, 0, 1]),
+            Some(key().pseudonym(b"ada@example.com").into_bytes())
+        ]]
+    );
+    // Re-parsed under the same name with other text: the old layout is not
+    // used (rows are nulled instead).
+    let mut up = parse_msg("s1", "SELECT email, id FROM customers");
+    up.extend(bind_msg("s1", &[]));
+    up.extend(msg(b'E', b"\0\0\0\0\0"));
+    up.extend(msg(b'S', b""));
+    sess.client(&up);
+    let mut a = msg(b'1', b"");
+    a.extend(msg(b'2', b""));
+    a.extend(d(&[Some(b"ada@example.com"), Some(b"1")]));
+    a.extend(c("SELECT 1"));
+    a.extend(z());
+    assert_eq!(rows(&sess.server(&a)), vec![vec![None, None]]);
+}
