@@ -123,7 +123,7 @@ impl CatalogBuilder {
         }
         let mut relation_names = HashSet::new();
         let mut column_names = HashSet::new();
-        for ((oid, att), _) in &masked {
+        for (oid, att) in masked.keys() {
             if let Some(r) = self.rels.get(oid) {
                 relation_names.insert(r.name.clone());
                 relation_names.insert(format!("{}.{}", r.schema, r.name));

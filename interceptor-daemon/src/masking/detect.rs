@@ -69,7 +69,7 @@ pub fn luhn(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 impl Detector {
@@ -124,15 +124,23 @@ pub fn findings(plan: &MaskPlan, text: &str) -> Vec<(Range<usize>, Treatment)> {
     merged
 }
 
-/// `text` with every finding replaced, `Ok(None)` when nothing was found, and
-/// `Err(())` when a finding's treatment is `null` (the whole value becomes NULL).
-pub fn scrub(plan: &MaskPlan, text: &str, key: &MaskKey) -> Result<Option<String>, ()> {
+/// The outcome of scanning one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scrubbed {
+    Unchanged,
+    Changed(String),
+    /// A finding's treatment is `null`: the whole value becomes NULL.
+    Null,
+}
+
+/// `text` with every finding replaced.
+pub fn scrub(plan: &MaskPlan, text: &str, key: &MaskKey) -> Scrubbed {
     let found = findings(plan, text);
     if found.is_empty() {
-        return Ok(None);
+        return Scrubbed::Unchanged;
     }
     if found.iter().any(|(_, t)| t.strategy == Strategy::Null) {
-        return Err(());
+        return Scrubbed::Null;
     }
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
@@ -143,7 +151,7 @@ pub fn scrub(plan: &MaskPlan, text: &str, key: &MaskKey) -> Result<Option<String
         at = r.end;
     }
     out.push_str(text.get(at..).unwrap_or_default());
-    Ok(Some(out))
+    Scrubbed::Changed(out)
 }
 
 /// `text` with every finding replaced where a value cannot become NULL (a
@@ -266,25 +274,20 @@ mod tests {
             "{regex: ['(?i)secret-[a-z0-9]+'], strategy: redact}",
         ]);
         let s = |t: &str| scrub(&p, t, &key);
-        assert_eq!(s("nothing here"), Ok(None));
+        let changed = |x: &str| Scrubbed::Changed(x.into());
+        assert_eq!(s("nothing here"), Scrubbed::Unchanged);
         assert_eq!(
-            s("card 4111-1111-1111-1111 mail ada@example.com").unwrap(),
-            Some("card ****1111 mail ****.com".into())
+            s("card 4111-1111-1111-1111 mail ada@example.com"),
+            changed("card ****1111 mail ****.com")
         );
-        assert_eq!(
-            s("x SECRET-abc123 y").unwrap(),
-            Some("x [redacted] y".into())
-        );
+        assert_eq!(s("x SECRET-abc123 y"), changed("x [redacted] y"));
         // Overlap: the custom regex covers the e-mail; redact beats partial.
-        assert_eq!(
-            s("secret-ada@example.com").unwrap(),
-            Some("[redacted]".into())
-        );
-        assert_eq!(s("order 1234567812345678"), Ok(None));
+        assert_eq!(s("secret-ada@example.com"), changed("[redacted]"));
+        assert_eq!(s("order 1234567812345678"), Scrubbed::Unchanged);
         let n = plan(&["{detectors: [jwt], strategy: null}"]);
         assert_eq!(
             scrub(&n, "a eyJhbGciOi.eyJzdWIi.sig b", &key),
-            Err(()),
+            Scrubbed::Null,
             "null empties the value"
         );
     }

@@ -112,6 +112,7 @@ pub fn session(plan: MaskPlan, key: MaskKey) -> Option<(Feed, ResultMasker)> {
             layouts: HashMap::new(),
             copy: None,
             warned_unknown_layout: false,
+            catalog_seen: !columns,
         },
     ))
 }
@@ -299,6 +300,8 @@ pub struct ResultMasker {
     layouts: HashMap<(String, usize), Vec<FieldInfo>>,
     copy: Option<CopyState>,
     warned_unknown_layout: bool,
+    /// The catalog answer is behind us (or none was asked for).
+    catalog_seen: bool,
 }
 
 struct Sens<'a> {
@@ -376,9 +379,15 @@ fn mask_value(v: &[u8], col: &Col, t: Treatment, key: &MaskKey) -> Option<Vec<u8
     })
 }
 
-/// Detector findings replaced inside a text-like value: `Ok(None)` unchanged,
-/// `Err(())` = NULL.
-fn scrub_value(v: &[u8], col: &Col, plan: &MaskPlan, key: &MaskKey) -> Result<Option<Vec<u8>>, ()> {
+/// Detector findings replaced inside a text-like value (`Changed` holds the
+/// new encoded value).
+enum ScrubbedValue {
+    Unchanged,
+    Changed(Vec<u8>),
+    Null,
+}
+
+fn scrub_value(v: &[u8], col: &Col, plan: &MaskPlan, key: &MaskKey) -> ScrubbedValue {
     let k = kind(col.type_oid);
     let (prefix, body) = if k == Kind::Jsonb && col.binary {
         v.split_at_checked(1).unwrap_or((v, &[]))
@@ -386,10 +395,12 @@ fn scrub_value(v: &[u8], col: &Col, plan: &MaskPlan, key: &MaskKey) -> Result<Op
         (&[][..], v)
     };
     let Ok(text) = std::str::from_utf8(body) else {
-        return Ok(None);
+        return ScrubbedValue::Unchanged;
     };
-    let Some(new) = detect::scrub(plan, text, key)? else {
-        return Ok(None);
+    let new = match detect::scrub(plan, text, key) {
+        detect::Scrubbed::Unchanged => return ScrubbedValue::Unchanged,
+        detect::Scrubbed::Null => return ScrubbedValue::Null,
+        detect::Scrubbed::Changed(new) => new,
     };
     let new = if matches!(k, Kind::Json | Kind::Jsonb)
         && serde_json::from_str::<serde::de::IgnoredAny>(&new).is_err()
@@ -399,12 +410,13 @@ fn scrub_value(v: &[u8], col: &Col, plan: &MaskPlan, key: &MaskKey) -> Result<Op
     } else {
         new
     };
-    Ok(Some([prefix, new.as_bytes()].concat()))
+    ScrubbedValue::Changed([prefix, new.as_bytes()].concat())
 }
 
 impl ResultMasker {
     fn front_is_catalog(&self) -> bool {
-        matches!(lock(&self.batches).front(), Some(Batch::Catalog))
+        // Only the session's first batch can be the catalog's.
+        !self.catalog_seen && matches!(lock(&self.batches).front(), Some(Batch::Catalog))
     }
 
     /// The facts of the batch being answered (unknown = the worst case).
@@ -515,6 +527,7 @@ impl ResultMasker {
                     warn!("masking: the catalog could not be read; masking by column names");
                 }
                 lock(&self.batches).pop_front();
+                self.catalog_seen = true;
             }
             b'T' | b'C' | b'N' | b'I' => {}
             // Asynchronous messages (ParameterStatus, NotificationResponse) are the client's.
@@ -609,12 +622,12 @@ impl ResultMasker {
                         }
                         (Some(b), None) if col.detect => {
                             match scrub_value(b, col, &self.plan, &self.key) {
-                                Ok(None) => Some(Cow::Borrowed(b)),
-                                Ok(Some(x)) => {
+                                ScrubbedValue::Unchanged => Some(Cow::Borrowed(b)),
+                                ScrubbedValue::Changed(x) => {
                                     changed = true;
                                     Some(Cow::Owned(x))
                                 }
-                                Err(()) => {
+                                ScrubbedValue::Null => {
                                     changed = true;
                                     None
                                 }

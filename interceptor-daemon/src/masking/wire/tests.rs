@@ -145,16 +145,11 @@ impl Session {
         let framer = Framer::new(Direction::Backend);
         let mut buf = bytes;
         let mut out = Vec::new();
-        loop {
-            match framer.next(buf).unwrap() {
-                Progress::Complete(f) => {
-                    if self.masker.on_backend(&f, &mut out).unwrap() == Verdict::Forward {
-                        out.extend_from_slice(f.raw);
-                    }
-                    buf = &buf[f.len()..];
-                }
-                Progress::NeedMore(_) => break,
+        while let Progress::Complete(f) = framer.next(buf).unwrap() {
+            if self.masker.on_backend(&f, &mut out).unwrap() == Verdict::Forward {
+                out.extend_from_slice(f.raw);
             }
+            buf = &buf[f.len()..];
         }
         assert!(buf.is_empty());
         out
@@ -255,7 +250,9 @@ fn expressions_over_masked_columns_are_masked_whole() {
         rows(&out).remove(0).remove(0)
     };
     let red = key().pseudonym(b"ADA@EXAMPLE.COM");
-    let cases: &[(&str, u32, i16, &[u8], Option<String>)] = &[
+    // (sql, type oid, format, server value, what the client gets)
+    type Case<'a> = (&'a str, u32, i16, &'a [u8], Option<String>);
+    let cases: &[Case<'_>] = &[
         (
             "SELECT upper(email) FROM customers",
             TEXT,
