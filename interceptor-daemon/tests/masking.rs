@@ -255,6 +255,29 @@ fn query_results_are_masked_on_the_wire() {
     );
     assert_eq!(out, format!("{grace}\nGrace\n"));
 
+    // Unmasked results arrive exactly as PostgreSQL sends them directly,
+    // including text that only looks sensitive to a column rule.
+    for sql in [
+        "SELECT id, customer FROM orders ORDER BY id",
+        "SELECT id, name, id * 2, name || '!' FROM customers ORDER BY id",
+        "SELECT relname FROM pg_class WHERE relname = 'customers'",
+    ] {
+        assert_eq!(rows(&s, sql), s.pg.admin_sql(sql).unwrap(), "{sql}");
+    }
+
+    // Errors after a masked read do not quote the data.
+    let out = psql(&s, "SELECT email::int FROM customers WHERE id = 1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("invalid input syntax for type integer: \"[redacted]\""),
+        "{err}"
+    );
+    // Other errors keep their text, and the session's next statement works.
+    let out = psql(&s, "SELECT nosuch FROM orders");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("column \"nosuch\" does not exist"), "{err}");
+
     // COPY of a masked relation delivers no rows.
     let out = psql(&s, "COPY customers TO STDOUT");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -122,13 +122,16 @@ impl CatalogBuilder {
             }
         }
         let mut relation_names = HashSet::new();
-        let mut column_names = HashSet::new();
+        let mut columns: HashMap<String, HashSet<String>> = HashMap::new();
         for (oid, att) in masked.keys() {
             if let Some(r) = self.rels.get(oid) {
+                let qualified = format!("{}.{}", r.schema, r.name);
                 relation_names.insert(r.name.clone());
-                relation_names.insert(format!("{}.{}", r.schema, r.name));
+                relation_names.insert(qualified.clone());
                 if let Some((_, c)) = r.columns.iter().find(|(a, _)| a == att) {
-                    column_names.insert(c.clone());
+                    for n in [r.name.clone(), qualified] {
+                        columns.entry(n).or_default().insert(c.clone());
+                    }
                 }
             }
         }
@@ -143,7 +146,7 @@ impl CatalogBuilder {
             names,
             masked,
             relation_names,
-            column_names,
+            columns,
         }
     }
 }
@@ -157,7 +160,8 @@ pub struct Catalog {
     names: HashSet<String>,
     masked: HashMap<(u32, i16), Treatment>,
     relation_names: HashSet<String>,
-    column_names: HashSet<String>,
+    /// Masked column names per relation (`name` and `schema.name`).
+    columns: HashMap<String, HashSet<String>>,
 }
 
 impl Catalog {
@@ -180,8 +184,11 @@ impl Catalog {
         self.relation_names.contains(name)
     }
 
-    pub fn is_masked_column_name(&self, name: &str) -> bool {
-        self.column_names.contains(name)
+    /// `relation` (`name` or `schema.name`) has a masked column `column`.
+    pub fn is_masked_column(&self, relation: &str, column: &str) -> bool {
+        self.columns
+            .get(relation)
+            .is_some_and(|c| c.contains(column))
     }
 }
 
@@ -226,7 +233,10 @@ mod tests {
         assert!(c.is_masked_relation("customers") && c.is_masked_relation("public.v_contacts"));
         assert!(!c.is_masked_relation("v_ids"));
         assert!(c.knows_name("v_ids") && c.knows_name("public.v_ids") && !c.knows_name("nope"));
-        assert!(c.is_masked_column_name("contact") && !c.is_masked_column_name("id"));
+        assert!(c.is_masked_column("v_contacts", "contact"));
+        assert!(c.is_masked_column("public.customers", "email"));
+        assert!(!c.is_masked_column("customers", "id"));
+        assert!(!c.is_masked_column("v_ids", "id"));
         // A bad row: the whole catalog is distrusted.
         let mut b = CatalogBuilder::default();
         row(&mut b, &["c", "x", "1", "public", "t", "c"]);

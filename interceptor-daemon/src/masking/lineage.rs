@@ -21,8 +21,8 @@ use sqlparser::{
 pub trait Sensitivity {
     /// `names` (`t`, `schema.t`) is a relation with masked columns, or a view over one.
     fn relation(&self, names: &[String]) -> bool;
-    /// `name` is the name of a masked column.
-    fn column(&self, name: &str) -> bool;
+    /// `name` is a masked column of one of `relations` (each `[name, qualified]`).
+    fn column(&self, name: &str, relations: &[[String; 2]]) -> bool;
 }
 
 /// Provenance facts of one statement string (all its statements together).
@@ -124,7 +124,7 @@ impl Facts {
     }
 
     fn sensitive_ident(&self, i: &str, s: &dyn Sensitivity) -> bool {
-        s.column(i)
+        s.column(i, &self.relations)
             || self.relations.iter().any(|r| r[0] == i && s.relation(r))
             || self
                 .aliases
@@ -345,8 +345,9 @@ mod tests {
             n.iter()
                 .any(|n| matches!(n.as_str(), "customers" | "public.customers" | "v_contacts"))
         }
-        fn column(&self, n: &str) -> bool {
-            n == "email"
+        fn column(&self, n: &str, rels: &[[String; 2]]) -> bool {
+            (n == "email" && rels.iter().any(|r| r[0] == "customers"))
+                || (n == "contact" && rels.iter().any(|r| r[0] == "v_contacts"))
         }
     }
 
@@ -378,7 +379,12 @@ mod tests {
             ("SELECT s.x FROM (SELECT * FROM customers) s", true),
             ("SELECT string_agg(email, ',') FROM customers", true),
             ("SELECT * FROM v_contacts", false),
-            ("SELECT lower(contact) FROM v_contacts v, customers", false),
+            ("SELECT lower(contact) FROM v_contacts v, customers", true),
+            ("SELECT lower(contact) FROM orders", false),
+            (
+                "SELECT upper(email) FROM orders JOIN customers USING (id)",
+                true,
+            ),
             ("SELECT row_to_json(v) FROM v_contacts v", true),
             ("SELECT 1 UNION SELECT email FROM customers", true),
             ("SELEKT email", true),

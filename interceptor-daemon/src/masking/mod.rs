@@ -230,19 +230,27 @@ impl MaskPlan {
             .reduce(Treatment::stronger)
     }
 
-    /// True if a column glob's name part matches `name`.
-    pub fn is_masked_column_name(&self, name: &str) -> bool {
-        self.specs
-            .iter()
-            .any(|s| s.columns.iter().any(|g| g.column.is_match(name)))
+    /// True if a column glob selects column `column` of a relation named
+    /// `names` (`t`, `schema.t`).
+    pub fn is_masked_column_in(&self, names: &[String], column: &str) -> bool {
+        self.specs.iter().any(|s| {
+            s.columns.iter().any(|g| {
+                g.column.is_match(column)
+                    && g.table
+                        .as_ref()
+                        .is_none_or(|t| names.iter().any(|n| t.is_match(n)))
+            })
+        })
     }
 
-    /// True if a relation name (`t` or `schema.t`) is selected by a column glob's table part.
+    /// True if a relation named `names` (`t`, `schema.t`) may hold a masked
+    /// column by the globs alone.
     pub fn is_masked_table_name(&self, names: &[String]) -> bool {
         self.specs.iter().any(|s| {
-            s.columns.iter().any(|g| match &g.table {
-                Some(t) => names.iter().any(|n| t.is_match(n)),
-                None => false,
+            s.columns.iter().any(|g| {
+                g.table
+                    .as_ref()
+                    .is_none_or(|t| names.iter().any(|n| t.is_match(n)))
             })
         })
     }
@@ -270,8 +278,11 @@ mod tests {
         assert_eq!(plan.column("public", "people", "phone"), hash);
         assert_eq!(plan.column("public", "people", "email"), None);
         assert_eq!(plan.column("public", "customers", "name"), None);
-        assert!(plan.is_masked_column_name("email"));
-        assert!(!plan.is_masked_column_name("id"));
+        let customers = ["customers".to_string(), "public.customers".to_string()];
+        assert!(plan.is_masked_column_in(&customers, "email"));
+        assert!(plan.is_masked_column_in(&["orders".into()], "ssn"));
+        assert!(!plan.is_masked_column_in(&["orders".into()], "email"));
+        assert!(!plan.is_masked_column_in(&customers, "id"));
         // `*.ssn` could be in any table.
         assert!(plan.is_masked_table_name(&["orders".into()]));
         let b_only = MaskPlan {

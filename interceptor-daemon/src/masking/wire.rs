@@ -317,8 +317,15 @@ impl Sensitivity for Sens<'_> {
             || (!names.iter().any(|n| self.catalog.knows_name(n))
                 && self.plan.is_masked_table_name(names))
     }
-    fn column(&self, name: &str) -> bool {
-        self.catalog.is_masked_column_name(name) || self.plan.is_masked_column_name(name)
+    /// Likewise per relation: the catalog's masked columns, or the globs.
+    fn column(&self, name: &str, relations: &[[String; 2]]) -> bool {
+        relations.iter().any(|r| {
+            if r.iter().any(|n| self.catalog.knows_name(n)) {
+                r.iter().any(|n| self.catalog.is_masked_column(n, name))
+            } else {
+                self.plan.is_masked_column_in(r, name)
+            }
+        })
     }
 }
 
