@@ -37,20 +37,34 @@
 //!   expression below;
 //! * an expression column is masked, with the strongest column strategy, when
 //!   the statement that produced it is *tainted* ([`lineage`]): it reads a
-//!   masked relation and mentions a masked column's name, a masked relation's
-//!   name or alias (whole-row references: `row_to_json(c)`, `c::text`,
-//!   `to_jsonb(c.*)`), a wildcard outside the top-level select list, or a
-//!   column alias list (`AS x(a, b)`, which renames what we match on); and
-//!   any statement the analysis cannot read. For a plain top-level `SELECT`
-//!   over base tables only, taint is judged per select item, so
+//!   masked relation and mentions a masked column of a relation it reads, a
+//!   masked relation's name or alias (whole-row references: `row_to_json(c)`,
+//!   `c::text`, `to_jsonb(c.*)`), a wildcard outside the top-level select
+//!   list, or a column alias list (`AS x(a, b)`, which renames what we match
+//!   on); and any statement the analysis cannot read or whose rows come from
+//!   elsewhere (FETCH, EXECUTE, CALL). For a plain top-level `SELECT` over
+//!   base tables only, taint is judged per select item, so
 //!   `SELECT id, upper(name) FROM customers WHERE email = $1` keeps
 //!   `upper(name)`; otherwise per statement (conservative).
 //!
+//! The extended protocol is followed statement by statement: the
+//! RowDescription answering a Describe is remembered for the prepared
+//! statement, so a later Bind/Execute without Describe is masked with it
+//! (and the Bind's result formats).
+//!
+//! Errors and notices answering a statement that reads a masked relation
+//! lose their detail, context and internal query fields, and quoted text in
+//! their message is redacted (`invalid input syntax for type integer:
+//! "[redacted]"`).
+//!
 //! Not seen through: functions (a user function returning a masked column
 //! from a table the statement does not name) and objects created after the
-//! session's first statement. Value detectors remain the last line of
-//! defence there: every text value of every row is scanned when the session
-//! has detector rules.
+//! session's first statement (those are judged by the globs and by name).
+//! Value detectors remain the last line of defence there: every text value
+//! of every row is scanned when the session has detector rules. The catalog
+//! query runs under the client's session settings; if it fails or is
+//! subverted, decisions fall back to the globs and names (more masking, not
+//! less, for the names the globs select).
 //!
 //! Values keep a form the client can decode: text-like types (`text`,
 //! `varchar`, `bpchar`, `name`, `json`, `jsonb`, `xml`, `bytea`) are
