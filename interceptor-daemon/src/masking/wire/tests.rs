@@ -593,3 +593,29 @@ fn executes_without_describe_use_the_statement_s_remembered_layout() {
     a.extend(z());
     assert_eq!(rows(&sess.server(&a)), vec![vec![None, None]]);
 }
+
+#[test]
+fn notifications_after_masked_reads_carry_no_data() {
+    let mut sess = Session::new(plan(&[PII, "{detectors: [card], strategy: redact}"]));
+    let note = |payload: &str| {
+        let mut out = Vec::new();
+        build::notification_response(&mut out, 7, "c", payload).unwrap();
+        out
+    };
+    let mut a = answer(&[field("pg_notify", 0, 0, 2278, 0)], &[&[Some(b"")]]);
+    a.splice(a.len() - 6..a.len() - 6, note("ada@example.com"));
+    let out = sess.query("SELECT pg_notify('c', email) FROM customers", &a);
+    let mut want = note("[redacted]");
+    want.extend(z());
+    assert!(out.ends_with(&want), "{}", String::from_utf8_lossy(&out));
+    // Other notifications pass, scanned by the detectors.
+    let mut a = note("order 12 shipped");
+    a.extend(z());
+    assert_eq!(sess.query("SELECT 1 FROM orders", &a), a);
+    let mut a = note("card 4111 1111 1111 1111");
+    a.extend(z());
+    let out = sess.query("SELECT 2 FROM orders", &a);
+    let mut want = note("card [redacted]");
+    want.extend(z());
+    assert_eq!(out, want);
+}

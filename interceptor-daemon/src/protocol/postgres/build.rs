@@ -211,6 +211,20 @@ pub fn copy_data(out: &mut Vec<u8>, data: &[u8]) -> Result<(), ProtocolError> {
     })
 }
 
+/// NotificationResponse (`'A'`).
+pub fn notification_response(
+    out: &mut Vec<u8>,
+    pid: i32,
+    channel: &str,
+    payload: &str,
+) -> Result<(), ProtocolError> {
+    tagged(out, b'A', |out| {
+        out.extend_from_slice(&pid.to_be_bytes());
+        cstr(out, channel, "channel")?;
+        cstr(out, payload, "payload")
+    })
+}
+
 /// RowDescription (`'T'`).
 pub fn row_description<'f>(
     out: &mut Vec<u8>,
