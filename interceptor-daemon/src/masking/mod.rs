@@ -55,7 +55,8 @@
 //! Errors and notices answering a statement that reads a masked relation
 //! lose their detail, context and internal query fields, and quoted text in
 //! their message is redacted (`invalid input syntax for type integer:
-//! "[redacted]"`).
+//! "[redacted]"`). Likewise a notification payload (`pg_notify('c', email)`)
+//! is redacted whole; detectors scan every payload and message.
 //!
 //! Not seen through: functions (a user function returning a masked column
 //! from a table the statement does not name) and objects created after the
