@@ -619,3 +619,29 @@ fn notifications_after_masked_reads_carry_no_data() {
     want.extend(z());
     assert_eq!(out, want);
 }
+
+#[test]
+fn without_the_catalog_columns_are_judged_by_the_globs() {
+    let mut sess = Session::new(plan(&[PII]));
+    let mut q = Vec::new();
+    build::query(&mut q, "SELECT id, email AS e FROM customers").unwrap();
+    let up = sess.client(&q);
+    assert!(up.len() > q.len(), "the catalog query goes first");
+    // The catalog query fails (e.g. a replication connection).
+    let mut failed = error(&[(b'S', "ERROR"), (b'C', "42501"), (b'M', "denied")]);
+    failed.extend(z());
+    assert!(
+        sess.server(&failed).is_empty(),
+        "the failure is the proxy's own"
+    );
+    let a = answer(
+        &[
+            field("id", CUSTOMERS, 1, INT4, 0),
+            field("e", CUSTOMERS, 3, TEXT, 0),
+        ],
+        &[&[Some(b"1"), Some(b"ada@example.com")]],
+    );
+    let r = rows(&sess.server(&a));
+    assert_eq!(s(&r[0][0]).as_deref(), Some("1"));
+    assert_eq!(s(&r[0][1]), Some(key().pseudonym(b"ada@example.com")));
+}
