@@ -20,6 +20,10 @@
 //! the node. A CancelRequest is forwarded to the same original destination.
 //! Authentication messages pass through (the upstream credential is the
 //! client's in this version).
+//!
+//! Result masking ([`crate::masking::wire`]) rides on the same alignment: its
+//! feed closes a batch wherever a pending entry is queued, and its masker sees
+//! every server message after authentication before the code here does.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -41,6 +45,10 @@ use tracing::{info, warn};
 use crate::{
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
+    masking::{
+        MaskKey,
+        wire::{self, Feed, ResultMasker, Verdict},
+    },
     metrics::{DecisionLabels, Metrics, TargetLabels},
     policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
@@ -62,6 +70,8 @@ pub struct SessionCtx {
     pub policy: PolicyHandle,
     pub classifier: Arc<Classifier>,
     pub metrics: Arc<Metrics>,
+    /// Keys the `hash` masking strategy's pseudonyms.
+    pub mask_key: MaskKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,10 +169,15 @@ pub async fn run(
     }
 
     let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
+    let plan = ctx.policy.current().policy.masks_for(&Context {
+        identity: ctx.identity.as_deref(),
+        target: &ctx.target,
+    });
+    let (feed, masker) = wire::session(plan, ctx.mask_key.clone()).unzip();
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), &ctx);
-    let s2c = server_to_client(ur, cw, pending);
+    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), feed, &ctx);
+    let s2c = server_to_client(ur, cw, pending, masker);
     let (a, b) = tokio::join!(c2s, s2c);
     Ok(Transferred {
         up: up + a?,
@@ -302,7 +317,8 @@ impl Decider<'_> {
             time_ns: audit::record::now_ns(),
             operation: description,
             decision: match d.action {
-                Action::Allow => audit::Decision::Allow,
+                // Mask rules never decide; a decision is allow or deny.
+                Action::Allow | Action::Mask => audit::Decision::Allow,
                 Action::Deny => audit::Decision::Deny,
             },
             rule_id: Some(d.rule.clone()),
@@ -338,6 +354,7 @@ async fn client_to_server(
     mut uw: OwnedWriteHalf,
     mut buf: BytesMut,
     pending: Pending,
+    mut feed: Option<Feed>,
     ctx: &SessionCtx,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Frontend);
@@ -368,6 +385,9 @@ async fn client_to_server(
                 }
             };
             let len = frame.len();
+            if let Some(f) = feed.as_mut() {
+                f.on_frontend(&frame, &mut out);
+            }
             match frame.tag {
                 b'Q' | b'P' => {
                     let msg = FrontendMessage::parse(&frame).map_err(|source| {
@@ -397,13 +417,15 @@ async fn client_to_server(
                             );
                         }
                         match (d.action, frame.tag) {
-                            (Action::Allow, b'Q') => {
+                            (Action::Allow | Action::Mask, b'Q') => {
                                 push(&pending, Inject::Nothing);
+                                end_batch(&mut feed);
                                 out.extend_from_slice(frame.raw);
                             }
-                            (Action::Allow, _) => out.extend_from_slice(frame.raw),
+                            (Action::Allow | Action::Mask, _) => out.extend_from_slice(frame.raw),
                             (Action::Deny, b'Q') => {
                                 push(&pending, Inject::ReplaceEmptyQuery(error_bytes(&d, ctx)));
+                                end_batch(&mut feed);
                                 out.extend_from_slice(EMPTY_QUERY);
                             }
                             (Action::Deny, _) => skipping = Some(error_bytes(&d, ctx)),
@@ -415,11 +437,13 @@ async fn client_to_server(
                         &pending,
                         skipping.take().map_or(Inject::Nothing, Inject::BeforeReady),
                     );
+                    end_batch(&mut feed);
                     out.extend_from_slice(frame.raw);
                 }
                 b'F' => {
                     if skipping.is_none() {
                         push(&pending, Inject::Nothing);
+                        end_batch(&mut feed);
                         out.extend_from_slice(frame.raw);
                     }
                 }
@@ -498,10 +522,17 @@ fn push(p: &Pending, i: Inject) {
     p.lock().unwrap_or_else(|e| e.into_inner()).push_back(i);
 }
 
+fn end_batch(feed: &mut Option<Feed>) {
+    if let Some(f) = feed.as_mut() {
+        f.end_batch();
+    }
+}
+
 async fn server_to_client(
     mut ur: OwnedReadHalf,
     mut cw: OwnedWriteHalf,
     pending: Pending,
+    mut masker: Option<ResultMasker>,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Backend);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -522,6 +553,18 @@ async fn server_to_client(
                 }
             };
             let len = frame.len();
+            if startup_ready_seen && let Some(m) = masker.as_mut() {
+                let v =
+                    m.on_backend(&frame, &mut out)
+                        .map_err(|source| SessionError::Protocol {
+                            side: "server",
+                            source,
+                        })?;
+                if v == Verdict::Consumed {
+                    buf.advance(len);
+                    continue;
+                }
+            }
             match frame.tag {
                 b'I' => {
                     let mut q = pending.lock().unwrap_or_else(|e| e.into_inner());
