@@ -44,6 +44,7 @@ pub struct Shared {
     pub policy: Arc<Policy>,
     pub classifier: Arc<Classifier>,
     pub audit: Option<AuditLog>,
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
     pub next_id: AtomicU64,
 }
 
@@ -364,6 +365,10 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                 policy: shared.policy.clone(),
                 classifier: shared.classifier.clone(),
                 metrics: shared.metrics.clone(),
+                approvals: shared
+                    .approvals
+                    .clone()
+                    .map(|a| (a, meta.audit_base(&shared.node))),
             };
             pgproxy::run(client, upstream, ctx)
                 .await

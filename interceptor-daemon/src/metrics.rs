@@ -97,6 +97,13 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApprovalLabels {
+    /// requested, approved, denied, timed_out, abandoned, granted (allowed by
+    /// an earlier approval's grant).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
 }
@@ -128,6 +135,8 @@ pub struct Metrics {
     pub upstream_connect: Family<TargetLabels, Histogram, Buckets>,
     pub duration: Family<TargetLabels, Histogram, Buckets>,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub approvals: Family<ApprovalLabels, Counter>,
+    pub approvals_pending: Gauge,
     kernel_events: Family<EventLabels, Counter>,
     conntrack_entries: Gauge,
     cgroups_known: Gauge,
@@ -150,6 +159,8 @@ impl Metrics {
             upstream_connect: Family::new_with_constructor(Buckets(latency_buckets)),
             duration: Family::new_with_constructor(Buckets(duration_buckets)),
             decisions: Family::default(),
+            approvals: Family::default(),
+            approvals_pending: Gauge::default(),
             kernel_events: Family::default(),
             conntrack_entries: Gauge::default(),
             cgroups_known: Gauge::default(),
@@ -185,6 +196,16 @@ impl Metrics {
             "decisions",
             "Policy decisions on statements, by action and rule",
             m.decisions.clone(),
+        );
+        registry.register(
+            "approvals",
+            "Approval requests and their outcomes",
+            m.approvals.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "Operations held now, waiting for an approval",
+            m.approvals_pending.clone(),
         );
         registry.register(
             "kernel_events",

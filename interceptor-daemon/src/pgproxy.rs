@@ -20,6 +20,12 @@
 //! the node. A CancelRequest is forwarded to the same original destination.
 //! Authentication messages pass through (the upstream credential is the
 //! client's in this version).
+//!
+//! A statement a `require_approval` rule matches is held: nothing more is
+//! read from the client until a human decides (`crate::approvals`) or the
+//! timeout passes; approved, it is forwarded as if allowed; denied or timed
+//! out, it takes the denial path above with the request id and reason. An
+//! active grant from an earlier approval lets it through without asking.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -37,7 +43,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+mod hold;
+
+use hold::Held;
+
 use crate::{
+    approvals::Approvals,
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
     metrics::{DecisionLabels, Metrics},
@@ -60,6 +71,8 @@ pub struct SessionCtx {
     pub policy: Arc<Policy>,
     pub classifier: Arc<Classifier>,
     pub metrics: Arc<Metrics>,
+    /// Where held statements wait, and the record requests are made from.
+    pub approvals: Option<(Arc<Approvals>, AccessRecord)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,8 +250,9 @@ impl Decider<'_> {
     }
 
     /// Counts and audits a decision (every one, cached or not). A denial is
-    /// durable before the client hears of it.
-    async fn record(&self, d: &Decision, description: String) {
+    /// durable before the client hears of it. `held` says how an approval
+    /// ended, for a statement that needed one.
+    async fn record(&self, d: &Decision, description: String, held: Option<Held>) {
         self.ctx
             .metrics
             .decisions
@@ -251,16 +265,22 @@ impl Decider<'_> {
         let Some((log, base)) = &self.ctx.audit else {
             return;
         };
-        let rec = AccessRecord {
+        let mut rec = AccessRecord {
             time_ns: audit::record::now_ns(),
             operation: description,
             decision: match d.action {
                 Action::Allow => audit::Decision::Allow,
                 Action::Deny => audit::Decision::Deny,
+                Action::RequireApproval => audit::Decision::RequireApproval,
             },
             rule_id: Some(d.rule.clone()),
             ..base.clone()
         };
+        if let Some(h) = held {
+            rec.decision = h.decision;
+            rec.approval_ref = Some(h.approval_ref);
+            rec.outcome = h.outcome;
+        }
         if d.action == Action::Deny {
             if let Err(e) = log.append(&rec).await {
                 warn!(error = %e, "audit append failed");
@@ -323,18 +343,32 @@ async fn client_to_server(
                         // Already failing this extended batch: dropped like the server would.
                     } else {
                         let (d, description) = decider.decide(sql, via);
-                        decider.record(&d, description).await;
+                        let (d, held) = if d.action == Action::RequireApproval {
+                            // What came before the held statement is not held with it.
+                            if !out.is_empty() {
+                                uw.write_all(&out).await?;
+                                total += out.len() as u64;
+                                out.clear();
+                            }
+                            decider.hold(sql, &d, &description).await
+                        } else {
+                            (d, None)
+                        };
+                        decider.record(&d, description, held).await;
                         match (d.action, frame.tag) {
                             (Action::Allow, b'Q') => {
                                 push(&pending, Inject::Nothing);
                                 out.extend_from_slice(frame.raw);
                             }
                             (Action::Allow, _) => out.extend_from_slice(frame.raw),
-                            (Action::Deny, b'Q') => {
+                            // `hold` turned every RequireApproval into Allow or Deny.
+                            (Action::Deny | Action::RequireApproval, b'Q') => {
                                 push(&pending, Inject::ReplaceEmptyQuery(error_bytes(&d, ctx)));
                                 out.extend_from_slice(EMPTY_QUERY);
                             }
-                            (Action::Deny, _) => skipping = Some(error_bytes(&d, ctx)),
+                            (Action::Deny | Action::RequireApproval, _) => {
+                                skipping = Some(error_bytes(&d, ctx))
+                            }
                         }
                     }
                 }
