@@ -102,6 +102,9 @@ type Pending = Arc<Mutex<VecDeque<Inject>>>;
 /// Most distinct statements a session remembers decisions for.
 const DECISION_CACHE: usize = 1024;
 
+/// Most bytes read from a client while one of its statements is held.
+const HELD_INPUT_MAX: usize = 1 << 20;
+
 const EMPTY_QUERY: &[u8] = &[b'Q', 0, 0, 0, 5, 0];
 
 async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
@@ -310,6 +313,7 @@ async fn client_to_server(
         cache: HashMap::new(),
     };
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut held_input = BytesMut::new();
     // Set while skipping to Sync after a denied extended-protocol message.
     let mut skipping: Option<Vec<u8>> = None;
     let mut total = 0u64;
@@ -350,7 +354,18 @@ async fn client_to_server(
                                 total += out.len() as u64;
                                 out.clear();
                             }
-                            decider.hold(sql, &d, &description).await
+                            // Bytes the client sends meanwhile are kept for after
+                            // the hold; its disconnect abandons the request.
+                            let gone = async {
+                                while held_input.len() < HELD_INPUT_MAX {
+                                    match cr.read_buf(&mut held_input).await {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(_) => {}
+                                    }
+                                }
+                                std::future::pending().await
+                            };
+                            decider.hold(sql, &d, &description, gone).await
                         } else {
                             (d, None)
                         };
@@ -390,6 +405,10 @@ async fn client_to_server(
                 _ => out.extend_from_slice(frame.raw),
             }
             buf.advance(len);
+            if !held_input.is_empty() {
+                buf.extend_from_slice(&held_input);
+                held_input.clear();
+            }
         }
         if !out.is_empty() {
             uw.write_all(&out).await?;

@@ -429,6 +429,57 @@ fn statements_wait_for_a_human() {
     );
     assert_eq!(mode & 0o777, 0o600);
 
+    // The daemon checks the caller's credentials itself: a loosened socket
+    // mode does not let a non-root caller decide.
+    let psql = spawn_psql(&s, "DELETE FROM orders WHERE id = 7");
+    let id7 = pending_one(&s)["id"].as_str().unwrap().to_string();
+    std::fs::set_permissions(
+        &s.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let out = cli_as(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        &s.socket,
+        &["approve", &id7],
+    );
+    assert!(
+        text(&out)
+            .contains("permission denied: the admin socket needs root (uid 0); you are uid 65534"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        s.daemon
+            .raw_log()
+            .contains("refused a caller that is not root")
+    );
+    std::fs::set_permissions(
+        &s.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // A client that goes away abandons its request: approving it later runs nothing.
+    let mut psql = psql;
+    psql.kill().unwrap();
+    let _ = psql.wait();
+    let start = Instant::now();
+    while list(&s, true)
+        .iter()
+        .any(|r| r["id"] == id7.as_str() && r["state"] == "pending")
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "still pending");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let late = cli(&s, &["approve", &id7]);
+    assert!(text(&late).contains("already abandoned"), "{}", text(&late));
+    assert_eq!(orders(&s, 7), "1");
+
     // Metrics.
     let (_, m) = http_get(admin_addr(&s.lab), "/metrics");
     assert_eq!(
@@ -507,6 +558,7 @@ fn statements_wait_for_a_human() {
         ["RequireApproval", "Approved", "Approved", "RequireApproval"]
     );
     assert_eq!(with_ref(&id6), ["RequireApproval", "Deny"]);
+    assert_eq!(with_ref(&id7), ["RequireApproval", "Deny"]);
     let verify = Command::new(DAEMON)
         .args(["audit", "verify"])
         .arg(&s.audit_dir)

@@ -174,9 +174,18 @@ pub enum Verdict {
 /// How a held operation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    Approved { by: String },
-    Denied { by: String, reason: String },
-    TimedOut { after: Duration },
+    Approved {
+        by: String,
+    },
+    Denied {
+        by: String,
+        reason: String,
+    },
+    TimedOut {
+        after: Duration,
+    },
+    /// The held client disconnected before a decision.
+    ClientGone,
 }
 
 /// A grant lookup key: what a held operation is.
@@ -511,38 +520,52 @@ impl Approvals {
         ))
     }
 
-    /// Waits for the decision on a request submitted by this session.
-    pub async fn wait(&self, mut w: Waiter) -> Resolution {
-        match tokio::time::timeout(w.timeout, &mut w.rx).await {
-            Ok(Ok(r)) => r,
-            // Timed out (or the sender vanished, which only a bug can cause).
-            _ => {
-                let after = w.timeout;
-                let mut inner = self.inner.lock().await;
-                if inner.waiters.remove(&w.id).is_none() {
-                    // A decision won the race: it was sent before the lock was released.
-                    drop(inner);
-                    return w.rx.try_recv().unwrap_or(Resolution::TimedOut { after });
-                }
-                let reason = format!("no decision within {}s", after.as_secs());
-                let stored = self.load(&w.id);
-                if let Ok(Some(mut s)) = stored {
-                    s.request.state = State::TimedOut;
-                    s.request.decided_ns = Some(audit::record::now_ns());
-                    s.request.reason = Some(reason);
-                    if let Err(e) = self.store(&s).await {
-                        warn!(id = %w.id, error = %e, "recording a timed-out approval failed");
-                    }
-                    if let Some(h) = &self.webhook {
-                        h.notify("approval_timed_out", &s.request);
-                    }
-                }
-                drop(inner);
-                self.metrics.approvals_pending.dec();
-                self.count("timed_out");
-                Resolution::TimedOut { after }
+    /// Waits for the decision on a request submitted by this session, for at
+    /// most the configured timeout, or until `client_gone` resolves (the held
+    /// client disconnected: its statement must not run after all).
+    pub async fn wait(
+        &self,
+        mut w: Waiter,
+        client_gone: impl std::future::Future<Output = ()>,
+    ) -> Resolution {
+        let after = w.timeout;
+        let (state, reason, resolution) = tokio::select! {
+            r = tokio::time::timeout(w.timeout, &mut w.rx) => match r {
+                Ok(Ok(r)) => return r,
+                // Timed out (or the sender vanished, which only a bug can cause).
+                _ => (
+                    State::TimedOut,
+                    format!("no decision within {}s", after.as_secs()),
+                    Resolution::TimedOut { after },
+                ),
+            },
+            _ = client_gone => (
+                State::Abandoned,
+                "the client disconnected while waiting".to_string(),
+                Resolution::ClientGone,
+            ),
+        };
+        let mut inner = self.inner.lock().await;
+        if inner.waiters.remove(&w.id).is_none() {
+            // A decision won the race: it was sent before the lock was released.
+            drop(inner);
+            return w.rx.try_recv().unwrap_or(resolution);
+        }
+        if let Ok(Some(mut s)) = self.load(&w.id) {
+            s.request.state = state;
+            s.request.decided_ns = Some(audit::record::now_ns());
+            s.request.reason = Some(reason);
+            if let Err(e) = self.store(&s).await {
+                warn!(id = %w.id, error = %e, "recording the end of an approval request failed");
+            }
+            if let Some(h) = &self.webhook {
+                h.notify("approval_ended", &s.request);
             }
         }
+        drop(inner);
+        self.metrics.approvals_pending.dec();
+        self.count(state.as_str());
+        resolution
     }
 
     /// An operator's decision on a pending request.
@@ -739,7 +762,7 @@ mod tests {
             .unwrap();
         assert_eq!(decided.state, State::Approved);
         assert_eq!(
-            a.wait(w).await,
+            a.wait(w, std::future::pending()).await,
             Resolution::Approved {
                 by: "ops (uid 0 root)".into()
             }
@@ -779,7 +802,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            a.wait(w2).await,
+            a.wait(w2, std::future::pending()).await,
             Resolution::Denied {
                 by: "root (uid 0)".into(),
                 reason: "not now".into()
@@ -787,7 +810,10 @@ mod tests {
         );
 
         let (r3, w3) = submit(&a, &b, "DELETE FROM orders").await;
-        assert!(matches!(a.wait(w3).await, Resolution::TimedOut { .. }));
+        assert!(matches!(
+            a.wait(w3, std::future::pending()).await,
+            Resolution::TimedOut { .. }
+        ));
         let err = a
             .decide(&r3.id, Verdict::Approve { grant: None }, "root")
             .await
@@ -829,7 +855,7 @@ mod tests {
         )
         .await
         .unwrap();
-        a.wait(w).await;
+        a.wait(w, std::future::pending()).await;
         assert_eq!(
             a.check_grant(&key(sql, "orders-db")).await,
             GrantCheck::Granted(r.id.clone())
@@ -871,7 +897,7 @@ mod tests {
         )
         .await
         .unwrap();
-        a.wait(w2).await;
+        a.wait(w2, std::future::pending()).await;
         assert_eq!(
             a.check_grant(&key("DELETE FROM orders WHERE id = 7", "orders-db"))
                 .await,
@@ -904,7 +930,7 @@ mod tests {
             )
             .await
             .unwrap();
-            a.wait(w).await;
+            a.wait(w, std::future::pending()).await;
             let (p, _w) = submit(&a, &b, "DELETE FROM orders").await;
             (p.id, r.id)
         };

@@ -19,12 +19,14 @@ pub(super) struct Held {
 
 impl Decider<'_> {
     /// Waits for a human on a statement `d` (a `require_approval` decision)
-    /// holds; returns the allow or deny it comes to.
+    /// holds; returns the allow or deny it comes to. `client_gone` resolves
+    /// if the client disconnects meanwhile.
     pub(super) async fn hold(
         &self,
         sql: &str,
         d: &Decision,
         description: &str,
+        client_gone: impl std::future::Future<Output = ()>,
     ) -> (Decision, Option<Held>) {
         let deny = |reason: String| Decision {
             action: Action::Deny,
@@ -92,7 +94,7 @@ impl Decider<'_> {
         // The pending request is durable in the audit log before anyone can decide on it.
         self.audit_only(description, d, &id, audit::Decision::RequireApproval, None)
             .await;
-        let (decision, outcome, verdict) = match approvals.wait(waiter).await {
+        let (decision, outcome, verdict) = match approvals.wait(waiter, client_gone).await {
             Resolution::Approved { by } => (
                 Decision {
                     action: Action::Allow,
@@ -104,6 +106,14 @@ impl Decider<'_> {
             ),
             Resolution::Denied { by, reason } => {
                 let why = format!("approval request {id} denied by {by}: {reason}");
+                (
+                    deny(why.clone()),
+                    Some(audit::Outcome::Error(why)),
+                    audit::Decision::Deny,
+                )
+            }
+            Resolution::ClientGone => {
+                let why = format!("approval request {id} abandoned: the client disconnected");
                 (
                     deny(why.clone()),
                     Some(audit::Outcome::Error(why)),
