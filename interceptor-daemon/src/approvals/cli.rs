@@ -97,9 +97,15 @@ pub fn call(socket: &Path, req: &AdminRequest) -> Result<AdminResponse, ClientEr
         .map_err(io_err)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Answer(e.to_string()))?;
     line.push(b'\n');
-    s.write_all(&line).map_err(io_err)?;
+    // A refused caller is answered without the daemon reading the request:
+    // the write may then fail while the answer is already waiting.
+    let written = s.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(s).read_line(&mut answer).map_err(io_err)?;
+    let read = BufReader::new(s).read_line(&mut answer);
+    if answer.is_empty() {
+        written.map_err(io_err)?;
+        read.map_err(io_err)?;
+    }
     let resp: AdminResponse =
         serde_json::from_str(&answer).map_err(|e| ClientError::Answer(e.to_string()))?;
     match resp.error {
@@ -120,7 +126,7 @@ fn print_table(rs: &[Request]) {
         return;
     }
     println!(
-        "{:<10} {:<10} {:<10} {:<24} {:<16} {:<20} OPERATION",
+        "{:<10} {:<10} {:<10} {:<24} {:<16} {:<20} STATEMENT",
         "ID", "STATE", "AGE", "IDENTITY", "TARGET", "RULE"
     );
     for r in rs {
@@ -132,7 +138,7 @@ fn print_table(rs: &[Request]) {
             r.identity,
             r.target,
             r.rule,
-            r.operation
+            r.statement.as_deref().unwrap_or(&r.operation)
         );
     }
 }

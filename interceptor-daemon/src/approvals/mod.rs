@@ -133,6 +133,9 @@ pub struct Request {
     pub rule_reason: String,
     /// Literal-free description (statement kinds and tables).
     pub operation: String,
+    /// The statement with every literal replaced by `?`, when that could be
+    /// done with certainty.
+    pub statement: Option<String>,
     /// SHA-256 (hex) of the statement text: what a `statement` grant matches.
     pub statement_sha256: String,
     pub session_id: String,
@@ -162,6 +165,8 @@ pub struct NewRequest<'a> {
     pub rule_reason: &'a str,
     pub operation: &'a str,
     pub statement: &'a str,
+    /// `statement` with its literals masked (what the approver reads).
+    pub redacted: Option<String>,
 }
 
 /// An operator's decision.
@@ -485,6 +490,7 @@ impl Approvals {
             rule: n.rule.to_string(),
             rule_reason: n.rule_reason.to_string(),
             operation: n.operation.to_string(),
+            statement: n.redacted,
             statement_sha256: statement_digest(n.statement),
             session_id: n.base.session_id.clone(),
             connection_id: n.base.connection_id,
@@ -697,6 +703,7 @@ mod tests {
             rule_reason: "deletes need a human",
             operation: "query write on [orders]",
             statement: sql,
+            redacted: None,
         })
         .await
         .unwrap()
