@@ -355,7 +355,7 @@ fn statements_wait_for_a_human() {
     let id4 = pending_one(&s)["id"].as_str().unwrap().to_string();
     let out = cli(
         &s,
-        &["approve", &id4, "--for", "3s", "--scope", "statement"],
+        &["approve", &id4, "--for", "6s", "--scope", "statement"],
     );
     assert!(out.status.success(), "{}", text(&out));
     let granted_at = Instant::now();
@@ -363,7 +363,7 @@ fn statements_wait_for_a_human() {
     assert!(ok && out.trim() == "UPDATE 1", "{out}{err}");
     let (ok, out, err) = finish(spawn_psql(&s, stmt));
     assert!(
-        granted_at.elapsed() < Duration::from_secs(3),
+        granted_at.elapsed() < Duration::from_secs(6),
         "too slow to test the grant"
     );
     assert!(ok && out.trim() == "UPDATE 1", "{out}{err}");
@@ -381,7 +381,7 @@ fn statements_wait_for_a_human() {
     );
     finish(psql);
     // After expiry the same statement is held again.
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(granted_at.elapsed()));
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(granted_at.elapsed()));
     let psql = spawn_psql(&s, stmt);
     let id5 = pending_one(&s)["id"].as_str().unwrap().to_string();
     assert_ne!(id5, id4);
@@ -565,4 +565,24 @@ fn statements_wait_for_a_human() {
         .output()
         .unwrap();
     assert!(verify.status.success(), "{}", text(&verify));
+}
+
+#[test]
+fn the_cli_says_when_no_daemon_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let out = cli_as(&[], &socket, &["list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains(&format!(
+            "the interceptor daemon is not running, or serves no admin socket at {}",
+            socket.display()
+        )),
+        "{}",
+        text(&out)
+    );
+    // A scope without a duration is refused before anything is sent.
+    let out = cli_as(&[], &socket, &["approve", "abc", "--scope", "target"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--for"), "{}", text(&out));
 }
