@@ -50,6 +50,14 @@ pub struct ApprovalsConfig {
     /// Upper bound for one webhook delivery.
     #[serde(default = "default_webhook_timeout_ms")]
     pub webhook_timeout_ms: u64,
+    /// Decided requests are forgotten this many days after their decision (at
+    /// start); the audit log keeps the evidence.
+    #[serde(default = "default_keep_days")]
+    pub keep_days: u64,
+}
+
+fn default_keep_days() -> u64 {
+    30
 }
 
 fn default_dir() -> PathBuf {
@@ -324,11 +332,24 @@ impl Approvals {
         }
         let db = sled::Config::new().path(&cfg.dir).open()?;
         let now = audit::record::now_ns();
+        let keep_ns = cfg.keep_days.saturating_mul(86_400 * 1_000_000_000);
         let mut grants = Vec::new();
         let mut abandoned = Vec::new();
+        let mut forgotten = 0usize;
         for item in db.iter() {
             let (key, value) = item?;
             let mut stored: Stored = serde_json::from_slice(&value)?;
+            let r = &stored.request;
+            let last = r
+                .grant
+                .as_ref()
+                .map_or(0, |g| g.expires_ns)
+                .max(r.decided_ns.unwrap_or(r.created_ns));
+            if r.state != State::Pending && now.saturating_sub(last) > keep_ns {
+                db.remove(key)?;
+                forgotten += 1;
+                continue;
+            }
             match stored.request.state {
                 State::Pending => {
                     stored.request.state = State::Abandoned;
@@ -380,8 +401,11 @@ impl Approvals {
                 }
             }
         }
-        if !grants.is_empty() {
-            info!(grants = grants.len(), "approval grants restored");
+        if !grants.is_empty() || forgotten > 0 {
+            info!(
+                grants = grants.len(),
+                forgotten, "approvals store opened: grants restored, old requests forgotten"
+            );
         }
         Ok(Arc::new(Approvals {
             db,
@@ -686,6 +710,7 @@ mod tests {
             timeout_secs,
             webhook: None,
             webhook_timeout_ms: 100,
+            keep_days: 30,
         }
     }
 
@@ -954,12 +979,33 @@ mod tests {
         assert!(a.list(false).await.unwrap().is_empty());
         assert_eq!(
             a.check_grant(&key(sql, "orders-db")).await,
-            GrantCheck::Granted(granted_id)
+            GrantCheck::Granted(granted_id.clone())
         );
         let err = a
             .decide(&pending_id, Verdict::Approve { grant: None }, "root")
             .await
             .unwrap_err();
         assert!(err.to_string().contains("already abandoned"), "{err}");
+        drop(a);
+        // Decided requests past `keep_days` are forgotten; an active grant is kept.
+        let short = ApprovalsConfig {
+            keep_days: 0,
+            ..cfg(dir.path(), 60)
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let a = loop {
+            match Approvals::open(&short, Arc::new(Metrics::new()), None).await {
+                Ok(a) => break a,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let left: Vec<String> = a
+            .list(true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, [granted_id]);
     }
 }
