@@ -104,6 +104,12 @@ pub struct ApprovalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied`, `unchanged` (SIGHUP with the same content) or `rejected`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
 }
@@ -137,6 +143,8 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub approvals: Family<ApprovalLabels, Counter>,
     pub approvals_pending: Gauge,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
+    pub policy_version: Gauge,
     kernel_events: Family<EventLabels, Counter>,
     conntrack_entries: Gauge,
     cgroups_known: Gauge,
@@ -161,6 +169,8 @@ impl Metrics {
             decisions: Family::default(),
             approvals: Family::default(),
             approvals_pending: Gauge::default(),
+            policy_reloads: Family::default(),
+            policy_version: Gauge::default(),
             kernel_events: Family::default(),
             conntrack_entries: Gauge::default(),
             cgroups_known: Gauge::default(),
@@ -206,6 +216,16 @@ impl Metrics {
             "approvals_pending",
             "Operations held now, waiting for an approval",
             m.approvals_pending.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy file reload attempts, by result (a rejected policy leaves the old one enforcing)",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "policy_version",
+            "Version of the policy in force (1 at start, +1 per applied reload)",
+            m.policy_version.clone(),
         );
         registry.register(
             "kernel_events",

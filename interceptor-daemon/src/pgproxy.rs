@@ -52,7 +52,7 @@ use crate::{
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
     metrics::{DecisionLabels, Metrics},
-    policy::{Action, Context, Decision, Policy},
+    policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
         Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
@@ -68,7 +68,8 @@ pub struct SessionCtx {
     pub audit: Option<(AuditLog, AccessRecord)>,
     pub identity: Option<String>,
     pub target: String,
-    pub policy: Arc<Policy>,
+    /// Read on every decision, so a reload applies to open sessions.
+    pub policy: PolicyHandle,
     pub classifier: Arc<Classifier>,
     pub metrics: Arc<Metrics>,
     /// Where held statements wait, and the record requests are made from.
@@ -209,11 +210,19 @@ fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
 struct Decider<'c> {
     ctx: &'c SessionCtx,
     cache: HashMap<String, (Decision, String)>,
+    /// The policy version the cache was filled under; a reload empties it.
+    version: u64,
 }
 
 impl Decider<'_> {
-    /// The decision and a literal-free description of the statement(s).
+    /// The decision and the literal-free form of the statement(s)
+    /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
+        let policy = self.ctx.policy.current();
+        if policy.version != self.version {
+            self.cache.clear();
+            self.version = policy.version;
+        }
         if let Some(d) = self.cache.get(sql) {
             return d.clone();
         }
@@ -222,7 +231,7 @@ impl Decider<'_> {
             identity: self.ctx.identity.as_deref(),
             target: &self.ctx.target,
         };
-        let d = self.ctx.policy.decide_statements(&pctx, &c.statements);
+        let d = policy.policy.decide_statements(&pctx, &c.statements);
         let kinds: Vec<String> = c
             .statements
             .iter()
@@ -234,13 +243,15 @@ impl Decider<'_> {
             .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
             .collect();
         let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
-        // Literals never reach the log: the statement is described, not quoted.
+        let operation = crate::sql::normalize(sql);
+        // Literals never reach the log: the statement is normalised, not quoted.
         // Logged once per distinct statement; metrics and audit count every one.
         info!(
             action = d.action.as_str(),
             rule = %d.rule,
             reason = %d.reason,
             operation = %description,
+            statement = %operation,
             identity = self.ctx.identity.as_deref().unwrap_or(""),
             "statement decision"
         );
@@ -248,8 +259,8 @@ impl Decider<'_> {
             self.cache.clear();
         }
         self.cache
-            .insert(sql.to_string(), (d.clone(), description.clone()));
-        (d, description)
+            .insert(sql.to_string(), (d.clone(), operation.clone()));
+        (d, operation)
     }
 
     /// Counts and audits a decision (every one, cached or not). A denial is
@@ -311,6 +322,7 @@ async fn client_to_server(
     let mut decider = Decider {
         ctx,
         cache: HashMap::new(),
+        version: 0,
     };
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut held_input = BytesMut::new();

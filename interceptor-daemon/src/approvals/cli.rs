@@ -138,7 +138,7 @@ fn print_table(rs: &[Request]) {
             r.identity,
             r.target,
             r.rule,
-            r.statement.as_deref().unwrap_or(&r.operation)
+            r.operation
         );
     }
 }

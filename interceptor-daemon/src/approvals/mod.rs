@@ -10,8 +10,8 @@
 //!
 //! Storage only: the wire protocol that holds the statement is in `pgproxy`,
 //! the root-only API in `admin_socket`, the operator commands in [`cli`].
-//! Requests carry a literal-free description of the statement, never its
-//! text: a grant of scope `statement` matches on the SHA-256 of the text.
+//! Requests carry the literal-free form of the statement, never its text: a
+//! grant of scope `statement` matches on the SHA-256 of the text.
 
 pub mod cli;
 pub mod webhook;
@@ -139,11 +139,8 @@ pub struct Request {
     /// The `require_approval` rule that holds it, and its description.
     pub rule: String,
     pub rule_reason: String,
-    /// Literal-free description (statement kinds and tables).
+    /// The literal-free statement (constants as `$n`, see `sql::normalize`).
     pub operation: String,
-    /// The statement with every literal replaced by `?`, when that could be
-    /// done with certainty.
-    pub statement: Option<String>,
     /// SHA-256 (hex) of the statement text: what a `statement` grant matches.
     pub statement_sha256: String,
     pub session_id: String,
@@ -172,9 +169,8 @@ pub struct NewRequest<'a> {
     pub rule: &'a str,
     pub rule_reason: &'a str,
     pub operation: &'a str,
+    /// The raw text: only its digest is kept (for `statement` grants).
     pub statement: &'a str,
-    /// `statement` with its literals masked (what the approver reads).
-    pub redacted: Option<String>,
 }
 
 /// An operator's decision.
@@ -514,7 +510,6 @@ impl Approvals {
             rule: n.rule.to_string(),
             rule_reason: n.rule_reason.to_string(),
             operation: n.operation.to_string(),
-            statement: n.redacted,
             statement_sha256: statement_digest(n.statement),
             session_id: n.base.session_id.clone(),
             connection_id: n.base.connection_id,
@@ -728,7 +723,6 @@ mod tests {
             rule_reason: "deletes need a human",
             operation: "query write on [orders]",
             statement: sql,
-            redacted: None,
         })
         .await
         .unwrap()

@@ -40,7 +40,7 @@ pub fn text(event: &str, r: &Request) -> String {
              Approve: `interceptor approvals approve {id}`; deny: `interceptor approvals deny {id} --reason ...`",
             id = r.id,
             who = r.identity,
-            op = r.statement.as_deref().unwrap_or(&r.operation),
+            op = r.operation,
             target = r.target,
             rule = r.rule,
             reason = r.rule_reason,

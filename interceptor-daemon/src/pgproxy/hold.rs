@@ -80,7 +80,6 @@ impl Decider<'_> {
                 rule_reason: &d.reason,
                 operation: description,
                 statement: sql,
-                redacted: crate::sql::redact::redacted(sql),
             })
             .await;
         let (request, waiter) = match submitted {
