@@ -31,6 +31,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io,
     sync::{Arc, Mutex},
+    time::SystemTime,
 };
 
 use bytes::{Buf, BytesMut};
@@ -51,10 +52,10 @@ use crate::{
     approvals::Approvals,
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
-    metrics::{DecisionLabels, Metrics},
+    metrics::{DecisionLabels, Metrics, TargetLabels},
     policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
-        Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
+        Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket, Target,
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
         looks_like_tls_client_hello,
     },
@@ -107,6 +108,18 @@ const DECISION_CACHE: usize = 1024;
 const HELD_INPUT_MAX: usize = 1 << 20;
 
 const EMPTY_QUERY: &[u8] = &[b'Q', 0, 0, 0, 5, 0];
+
+/// Resolves when the client disconnects while one of its statements is held;
+/// bytes it sends meanwhile are kept (up to [`HELD_INPUT_MAX`]) for after.
+async fn client_gone(cr: &mut OwnedReadHalf, kept: &mut BytesMut) {
+    while kept.len() < HELD_INPUT_MAX {
+        match cr.read_buf(kept).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
 
 async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 8192 {
@@ -212,18 +225,54 @@ struct Decider<'c> {
     cache: HashMap<String, (Decision, String)>,
     /// The policy version the cache was filled under; a reload empties it.
     version: u64,
+    /// When a rule's time window opens or closes next: the cache empties then.
+    stale_at: Option<SystemTime>,
+}
+
+/// A named (or the unnamed) prepared statement that was allowed at Parse.
+struct Prepared {
+    sql: String,
+    /// Policy version and window boundary of the Parse-time decision: an
+    /// Execute after a reload or a boundary is decided again.
+    version: u64,
+    stale_at: Option<SystemTime>,
+}
+
+impl Prepared {
+    fn current(&self, version: u64, now: SystemTime) -> bool {
+        self.version == version && self.stale_at.is_none_or(|t| now < t)
+    }
 }
 
 impl Decider<'_> {
     /// The decision and the literal-free form of the statement(s)
     /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
+        let started = std::time::Instant::now();
+        let d = self.decide_uncounted(sql, via);
+        self.ctx
+            .metrics
+            .decision_time
+            .get_or_create(&TargetLabels {
+                target: self.ctx.target.clone(),
+                protocol: "postgres",
+            })
+            .observe(started.elapsed().as_secs_f64());
+        d
+    }
+
+    fn decide_uncounted(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
         let policy = self.ctx.policy.current();
-        if policy.version != self.version {
+        let now = SystemTime::now();
+        if policy.version != self.version || self.stale_at.is_some_and(|t| now >= t) {
             self.cache.clear();
             self.version = policy.version;
+            self.stale_at = policy.policy.next_boundary(now);
         }
-        if let Some(d) = self.cache.get(sql) {
+        // Keyed by fingerprint: the same statement with other constants
+        // (pgbench's `WHERE aid = 123`) costs no parse.
+        let key = crate::sql::fingerprint(sql).unwrap_or_else(|| sql.to_string());
+        if let Some(d) = self.cache.get(&key) {
             return d.clone();
         }
         let c = self.ctx.classifier.classify(sql);
@@ -258,8 +307,7 @@ impl Decider<'_> {
         if self.cache.len() >= DECISION_CACHE {
             self.cache.clear();
         }
-        self.cache
-            .insert(sql.to_string(), (d.clone(), operation.clone()));
+        self.cache.insert(key, (d.clone(), operation.clone()));
         (d, operation)
     }
 
@@ -296,17 +344,26 @@ impl Decider<'_> {
             rec.outcome = h.outcome;
         }
         if d.action == Action::Deny {
-            if let Err(e) = log.append(&rec).await {
-                warn!(error = %e, "audit append failed");
-            }
+            append(&self.ctx.metrics, log, rec).await;
         } else {
             // Allowed statements do not wait for the disk; the record follows.
             let log = log.clone();
-            tokio::spawn(async move {
-                if let Err(e) = log.append(&rec).await {
-                    warn!(error = %e, "audit append failed");
-                }
-            });
+            let metrics = self.ctx.metrics.clone();
+            tokio::spawn(async move { append(&metrics, &log, rec).await });
+        }
+    }
+}
+
+/// Appends one record, timing it until durable.
+async fn append(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
+    let started = std::time::Instant::now();
+    match log.append(&rec).await {
+        Ok(_) => metrics
+            .audit_append
+            .observe(started.elapsed().as_secs_f64()),
+        Err(e) => {
+            metrics.audit_append_failures.inc();
+            warn!(error = %e, "audit append failed");
         }
     }
 }
@@ -323,7 +380,12 @@ async fn client_to_server(
         ctx,
         cache: HashMap::new(),
         version: 0,
+        stale_at: None,
     };
+    // Statements allowed at Parse, and which statement each portal runs:
+    // Execute re-decides when the policy changed since the Parse.
+    let mut statements: HashMap<String, Prepared> = HashMap::new();
+    let mut portals: HashMap<String, String> = HashMap::new();
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut held_input = BytesMut::new();
     // Set while skipping to Sync after a denied extended-protocol message.
@@ -366,22 +428,22 @@ async fn client_to_server(
                                 total += out.len() as u64;
                                 out.clear();
                             }
-                            // Bytes the client sends meanwhile are kept for after
-                            // the hold; its disconnect abandons the request.
-                            let gone = async {
-                                while held_input.len() < HELD_INPUT_MAX {
-                                    match cr.read_buf(&mut held_input).await {
-                                        Ok(0) | Err(_) => return,
-                                        Ok(_) => {}
-                                    }
-                                }
-                                std::future::pending().await
-                            };
+                            let gone = client_gone(&mut cr, &mut held_input);
                             decider.hold(sql, &d, &description, gone).await
                         } else {
                             (d, None)
                         };
                         decider.record(&d, description, held).await;
+                        if let (FrontendMessage::Parse(p), Action::Allow) = (msg, d.action) {
+                            statements.insert(
+                                p.name.to_string(),
+                                Prepared {
+                                    sql: sql.to_string(),
+                                    version: decider.version,
+                                    stale_at: decider.stale_at,
+                                },
+                            );
+                        }
                         match (d.action, frame.tag) {
                             (Action::Allow, b'Q') => {
                                 push(&pending, Inject::Nothing);
@@ -414,6 +476,64 @@ async fn client_to_server(
                 }
                 // Bind/Describe/Execute/Close/Flush of a failed batch are dropped.
                 b'B' | b'D' | b'E' | b'C' | b'H' if skipping.is_some() => {}
+                b'B' | b'E' | b'C' => {
+                    let msg = FrontendMessage::parse(&frame).map_err(|source| {
+                        SessionError::Protocol {
+                            side: "client",
+                            source,
+                        }
+                    })?;
+                    let mut forward = true;
+                    match msg {
+                        // No allocation when a portal keeps its statement
+                        // (the unnamed portal of every pgbench execution).
+                        FrontendMessage::Bind(b)
+                            if portals.get(b.portal).map(String::as_str) != Some(b.statement) =>
+                        {
+                            portals.insert(b.portal.to_string(), b.statement.to_string());
+                        }
+                        FrontendMessage::Execute(e) => {
+                            let stmt = portals.get(e.portal).and_then(|s| statements.get_mut(s));
+                            if let Some(p) = stmt {
+                                let now = SystemTime::now();
+                                if !p.current(ctx.policy.version(), now) {
+                                    let (d, operation) = decider.decide(&p.sql, "execute");
+                                    let (d, held) = if d.action == Action::RequireApproval {
+                                        if !out.is_empty() {
+                                            uw.write_all(&out).await?;
+                                            total += out.len() as u64;
+                                            out.clear();
+                                        }
+                                        let gone = client_gone(&mut cr, &mut held_input);
+                                        decider.hold(&p.sql, &d, &operation, gone).await
+                                    } else {
+                                        (d, None)
+                                    };
+                                    decider.record(&d, operation, held).await;
+                                    p.version = decider.version;
+                                    p.stale_at = decider.stale_at;
+                                    if d.action != Action::Allow {
+                                        // Fails the batch like a server error would.
+                                        skipping = Some(error_bytes(&d, ctx));
+                                        forward = false;
+                                    }
+                                }
+                            }
+                        }
+                        FrontendMessage::Close(c) => match c.target {
+                            Target::Statement => {
+                                statements.remove(c.name);
+                            }
+                            Target::Portal => {
+                                portals.remove(c.name);
+                            }
+                        },
+                        _ => {}
+                    }
+                    if forward {
+                        out.extend_from_slice(frame.raw);
+                    }
+                }
                 _ => out.extend_from_slice(frame.raw),
             }
             buf.advance(len);

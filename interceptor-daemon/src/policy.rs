@@ -341,6 +341,18 @@ impl Policy {
         Ok(())
     }
 
+    /// The first rule-window boundary (`valid_from` / `valid_until`) after
+    /// `t`: decisions made at `t` may change then, so caches must not outlive it.
+    pub fn next_boundary(&self, t: SystemTime) -> Option<SystemTime> {
+        self.rules
+            .iter()
+            .flat_map(|r| [r.valid_from, r.valid_until])
+            .flatten()
+            .map(|b| b.0)
+            .filter(|b| *b > t)
+            .min()
+    }
+
     /// Decides one SQL statement now.
     pub fn decide_statement(&self, ctx: &Context<'_>, s: &StatementInfo) -> Decision {
         self.decide_statement_at(ctx, s, SystemTime::now())
@@ -693,6 +705,17 @@ rules:
         assert_eq!(at("2026-12-01T10:00:00Z"), Action::Allow);
         assert_eq!(at("2026-12-01T10:59:59Z"), Action::Allow);
         assert_eq!(at("2026-12-01T11:00:00Z"), Action::Deny);
+        // Caches of decisions made inside the window expire at its end.
+        let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
+        assert_eq!(
+            p.next_boundary(t("2026-12-01T09:00:00Z")),
+            Some(t("2026-12-01T10:00:00Z"))
+        );
+        assert_eq!(
+            p.next_boundary(t("2026-12-01T10:30:00Z")),
+            Some(t("2026-12-01T11:00:00Z"))
+        );
+        assert_eq!(p.next_boundary(t("2026-12-01T11:00:00Z")), None);
         let e = Policy::parse(
             "rules:\n  - {id: g, action: allow, valid_from: 2026-12-02T00:00:00Z, valid_until: 2026-12-01T00:00:00Z}\n",
         )

@@ -162,8 +162,6 @@ impl Decider<'_> {
             outcome: note.map(|n| audit::Outcome::Error(n.to_string())),
             ..base.clone()
         };
-        if let Err(e) = log.append(&rec).await {
-            warn!(error = %e, "audit append failed");
-        }
+        super::append(&self.ctx.metrics, log, rec).await;
     }
 }

@@ -386,6 +386,12 @@ static DEFAULT: LazyLock<Classifier> = LazyLock::new(Classifier::default);
 /// Classifies a simple-query string with the built-in dangerous-function list.
 pub use normalize::normalize;
 
+/// Decision-cache key: the statement with its constants hidden where they
+/// cannot change a classification (see the lexer); `None` if it does not lex.
+pub fn fingerprint(sql: &str) -> Option<String> {
+    lexer::fingerprint(sql)
+}
+
 pub fn classify(sql: &str) -> Classification {
     DEFAULT.classify(sql)
 }
