@@ -61,9 +61,13 @@ pub struct Config {
     /// The signed audit log on node storage; none if absent.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
-    /// The per-node HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if absent.
+    /// The per-node HTTP endpoint (`/metrics`, `/healthz`, `/readyz`) and the
+    /// root-only admin socket; none if absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Just-in-time approvals for `require_approval` rules; none if absent.
+    #[serde(default)]
+    pub approvals: Option<crate::approvals::ApprovalsConfig>,
     /// Result masking settings (the rules are `action: mask` policy rules).
     #[serde(default)]
     pub masking: Option<MaskingConfig>,
@@ -98,13 +102,22 @@ fn default_segment_bytes() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    #[serde(deserialize_with = "socket_addr")]
-    pub address: SocketAddr,
+    /// The HTTP endpoint; none if absent.
+    #[serde(default, deserialize_with = "socket_addr")]
+    pub address: Option<SocketAddr>,
+    /// The admin unix socket (approvals API). Served when set, or when
+    /// `approvals` is configured (then at [`crate::admin_socket::DEFAULT_PATH`]).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Non-root uids also allowed on the admin socket (root always is).
+    #[serde(default)]
+    pub allowed_uids: Vec<u32>,
 }
 
-fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let s = String::deserialize(d)?;
     s.parse()
+        .map(Some)
         .map_err(|_| de::Error::custom(format!("`{s}` is not an address:port")))
 }
 
@@ -470,6 +483,19 @@ impl Config {
             ));
         }
         self.policy.validate().map_err(|e| format!("policy: {e}"))?;
+        if self.approvals.is_none()
+            && let Some(r) = self
+                .policy
+                .rules
+                .iter()
+                .find(|r| r.action == crate::policy::Action::RequireApproval)
+        {
+            return Err(format!(
+                "{}policy rule `{}` requires approval, but there is no `approvals:` section",
+                at(&format!("id: {}", r.id)),
+                r.id
+            ));
+        }
         let mut seen = std::collections::HashMap::new();
         for (i, t) in self.targets.iter().enumerate() {
             if t.name.trim().is_empty() {
@@ -537,6 +563,16 @@ impl Config {
 
     pub fn listen_v4_ip(&self) -> Ipv4Addr {
         *self.listener.address.ip()
+    }
+
+    /// Where the admin socket is served, if it is.
+    pub fn admin_socket(&self) -> Option<PathBuf> {
+        let configured = self.admin.as_ref().and_then(|a| a.socket.clone());
+        configured.or_else(|| {
+            self.approvals
+                .as_ref()
+                .map(|_| PathBuf::from(crate::admin_socket::DEFAULT_PATH))
+        })
     }
 }
 

@@ -29,8 +29,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let listeners = listener::bind(&cfg)
         .await
         .context("starting the listener")?;
-    let admin_listener = match &cfg.admin {
-        Some(a) => Some(admin::bind(a.address).await?),
+    let admin_listener = match cfg.admin.as_ref().and_then(|a| a.address) {
+        Some(address) => Some(admin::bind(address).await?),
         None => None,
     };
     let audit = match &cfg.audit {
@@ -75,6 +75,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => PolicyHandle::new(cfg.policy.clone(), "config", String::new()),
     };
     metrics.policy_version.set(1);
+    let approvals = match &cfg.approvals {
+        Some(a) => Some(
+            crate::approvals::Approvals::open(a, metrics.clone(), audit.as_ref())
+                .await
+                .context("opening the approvals store")?,
+        ),
+        None => None,
+    };
     let conns = Arc::new(handles.conns);
     let shared = Arc::new(Shared {
         node: cfg.node_name(),
@@ -86,6 +94,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         policy: policy.clone(),
         mask_key,
         audit: audit.clone(),
+        approvals: approvals.clone(),
         classifier: Arc::new(crate::sql::Classifier::new(
             crate::sql::DangerousFunctions::builtin(),
         )),
@@ -94,6 +103,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let stats = Arc::new(handles.stats);
+    if let Some(path) = cfg.admin_socket() {
+        let l = crate::admin_socket::bind(&path)?;
+        info!(path = %path.display(), "admin socket (approvals API, root only)");
+        let state = Arc::new(crate::admin_socket::AdminSocket {
+            approvals: approvals.clone(),
+            allowed_uids: cfg
+                .admin
+                .as_ref()
+                .map(|a| a.allowed_uids.clone())
+                .unwrap_or_default(),
+        });
+        tokio::spawn(crate::admin_socket::serve(
+            l,
+            path,
+            state,
+            stop.child_token(),
+        ));
+    }
     if let Some(l) = admin_listener {
         info!(address = %l.local_addr()?, "admin endpoint: /metrics /healthz /readyz");
         let state = Arc::new(AdminState {

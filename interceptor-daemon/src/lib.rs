@@ -6,6 +6,8 @@
 //! pump). `config` feeds them all; `daemon` wires them; `testbed` builds real
 //! network-namespace + veth + cgroup "pods" for tests, the demo and benchmarks.
 pub mod admin;
+pub mod admin_socket;
+pub mod approvals;
 pub mod audit;
 pub mod cgroups;
 pub mod config;

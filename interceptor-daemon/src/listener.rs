@@ -45,6 +45,7 @@ pub struct Shared {
     pub classifier: Arc<Classifier>,
     pub mask_key: crate::masking::MaskKey,
     pub audit: Option<AuditLog>,
+    pub approvals: Option<Arc<crate::approvals::Approvals>>,
     pub next_id: AtomicU64,
 }
 
@@ -366,6 +367,10 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                 classifier: shared.classifier.clone(),
                 metrics: shared.metrics.clone(),
                 mask_key: shared.mask_key.clone(),
+                approvals: shared
+                    .approvals
+                    .clone()
+                    .map(|a| (a, meta.audit_base(&shared.node))),
             };
             pgproxy::run(client, upstream, ctx)
                 .await

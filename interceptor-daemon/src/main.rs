@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: interceptor_daemon::audit::cli::AuditCommand,
     },
+    /// Held operations of the running daemon: list, approve, deny (root only).
+    Approvals {
+        #[command(subcommand)]
+        command: interceptor_daemon::approvals::cli::ApprovalsCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -198,5 +203,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => {
             Ok(ExitCode::from(interceptor_daemon::audit::cli::run(command)))
         }
+        Command::Approvals { command } => Ok(ExitCode::from(
+            interceptor_daemon::approvals::cli::run(command),
+        )),
     }
 }

@@ -97,6 +97,13 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApprovalLabels {
+    /// requested, approved, denied, timed_out, abandoned, granted (allowed by
+    /// an earlier approval's grant).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `applied`, `unchanged` (SIGHUP with the same content) or `rejected`.
     pub result: &'static str,
@@ -139,6 +146,8 @@ pub struct Metrics {
     pub upstream_connect: Family<TargetLabels, Histogram, Buckets>,
     pub duration: Family<TargetLabels, Histogram, Buckets>,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub approvals: Family<ApprovalLabels, Counter>,
+    pub approvals_pending: Gauge,
     pub policy_reloads: Family<ReloadLabels, Counter>,
     /// Time to decide one statement (cache hit or full classification).
     pub decision_time: Family<TargetLabels, Histogram, Buckets>,
@@ -168,6 +177,8 @@ impl Metrics {
             upstream_connect: Family::new_with_constructor(Buckets(latency_buckets)),
             duration: Family::new_with_constructor(Buckets(duration_buckets)),
             decisions: Family::default(),
+            approvals: Family::default(),
+            approvals_pending: Gauge::default(),
             policy_reloads: Family::default(),
             decision_time: Family::new_with_constructor(Buckets(fast_buckets)),
             audit_append: fast_buckets(),
@@ -208,6 +219,16 @@ impl Metrics {
             "decisions",
             "Policy decisions on statements, by action and rule",
             m.decisions.clone(),
+        );
+        registry.register(
+            "approvals",
+            "Approval requests and their outcomes",
+            m.approvals.clone(),
+        );
+        registry.register(
+            "approvals_pending",
+            "Operations held now, waiting for an approval",
+            m.approvals_pending.clone(),
         );
         registry.register(
             "decision_seconds",

@@ -24,6 +24,12 @@
 //! Result masking ([`crate::masking::wire`]) rides on the same alignment: its
 //! feed closes a batch wherever a pending entry is queued, and its masker sees
 //! every server message after authentication before the code here does.
+//!
+//! A statement a `require_approval` rule matches is held: nothing more is
+//! read from the client until a human decides (`crate::approvals`) or the
+//! timeout passes; approved, it is forwarded as if allowed; denied or timed
+//! out, it takes the denial path above with the request id and reason. An
+//! active grant from an earlier approval lets it through without asking.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -42,7 +48,12 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+mod hold;
+
+use hold::Held;
+
 use crate::{
+    approvals::Approvals,
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
     masking::{
@@ -72,6 +83,8 @@ pub struct SessionCtx {
     pub metrics: Arc<Metrics>,
     /// Keys the `hash` masking strategy's pseudonyms.
     pub mask_key: MaskKey,
+    /// Where held statements wait, and the record requests are made from.
+    pub approvals: Option<(Arc<Approvals>, AccessRecord)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +114,22 @@ type Pending = Arc<Mutex<VecDeque<Inject>>>;
 /// Most distinct statements a session remembers decisions for.
 const DECISION_CACHE: usize = 1024;
 
+/// Most bytes read from a client while one of its statements is held.
+const HELD_INPUT_MAX: usize = 1 << 20;
+
 const EMPTY_QUERY: &[u8] = &[b'Q', 0, 0, 0, 5, 0];
+
+/// Resolves when the client disconnects while one of its statements is held;
+/// bytes it sends meanwhile are kept (up to [`HELD_INPUT_MAX`]) for after.
+async fn client_gone(cr: &mut OwnedReadHalf, kept: &mut BytesMut) {
+    while kept.len() < HELD_INPUT_MAX {
+        match cr.read_buf(kept).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
 
 async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 8192 {
@@ -299,8 +327,9 @@ impl Decider<'_> {
     }
 
     /// Counts and audits a decision (every one, cached or not). A denial is
-    /// durable before the client hears of it.
-    async fn record(&self, d: &Decision, description: String) {
+    /// durable before the client hears of it. `held` says how an approval
+    /// ended, for a statement that needed one.
+    async fn record(&self, d: &Decision, description: String, held: Option<Held>) {
         self.ctx
             .metrics
             .decisions
@@ -313,17 +342,23 @@ impl Decider<'_> {
         let Some((log, base)) = &self.ctx.audit else {
             return;
         };
-        let rec = AccessRecord {
+        let mut rec = AccessRecord {
             time_ns: audit::record::now_ns(),
             operation: description,
             decision: match d.action {
                 // Mask rules never decide; a decision is allow or deny.
                 Action::Allow | Action::Mask => audit::Decision::Allow,
                 Action::Deny => audit::Decision::Deny,
+                Action::RequireApproval => audit::Decision::RequireApproval,
             },
             rule_id: Some(d.rule.clone()),
             ..base.clone()
         };
+        if let Some(h) = held {
+            rec.decision = h.decision;
+            rec.approval_ref = Some(h.approval_ref);
+            rec.outcome = h.outcome;
+        }
         if d.action == Action::Deny {
             append(&self.ctx.metrics, log, rec).await;
         } else {
@@ -369,6 +404,7 @@ async fn client_to_server(
     let mut statements: HashMap<String, Prepared> = HashMap::new();
     let mut portals: HashMap<String, String> = HashMap::new();
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut held_input = BytesMut::new();
     // Set while skipping to Sync after a denied extended-protocol message.
     let mut skipping: Option<Vec<u8>> = None;
     let mut total = 0u64;
@@ -405,7 +441,19 @@ async fn client_to_server(
                         // Already failing this extended batch: dropped like the server would.
                     } else {
                         let (d, description) = decider.decide(sql, via);
-                        decider.record(&d, description).await;
+                        let (d, held) = if d.action == Action::RequireApproval {
+                            // What came before the held statement is not held with it.
+                            if !out.is_empty() {
+                                uw.write_all(&out).await?;
+                                total += out.len() as u64;
+                                out.clear();
+                            }
+                            let gone = client_gone(&mut cr, &mut held_input);
+                            decider.hold(sql, &d, &description, gone).await
+                        } else {
+                            (d, None)
+                        };
+                        decider.record(&d, description, held).await;
                         if let (FrontendMessage::Parse(p), Action::Allow) = (msg, d.action) {
                             statements.insert(
                                 p.name.to_string(),
@@ -423,12 +471,15 @@ async fn client_to_server(
                                 out.extend_from_slice(frame.raw);
                             }
                             (Action::Allow | Action::Mask, _) => out.extend_from_slice(frame.raw),
-                            (Action::Deny, b'Q') => {
+                            // `hold` turned every RequireApproval into Allow or Deny.
+                            (Action::Deny | Action::RequireApproval, b'Q') => {
                                 push(&pending, Inject::ReplaceEmptyQuery(error_bytes(&d, ctx)));
                                 end_batch(&mut feed);
                                 out.extend_from_slice(EMPTY_QUERY);
                             }
-                            (Action::Deny, _) => skipping = Some(error_bytes(&d, ctx)),
+                            (Action::Deny | Action::RequireApproval, _) => {
+                                skipping = Some(error_bytes(&d, ctx))
+                            }
                         }
                     }
                 }
@@ -471,7 +522,18 @@ async fn client_to_server(
                                 let now = SystemTime::now();
                                 if !p.current(ctx.policy.version(), now) {
                                     let (d, operation) = decider.decide(&p.sql, "execute");
-                                    decider.record(&d, operation).await;
+                                    let (d, held) = if d.action == Action::RequireApproval {
+                                        if !out.is_empty() {
+                                            uw.write_all(&out).await?;
+                                            total += out.len() as u64;
+                                            out.clear();
+                                        }
+                                        let gone = client_gone(&mut cr, &mut held_input);
+                                        decider.hold(&p.sql, &d, &operation, gone).await
+                                    } else {
+                                        (d, None)
+                                    };
+                                    decider.record(&d, operation, held).await;
                                     p.version = decider.version;
                                     p.stale_at = decider.stale_at;
                                     if d.action != Action::Allow {
@@ -499,6 +561,10 @@ async fn client_to_server(
                 _ => out.extend_from_slice(frame.raw),
             }
             buf.advance(len);
+            if !held_input.is_empty() {
+                buf.extend_from_slice(&held_input);
+                held_input.clear();
+            }
         }
         if !out.is_empty() {
             uw.write_all(&out).await?;

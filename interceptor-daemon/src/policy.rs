@@ -5,9 +5,11 @@
 //! names) and what (for SQL: statement kinds, tables, functions) and carry an
 //! action. Precedence is deterministic:
 //!
-//! 1. a matching `deny` rule wins over any `allow`;
-//! 2. otherwise a matching `allow`;
-//! 3. otherwise the default (deny unless configured).
+//! 1. a matching `deny` rule wins over any other;
+//! 2. otherwise a matching `require_approval` (a human decides; it wins over
+//!    `allow` so that a broad allow cannot bypass an approval rule);
+//! 3. otherwise a matching `allow`;
+//! 4. otherwise the default (deny unless configured).
 //!
 //! Among matching rules of the winning action, the most specific one decides
 //! (and is reported): see [`Rule::specificity`]; equal specificity falls back to
@@ -17,8 +19,8 @@
 //! Allow rules are conservative: a statement is allowed only if *every* table it
 //! touches and *every* function it calls is within the rule's lists (when the rule
 //! has lists), and never if it carries a risky flag (COPY PROGRAM / file, opaque
-//! code, dangerous functions, LOAD) unless the rule says `risky: true`. Deny rules
-//! match on *any* table or function. Unparsable statements only match rules that
+//! code, dangerous functions, LOAD) unless the rule says `risky: true`. Deny and
+//! require_approval rules match on *any* table or function. Unparsable statements only match rules that
 //! name the `unparsable` kind.
 //!
 //! `mask` rules never allow or deny: decisions skip them, and
@@ -46,6 +48,8 @@ pub enum Action {
     Deny,
     /// Masks result data (see `mask:`); never decides a statement.
     Mask,
+    /// Held until a human approves or denies it (see `crate::approvals`).
+    RequireApproval,
 }
 
 impl Action {
@@ -54,6 +58,7 @@ impl Action {
             Action::Allow => "allow",
             Action::Deny => "deny",
             Action::Mask => "mask",
+            Action::RequireApproval => "require_approval",
         }
     }
 }
@@ -282,7 +287,7 @@ impl Rule {
             return false;
         }
         match self.action {
-            Action::Deny => {
+            Action::Deny | Action::RequireApproval => {
                 let tables = m.tables.is_empty()
                     || s.tables
                         .iter()
@@ -412,6 +417,7 @@ impl Policy {
         // Best rule per action: highest specificity, then file order.
         let mut deny: Option<&Rule> = None;
         let mut allow: Option<&Rule> = None;
+        let mut approval: Option<&Rule> = None;
         for r in self
             .rules
             .iter()
@@ -419,6 +425,7 @@ impl Policy {
         {
             let slot = match r.action {
                 Action::Deny => &mut deny,
+                Action::RequireApproval => &mut approval,
                 Action::Allow => &mut allow,
                 // Mask rules shape results; they never allow or deny.
                 Action::Mask => continue,
@@ -427,7 +434,7 @@ impl Policy {
                 *slot = Some(r);
             }
         }
-        match deny.or(allow) {
+        match deny.or(approval).or(allow) {
             Some(r) => Decision {
                 action: r.action,
                 rule: r.id.clone(),
@@ -449,7 +456,8 @@ impl Policy {
     }
 
     /// Decides a whole simple-query string: the first denied statement decides
-    /// the whole (PostgreSQL runs it as one implicit transaction).
+    /// the whole (PostgreSQL runs it as one implicit transaction); otherwise the
+    /// first statement that needs approval holds the whole.
     pub fn decide_statements<'s>(
         &self,
         ctx: &Context<'_>,
@@ -466,13 +474,16 @@ impl Policy {
         now: SystemTime,
     ) -> Decision {
         let mut last = None;
+        let mut approval = None;
         for s in stmts {
             let d = self.decide_statement_at(ctx, s, now);
-            if d.action == Action::Deny {
-                return d;
+            match d.action {
+                Action::Deny => return d,
+                Action::RequireApproval if approval.is_none() => approval = Some(d),
+                _ => last = Some(d),
             }
-            last = Some(d);
         }
+        let last = approval.or(last);
         // An empty query string is harmless: the server answers EmptyQueryResponse.
         last.unwrap_or(Decision {
             action: Action::Allow,
@@ -613,6 +624,72 @@ rules:
                 "{who} {target} {sql}"
             );
         }
+    }
+
+    #[test]
+    fn require_approval_precedence() {
+        use Action::*;
+        let p = Policy::parse(
+            r#"
+rules:
+  - id: orders-rw
+    sql: { kinds: [read, write], tables: [orders, customers] }
+    action: allow
+  - id: order-deletes
+    sql: { kinds: [write], tables: [orders] }
+    action: require_approval
+  - id: second-approval
+    sql: { kinds: [write] }
+    action: require_approval
+  - id: no-customer-deletes
+    sql: { kinds: [write], tables: [customers] }
+    action: deny
+"#,
+        )
+        .unwrap();
+        let ctx = Context {
+            identity: Some("shop/app"),
+            target: "db",
+        };
+        let decide = |sql: &str| {
+            let d = p.decide_statements(&ctx, &classify(sql).statements);
+            (d.action, d.rule)
+        };
+        let table = [
+            // allow alone
+            ("SELECT * FROM orders", (Allow, "orders-rw")),
+            // require_approval wins over a matching allow; the first one is reported
+            (
+                "DELETE FROM orders WHERE id = 1",
+                (RequireApproval, "order-deletes"),
+            ),
+            // a deny wins over require_approval, even written after it
+            ("DELETE FROM customers", (Deny, "no-customer-deletes")),
+            (
+                "WITH x AS (DELETE FROM orders RETURNING 1) DELETE FROM customers",
+                (Deny, "no-customer-deletes"),
+            ),
+            // one statement needing approval holds the whole query string
+            (
+                "SELECT 1 FROM orders; DELETE FROM orders",
+                (RequireApproval, "order-deletes"),
+            ),
+            // and a denied one anywhere in it still denies it
+            (
+                "DELETE FROM orders; DELETE FROM customers",
+                (Deny, "no-customer-deletes"),
+            ),
+            // require_approval matches on any table, like deny
+            (
+                "UPDATE orders SET id = 2 FROM secrets",
+                (RequireApproval, "order-deletes"),
+            ),
+        ];
+        for (sql, (action, rule)) in table {
+            assert_eq!(decide(sql), (action, rule.to_string()), "{sql}");
+        }
+        let e = Policy::parse("rules:\n  - {id: a, action: require_approval}\n").unwrap();
+        assert_eq!(e.rules[0].action.as_str(), "require_approval");
     }
 
     #[test]

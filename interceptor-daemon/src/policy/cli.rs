@@ -384,6 +384,7 @@ pub fn exit_for(a: Action) -> u8 {
     match a {
         Action::Allow | Action::Mask => 0,
         Action::Deny => 1,
+        Action::RequireApproval => 3,
     }
 }
 

@@ -1,0 +1,376 @@
+//! The root-only admin API of a running daemon, on a unix socket
+//! (`admin.socket`, default [`DEFAULT_PATH`]).
+//!
+//! Protocol: newline-delimited JSON. The client writes one [`AdminRequest`]
+//! line, the daemon answers one [`AdminResponse`] line and closes. Examples:
+//!
+//! ```text
+//! {"op":"list","all":false}
+//! {"op":"approve","id":"k3m9qzab","for_secs":3600,"scope":"statement","as_name":"alice"}
+//! {"op":"deny","id":"k3m9qzab","reason":"not during the freeze","as_name":null}
+//! → {"ok":true,"requests":[...]} | {"ok":true,"request":{...}} | {"ok":false,"error":"..."}
+//! ```
+//!
+//! Access: the socket is created mode 0600 (root's, as the daemon runs as
+//! root), and every connection's peer credentials (SO_PEERCRED) are checked
+//! too, so a socket whose mode was loosened still refuses non-root callers
+//! (unless their uid is in `admin.allowed_uids`). The caller's uid and user
+//! name are the actor recorded with a decision; `as_name` (the CLI's `--as`)
+//! adds a human name: `alice (uid 0 root)`.
+
+use std::{
+    ffi::CStr,
+    io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::approvals::{Approvals, Request, Scope, Verdict};
+
+pub const DEFAULT_PATH: &str = "/run/interceptor/admin.sock";
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdminRequest {
+    List {
+        #[serde(default)]
+        all: bool,
+    },
+    Approve {
+        id: String,
+        /// Also allow matching operations for this long (a grant).
+        #[serde(default)]
+        for_secs: Option<u64>,
+        /// What the grant covers (default `statement`).
+        #[serde(default)]
+        scope: Option<Scope>,
+        #[serde(default)]
+        as_name: Option<String>,
+    },
+    Deny {
+        id: String,
+        reason: String,
+        #[serde(default)]
+        as_name: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct AdminResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Vec<Request>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+}
+
+impl AdminResponse {
+    fn error(e: impl ToString) -> Self {
+        AdminResponse {
+            error: Some(e.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The message a refused caller gets (the CLI prints the same one when the
+/// socket's mode already stops it).
+pub fn needs_root(uid: u32) -> String {
+    format!("permission denied: the admin socket needs root (uid 0); you are uid {uid}")
+}
+
+/// Whether `uid` may use the admin socket.
+pub fn authorize(uid: u32, allowed_uids: &[u32]) -> Result<(), String> {
+    if uid == 0 || allowed_uids.contains(&uid) {
+        Ok(())
+    } else {
+        Err(needs_root(uid))
+    }
+}
+
+/// The login name of `uid`, from the passwd database.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: an all-zero passwd is a valid out-parameter.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: buffers are owned and sized; getpwuid_r only writes into them.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_name points into `buf`, NUL-terminated.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// How a decision's author is recorded.
+pub fn actor(uid: u32, as_name: Option<&str>) -> String {
+    let user = user_name(uid).unwrap_or_else(|| "?".into());
+    match as_name.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => format!("{name} (uid {uid} {user})"),
+        None => format!("{user} (uid {uid})"),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another daemon is already serving the admin socket {0}")]
+    InUse(PathBuf),
+    #[error("admin socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// Creates the socket (mode 0600), replacing a stale one left by a crash.
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let io_err = |source| BindError::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(path.into()));
+        }
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}
+
+pub struct AdminSocket {
+    pub approvals: Option<Arc<Approvals>>,
+    pub allowed_uids: Vec<u32>,
+}
+
+/// Serves until `stop`, then removes the socket.
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    state: Arc<AdminSocket>,
+    stop: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &state).await {
+                warn!(error = %e, "admin socket connection");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn connection(mut stream: UnixStream, state: &AdminSocket) -> io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let response = match authorize(uid, &state.allowed_uids) {
+        Err(msg) => {
+            warn!(uid, "admin socket: refused a caller that is not root");
+            AdminResponse::error(msg)
+        }
+        Ok(()) => {
+            let mut line = String::new();
+            let (r, _) = stream.split();
+            let mut reader = BufReader::new(r.take(MAX_REQUEST));
+            let read = reader.read_line(&mut line);
+            match tokio::time::timeout(Duration::from_secs(10), read).await {
+                Err(_) => AdminResponse::error("no request within 10s"),
+                Ok(Err(e)) => AdminResponse::error(format!("reading the request: {e}")),
+                Ok(Ok(_)) => match serde_json::from_str::<AdminRequest>(&line) {
+                    Err(e) => AdminResponse::error(format!("malformed request: {e}")),
+                    Ok(req) => handle(req, uid, state).await,
+                },
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+async fn handle(req: AdminRequest, uid: u32, state: &AdminSocket) -> AdminResponse {
+    let Some(approvals) = &state.approvals else {
+        return AdminResponse::error("approvals are not configured on this daemon");
+    };
+    match req {
+        AdminRequest::List { all } => match approvals.list(all).await {
+            Ok(r) => AdminResponse {
+                ok: true,
+                requests: Some(r),
+                ..Default::default()
+            },
+            Err(e) => AdminResponse::error(e),
+        },
+        AdminRequest::Approve {
+            id,
+            for_secs,
+            scope,
+            as_name,
+        } => {
+            let grant = match (for_secs, scope) {
+                (None, Some(_)) => {
+                    return AdminResponse::error("a grant scope needs a duration (--for)");
+                }
+                (Some(0), _) => return AdminResponse::error("a grant needs a positive duration"),
+                (Some(s), scope) => {
+                    Some((Duration::from_secs(s), scope.unwrap_or(Scope::Statement)))
+                }
+                (None, None) => None,
+            };
+            decided(
+                approvals,
+                &id,
+                Verdict::Approve { grant },
+                actor(uid, as_name.as_deref()),
+            )
+            .await
+        }
+        AdminRequest::Deny {
+            id,
+            reason,
+            as_name,
+        } => {
+            let reason = reason.trim().to_string();
+            if reason.is_empty() {
+                return AdminResponse::error("a denial needs a reason");
+            }
+            decided(
+                approvals,
+                &id,
+                Verdict::Deny { reason },
+                actor(uid, as_name.as_deref()),
+            )
+            .await
+        }
+    }
+}
+
+async fn decided(a: &Approvals, id: &str, v: Verdict, actor: String) -> AdminResponse {
+    match a.decide(id, v, &actor).await {
+        Ok(r) => {
+            info!(
+                id,
+                actor,
+                state = r.state.as_str(),
+                "admin socket: decision"
+            );
+            AdminResponse {
+                ok: true,
+                request: Some(r),
+                ..Default::default()
+            }
+        }
+        Err(e) => AdminResponse::error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_and_allowed_uids() {
+        assert!(authorize(0, &[]).is_ok());
+        assert_eq!(
+            authorize(65534, &[]).unwrap_err(),
+            "permission denied: the admin socket needs root (uid 0); you are uid 65534"
+        );
+        assert!(authorize(1000, &[1000]).is_ok());
+        assert!(authorize(1001, &[1000]).is_err());
+    }
+
+    #[test]
+    fn actors_name_uid_and_user() {
+        assert_eq!(actor(0, None), "root (uid 0)");
+        assert_eq!(actor(0, Some("alice")), "alice (uid 0 root)");
+        assert_eq!(actor(0, Some("  ")), "root (uid 0)");
+    }
+
+    #[test]
+    fn request_lines_parse() {
+        let r: AdminRequest =
+            serde_json::from_str(r#"{"op":"approve","id":"ab","for_secs":60,"scope":"target"}"#)
+                .unwrap();
+        assert_eq!(
+            r,
+            AdminRequest::Approve {
+                id: "ab".into(),
+                for_secs: Some(60),
+                scope: Some(Scope::Target),
+                as_name: None
+            }
+        );
+        assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"drop"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn serves_over_the_socket_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/admin.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A second daemon must not steal a live socket.
+        assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+        let stop = CancellationToken::new();
+        let state = Arc::new(AdminSocket {
+            approvals: None,
+            allowed_uids: vec![],
+        });
+        let task = tokio::spawn(serve(listener, path.clone(), state, stop.clone()));
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        s.write_all(b"{\"op\":\"list\"}\n").await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let resp: AdminResponse = serde_json::from_str(&answer).unwrap();
+        // Tests run as root (uid 0) or not: either way the answer is a clear error.
+        let uid = unsafe { libc::geteuid() };
+        let expected = if uid == 0 {
+            "approvals are not configured on this daemon".to_string()
+        } else {
+            needs_root(uid)
+        };
+        assert_eq!((resp.ok, resp.error), (false, Some(expected)));
+        stop.cancel();
+        task.await.unwrap();
+        assert!(!path.exists(), "the socket is removed at shutdown");
+    }
+}
