@@ -166,6 +166,9 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
+            Protocol::Redis => "redis",
+            Protocol::Http => "http",
+            Protocol::Auto => "auto",
         }
     }
 }
@@ -178,6 +181,13 @@ pub enum Protocol {
     Tcp,
     /// PostgreSQL: every statement is classified and decided by the policy.
     Postgres,
+    /// Redis (RESP2/RESP3): every command is decided by the policy.
+    Redis,
+    /// HTTP/1.1: every request (method, host, path) is decided by the policy.
+    Http,
+    /// Recognised per connection from the client's first bytes (PostgreSQL,
+    /// Redis, HTTP); anything else is TCP pass-through.
+    Auto,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +202,10 @@ pub struct ProxyConfig {
     /// Per-direction copy buffer.
     #[serde(default = "default_buffer")]
     pub buffer_bytes: usize,
+    /// HTTP header names whose values never reach logs, besides
+    /// Authorization, Proxy-Authorization, Cookie and Set-Cookie.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -200,6 +214,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             shutdown_grace_ms: default_grace_ms(),
             buffer_bytes: default_buffer(),
+            redact_headers: Vec::new(),
         }
     }
 }

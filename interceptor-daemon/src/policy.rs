@@ -22,6 +22,8 @@ use serde::{Deserialize, Deserializer, de};
 
 use crate::sql::{Flag, Kind, StatementInfo};
 
+pub mod protocols;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -93,6 +95,12 @@ pub struct Rule {
     pub targets: Vec<NameGlob>,
     #[serde(default)]
     pub sql: SqlMatch,
+    /// Redis command matcher: the rule then applies only to Redis commands.
+    #[serde(default)]
+    pub redis: Option<protocols::RedisMatch>,
+    /// HTTP request matcher: the rule then applies only to HTTP requests.
+    #[serde(default)]
+    pub http: Option<protocols::HttpMatch>,
     pub action: Action,
     /// One line shown with decisions this rule makes.
     #[serde(default)]
@@ -167,6 +175,9 @@ impl Rule {
     }
 
     fn matches_statement(&self, s: &StatementInfo) -> bool {
+        if self.redis.is_some() || self.http.is_some() {
+            return false;
+        }
         let m = &self.sql;
         let kind_ok = if m.kinds.is_empty() {
             s.kind != Kind::Unparsable

@@ -55,6 +55,11 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client",
     "pgbouncer",
     "haproxy",
+    // Real servers and clients for the Redis and HTTP protocol tests.
+    "redis-server",
+    "redis-tools",
+    "nginx",
+    "curl",
 ];
 
 fn main() -> ExitCode {

@@ -1,2 +1,7 @@
 //! Wire-protocol codecs.
+pub mod http;
+#[cfg(test)]
+mod mutate;
 pub mod postgres;
+pub mod redis;
+pub mod sniff;

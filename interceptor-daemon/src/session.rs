@@ -1,0 +1,174 @@
+//! What a protocol session handler (Redis, HTTP) needs besides its sockets, and
+//! how it records a decision: the per-target decision counter and the signed
+//! audit log, a denial durable before the client hears of it.
+
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use crate::{
+    audit::{self, AccessRecord, AuditLog},
+    metrics::{DecisionLabels, Metrics},
+    policy::{Action, Context, Decision, Policy},
+};
+
+pub struct SessionCtx {
+    /// Where decisions are recorded, and the record every entry starts from
+    /// (node, identity, target, protocol, connection).
+    pub audit: Option<(AuditLog, AccessRecord)>,
+    pub identity: Option<String>,
+    pub target: String,
+    pub policy: Arc<Policy>,
+    pub metrics: Arc<Metrics>,
+    /// Header names (lower-case) whose values never reach logs, besides the
+    /// built-in ones (HTTP only).
+    pub redact_headers: Vec<String>,
+}
+
+impl SessionCtx {
+    pub fn policy_ctx(&self) -> Context<'_> {
+        Context {
+            identity: self.identity.as_deref(),
+            target: &self.target,
+        }
+    }
+
+    /// Logs, counts and audits one decision. `operation` must already be free
+    /// of values that do not belong in a log (literals, query strings,
+    /// credentials). Denials are logged at info, allows at debug (a busy cache
+    /// sees many thousands per second).
+    pub async fn record(&self, d: &Decision, operation: String) {
+        if d.action == Action::Deny {
+            info!(
+                action = d.action.as_str(),
+                rule = %d.rule,
+                reason = %d.reason,
+                operation = %operation,
+                identity = self.identity.as_deref().unwrap_or(""),
+                "operation decision"
+            );
+        } else {
+            debug!(
+                action = d.action.as_str(),
+                rule = %d.rule,
+                operation = %operation,
+                identity = self.identity.as_deref().unwrap_or(""),
+                "operation decision"
+            );
+        }
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                target: self.target.clone(),
+                action: d.action.as_str(),
+                rule: d.rule.clone(),
+            })
+            .inc();
+        let Some((log, base)) = &self.audit else {
+            return;
+        };
+        let rec = AccessRecord {
+            time_ns: audit::record::now_ns(),
+            operation,
+            decision: match d.action {
+                Action::Allow => audit::Decision::Allow,
+                Action::Deny => audit::Decision::Deny,
+            },
+            rule_id: Some(d.rule.clone()),
+            ..base.clone()
+        };
+        if d.action == Action::Deny {
+            if let Err(e) = log.append(&rec).await {
+                warn!(error = %e, "audit append failed");
+            }
+        } else {
+            // Allowed operations do not wait for the disk; the record follows.
+            let log = log.clone();
+            tokio::spawn(async move {
+                if let Err(e) = log.append(&rec).await {
+                    warn!(error = %e, "audit append failed");
+                }
+            });
+        }
+    }
+}
+
+impl SessionCtx {
+    /// The context for one redirected connection.
+    pub fn new(shared: &crate::listener::Shared, meta: &crate::listener::ConnMeta) -> SessionCtx {
+        SessionCtx {
+            audit: shared
+                .audit
+                .clone()
+                .map(|log| (log, meta.audit_base(&shared.node))),
+            identity: meta.identity.as_ref().map(crate::identity::Identity::name),
+            target: meta.target.clone(),
+            policy: shared.policy.clone(),
+            metrics: shared.metrics.clone(),
+            redact_headers: shared
+                .cfg
+                .proxy
+                .redact_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+}
+
+/// For `protocol: auto`: waits (at most `wait`) for the client's first bytes
+/// and recognises its protocol without consuming them. A server that speaks
+/// first (MySQL, SMTP, SSH...), a silent client or anything unrecognised is
+/// plain TCP.
+pub async fn sniff(
+    client: &tokio::net::TcpStream,
+    upstream: &tokio::net::TcpStream,
+    wait: std::time::Duration,
+) -> crate::protocol::sniff::Sniffed {
+    use crate::protocol::sniff::{Sniffed, classify};
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut buf = [0u8; 16];
+    let mut seen = 0;
+    loop {
+        let n = tokio::select! {
+            r = client.peek(&mut buf) => match r {
+                Ok(n) => n,
+                Err(_) => return Sniffed::Tcp,
+            },
+            _ = upstream.readable() => return Sniffed::Tcp,
+            _ = tokio::time::sleep_until(deadline) => return Sniffed::Tcp,
+        };
+        if n == 0 {
+            return Sniffed::Tcp;
+        }
+        if let Some(p) = classify(&buf[..n]) {
+            return p;
+        }
+        // Too few bytes to tell: peek returns at once while they sit unread,
+        // so wait a little for more.
+        if n == seen && tokio::time::Instant::now() >= deadline {
+            return Sniffed::Tcp;
+        }
+        seen = n;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// How long `protocol: auto` waits for a client's first bytes.
+pub const SNIFF_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The handler for a `protocol: auto` connection.
+pub async fn resolve_auto(
+    client: &tokio::net::TcpStream,
+    upstream: &tokio::net::TcpStream,
+) -> crate::config::Protocol {
+    use crate::{config::Protocol, protocol::sniff::Sniffed};
+    let p = match sniff(client, upstream, SNIFF_WAIT).await {
+        Sniffed::Postgres => Protocol::Postgres,
+        Sniffed::Redis => Protocol::Redis,
+        Sniffed::Http => Protocol::Http,
+        Sniffed::Tcp => Protocol::Tcp,
+    };
+    debug!(protocol = p.as_str(), "protocol recognised (auto)");
+    p
+}
