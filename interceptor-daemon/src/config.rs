@@ -168,6 +168,7 @@ impl Protocol {
             Protocol::Postgres => "postgres",
             Protocol::Redis => "redis",
             Protocol::Http => "http",
+            Protocol::Mysql => "mysql",
             Protocol::Auto => "auto",
         }
     }
@@ -185,8 +186,11 @@ pub enum Protocol {
     Redis,
     /// HTTP/1.1: every request (method, host, path) is decided by the policy.
     Http,
-    /// Recognised per connection from the client's first bytes (PostgreSQL,
-    /// Redis, HTTP); anything else is TCP pass-through.
+    /// MySQL/MariaDB: every statement is classified and decided by the policy.
+    Mysql,
+    /// Recognised per connection from the first bytes (PostgreSQL, Redis,
+    /// HTTP from the client; MySQL from a server that speaks first); anything
+    /// else is TCP pass-through.
     Auto,
 }
 

@@ -467,6 +467,7 @@ rules:
                 identity: None,
                 target: "api".into(),
                 policy: Arc::new(Policy::parse(POLICY).unwrap()),
+                classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
             };

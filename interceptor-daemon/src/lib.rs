@@ -15,6 +15,7 @@ pub mod httpproxy;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod mysqlproxy;
 pub mod pgproxy;
 pub mod policy;
 pub mod protocol;

@@ -27,6 +27,7 @@ use crate::{
     forward, httpproxy,
     identity::{Identity, Resolver, Unknown},
     metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
+    mysqlproxy,
     pgproxy::{self, SessionCtx},
     policy::Policy,
     redirect::ConnTable,
@@ -74,6 +75,7 @@ impl ConnMeta {
                 Protocol::Postgres => audit::Protocol::Postgres,
                 Protocol::Redis => audit::Protocol::Redis,
                 Protocol::Http => audit::Protocol::Http,
+                Protocol::Mysql => audit::Protocol::Mysql,
                 // Resolved before a session starts; unresolved = pass-through.
                 Protocol::Auto => audit::Protocol::Tcp,
             },
@@ -398,6 +400,16 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         .await
         .map_err(|e| match e {
             redisproxy::SessionError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        }),
+        Protocol::Mysql => mysqlproxy::run(
+            client,
+            upstream,
+            crate::session::SessionCtx::new(shared, meta),
+        )
+        .await
+        .map_err(|e| match e {
+            mysqlproxy::SessionError::Io(e) => e,
             other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
         }),
         Protocol::Http => httpproxy::run(

@@ -488,6 +488,7 @@ rules:
                 identity: None,
                 target: "cache".into(),
                 policy: Arc::new(Policy::parse(POLICY).unwrap()),
+                classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
             };

@@ -19,6 +19,8 @@ pub struct SessionCtx {
     pub identity: Option<String>,
     pub target: String,
     pub policy: Arc<Policy>,
+    /// SQL classification (MySQL targets).
+    pub classifier: Arc<crate::sql::Classifier>,
     pub metrics: Arc<Metrics>,
     /// Header names (lower-case) whose values never reach logs, besides the
     /// built-in ones (HTTP only).
@@ -104,6 +106,7 @@ impl SessionCtx {
             identity: meta.identity.as_ref().map(crate::identity::Identity::name),
             target: meta.target.clone(),
             policy: shared.policy.clone(),
+            classifier: shared.classifier.clone(),
             metrics: shared.metrics.clone(),
             redact_headers: shared
                 .cfg
@@ -135,7 +138,11 @@ pub async fn sniff(
                 Ok(n) => n,
                 Err(_) => return Sniffed::Tcp,
             },
-            _ = upstream.readable() => return Sniffed::Tcp,
+            // The server speaks first: MySQL/MariaDB, or something else.
+            _ = upstream.readable() => {
+                let n = upstream.peek(&mut buf).await.unwrap_or(0);
+                return crate::protocol::sniff::classify_server(&buf[..n]);
+            }
             _ = tokio::time::sleep_until(deadline) => return Sniffed::Tcp,
         };
         if n == 0 {
@@ -167,6 +174,7 @@ pub async fn resolve_auto(
         Sniffed::Postgres => Protocol::Postgres,
         Sniffed::Redis => Protocol::Redis,
         Sniffed::Http => Protocol::Http,
+        Sniffed::Mysql => Protocol::Mysql,
         Sniffed::Tcp => Protocol::Tcp,
     };
     debug!(protocol = p.as_str(), "protocol recognised (auto)");

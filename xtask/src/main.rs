@@ -55,11 +55,13 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client",
     "pgbouncer",
     "haproxy",
-    // Real servers and clients for the Redis and HTTP protocol tests.
+    // Real servers and clients for the Redis, HTTP and MySQL protocol tests.
     "redis-server",
     "redis-tools",
     "nginx",
     "curl",
+    "mariadb-server",
+    "mariadb-client",
 ];
 
 fn main() -> ExitCode {

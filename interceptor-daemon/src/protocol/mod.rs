@@ -2,6 +2,7 @@
 pub mod http;
 #[cfg(test)]
 mod mutate;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
 pub mod sniff;

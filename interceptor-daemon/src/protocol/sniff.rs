@@ -8,7 +8,17 @@ pub enum Sniffed {
     Postgres,
     Redis,
     Http,
+    Mysql,
     Tcp,
+}
+
+/// What the server's first bytes look like (it spoke before the client):
+/// a MySQL/MariaDB initial handshake (protocol 10, sequence 0), or TCP.
+pub fn classify_server(first: &[u8]) -> Sniffed {
+    match first {
+        [_, _, _, 0, 10, ..] => Sniffed::Mysql,
+        _ => Sniffed::Tcp,
+    }
 }
 
 const METHODS: &[&[u8]] = &[
@@ -97,6 +107,8 @@ mod tests {
         ] {
             assert_eq!(classify(bytes), want, "{bytes:?}");
         }
+        assert_eq!(classify_server(b"\x4a\0\0\0\x0a10.11"), Mysql);
+        assert_eq!(classify_server(b"SSH-2.0"), Tcp);
         // Eight bytes always decide.
         for b in 0..=255u8 {
             assert!(classify(&[b; 8]).is_some());
