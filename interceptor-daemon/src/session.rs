@@ -180,3 +180,56 @@ pub async fn resolve_auto(
     debug!(protocol = p.as_str(), "protocol recognised (auto)");
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::AsyncWriteExt,
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+    use crate::protocol::sniff::Sniffed;
+
+    /// A connected (client-side-of-proxy, upstream) pair plus the far ends.
+    async fn pairs() -> ((TcpStream, TcpStream), (TcpStream, TcpStream)) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let (app, (client, _)) =
+            tokio::join!(TcpStream::connect(a), async { l.accept().await.unwrap() });
+        let (upstream, (server, _)) =
+            tokio::join!(TcpStream::connect(a), async { l.accept().await.unwrap() });
+        ((client, upstream.unwrap()), (app.unwrap(), server))
+    }
+
+    #[tokio::test]
+    async fn sniffing_reads_without_consuming() {
+        // Client first, in two pieces: HTTP.
+        let ((client, upstream), (mut app, _server)) = pairs().await;
+        app.write_all(b"GE").await.unwrap();
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            app.write_all(b"T / HTTP/1.1\r\n").await.unwrap();
+            app
+        });
+        assert_eq!(sniff(&client, &upstream, SNIFF_WAIT).await, Sniffed::Http);
+        let _app = t.await.unwrap();
+        let mut buf = [0u8; 4];
+        client.peek(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"GET ", "the bytes are still there for the handler");
+
+        // Server first: a MySQL greeting.
+        let ((client, upstream), (_app, mut server)) = pairs().await;
+        server.write_all(b"\x4a\0\0\0\x0a11.4.2\0").await.unwrap();
+        assert_eq!(sniff(&client, &upstream, SNIFF_WAIT).await, Sniffed::Mysql);
+
+        // Nobody speaks: TCP after the wait.
+        let ((client, upstream), _ends) = pairs().await;
+        let started = std::time::Instant::now();
+        let p = sniff(&client, &upstream, Duration::from_millis(100)).await;
+        assert_eq!(p, Sniffed::Tcp);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+}
