@@ -18,13 +18,7 @@
 //!   the next packet boundary of the server stream, which for a client that
 //!   waits for each answer (every known client) is exactly its place.
 
-use std::{
-    io,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::io;
 
 use bytes::{Buf, BytesMut};
 use tokio::{
@@ -33,7 +27,7 @@ use tokio::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tracing::warn;
 
@@ -136,13 +130,13 @@ pub async fn run(
             }
         }
     }
-    let authed = Arc::new(AtomicBool::new(false));
+    let (authed_tx, authed) = watch::channel(false);
     let (tx, rx) = mpsc::channel(64);
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let (a, b) = tokio::join!(
-        client_to_server(cr, uw, cbuf, tx, authed.clone(), &ctx),
-        server_to_client(ur, cw, sbuf, rx, authed)
+        client_to_server(cr, uw, cbuf, tx, authed, &ctx),
+        server_to_client(ur, cw, sbuf, rx, authed_tx)
     );
     up += a?;
     down += b?;
@@ -206,7 +200,7 @@ async fn client_to_server(
     mut uw: OwnedWriteHalf,
     mut buf: BytesMut,
     tx: mpsc::Sender<Vec<u8>>,
-    authed: Arc<AtomicBool>,
+    mut authed: watch::Receiver<bool>,
     ctx: &SessionCtx,
 ) -> Result<u64, SessionError> {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
@@ -217,9 +211,25 @@ async fn client_to_server(
     loop {
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
+            // A command (sequence 0) sent before authentication ended: the
+            // server would run it right after its OK, so it waits for the OK
+            // and is decided like any other.
+            if !continuing && p.seq == 0 && !*authed.borrow() {
+                if !out.is_empty() {
+                    uw.write_all(&out).await?;
+                    total += out.len() as u64;
+                    out.clear();
+                }
+                if authed.wait_for(|a| *a).await.is_err() {
+                    // The server half ended without an OK.
+                    let _ = uw.shutdown().await;
+                    return Ok(total);
+                }
+                continue;
+            }
             // Authentication data, LOAD DATA LOCAL contents and continuation
             // packets are not commands.
-            if continuing || p.seq != 0 || !authed.load(Ordering::Acquire) {
+            if continuing || p.seq != 0 {
                 if !dropping {
                     out.extend_from_slice(&buf[..len]);
                 }
@@ -300,7 +310,7 @@ async fn server_to_client(
     mut cw: OwnedWriteHalf,
     mut buf: BytesMut,
     mut rx: mpsc::Receiver<Vec<u8>>,
-    authed: Arc<AtomicBool>,
+    authed: watch::Sender<bool>,
 ) -> Result<u64, SessionError> {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut total = 0u64;
@@ -309,8 +319,8 @@ async fn server_to_client(
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
             // The OK that ends authentication: commands may follow.
-            if !authed.load(Ordering::Acquire) && p.payload.first() == Some(&0x00) {
-                authed.store(true, Ordering::Release);
+            if !*authed.borrow() && p.payload.first() == Some(&0x00) {
+                authed.send_replace(true);
             }
             out.extend_from_slice(&buf[..len]);
             buf.advance(len);
@@ -339,5 +349,128 @@ async fn server_to_client(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session over real sockets against a scripted server.
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        policy::Policy,
+        protocol::mysql::{CLIENT_PROTOCOL_41, CLIENT_SSL},
+    };
+
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut v = vec![n as u8, (n >> 8) as u8, (n >> 16) as u8, seq];
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn greeting() -> Vec<u8> {
+        let mut p = vec![10];
+        p.extend_from_slice(b"11.4.2-MariaDB\0\x01\0\0\0abcdefgh\0");
+        let caps = CLIENT_PROTOCOL_41 | CLIENT_SSL;
+        p.extend_from_slice(&(caps as u16).to_le_bytes());
+        p.extend_from_slice(&[8, 2, 0, 0, 0]);
+        packet(0, &p)
+    }
+
+    /// Runs a session; the server sends its greeting, waits a moment before
+    /// its OK, and records every byte it receives.
+    async fn session(client_bytes: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (saddr, paddr) = (server.local_addr().unwrap(), proxy.local_addr().unwrap());
+        let srv = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            s.write_all(&greeting()).await.unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The handshake response, then a slow OK.
+            let n = s.read(&mut chunk).await.unwrap();
+            seen.extend_from_slice(&chunk[..n]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = s.write_all(&packet(2, &[0, 0, 0, 2, 0, 0, 0])).await;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+                    _ => return seen,
+                }
+            }
+        });
+        let px = tokio::spawn(async move {
+            let (c, _) = proxy.accept().await.unwrap();
+            let u = TcpStream::connect(saddr).await.unwrap();
+            let ctx = SessionCtx {
+                audit: None,
+                identity: None,
+                target: "db".into(),
+                policy: Arc::new(
+                    Policy::parse(
+                        "default: allow\nrules:\n  - {id: no-delete, sql: {kinds: [write]}, action: deny}\n",
+                    )
+                    .unwrap(),
+                ),
+                classifier: Arc::default(),
+                metrics: Arc::new(Metrics::new()),
+                redact_headers: vec![],
+            };
+            run(c, u, ctx).await
+        });
+        let mut c = TcpStream::connect(paddr).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let n = c.read(&mut chunk).await.unwrap();
+        got.extend_from_slice(&chunk[..n]);
+        c.write_all(&client_bytes).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(400), c.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        drop(c);
+        let _ = px.await.unwrap();
+        (got, srv.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_command_sent_before_the_ok_is_still_decided() {
+        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
+        resp.resize(40, 0);
+        let mut bytes = packet(1, &resp);
+        bytes.extend(packet(0, b"\x03DELETE FROM customers"));
+        let (got, seen) = session(bytes).await;
+        // The greeting reached the client without SSL.
+        let caps = u16::from_le_bytes([got[4 + 29], got[4 + 30]]);
+        assert_eq!(u32::from(caps) & CLIENT_SSL, 0);
+        assert!(
+            !String::from_utf8_lossy(&seen).contains("DELETE"),
+            "the DELETE reached the server"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("#42000interceptor: statement denied by rule `no-delete`"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_is_refused() {
+        let mut ssl = (CLIENT_PROTOCOL_41 | CLIENT_SSL).to_le_bytes().to_vec();
+        ssl.resize(32, 0);
+        let (got, seen) = session(packet(1, &ssl)).await;
+        assert!(
+            String::from_utf8_lossy(&got).contains("TLS is not available on this hop"),
+            "{got:?}"
+        );
+        assert!(seen.is_empty(), "{seen:?}");
     }
 }

@@ -140,7 +140,12 @@ pub async fn sniff(
             },
             // The server speaks first: MySQL/MariaDB, or something else.
             _ = upstream.readable() => {
-                let n = upstream.peek(&mut buf).await.unwrap_or(0);
+                // Readiness can be spurious: peek only until the deadline.
+                let n = tokio::time::timeout_at(deadline, upstream.peek(&mut buf))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
                 return crate::protocol::sniff::classify_server(&buf[..n]);
             }
             _ = tokio::time::sleep_until(deadline) => return Sniffed::Tcp,
