@@ -562,3 +562,111 @@ rules:
         assert_eq!(seen, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
     }
 }
+
+#[cfg(test)]
+mod upgrade_tests {
+    //! Protocol switches: a refused upgrade keeps the connection HTTP (and
+    //! policed); an accepted one makes it a tunnel.
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{metrics::Metrics, policy::Policy};
+
+    /// The server answers the first request head with `first_response`; after
+    /// a 101 it echoes whatever comes next.
+    async fn exchange(first_response: &'static [u8], client_bytes: &[u8]) -> (String, String) {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (saddr, paddr) = (server.local_addr().unwrap(), proxy.local_addr().unwrap());
+        let srv = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut answered = 0;
+            loop {
+                let n = match tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => return String::from_utf8_lossy(&seen).into_owned(),
+                };
+                seen.extend_from_slice(&chunk[..n]);
+                let heads = String::from_utf8_lossy(&seen).matches("\r\n\r\n").count();
+                if answered == 0 && heads > 0 {
+                    s.write_all(first_response).await.unwrap();
+                    answered = 1;
+                } else if answered > 0 && first_response.starts_with(b"HTTP/1.1 101") {
+                    s.write_all(&chunk[..n]).await.unwrap();
+                }
+            }
+        });
+        let px = tokio::spawn(async move {
+            let (c, _) = proxy.accept().await.unwrap();
+            let u = TcpStream::connect(saddr).await.unwrap();
+            let ctx = SessionCtx {
+                audit: None,
+                identity: None,
+                target: "api".into(),
+                policy: Arc::new(
+                    Policy::parse(
+                        "default: allow\nrules:\n  - {id: no-admin, http: {paths: [\"/admin*\"]}, action: deny}\n",
+                    )
+                    .unwrap(),
+                ),
+                classifier: Arc::default(),
+                metrics: Arc::new(Metrics::new()),
+                redact_headers: vec![],
+            };
+            run(c, u, ctx).await
+        });
+        let mut c = TcpStream::connect(paddr).await.unwrap();
+        c.write_all(client_bytes).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), c.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        drop(c);
+        let _ = px.await.unwrap();
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            srv.await.unwrap(),
+        )
+    }
+
+    const UPGRADE_THEN_ADMIN: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_refused_upgrade_stays_policed() {
+        let (got, seen) = exchange(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+            UPGRADE_THEN_ADMIN,
+        )
+        .await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nnoHTTP/1.1 403 Forbidden"),
+            "{got}"
+        );
+        assert!(!seen.contains("/admin"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn an_accepted_upgrade_is_a_tunnel() {
+        let (got, seen) = exchange(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            UPGRADE_THEN_ADMIN,
+        )
+        .await;
+        assert!(
+            got.starts_with("HTTP/1.1 101 Switching Protocols\r\n")
+                && got.ends_with("GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "{got}"
+        );
+        assert!(seen.contains("/admin"), "{seen}");
+    }
+}
