@@ -13,8 +13,9 @@
 //! * RESP3 (after a successful `HELLO 3`): push frames (`>`) are not replies
 //!   and pass through without consuming an entry; `(P|S)(UN)SUBSCRIBE`
 //!   confirmations are pushes, so those commands consume no reply;
-//! * RESP2 pub/sub (`SUBSCRIBE`...), `MONITOR` and `CLIENT REPLY OFF|SKIP`
-//!   make replies stop lining up with commands: from then on the session is
+//! * RESP2 pub/sub (after the confirmations of `SUBSCRIBE`...), `MONITOR`
+//!   and `CLIENT REPLY OFF|SKIP` make replies stop lining up with commands:
+//!   from then on the session is
 //!   *loose*: a denial is written at the next boundary between server frames
 //!   (never inside one), which a client in those modes accepts, but its place
 //!   relative to replies of earlier commands is not guaranteed;
@@ -76,8 +77,11 @@ enum Entry {
     Denied(Vec<u8>),
     /// One reply answers the command and is replaced by these bytes.
     Replace(Vec<u8>),
-    /// (P|S)SUBSCRIBE: pushes only in RESP3; RESP2 enters pub/sub (loose).
-    Subscribe,
+    /// (P|S)SUBSCRIBE naming n channels: pushes only in RESP3; in RESP2 one
+    /// confirmation per channel, then pub/sub (loose).
+    Subscribe(usize),
+    /// RESP2 subscription confirmations still to come before going loose.
+    ThenLoose(usize),
     /// (P|S)UNSUBSCRIBE naming n channels: pushes only in RESP3; in RESP2
     /// outside pub/sub, one reply per channel (one if none named).
     Unsubscribe(usize),
@@ -200,7 +204,7 @@ async fn decide<'b>(
         // Inside a transaction every command is answered `+QUEUED`.
         _ if multi.is_some() => Entry::Replies(1),
         "HELLO" => Entry::Hello,
-        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => Entry::Subscribe,
+        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => Entry::Subscribe(cmd.args.len() - 1),
         "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => Entry::Unsubscribe(cmd.args.len() - 1),
         "MONITOR" => Entry::Loose,
         "CLIENT"
@@ -300,7 +304,12 @@ impl Replies {
         while let Some(front) = self.queue.front_mut() {
             match front {
                 Entry::Denied(bytes) => out.append(bytes),
-                Entry::Subscribe => self.loose |= !self.resp3,
+                Entry::Subscribe(n) => {
+                    if !(self.resp3 || self.loose) {
+                        *front = Entry::ThenLoose((*n).max(1));
+                        continue;
+                    }
+                }
                 Entry::Loose => self.loose = true,
                 Entry::Unsubscribe(n) => {
                     if !(self.resp3 || self.loose) {
@@ -311,8 +320,10 @@ impl Replies {
                 Entry::Replies(0) => {}
                 // Loose: replies no longer tell which command they answer.
                 Entry::Replace(bytes) if self.loose => out.append(bytes),
-                Entry::Replies(_) | Entry::Hello if self.loose => {}
-                Entry::Replies(_) | Entry::Hello | Entry::Replace(_) => return,
+                Entry::Replies(_) | Entry::Hello | Entry::ThenLoose(_) if self.loose => {}
+                Entry::Replies(_) | Entry::Hello | Entry::Replace(_) | Entry::ThenLoose(_) => {
+                    return;
+                }
             }
             self.queue.pop_front();
         }
@@ -334,6 +345,14 @@ impl Replies {
                 *n -= 1;
                 if *n == 0 {
                     self.queue.pop_front();
+                }
+            }
+            Some(Entry::ThenLoose(n)) => {
+                // A message can beat a later confirmation: approximate.
+                *n -= 1;
+                if *n == 0 {
+                    self.queue.pop_front();
+                    self.loose = true;
                 }
             }
             Some(Entry::Hello) => {
@@ -519,6 +538,7 @@ rules:
             "MULTI" | "DISCARD" => b"+OK\r\n".to_vec(),
             "EXEC" => b"*1\r\n:1\r\n".to_vec(),
             "HELLO" => b"%1\r\n+proto\r\n:3\r\n".to_vec(),
+            "SUBSCRIBE" => b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n".to_vec(),
             // RESP3: an invalidation push arrives before the GET reply.
             "GET" => b">2\r\n+invalidate\r\n*1\r\n+k\r\n+v\r\n".to_vec(),
             other => format!("+{other}\r\n").into_bytes(),
@@ -565,6 +585,15 @@ rules:
         assert_eq!(
             got,
             "%1\r\n+proto\r\n:3\r\n>2\r\n+invalidate\r\n*1\r\n+k\r\n+v\r\n-ERR interceptor: command denied by rule `no-flush`: no admin  commands\r\n+PING\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn resp2_pubsub_denials_come_after_the_confirmations() {
+        let (got, _) = session(b"SUBSCRIBE a b\r\nFLUSHALL\r\nPING\r\n", simple, 14).await;
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n-ERR interceptor: command denied by rule `no-flush`: no admin  commands\r\n+PING\r\n"
         );
     }
 
