@@ -196,6 +196,10 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Postgres => "postgres",
+            Protocol::Redis => "redis",
+            Protocol::Http => "http",
+            Protocol::Mysql => "mysql",
+            Protocol::Auto => "auto",
         }
     }
 }
@@ -208,6 +212,16 @@ pub enum Protocol {
     Tcp,
     /// PostgreSQL: every statement is classified and decided by the policy.
     Postgres,
+    /// Redis (RESP2/RESP3): every command is decided by the policy.
+    Redis,
+    /// HTTP/1.1: every request (method, host, path) is decided by the policy.
+    Http,
+    /// MySQL/MariaDB: every statement is classified and decided by the policy.
+    Mysql,
+    /// Recognised per connection from the first bytes (PostgreSQL, Redis,
+    /// HTTP from the client; MySQL from a server that speaks first); anything
+    /// else is TCP pass-through.
+    Auto,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +236,10 @@ pub struct ProxyConfig {
     /// Per-direction copy buffer.
     #[serde(default = "default_buffer")]
     pub buffer_bytes: usize,
+    /// HTTP header names whose values never reach logs, besides
+    /// Authorization, Proxy-Authorization, Cookie and Set-Cookie.
+    #[serde(default)]
+    pub redact_headers: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -230,6 +248,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: default_connect_timeout_ms(),
             shutdown_grace_ms: default_grace_ms(),
             buffer_bytes: default_buffer(),
+            redact_headers: Vec::new(),
         }
     }
 }

@@ -24,12 +24,14 @@ use crate::{
     audit::{self, AccessRecord, AuditLog},
     cgroups::CgroupIndex,
     config::{Config, Protocol},
-    forward,
+    forward, httpproxy,
     identity::{Identity, Resolver, Unknown},
     metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
+    mysqlproxy,
     pgproxy::{self, SessionCtx},
     policy::store::PolicyHandle,
     redirect::ConnTable,
+    redisproxy,
     sql::Classifier,
 };
 
@@ -73,6 +75,11 @@ impl ConnMeta {
             protocol: match self.protocol {
                 Protocol::Tcp => audit::Protocol::Tcp,
                 Protocol::Postgres => audit::Protocol::Postgres,
+                Protocol::Redis => audit::Protocol::Redis,
+                Protocol::Http => audit::Protocol::Http,
+                Protocol::Mysql => audit::Protocol::Mysql,
+                // Resolved before a session starts; unresolved = pass-through.
+                Protocol::Auto => audit::Protocol::Tcp,
             },
             operation: String::new(),
             decision: audit::Decision::Allow,
@@ -351,8 +358,19 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
             return;
         }
     };
+    let resolved;
+    let meta = match meta.protocol {
+        Protocol::Auto => {
+            resolved = ConnMeta {
+                protocol: crate::session::resolve_auto(&client, &upstream).await,
+                ..meta.clone()
+            };
+            &resolved
+        }
+        _ => meta,
+    };
     let result = match meta.protocol {
-        Protocol::Tcp => {
+        Protocol::Tcp | Protocol::Auto => {
             forward::pump(&mut client, &mut upstream, shared.cfg.proxy.buffer_bytes).await
         }
         Protocol::Postgres => {
@@ -381,6 +399,36 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                     }
                 })
         }
+        Protocol::Redis => redisproxy::run(
+            client,
+            upstream,
+            crate::session::SessionCtx::new(shared, meta),
+        )
+        .await
+        .map_err(|e| match e {
+            redisproxy::SessionError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        }),
+        Protocol::Mysql => mysqlproxy::run(
+            client,
+            upstream,
+            crate::session::SessionCtx::new(shared, meta),
+        )
+        .await
+        .map_err(|e| match e {
+            mysqlproxy::SessionError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        }),
+        Protocol::Http => httpproxy::run(
+            client,
+            upstream,
+            crate::session::SessionCtx::new(shared, meta),
+        )
+        .await
+        .map_err(|e| match e {
+            httpproxy::SessionError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        }),
     };
     let (bytes_up, bytes_down, error) = match &result {
         Ok(t) => (t.up, t.down, None),

@@ -41,6 +41,8 @@ use crate::{
     sql::{Flag, Kind, StatementInfo},
 };
 
+pub mod protocols;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -173,6 +175,12 @@ pub struct Rule {
     pub targets: Vec<NameGlob>,
     #[serde(default)]
     pub sql: SqlMatch,
+    /// Redis command matcher: the rule then applies only to Redis commands.
+    #[serde(default)]
+    pub redis: Option<protocols::RedisMatch>,
+    /// HTTP request matcher: the rule then applies only to HTTP requests.
+    #[serde(default)]
+    pub http: Option<protocols::HttpMatch>,
     pub action: Action,
     /// For `action: mask`: what to mask and how.
     #[serde(default)]
@@ -277,6 +285,9 @@ impl Rule {
     }
 
     fn matches_statement(&self, s: &StatementInfo) -> bool {
+        if self.redis.is_some() || self.http.is_some() {
+            return false;
+        }
         let m = &self.sql;
         let kind_ok = if m.kinds.is_empty() {
             s.kind != Kind::Unparsable

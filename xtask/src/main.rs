@@ -63,6 +63,13 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     // The chart test: helm comes inside a zip in an npm package.
     "unzip",
+    // Real servers and clients for the Redis, HTTP and MySQL protocol tests.
+    "redis-server",
+    "redis-tools",
+    "nginx",
+    "curl",
+    "mariadb-server",
+    "mariadb-client",
 ];
 
 fn main() -> ExitCode {

@@ -1,2 +1,8 @@
 //! Wire-protocol codecs.
+pub mod http;
+#[cfg(test)]
+mod mutate;
+pub mod mysql;
 pub mod postgres;
+pub mod redis;
+pub mod sniff;

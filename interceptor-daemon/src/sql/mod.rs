@@ -42,6 +42,7 @@
 //! (schema-qualified or not); the classifier does not know `search_path`.
 
 mod lexer;
+mod mysql;
 mod normalize;
 #[cfg(test)]
 mod tests;

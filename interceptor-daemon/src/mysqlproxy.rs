@@ -1,0 +1,478 @@
+//! MySQL/MariaDB session handling: every `COM_QUERY` and `COM_STMT_PREPARE`
+//! is classified (sqlparser, MySQL dialect, see [`crate::sql`]) and decided
+//! before it reaches the server; a denied one is answered with an ERR packet
+//! (1142, SQLSTATE 42000) naming the rule, and the session stays usable.
+//!
+//! * The handshake is rewritten so the session never uses TLS (a client that
+//!   insists gets an error: the pod-to-node hop stays on the node),
+//!   multi-statements or query attributes; `COM_SET_OPTION` turning
+//!   multi-statements on is refused. So one query is one statement, which is
+//!   what the classifier vouches for.
+//! * Authentication passes through; the command phase starts at the server's
+//!   OK. `COM_CHANGE_USER` (re-authentication as another user) and commands
+//!   outside a known set (replication, debug...) are refused.
+//! * A prepared statement is decided at prepare time; executing it needs no
+//!   new decision. `COM_INIT_DB` (`USE db`) passes; tables are matched as
+//!   written in the statement.
+//! * The classic protocol is request/response: an injected ERR is written at
+//!   the next packet boundary of the server stream, which for a client that
+//!   waits for each answer (every known client) is exactly its place.
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::{mpsc, watch},
+};
+use tracing::warn;
+
+use crate::{
+    forward::Transferred,
+    policy::{Action, Decision},
+    protocol::mysql::{
+        COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING, COM_QUERY, COM_QUIT,
+        COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE, COM_STMT_EXECUTE,
+        COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA, ClientHello,
+        ER_TABLEACCESS_DENIED, MysqlError, STRIPPED, err_packet, frame, rewrite_client_response,
+        rewrite_server_handshake,
+    },
+    session::SessionCtx,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed MySQL handshake from the {side}: {source}")]
+    Handshake {
+        side: &'static str,
+        source: MysqlError,
+    },
+    #[error("the client asked for TLS, which is not available on the pod-to-node hop")]
+    ClientTls,
+}
+
+async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < 8192 {
+        buf.reserve(64 * 1024);
+    }
+    r.read_buf(buf).await
+}
+
+/// Reads until `buf` starts with a whole packet; returns its length.
+async fn read_packet(r: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        if let Some(p) = frame(buf) {
+            return Ok(p.wire_len());
+        }
+        if fill(r, buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// Runs the session until both directions are done.
+pub async fn run(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    ctx: SessionCtx,
+) -> Result<Transferred, SessionError> {
+    let mut sbuf = BytesMut::with_capacity(16 * 1024);
+    let mut cbuf = BytesMut::with_capacity(16 * 1024);
+    // The server speaks first.
+    let len = read_packet(&mut upstream, &mut sbuf).await?;
+    let refused = sbuf[4] == 0xff;
+    if !refused {
+        rewrite_server_handshake(&mut sbuf[4..len], STRIPPED).map_err(|source| {
+            SessionError::Handshake {
+                side: "server",
+                source,
+            }
+        })?;
+    }
+    client.write_all(&sbuf[..len]).await?;
+    sbuf.advance(len);
+    let (mut up, mut down) = (0u64, len as u64);
+    if !refused {
+        let len = read_packet(&mut client, &mut cbuf).await?;
+        let seq = cbuf[3];
+        match rewrite_client_response(&mut cbuf[4..len], STRIPPED) {
+            Ok(ClientHello::Response { .. }) => {
+                upstream.write_all(&cbuf[..len]).await?;
+                cbuf.advance(len);
+                up += len as u64;
+            }
+            Ok(ClientHello::SslRequest) => {
+                warn!(
+                    "closing the connection: the client asked for TLS, which is not available on the pod-to-node hop"
+                );
+                let _ = client
+                    .write_all(&err_packet(
+                        seq.wrapping_add(1),
+                        1045,
+                        "08004",
+                        "interceptor: TLS is not available on this hop; connect without SSL",
+                    ))
+                    .await;
+                return Err(SessionError::ClientTls);
+            }
+            Err(source) => {
+                warn!(error = %source, "closing the connection: malformed MySQL handshake response");
+                return Err(SessionError::Handshake {
+                    side: "client",
+                    source,
+                });
+            }
+        }
+    }
+    let (authed_tx, authed) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(64);
+    let (cr, cw) = client.into_split();
+    let (ur, uw) = upstream.into_split();
+    let (a, b) = tokio::join!(
+        client_to_server(cr, uw, cbuf, tx, authed, &ctx),
+        server_to_client(ur, cw, sbuf, rx, authed_tx)
+    );
+    up += a?;
+    down += b?;
+    Ok(Transferred { up, down })
+}
+
+fn error_for(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
+    err_packet(
+        1,
+        ER_TABLEACCESS_DENIED,
+        "42000",
+        &format!(
+            "interceptor: statement denied by rule `{}`: {} (identity {}, target {})",
+            d.rule,
+            d.reason,
+            ctx.identity.as_deref().unwrap_or("(unidentified)"),
+            ctx.target
+        ),
+    )
+}
+
+/// A refusal that no rule can lift: the proxy cannot vouch for the command.
+fn protocol_denial(reason: &str) -> Decision {
+    Decision {
+        action: Action::Deny,
+        rule: "protocol".into(),
+        reason: reason.into(),
+    }
+}
+
+/// Decides one SQL text; returns the decision and a literal-free description.
+fn decide_sql(payload: &[u8], via: &str, ctx: &SessionCtx) -> (Decision, String) {
+    let Ok(sql) = std::str::from_utf8(payload) else {
+        return (
+            protocol_denial("statement text is not valid UTF-8"),
+            format!("{via} (not UTF-8)"),
+        );
+    };
+    let c = ctx.classifier.classify_mysql(sql);
+    let d = ctx
+        .policy
+        .current()
+        .policy
+        .decide_statements(&ctx.policy_ctx(), &c.statements);
+    let kinds: Vec<String> = c
+        .statements
+        .iter()
+        .map(|s| format!("{:?}", s.kind).to_lowercase())
+        .collect();
+    let tables: Vec<String> = c
+        .statements
+        .iter()
+        .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
+        .collect();
+    (
+        d,
+        format!("{via} {} on [{}]", kinds.join(","), tables.join(",")),
+    )
+}
+
+async fn client_to_server(
+    mut cr: OwnedReadHalf,
+    mut uw: OwnedWriteHalf,
+    mut buf: BytesMut,
+    tx: mpsc::Sender<Vec<u8>>,
+    mut authed: watch::Receiver<bool>,
+    ctx: &SessionCtx,
+) -> Result<u64, SessionError> {
+    let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut total = 0u64;
+    // Inside a payload longer than one packet: forwarding it, or dropping it.
+    let mut continuing = false;
+    let mut dropping = false;
+    loop {
+        while let Some(p) = frame(&buf) {
+            let len = p.wire_len();
+            // A command (sequence 0) sent before authentication ended: the
+            // server would run it right after its OK, so it waits for the OK
+            // and is decided like any other.
+            if !continuing && p.seq == 0 && !*authed.borrow() {
+                if !out.is_empty() {
+                    uw.write_all(&out).await?;
+                    total += out.len() as u64;
+                    out.clear();
+                }
+                if authed.wait_for(|a| *a).await.is_err() {
+                    // The server half ended without an OK.
+                    let _ = uw.shutdown().await;
+                    return Ok(total);
+                }
+                continue;
+            }
+            // Authentication data, LOAD DATA LOCAL contents and continuation
+            // packets are not commands.
+            if continuing || p.seq != 0 {
+                if !dropping {
+                    out.extend_from_slice(&buf[..len]);
+                }
+                continuing = p.continued();
+                dropping &= continuing;
+                buf.advance(len);
+                continue;
+            }
+            let cmd = p.payload.first().copied().unwrap_or(0);
+            let verdict = match cmd {
+                COM_QUERY | COM_STMT_PREPARE if p.continued() => Some((
+                    protocol_denial("statement larger than 16 MiB cannot be inspected"),
+                    "query (oversized)".to_string(),
+                )),
+                COM_QUERY => Some(decide_sql(&p.payload[1..], "query", ctx)),
+                COM_STMT_PREPARE => Some(decide_sql(&p.payload[1..], "prepare", ctx)),
+                COM_SET_OPTION if p.payload.get(1..3) == Some(&[0, 0]) => Some((
+                    protocol_denial("multi-statements are not available through the interceptor"),
+                    "set option multi-statements on".to_string(),
+                )),
+                COM_CHANGE_USER => Some((
+                    protocol_denial(
+                        "changing the user on a connection is not available through the interceptor",
+                    ),
+                    "change user".to_string(),
+                )),
+                COM_QUIT
+                | COM_INIT_DB
+                | COM_FIELD_LIST
+                | COM_STATISTICS
+                | COM_PING
+                | COM_STMT_EXECUTE
+                | COM_STMT_SEND_LONG_DATA
+                | COM_STMT_CLOSE
+                | COM_STMT_RESET
+                | COM_STMT_FETCH
+                | COM_RESET_CONNECTION
+                | COM_SET_OPTION => None,
+                other => Some((
+                    protocol_denial(&format!(
+                        "command {other:#04x} is not available through the interceptor"
+                    )),
+                    format!("command {other:#04x}"),
+                )),
+            };
+            match verdict {
+                Some((d, description)) => {
+                    ctx.record(&d, description).await;
+                    if d.action == Action::Deny {
+                        dropping = p.continued();
+                        if tx.send(error_for(&d, ctx)).await.is_err() {
+                            let _ = uw.shutdown().await;
+                            return Ok(total);
+                        }
+                    } else {
+                        out.extend_from_slice(&buf[..len]);
+                    }
+                }
+                None => out.extend_from_slice(&buf[..len]),
+            }
+            continuing = p.continued();
+            buf.advance(len);
+        }
+        if !out.is_empty() {
+            uw.write_all(&out).await?;
+            total += out.len() as u64;
+            out.clear();
+        }
+        if fill(&mut cr, &mut buf).await? == 0 {
+            let _ = uw.shutdown().await;
+            return Ok(total);
+        }
+    }
+}
+
+async fn server_to_client(
+    mut ur: OwnedReadHalf,
+    mut cw: OwnedWriteHalf,
+    mut buf: BytesMut,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    authed: watch::Sender<bool>,
+) -> Result<u64, SessionError> {
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut total = 0u64;
+    let mut rx_open = true;
+    loop {
+        while let Some(p) = frame(&buf) {
+            let len = p.wire_len();
+            // The OK that ends authentication: commands may follow.
+            if !*authed.borrow() && p.payload.first() == Some(&0x00) {
+                authed.send_replace(true);
+            }
+            out.extend_from_slice(&buf[..len]);
+            buf.advance(len);
+        }
+        if !out.is_empty() {
+            cw.write_all(&out).await?;
+            total += out.len() as u64;
+            out.clear();
+        }
+        tokio::select! {
+            e = rx.recv(), if rx_open => match e {
+                // Only whole packets were written: this is a boundary.
+                Some(err) => {
+                    cw.write_all(&err).await?;
+                    total += err.len() as u64;
+                }
+                None => rx_open = false,
+            },
+            n = fill(&mut ur, &mut buf) => {
+                if n? == 0 {
+                    while let Ok(err) = rx.try_recv() {
+                        cw.write_all(&err).await?;
+                    }
+                    let _ = cw.shutdown().await;
+                    return Ok(total);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session over real sockets against a scripted server.
+    use std::{sync::Arc, time::Duration};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{
+        metrics::Metrics,
+        policy::Policy,
+        protocol::mysql::{CLIENT_PROTOCOL_41, CLIENT_SSL},
+    };
+
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let n = payload.len();
+        let mut v = vec![n as u8, (n >> 8) as u8, (n >> 16) as u8, seq];
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn greeting() -> Vec<u8> {
+        let mut p = vec![10];
+        p.extend_from_slice(b"11.4.2-MariaDB\0\x01\0\0\0abcdefgh\0");
+        let caps = CLIENT_PROTOCOL_41 | CLIENT_SSL;
+        p.extend_from_slice(&(caps as u16).to_le_bytes());
+        p.extend_from_slice(&[8, 2, 0, 0, 0]);
+        packet(0, &p)
+    }
+
+    /// Runs a session; the server sends its greeting, waits a moment before
+    /// its OK, and records every byte it receives.
+    async fn session(client_bytes: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (saddr, paddr) = (server.local_addr().unwrap(), proxy.local_addr().unwrap());
+        let srv = tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            s.write_all(&greeting()).await.unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The handshake response, then a slow OK.
+            let n = s.read(&mut chunk).await.unwrap();
+            seen.extend_from_slice(&chunk[..n]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = s.write_all(&packet(2, &[0, 0, 0, 2, 0, 0, 0])).await;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(300), s.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&chunk[..n]),
+                    _ => return seen,
+                }
+            }
+        });
+        let px = tokio::spawn(async move {
+            let (c, _) = proxy.accept().await.unwrap();
+            let u = TcpStream::connect(saddr).await.unwrap();
+            let ctx = SessionCtx {
+                audit: None,
+                identity: None,
+                target: "db".into(),
+                policy: crate::policy::store::PolicyHandle::fixed(
+                    Policy::parse(
+                        "default: allow\nrules:\n  - {id: no-delete, sql: {kinds: [write]}, action: deny}\n",
+                    )
+                    .unwrap(),
+                ),
+                classifier: Arc::default(),
+                metrics: Arc::new(Metrics::new()),
+                redact_headers: vec![],
+            };
+            run(c, u, ctx).await
+        });
+        let mut c = TcpStream::connect(paddr).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let n = c.read(&mut chunk).await.unwrap();
+        got.extend_from_slice(&chunk[..n]);
+        c.write_all(&client_bytes).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(400), c.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        drop(c);
+        let _ = px.await.unwrap();
+        (got, srv.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_command_sent_before_the_ok_is_still_decided() {
+        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
+        resp.resize(40, 0);
+        let mut bytes = packet(1, &resp);
+        bytes.extend(packet(0, b"\x03DELETE FROM customers"));
+        let (got, seen) = session(bytes).await;
+        // The greeting reached the client without SSL.
+        let caps = u16::from_le_bytes([got[4 + 29], got[4 + 30]]);
+        assert_eq!(u32::from(caps) & CLIENT_SSL, 0);
+        assert!(
+            !String::from_utf8_lossy(&seen).contains("DELETE"),
+            "the DELETE reached the server"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("#42000interceptor: statement denied by rule `no-delete`"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tls_is_refused() {
+        let mut ssl = (CLIENT_PROTOCOL_41 | CLIENT_SSL).to_le_bytes().to_vec();
+        ssl.resize(32, 0);
+        let (got, seen) = session(packet(1, &ssl)).await;
+        assert!(
+            String::from_utf8_lossy(&got).contains("TLS is not available on this hop"),
+            "{got:?}"
+        );
+        assert!(seen.is_empty(), "{seen:?}");
+    }
+}

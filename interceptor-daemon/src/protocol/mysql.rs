@@ -1,0 +1,251 @@
+//! MySQL/MariaDB client/server protocol, the parts a statement-deciding proxy
+//! needs: packet framing (zero-copy), the capability flags of the initial
+//! handshake and of the client's response (rewritten in place), command
+//! bytes, and the ERR packet the proxy sends for a denied statement.
+
+/// A payload of exactly this length is continued in the next packet.
+pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
+
+pub const CLIENT_PROTOCOL_41: u32 = 1 << 9;
+pub const CLIENT_SSL: u32 = 1 << 11;
+pub const CLIENT_MULTI_STATEMENTS: u32 = 1 << 16;
+pub const CLIENT_QUERY_ATTRIBUTES: u32 = 1 << 27;
+
+/// Capabilities the proxy never lets a session use: TLS (the pod-to-node hop
+/// stays on the node), multi-statements (one statement per query is what the
+/// classifier can vouch for) and query attributes (they change the COM_QUERY
+/// layout).
+pub const STRIPPED: u32 = CLIENT_SSL | CLIENT_MULTI_STATEMENTS | CLIENT_QUERY_ATTRIBUTES;
+
+pub const COM_QUIT: u8 = 0x01;
+pub const COM_INIT_DB: u8 = 0x02;
+pub const COM_QUERY: u8 = 0x03;
+pub const COM_FIELD_LIST: u8 = 0x04;
+pub const COM_STATISTICS: u8 = 0x09;
+pub const COM_PING: u8 = 0x0e;
+pub const COM_CHANGE_USER: u8 = 0x11;
+pub const COM_STMT_PREPARE: u8 = 0x16;
+pub const COM_STMT_EXECUTE: u8 = 0x17;
+pub const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+pub const COM_STMT_CLOSE: u8 = 0x19;
+pub const COM_STMT_RESET: u8 = 0x1a;
+pub const COM_SET_OPTION: u8 = 0x1b;
+pub const COM_STMT_FETCH: u8 = 0x1c;
+pub const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// `ER_TABLEACCESS_DENIED_ERROR`, what the server itself says when a grant is
+/// missing.
+pub const ER_TABLEACCESS_DENIED: u16 = 1142;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MysqlError {
+    #[error("handshake packet truncated")]
+    Truncated,
+    #[error("unsupported handshake protocol version {0}")]
+    ProtocolVersion(u8),
+    #[error("client does not speak protocol 4.1")]
+    Old,
+}
+
+/// One packet: `len` (3 bytes LE) `seq` (1 byte) payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet<'a> {
+    pub seq: u8,
+    pub payload: &'a [u8],
+}
+
+impl Packet<'_> {
+    /// Bytes the whole packet occupies.
+    pub fn wire_len(&self) -> usize {
+        4 + self.payload.len()
+    }
+
+    /// Another packet continues this payload.
+    pub fn continued(&self) -> bool {
+        self.payload.len() == MAX_PAYLOAD
+    }
+}
+
+/// The packet at the start of `buf`, or `None` while it is incomplete.
+pub fn frame(buf: &[u8]) -> Option<Packet<'_>> {
+    let h = buf.get(..4)?;
+    let len = usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16;
+    let payload = buf.get(4..4 + len)?;
+    Some(Packet { seq: h[3], payload })
+}
+
+/// Clears `strip` in the server's initial handshake (protocol 10) payload;
+/// returns the capabilities it announced.
+pub fn rewrite_server_handshake(payload: &mut [u8], strip: u32) -> Result<u32, MysqlError> {
+    let version = *payload.first().ok_or(MysqlError::Truncated)?;
+    if version != 10 {
+        return Err(MysqlError::ProtocolVersion(version));
+    }
+    // server version (NUL-terminated), connection id (4), scramble (8), filler (1)
+    let nul = payload[1..]
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(MysqlError::Truncated)?;
+    let low = 1 + nul + 1 + 4 + 8 + 1;
+    if payload.len() < low + 2 {
+        return Err(MysqlError::Truncated);
+    }
+    let mut caps = u32::from(u16::from_le_bytes([payload[low], payload[low + 1]]));
+    payload[low..low + 2].copy_from_slice(&((caps & !strip) as u16).to_le_bytes());
+    // charset (1), status (2), then the upper capability bytes, if present.
+    let high = low + 2 + 3;
+    if payload.len() >= high + 2 {
+        let upper = u16::from_le_bytes([payload[high], payload[high + 1]]);
+        caps |= u32::from(upper) << 16;
+        payload[high..high + 2].copy_from_slice(&(((caps & !strip) >> 16) as u16).to_le_bytes());
+    }
+    Ok(caps)
+}
+
+/// The client's first packet after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientHello {
+    /// SSLRequest: capabilities with CLIENT_SSL and nothing else of note.
+    SslRequest,
+    /// HandshakeResponse41, capabilities rewritten.
+    Response { caps: u32 },
+}
+
+/// Reads (and rewrites, clearing `strip`) the client's handshake response.
+pub fn rewrite_client_response(payload: &mut [u8], strip: u32) -> Result<ClientHello, MysqlError> {
+    let c = payload.get(..4).ok_or(MysqlError::Truncated)?;
+    let caps = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    if caps & CLIENT_PROTOCOL_41 == 0 {
+        return Err(MysqlError::Old);
+    }
+    // An SSLRequest is the 32-byte prefix of a response, sent alone.
+    if caps & CLIENT_SSL != 0 && payload.len() == 32 {
+        return Ok(ClientHello::SslRequest);
+    }
+    payload[..4].copy_from_slice(&(caps & !strip).to_le_bytes());
+    Ok(ClientHello::Response { caps })
+}
+
+/// An ERR packet (protocol 4.1) with sequence id `seq`.
+pub fn err_packet(seq: u8, code: u16, sqlstate: &str, message: &str) -> Vec<u8> {
+    let mut payload = vec![0xff];
+    payload.extend_from_slice(&code.to_le_bytes());
+    payload.push(b'#');
+    let mut state = sqlstate.as_bytes().to_vec();
+    state.resize(5, b'0');
+    payload.extend_from_slice(&state);
+    payload.extend_from_slice(message.as_bytes());
+    payload.truncate(MAX_PAYLOAD - 1);
+    let len = payload.len();
+    let mut out = vec![len as u8, (len >> 8) as u8, (len >> 16) as u8, seq];
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[doc(hidden)]
+pub mod fuzz {
+    //! Fuzzing entry point shared by the cargo-fuzz target (`fuzz/`, target
+    //! `mysql_codec`) and the in-tree randomized test.
+    use super::*;
+
+    /// Must never panic, whatever `data` is.
+    pub fn parse_all(data: &[u8]) {
+        let mut rest = data;
+        while let Some(p) = frame(rest) {
+            let mut copy = p.payload.to_vec();
+            let _ = rewrite_server_handshake(&mut copy, STRIPPED);
+            let mut copy = p.payload.to_vec();
+            let _ = rewrite_client_response(&mut copy, STRIPPED);
+            rest = &rest[p.wire_len()..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A MariaDB-like initial handshake with SSL and multi-statements on.
+    fn greeting() -> Vec<u8> {
+        let mut p = vec![10];
+        p.extend_from_slice(b"10.11.6-MariaDB\0");
+        p.extend_from_slice(&[1, 0, 0, 0]);
+        p.extend_from_slice(b"abcdefgh");
+        p.push(0);
+        let caps: u32 = CLIENT_PROTOCOL_41 | CLIENT_SSL | CLIENT_MULTI_STATEMENTS | 1;
+        p.extend_from_slice(&(caps as u16).to_le_bytes());
+        p.push(8);
+        p.extend_from_slice(&[2, 0]);
+        p.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+        p.push(21);
+        p.extend_from_slice(&[0; 10]);
+        p.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
+        p
+    }
+
+    #[test]
+    fn handshake_capabilities_are_stripped() {
+        let mut g = greeting();
+        let caps = rewrite_server_handshake(&mut g, STRIPPED).unwrap();
+        assert_ne!(caps & CLIENT_SSL, 0);
+        let again = rewrite_server_handshake(&mut g.clone(), 0).unwrap();
+        assert_eq!(again & STRIPPED, 0);
+        assert_eq!(again & CLIENT_PROTOCOL_41, CLIENT_PROTOCOL_41);
+        for cut in 0..20 {
+            assert!(rewrite_server_handshake(&mut greeting()[..cut].to_vec(), STRIPPED).is_err());
+        }
+        assert_eq!(
+            rewrite_server_handshake(&mut [9, 0], STRIPPED),
+            Err(MysqlError::ProtocolVersion(9))
+        );
+    }
+
+    #[test]
+    fn client_responses() {
+        let caps = CLIENT_PROTOCOL_41 | CLIENT_SSL | CLIENT_MULTI_STATEMENTS;
+        let mut ssl = caps.to_le_bytes().to_vec();
+        ssl.resize(32, 0);
+        assert_eq!(
+            rewrite_client_response(&mut ssl, STRIPPED),
+            Ok(ClientHello::SslRequest)
+        );
+        let mut resp = (CLIENT_PROTOCOL_41 | CLIENT_MULTI_STATEMENTS)
+            .to_le_bytes()
+            .to_vec();
+        resp.resize(40, 0);
+        assert_eq!(
+            rewrite_client_response(&mut resp, STRIPPED),
+            Ok(ClientHello::Response {
+                caps: CLIENT_PROTOCOL_41 | CLIENT_MULTI_STATEMENTS
+            })
+        );
+        assert_eq!(
+            u32::from_le_bytes(resp[..4].try_into().unwrap()),
+            CLIENT_PROTOCOL_41
+        );
+        assert_eq!(
+            rewrite_client_response(&mut [0; 40], STRIPPED),
+            Err(MysqlError::Old)
+        );
+    }
+
+    #[test]
+    fn packets_and_errors() {
+        let e = err_packet(1, ER_TABLEACCESS_DENIED, "42000", "no");
+        assert_eq!(e, b"\x0b\0\0\x01\xff\x76\x04#42000no");
+        let p = frame(&e).unwrap();
+        assert_eq!((p.seq, p.wire_len()), (1, e.len()));
+        for cut in 0..e.len() {
+            assert!(frame(&e[..cut]).is_none());
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_inputs_never_panic() {
+        let g = greeting();
+        let mut packet = vec![g.len() as u8, 0, 0, 0];
+        packet.extend_from_slice(&g);
+        let corpus: &[&[u8]] = &[&packet, b"\x05\0\0\0\x03SEL", b"\x01\0\0\0\x01"];
+        crate::protocol::mutate::run(corpus, 3000, b"\0\xff\x0a", fuzz::parse_all);
+    }
+}
