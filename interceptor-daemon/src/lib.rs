@@ -14,6 +14,7 @@ pub mod forward;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod pgauth;
 pub mod pgproxy;
 pub mod policy;
 pub mod protocol;

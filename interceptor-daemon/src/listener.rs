@@ -364,6 +364,11 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                 policy: shared.policy.clone(),
                 classifier: shared.classifier.clone(),
                 metrics: shared.metrics.clone(),
+                inject: crate::pgauth::Injection::for_target(
+                    &shared.cfg,
+                    &meta.target,
+                    meta.orig_dst,
+                ),
             };
             pgproxy::run(client, upstream, ctx)
                 .await

@@ -18,8 +18,10 @@
 //!
 //! SSLRequest and GSSENCRequest are answered `N`: the pod-to-node hop stays on
 //! the node. A CancelRequest is forwarded to the same original destination.
-//! Authentication messages pass through (the upstream credential is the
-//! client's in this version).
+//! Authentication messages pass through, unless the target injects the
+//! upstream credential (`postgres.upstream`, see `pgauth`): then the daemon
+//! logs in (over TLS if configured) and the relay starts after
+//! AuthenticationOk.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -29,18 +31,17 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
 };
+use tokio_util::either::Either;
 use tracing::{info, warn};
 
 use crate::{
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
     metrics::{DecisionLabels, Metrics},
+    pgauth::{self, Injection},
     policy::{Action, Context, Decision, Policy},
     protocol::postgres::{
         Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
@@ -60,6 +61,8 @@ pub struct SessionCtx {
     pub policy: Arc<Policy>,
     pub classifier: Arc<Classifier>,
     pub metrics: Arc<Metrics>,
+    /// The target's credential injection / upstream TLS, if configured.
+    pub inject: Option<Injection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,8 @@ pub enum SessionError {
     },
     #[error("the client started TLS directly; only SSLRequest negotiation is supported")]
     DirectTls,
+    #[error("{0}")]
+    Upstream(#[from] pgauth::InjectError),
 }
 
 /// What to do when the server's answer to a forwarded Query/Sync arrives.
@@ -140,32 +145,72 @@ pub async fn run(
             }
             StartupPacket::CancelRequest { .. } => {
                 // The key belongs to the backend behind this same destination.
-                upstream.write_all(&cbuf[..packet_len]).await?;
-                let _ = upstream.shutdown().await;
+                pgauth::forward_cancel(upstream, &cbuf[..packet_len], ctx.inject.as_ref()).await?;
                 return Ok(Transferred {
                     up: packet_len as u64,
                     down: 0,
                 });
             }
-            StartupPacket::Startup { .. } => {
-                upstream.write_all(&cbuf[..packet_len]).await?;
-                up += packet_len as u64;
+            StartupPacket::Startup { version, params } => {
+                let Some(inj) = &ctx.inject else {
+                    upstream.write_all(&cbuf[..packet_len]).await?;
+                    up += packet_len as u64;
+                    cbuf.advance(packet_len);
+                    break;
+                };
+                let est = pgauth::establish(
+                    &mut client,
+                    upstream,
+                    version,
+                    &params,
+                    inj,
+                    ctx.identity.as_deref(),
+                )
+                .await?;
                 cbuf.advance(packet_len);
-                break;
+                up += est.up;
+                let (a, b) = match est.stream {
+                    Either::Left(tcp) => {
+                        let (ur, uw) = tcp.into_split();
+                        relay(client, ur, uw, cbuf, est.server_buf, &ctx).await
+                    }
+                    Either::Right(tls) => {
+                        let (ur, uw) = tokio::io::split(tls);
+                        relay(client, ur, uw, cbuf, est.server_buf, &ctx).await
+                    }
+                };
+                return Ok(Transferred {
+                    up: up + a?,
+                    down: b?,
+                });
             }
         }
     }
 
-    let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
-    let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), &ctx);
-    let s2c = server_to_client(ur, cw, pending);
-    let (a, b) = tokio::join!(c2s, s2c);
+    let sbuf = BytesMut::with_capacity(64 * 1024);
+    let (a, b) = relay(client, ur, uw, cbuf, sbuf, &ctx).await;
     Ok(Transferred {
         up: up + a?,
         down: b?,
     })
+}
+
+/// Both relay directions, until both are done; `cbuf`/`sbuf` hold bytes
+/// already read from the client/server.
+async fn relay(
+    client: TcpStream,
+    ur: impl AsyncRead + Unpin,
+    uw: impl AsyncWrite + Unpin,
+    cbuf: BytesMut,
+    sbuf: BytesMut,
+    ctx: &SessionCtx,
+) -> (Result<u64, SessionError>, Result<u64, SessionError>) {
+    let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
+    let (cr, cw) = client.into_split();
+    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), ctx);
+    let s2c = server_to_client(ur, cw, pending, sbuf);
+    tokio::join!(c2s, s2c)
 }
 
 fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
@@ -278,8 +323,8 @@ impl Decider<'_> {
 }
 
 async fn client_to_server(
-    mut cr: OwnedReadHalf,
-    mut uw: OwnedWriteHalf,
+    mut cr: impl AsyncRead + Unpin,
+    mut uw: impl AsyncWrite + Unpin,
     mut buf: BytesMut,
     pending: Pending,
     ctx: &SessionCtx,
@@ -380,12 +425,12 @@ fn push(p: &Pending, i: Inject) {
 }
 
 async fn server_to_client(
-    mut ur: OwnedReadHalf,
-    mut cw: OwnedWriteHalf,
+    mut ur: impl AsyncRead + Unpin,
+    mut cw: impl AsyncWrite + Unpin,
     pending: Pending,
+    mut buf: BytesMut,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Backend);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     // The ReadyForQuery that ends authentication answers no client message.
     let mut startup_ready_seen = false;
