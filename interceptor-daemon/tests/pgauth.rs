@@ -81,7 +81,7 @@ fn node(s: &Setup, h: u8) -> Ipv4Addr {
 fn psql_cmd(s: &Setup, host: Ipv4Addr, password: Option<&str>, db: &str, sql: &str) -> Command {
     let mut cmd = s.pod.command(s.pg.bin.join("psql")).unwrap();
     cmd.env_remove("PGPASSWORD")
-        .env("PGPASSFILE", "/dev/null")
+        .env("PGPASSFILE", "/nonexistent/pgpass")
         .env("PGAPPNAME", "pod-app")
         .env("PGCONNECT_TIMEOUT", "20");
     if let Some(p) = password {
@@ -348,8 +348,8 @@ fn passwords_are_injected_scram_md5_trust() {
     let _ = &s.dir;
 }
 
-/// A CA and a server certificate for `db.internal` and `ip`, as PEM.
-fn certificates(ip: Ipv4Addr) -> (String, String, String) {
+/// A CA and a server certificate for `db.internal` and `ips`, as PEM.
+fn certificates(ips: &[Ipv4Addr]) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -359,7 +359,11 @@ fn certificates(ip: Ipv4Addr) -> (String, String, String) {
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
     let mut server = CertificateParams::new(vec!["db.internal".to_string()]).unwrap();
-    server.subject_alt_names.push(SanType::IpAddress(ip.into()));
+    for ip in ips {
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress((*ip).into()));
+    }
     server
         .distinguished_name
         .push(DnType::CommonName, "db.internal");
@@ -383,7 +387,7 @@ fn upstream_tls_require_and_verify_full() {
     let mut lab = Lab::new().unwrap();
     let pod = lab.add_pod("app", "pods/app").unwrap();
     let dir = scratch("pgauth-tls");
-    let (ca, cert, key) = certificates(lab.node_v4(2));
+    let (ca, cert, key) = certificates(&[lab.node_v4(2), lab.node_v4(3)]);
     let pg_dir = dir.join("pg");
     std::fs::create_dir_all(&pg_dir).unwrap();
     let also: Vec<std::net::IpAddr> = (3..=5).map(|h| lab.node_v4(h).into()).collect();
