@@ -469,7 +469,7 @@ fn upstream_tls_require_and_verify_full() {
     assert_fails_with(&wrong_name, &["FATAL", "`wrong-name-db`", "TLS handshake"]);
     assert_cancel_works(&s, node(&s, 2));
     // A CA that did not sign the server's certificate: a clear client error.
-    std::fs::write(&s.dir.join("ca.pem"), other_ca()).unwrap();
+    std::fs::write(s.dir.join("ca.pem"), other_ca()).unwrap();
     let wrong_ca = psql(&s, node(&s, 2), None, "x", WHO);
     assert_fails_with(
         &wrong_ca,

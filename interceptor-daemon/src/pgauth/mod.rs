@@ -256,14 +256,19 @@ pub enum InjectError {
     Io(#[from] std::io::Error),
     #[error("the client's StartupMessage has no user")]
     NoUser,
+    #[error(
+        "startup parameter `{0}` is not allowed with credential injection (it would change the session's role or mode outside policy)"
+    )]
+    Forbidden(String),
 }
 
 impl InjectError {
     fn sqlstate(&self) -> &'static str {
         match self {
-            InjectError::Secret(_) | InjectError::Auth(_) | InjectError::NoUser => {
-                SQLSTATE_INVALID_AUTHORIZATION
-            }
+            InjectError::Secret(_)
+            | InjectError::Auth(_)
+            | InjectError::NoUser
+            | InjectError::Forbidden(_) => SQLSTATE_INVALID_AUTHORIZATION,
             _ => SQLSTATE_CONNECTION_FAILURE,
         }
     }
@@ -289,6 +294,9 @@ pub fn upstream_startup(
     up: &Upstream,
 ) -> Result<(Vec<u8>, String), InjectError> {
     let client_user = params.get("user").ok_or(InjectError::NoUser)?;
+    if let Some((name, _)) = params.iter().find(|(n, v)| forbidden(n, v)) {
+        return Err(InjectError::Forbidden(name.to_string()));
+    }
     let user = up.user.as_deref().unwrap_or(client_user);
     let database = up.database.as_deref().or(params.get("database")).or(
         // The server defaults the database to the startup user; the client
@@ -302,6 +310,26 @@ pub fn upstream_startup(
     let head = std::iter::once(("user", user)).chain(database.map(|d| ("database", d)));
     build::startup_message(&mut out, version, head.chain(rest)).map_err(InjectError::Protocol)?;
     Ok((out, user.to_string()))
+}
+
+/// Startup parameters a workload may not send to an injected session: every
+/// parameter besides user/database/options/replication is a setting, and
+/// `role` / `session_authorization` would switch to another role the injected
+/// user can reach without the policy seeing a statement (`options` can carry
+/// the same as `-c role=...`, with backslash escapes); a replication
+/// connection speaks a different command language. Setting names are
+/// case-insensitive.
+fn forbidden(name: &str, value: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let mentions_role = |s: &str| {
+        let plain: String = s.chars().filter(|c| *c != '\\').collect();
+        let plain = plain.to_ascii_lowercase();
+        plain.contains("role") || plain.contains("session_authorization")
+    };
+    matches!(
+        name.as_str(),
+        "role" | "session_authorization" | "replication"
+    ) || (name == "options" && mentions_role(value))
 }
 
 /// Logs in upstream on the client's behalf (see the module docs). On failure
@@ -614,6 +642,35 @@ mod tests {
         assert_eq!(
             rewritten(&[("user", "me"), ("application_name", "a")], &up),
             pairs(&[("user", "me"), ("application_name", "a")])
+        );
+        for (name, value) in [
+            ("role", "postgres"),
+            ("Session_Authorization", "postgres"),
+            ("replication", "database"),
+            ("options", "-c ro\\le=postgres"),
+            ("options", "--ROLE=postgres"),
+        ] {
+            let raw = startup(&[("user", "me"), (name, value)]);
+            let Progress::Complete(p) =
+                Framer::new(Direction::Frontend).next_startup(&raw).unwrap()
+            else {
+                panic!()
+            };
+            let StartupPacket::Startup { version, params } = p.parse().unwrap() else {
+                panic!()
+            };
+            let e = upstream_startup(version, &params, &up).unwrap_err();
+            assert!(
+                matches!(e, InjectError::Forbidden(_)),
+                "{name}={value}: {e}"
+            );
+        }
+        assert_eq!(
+            rewritten(
+                &[("user", "me"), ("options", "-c statement_timeout=5s")],
+                &up
+            ),
+            pairs(&[("user", "me"), ("options", "-c statement_timeout=5s")])
         );
         // A replaced user without a database keeps the database the client meant.
         let up = upstream("upstream: { user: app }").unwrap();
