@@ -306,6 +306,14 @@ fn passwords_are_injected_scram_md5_trust() {
     let no_tls = psql(&s, node(&s, 5), None, "shop", WHO);
     assert_fails_with(&no_tls, &["FATAL", "`tls-less-db`", "does not accept TLS"]);
     assert_cancel_works(&s, node(&s, 2));
+    // A startup option that would switch role outside policy is refused.
+    let mut cmd = psql_cmd(&s, node(&s, 2), None, "shop", WHO);
+    cmd.env("PGOPTIONS", "-c role=postgres");
+    let role_switch = output_within(cmd, Duration::from_secs(40));
+    assert_fails_with(
+        &role_switch,
+        &["FATAL", "`customers-db`", "startup parameter `options`"],
+    );
 
     // (e) The server's password changes first: the client gets its error.
     s.pg.admin_sql("ALTER ROLE app PASSWORD 'Rotated-Secret'")
