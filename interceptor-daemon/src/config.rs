@@ -20,6 +20,8 @@ use globset::GlobMatcher;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 
+mod env;
+
 /// The built-in example configuration, printed by `interceptor config example`.
 pub const EXAMPLE: &str = include_str!("../config/example.yaml");
 
@@ -49,6 +51,10 @@ pub struct Config {
     /// Statement-level policy for protocol-aware targets (default: deny all).
     #[serde(default)]
     pub policy: crate::policy::Policy,
+    /// The policy in its own file instead (relative to this file's directory);
+    /// reloaded on SIGHUP and when it changes. Excludes an inline `policy:`.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
     /// Who is behind a selected cgroup (standalone mappings; unknown = deny by default).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
@@ -402,16 +408,32 @@ fn listen_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddrV6>, D:
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. `${NAME}` in it is replaced by
+    /// the environment variable NAME (see [`env`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let invalid = |message| ConfigError::Invalid {
             path: path.into(),
             message,
-        })
+        };
+        let text = env::expand(&text, |name| std::env::var(name).ok()).map_err(invalid)?;
+        let mut cfg = Self::parse(&text).map_err(invalid)?;
+        if let Some(file) = &cfg.policy_file {
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            if !cfg.policy.rules.is_empty() {
+                return Err(invalid(
+                    "give the policy inline (`policy:`) or in `policy_file:`, not both".into(),
+                ));
+            }
+            let (policy, _) = crate::policy::store::load_file(&file)
+                .map_err(|e| invalid(format!("policy_file: {e}")))?;
+            cfg.policy = policy;
+            cfg.policy_file = Some(file);
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates configuration text; the error names line and column.

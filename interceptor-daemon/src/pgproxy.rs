@@ -42,7 +42,7 @@ use crate::{
     forward::Transferred,
     metrics::{DecisionLabels, Metrics},
     pgauth::{self, Injection},
-    policy::{Action, Context, Decision, Policy},
+    policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
         Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
@@ -58,7 +58,8 @@ pub struct SessionCtx {
     pub audit: Option<(AuditLog, AccessRecord)>,
     pub identity: Option<String>,
     pub target: String,
-    pub policy: Arc<Policy>,
+    /// Read on every decision, so a reload applies to open sessions.
+    pub policy: PolicyHandle,
     pub classifier: Arc<Classifier>,
     pub metrics: Arc<Metrics>,
     /// The target's credential injection / upstream TLS, if configured.
@@ -238,12 +239,23 @@ fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
 struct Decider<'c> {
     ctx: &'c SessionCtx,
     cache: HashMap<String, (Decision, String)>,
+    /// The policy version the cache was filled under; a reload empties it.
+    version: u64,
 }
 
 impl Decider<'_> {
-    /// The decision and a literal-free description of the statement(s).
+    /// The decision and the literal-free form of the statement(s)
+    /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
-        if let Some(d) = self.cache.get(sql) {
+        let policy = self.ctx.policy.current();
+        if policy.version != self.version {
+            self.cache.clear();
+            self.version = policy.version;
+        }
+        // Keyed by fingerprint: the same statement with other constants
+        // (pgbench's `WHERE aid = 123`) costs no parse.
+        let key = crate::sql::fingerprint(sql).unwrap_or_else(|| sql.to_string());
+        if let Some(d) = self.cache.get(&key) {
             return d.clone();
         }
         let c = self.ctx.classifier.classify(sql);
@@ -251,7 +263,7 @@ impl Decider<'_> {
             identity: self.ctx.identity.as_deref(),
             target: &self.ctx.target,
         };
-        let d = self.ctx.policy.decide_statements(&pctx, &c.statements);
+        let d = policy.policy.decide_statements(&pctx, &c.statements);
         let kinds: Vec<String> = c
             .statements
             .iter()
@@ -263,22 +275,23 @@ impl Decider<'_> {
             .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
             .collect();
         let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
-        // Literals never reach the log: the statement is described, not quoted.
+        let operation = crate::sql::normalize(sql);
+        // Literals never reach the log: the statement is normalised, not quoted.
         // Logged once per distinct statement; metrics and audit count every one.
         info!(
             action = d.action.as_str(),
             rule = %d.rule,
             reason = %d.reason,
             operation = %description,
+            statement = %operation,
             identity = self.ctx.identity.as_deref().unwrap_or(""),
             "statement decision"
         );
         if self.cache.len() >= DECISION_CACHE {
             self.cache.clear();
         }
-        self.cache
-            .insert(sql.to_string(), (d.clone(), description.clone()));
-        (d, description)
+        self.cache.insert(key, (d.clone(), operation.clone()));
+        (d, operation)
     }
 
     /// Counts and audits a decision (every one, cached or not). A denial is
@@ -333,6 +346,7 @@ async fn client_to_server(
     let mut decider = Decider {
         ctx,
         cache: HashMap::new(),
+        version: 0,
     };
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     // Set while skipping to Sync after a denied extended-protocol message.
