@@ -64,6 +64,17 @@ pub struct Config {
     /// The per-node HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Result masking settings (the rules are `action: mask` policy rules).
+    #[serde(default)]
+    pub masking: Option<MaskingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// The node's pseudonym key for the `hash` strategy (32 bytes, mode 0600,
+    /// created if missing). Without it, a random key per daemon start.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -382,7 +382,7 @@ fn test(
 /// `policy test` exit status for an action.
 pub fn exit_for(a: Action) -> u8 {
     match a {
-        Action::Allow => 0,
+        Action::Allow | Action::Mask => 0,
         Action::Deny => 1,
     }
 }

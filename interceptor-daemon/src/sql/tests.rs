@@ -547,9 +547,15 @@ fn texts_sharing_a_fingerprint_classify_alike() {
         ],
         &["COPY t TO '/tmp/a'", "COPY t TO 'x'"],
         &["SET role = 'postgres'", "SET role = 'nobody'"],
-        &["SELECT 'a'; DELETE FROM customers", "SELECT 'b;'; DELETE FROM customers"],
+        &[
+            "SELECT 'a'; DELETE FROM customers",
+            "SELECT 'b;'; DELETE FROM customers",
+        ],
         &["SELECT 'x' || 'y'", "SELECT '' || 'zz'"],
-        &["SELECT set_config('role', 'postgres', false)", "SELECT set_config('x', 'y', false)"],
+        &[
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT set_config('x', 'y', false)",
+        ],
     ];
     for fam in families {
         let fp = fingerprint(fam[0]).unwrap();
@@ -567,7 +573,10 @@ fn texts_sharing_a_fingerprint_classify_alike() {
     }
     // Spellings that read differently somewhere never share one.
     for (a, b) in [
-        ("SELECT 'a\\'; DELETE FROM t; --'", "SELECT 'a'; DELETE FROM t; --'"),
+        (
+            "SELECT 'a\\'; DELETE FROM t; --'",
+            "SELECT 'a'; DELETE FROM t; --'",
+        ),
         ("SELECT 1or true", "SELECT 1 or true"),
         ("SELECT $$a$$", "SELECT $$b$$"),
     ] {
