@@ -189,6 +189,10 @@ pub struct TargetConfig {
     pub destinations: Vec<Destination>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// PostgreSQL settings (`protocol: postgres` only): credential injection
+    /// and upstream TLS.
+    #[serde(default)]
+    pub postgres: Option<crate::pgauth::PostgresTarget>,
 }
 
 impl Protocol {
@@ -534,6 +538,12 @@ impl Config {
             }
             if t.destinations.is_empty() {
                 return Err(format!("{here}targets[{i}] ({}): no destinations", t.name));
+            }
+            if t.postgres.is_some() && t.protocol != Protocol::Postgres {
+                return Err(format!(
+                    "{here}targets[{i}] ({}): `postgres` settings need `protocol: postgres`",
+                    t.name
+                ));
             }
             for d in &t.destinations {
                 if d.net.addr() == IpAddr::V4(*self.listener.address.ip())

@@ -19,6 +19,7 @@ pub mod listener;
 pub mod masking;
 pub mod metrics;
 pub mod mysqlproxy;
+pub mod pgauth;
 pub mod pgproxy;
 pub mod policy;
 pub mod protocol;

@@ -389,6 +389,11 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                     .approvals
                     .clone()
                     .map(|a| (a, meta.audit_base(&shared.node))),
+                inject: crate::pgauth::Injection::for_target(
+                    &shared.cfg,
+                    &meta.target,
+                    meta.orig_dst,
+                ),
             };
             pgproxy::run(client, upstream, ctx)
                 .await

@@ -18,8 +18,10 @@
 //!
 //! SSLRequest and GSSENCRequest are answered `N`: the pod-to-node hop stays on
 //! the node. A CancelRequest is forwarded to the same original destination.
-//! Authentication messages pass through (the upstream credential is the
-//! client's in this version).
+//! Authentication messages pass through, unless the target injects the
+//! upstream credential (`postgres.upstream`, see `pgauth`): then the daemon
+//! logs in (over TLS if configured) and the relay starts after
+//! AuthenticationOk.
 //!
 //! Result masking ([`crate::masking::wire`]) rides on the same alignment: its
 //! feed closes a batch wherever a pending entry is queued, and its masker sees
@@ -40,12 +42,10 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
 };
+use tokio_util::either::Either;
 use tracing::{info, warn};
 
 mod hold;
@@ -61,6 +61,7 @@ use crate::{
         wire::{self, Feed, ResultMasker, Verdict},
     },
     metrics::{DecisionLabels, Metrics, TargetLabels},
+    pgauth::{self, Injection},
     policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
         Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket, Target,
@@ -85,6 +86,8 @@ pub struct SessionCtx {
     pub mask_key: MaskKey,
     /// Where held statements wait, and the record requests are made from.
     pub approvals: Option<(Arc<Approvals>, AccessRecord)>,
+    /// The target's credential injection / upstream TLS, if configured.
+    pub inject: Option<Injection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,8 @@ pub enum SessionError {
     },
     #[error("the client started TLS directly; only SSLRequest negotiation is supported")]
     DirectTls,
+    #[error("{0}")]
+    Upstream(#[from] pgauth::InjectError),
 }
 
 /// What to do when the server's answer to a forwarded Query/Sync arrives.
@@ -121,7 +126,7 @@ const EMPTY_QUERY: &[u8] = &[b'Q', 0, 0, 0, 5, 0];
 
 /// Resolves when the client disconnects while one of its statements is held;
 /// bytes it sends meanwhile are kept (up to [`HELD_INPUT_MAX`]) for after.
-async fn client_gone(cr: &mut OwnedReadHalf, kept: &mut BytesMut) {
+async fn client_gone(cr: &mut (impl AsyncRead + Unpin), kept: &mut BytesMut) {
     while kept.len() < HELD_INPUT_MAX {
         match cr.read_buf(kept).await {
             Ok(0) | Err(_) => return,
@@ -180,22 +185,67 @@ pub async fn run(
             }
             StartupPacket::CancelRequest { .. } => {
                 // The key belongs to the backend behind this same destination.
-                upstream.write_all(&cbuf[..packet_len]).await?;
-                let _ = upstream.shutdown().await;
+                pgauth::forward_cancel(upstream, &cbuf[..packet_len], ctx.inject.as_ref()).await?;
                 return Ok(Transferred {
                     up: packet_len as u64,
                     down: 0,
                 });
             }
-            StartupPacket::Startup { .. } => {
-                upstream.write_all(&cbuf[..packet_len]).await?;
-                up += packet_len as u64;
+            StartupPacket::Startup { version, params } => {
+                let Some(inj) = &ctx.inject else {
+                    upstream.write_all(&cbuf[..packet_len]).await?;
+                    up += packet_len as u64;
+                    cbuf.advance(packet_len);
+                    break;
+                };
+                let est = pgauth::establish(
+                    &mut client,
+                    upstream,
+                    version,
+                    &params,
+                    inj,
+                    ctx.identity.as_deref(),
+                )
+                .await?;
                 cbuf.advance(packet_len);
-                break;
+                up += est.up;
+                let (a, b) = match est.stream {
+                    Either::Left(tcp) => {
+                        let (ur, uw) = tcp.into_split();
+                        relay(client, ur, uw, cbuf, est.server_buf, &ctx).await
+                    }
+                    Either::Right(tls) => {
+                        let (ur, uw) = tokio::io::split(tls);
+                        relay(client, ur, uw, cbuf, est.server_buf, &ctx).await
+                    }
+                };
+                return Ok(Transferred {
+                    up: up + a?,
+                    down: b?,
+                });
             }
         }
     }
 
+    let (ur, uw) = upstream.into_split();
+    let sbuf = BytesMut::with_capacity(64 * 1024);
+    let (a, b) = relay(client, ur, uw, cbuf, sbuf, &ctx).await;
+    Ok(Transferred {
+        up: up + a?,
+        down: b?,
+    })
+}
+
+/// Both relay directions, until both are done; `cbuf`/`sbuf` hold bytes
+/// already read from the client/server.
+async fn relay(
+    client: TcpStream,
+    ur: impl AsyncRead + Unpin,
+    uw: impl AsyncWrite + Unpin,
+    cbuf: BytesMut,
+    sbuf: BytesMut,
+    ctx: &SessionCtx,
+) -> (Result<u64, SessionError>, Result<u64, SessionError>) {
     let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
     let plan = ctx.policy.current().policy.masks_for(&Context {
         identity: ctx.identity.as_deref(),
@@ -203,14 +253,9 @@ pub async fn run(
     });
     let (feed, masker) = wire::session(plan, ctx.mask_key.clone()).unzip();
     let (cr, cw) = client.into_split();
-    let (ur, uw) = upstream.into_split();
-    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), feed, &ctx);
-    let s2c = server_to_client(ur, cw, pending, masker);
-    let (a, b) = tokio::join!(c2s, s2c);
-    Ok(Transferred {
-        up: up + a?,
-        down: b?,
-    })
+    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), feed, ctx);
+    let s2c = server_to_client(ur, cw, pending, masker, sbuf);
+    tokio::join!(c2s, s2c)
 }
 
 fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
@@ -385,8 +430,8 @@ async fn append(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
 }
 
 async fn client_to_server(
-    mut cr: OwnedReadHalf,
-    mut uw: OwnedWriteHalf,
+    mut cr: impl AsyncRead + Unpin,
+    mut uw: impl AsyncWrite + Unpin,
     mut buf: BytesMut,
     pending: Pending,
     mut feed: Option<Feed>,
@@ -595,13 +640,13 @@ fn end_batch(feed: &mut Option<Feed>) {
 }
 
 async fn server_to_client(
-    mut ur: OwnedReadHalf,
-    mut cw: OwnedWriteHalf,
+    mut ur: impl AsyncRead + Unpin,
+    mut cw: impl AsyncWrite + Unpin,
     pending: Pending,
     mut masker: Option<ResultMasker>,
+    mut buf: BytesMut,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Backend);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     // The ReadyForQuery that ends authentication answers no client message.
     let mut startup_ready_seen = false;

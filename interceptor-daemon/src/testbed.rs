@@ -350,6 +350,15 @@ impl Pod {
     }
 }
 
+/// How a lab PostgreSQL treats lab clients.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// pg_hba.conf lines for lab clients (default: trust for the lab blocks).
+    pub hba: Option<String>,
+    /// `ssl=on` with this certificate (chain) and key, both PEM.
+    pub tls: Option<(String, String)>,
+}
+
 /// A real PostgreSQL server (Debian's packages) for the lab, run as the
 /// `postgres` user with its data in a scratch directory.
 pub struct Postgres {
@@ -417,6 +426,16 @@ impl Postgres {
         also: &[std::net::IpAddr],
         dir: &Path,
     ) -> io::Result<Postgres> {
+        Self::start_with(addr, also, dir, &PgOptions::default())
+    }
+
+    /// Like [`Postgres::start_on`], with lab authentication and TLS as `opts` say.
+    pub fn start_with(
+        addr: std::net::SocketAddr,
+        also: &[std::net::IpAddr],
+        dir: &Path,
+        opts: &PgOptions,
+    ) -> io::Result<Postgres> {
         let bin = Self::bin_dir()?;
         let (uid, gid) = Self::postgres_ids()?;
         let data = dir.join("pgdata");
@@ -432,10 +451,32 @@ impl Postgres {
         let mut hba = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("pg_hba.conf"))?;
-        io::Write::write_all(
-            &mut hba,
-            b"host all all 10.77.0.0/16 trust\nhost all all fd77::/16 trust\n",
-        )?;
+        let lab_hba = opts
+            .hba
+            .as_deref()
+            .unwrap_or("host all all 10.77.0.0/16 trust\nhost all all fd77::/16 trust\n");
+        io::Write::write_all(&mut hba, lab_hba.as_bytes())?;
+        let mut ssl_args = Vec::new();
+        if let Some((cert, key)) = &opts.tls {
+            // The server refuses a key readable by others; it runs as `postgres`.
+            for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem)?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(mode),
+                )?;
+                ssl_args.push("-c".to_string());
+                let setting = if name == "server.crt" {
+                    "ssl_cert_file"
+                } else {
+                    "ssl_key_file"
+                };
+                ssl_args.push(format!("{setting}={}", path.display()));
+            }
+            ssl_args.extend(["-c".to_string(), "ssl=on".to_string()]);
+        }
         let log = File::create(dir.join("postgres.log"))?;
         let listen: Vec<String> = std::iter::once(addr.ip())
             .chain(also.iter().copied())
@@ -454,6 +495,7 @@ impl Postgres {
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.display()))
             .args(["-c", "fsync=off", "-c", "max_connections=300"])
+            .args(&ssl_args)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;

@@ -28,6 +28,7 @@
 //! still forward a frame whose typed parse failed when it has no need to inspect
 //! it.
 
+pub mod auth;
 mod backend;
 pub mod build;
 mod framer;

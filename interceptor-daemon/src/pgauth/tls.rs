@@ -1,0 +1,313 @@
+//! Upstream TLS for PostgreSQL: SSLRequest, then a rustls handshake.
+//!
+//! Modes follow libpq's `sslmode` names:
+//! * `disable`: plaintext;
+//! * `require`: encrypted, the certificate is not checked (the handshake
+//!   signature still is: it proves the peer holds the key of the certificate
+//!   it sent, which keeps a passive observer out but not an active MITM);
+//! * `verify-full`: the chain must lead to `ca_file` and the certificate must
+//!   name `server_name` (default: the destination IP).
+//!
+//! A server answering `N` to the SSLRequest fails both encrypted modes: there
+//! is no silent fallback to plaintext. Exactly one byte is read before the
+//! handshake, so plaintext a server (or a MITM) sends after its `S` cannot be
+//! mistaken for data of the encrypted session (CVE-2021-23222).
+//!
+//! The CA file is read at every connection, so a rotated CA applies without a
+//! restart. Provider: ring, chosen explicitly (never a process-wide default).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+};
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_util::either::Either;
+
+use crate::protocol::postgres::build;
+
+/// The upstream connection: plaintext or TLS.
+pub type UpstreamStream = Either<TcpStream, TlsStream<TcpStream>>;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    #[default]
+    Disable,
+    Require,
+    VerifyFull,
+}
+
+/// `targets[].postgres.upstream.tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM file of the CA certificate(s) the server's chain must lead to
+    /// (`verify-full` only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name the certificate must carry (DNS name or IP); default: the
+    /// destination's IP address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+impl TlsConfig {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        match (self.mode, &self.ca_file) {
+            (TlsMode::VerifyFull, None) => {
+                return Err("postgres.upstream.tls: mode verify-full needs ca_file".into());
+            }
+            (TlsMode::Disable | TlsMode::Require, Some(_)) => {
+                return Err(
+                    "postgres.upstream.tls: ca_file is only used with verify-full (require does not check the certificate)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(n) = &self.server_name {
+            ServerName::try_from(n.as_str()).map_err(|_| {
+                format!("postgres.upstream.tls.server_name `{n}` is not a DNS name or IP address")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "the server at {0} does not accept TLS (answered N to SSLRequest) but tls.mode requires it"
+    )]
+    Refused(SocketAddr),
+    #[error("the server at {dst} answered {byte:#04x} to SSLRequest")]
+    BadAnswer { dst: SocketAddr, byte: u8 },
+    #[error("ca_file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("TLS setup: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("TLS handshake with {dst} failed: {source}")]
+    Handshake {
+        dst: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("SSLRequest to {dst}: {source}")]
+    Io {
+        dst: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts any certificate but still verifies handshake signatures against
+/// the certificate's key (mode `require`).
+#[derive(Debug)]
+struct NoCertificateVerification(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoCertificateVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn load_roots(path: &PathBuf) -> Result<RootCertStore, TlsError> {
+    let err = |reason: String| TlsError::CaFile {
+        path: path.clone(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// The rustls client configuration for `cfg` (None for `disable`).
+pub fn client_config(cfg: &TlsConfig) -> Result<Option<ClientConfig>, TlsError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let mut config = match (cfg.mode, &cfg.ca_file) {
+        (TlsMode::Disable, _) => return Ok(None),
+        (TlsMode::Require, _) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification(provider)))
+            .with_no_client_auth(),
+        (TlsMode::VerifyFull, Some(ca)) => builder
+            .with_root_certificates(load_roots(ca)?)
+            .with_no_client_auth(),
+        (TlsMode::VerifyFull, None) => {
+            return Err(TlsError::CaFile {
+                path: PathBuf::new(),
+                reason: "verify-full needs ca_file".into(),
+            });
+        }
+    };
+    // What libpq 17+ sends; servers without ALPN support ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(Some(config))
+}
+
+fn server_name(cfg: &TlsConfig, dst: SocketAddr) -> Result<ServerName<'static>, TlsError> {
+    match &cfg.server_name {
+        Some(n) => ServerName::try_from(n.clone()).map_err(|_| {
+            TlsError::Config(rustls::Error::General(format!(
+                "server_name `{n}` is not a DNS name or IP address"
+            )))
+        }),
+        None => Ok(ServerName::IpAddress(dst.ip().into())),
+    }
+}
+
+/// Encrypts `tcp` as `cfg` says (a no-op for `disable`).
+pub async fn negotiate(
+    mut tcp: TcpStream,
+    cfg: &TlsConfig,
+    dst: SocketAddr,
+) -> Result<UpstreamStream, TlsError> {
+    let Some(config) = client_config(cfg)? else {
+        return Ok(Either::Left(tcp));
+    };
+    let name = server_name(cfg, dst)?;
+    let io = |source| TlsError::Io { dst, source };
+    let mut req = Vec::with_capacity(8);
+    build::ssl_request(&mut req);
+    tcp.write_all(&req).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {}
+        b'N' => return Err(TlsError::Refused(dst)),
+        byte => return Err(TlsError::BadAnswer { dst, byte }),
+    }
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|source| TlsError::Handshake { dst, source })?;
+    Ok(Either::Right(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_build() {
+        let none = TlsConfig::default();
+        assert!(client_config(&none).unwrap().is_none());
+        let req = TlsConfig {
+            mode: TlsMode::Require,
+            ..Default::default()
+        };
+        let c = client_config(&req).unwrap().unwrap();
+        assert_eq!(c.alpn_protocols, [b"postgresql".to_vec()]);
+        let missing = TlsConfig {
+            mode: TlsMode::VerifyFull,
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            server_name: None,
+        };
+        let e = client_config(&missing).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = client_config(&TlsConfig {
+            ca_file: Some(junk),
+            ..missing
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn default_server_name_is_the_destination_ip() {
+        let dst: SocketAddr = "10.77.0.2:5432".parse().unwrap();
+        let n = server_name(&TlsConfig::default(), dst).unwrap();
+        assert_eq!(n, ServerName::IpAddress(dst.ip().into()));
+    }
+
+    #[tokio::test]
+    async fn refusal_is_an_error_not_a_fallback() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dst = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = [0u8; 8];
+            s.read_exact(&mut req).await.unwrap();
+            s.write_all(b"N").await.unwrap();
+            req
+        });
+        let tcp = TcpStream::connect(dst).await.unwrap();
+        let cfg = TlsConfig {
+            mode: TlsMode::Require,
+            ..Default::default()
+        };
+        let e = negotiate(tcp, &cfg, dst).await.unwrap_err();
+        assert!(matches!(e, TlsError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("does not accept TLS"));
+        let mut want = Vec::new();
+        build::ssl_request(&mut want);
+        assert_eq!(server.await.unwrap().to_vec(), want);
+    }
+}

@@ -1,0 +1,498 @@
+//! Credential injection and upstream TLS: a real PostgreSQL that demands
+//! passwords (SCRAM-SHA-256, md5) or TLS, real psql in a lab pod that has no
+//! password (or a wrong one), the eBPF redirect, and the daemon logging in
+//! with a secret only it holds. Privileged: run as root (CI does).
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use interceptor_daemon::testbed::{Lab, PgOptions, Pod, Postgres};
+
+const SECRET: &str = "Inj3cted-Only-The-Node-Knows";
+const MD5_SECRET: &str = "md5-Secret-From-The-Env";
+
+const POLICY: &str = r#"policy:
+  default: deny
+  rules:
+    - id: shop-apps
+      identities: ["shop/*"]
+      sql: { kinds: [read, write, transaction, utility] }
+      action: allow
+"#;
+
+const IDENTITY: &str = "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n";
+
+const WHO: &str = "SELECT current_user || '|' || current_database() || '|' || current_setting('application_name') || '|' || coalesce((SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()), '?')";
+
+struct Setup {
+    lab: Lab,
+    pod: Pod,
+    pg: Postgres,
+    daemon: Daemon,
+    dir: PathBuf,
+}
+
+fn target(name: &str, dst: SocketAddr, upstream: &str) -> String {
+    format!(
+        "  - name: {name}\n    protocol: postgres\n    destinations: [\"{dst}\"]\n    postgres:\n      upstream:\n{upstream}"
+    )
+}
+
+/// A lab with one PostgreSQL listening on node addresses 2-5 (port 5432).
+fn lab_and_pg(test: &str, opts: &PgOptions) -> (Lab, Pod, Postgres, PathBuf) {
+    let dir = scratch(test);
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let also: Vec<std::net::IpAddr> = (3..=5).map(|h| lab.node_v4(h).into()).collect();
+    let pg = Postgres::start_with((lab.node_v4(2), 5432).into(), &also, &pg_dir, opts).unwrap();
+    (lab, pod, pg, dir)
+}
+
+fn start_daemon(lab: &Lab, dir: &Path, targets: &str, env: &[(&str, &str)]) -> Daemon {
+    let opts = DaemonOpts {
+        // The default `svc` target needs a destination: one nobody uses.
+        destinations: vec![format!("{}:9", lab.node_v4(6))],
+        extra_targets: format!("{targets}{POLICY}"),
+        identity: IDENTITY.into(),
+        ..Default::default()
+    };
+    let cfg = write_config(lab, dir, &opts);
+    let mut cmd = Command::new(DAEMON);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Daemon::start_with(cmd, &cfg, dir)
+}
+
+fn node(s: &Setup, h: u8) -> Ipv4Addr {
+    s.lab.node_v4(h)
+}
+
+/// psql in the pod, with no password (`None`) or a given one, never prompting.
+fn psql_cmd(s: &Setup, host: Ipv4Addr, password: Option<&str>, db: &str, sql: &str) -> Command {
+    let mut cmd = s.pod.command(s.pg.bin.join("psql")).unwrap();
+    cmd.env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/nonexistent/pgpass")
+        .env("PGAPPNAME", "pod-app")
+        .env("PGCONNECT_TIMEOUT", "20");
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    cmd.args([
+        "-X",
+        "-w",
+        "-At",
+        "-v",
+        "VERBOSITY=verbose",
+        "-h",
+        &host.to_string(),
+        "-U",
+        "workload",
+        "-d",
+        db,
+        "-c",
+        sql,
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+// libpq prints no SQLSTATE for errors before the session is up (there is no
+// verbosity setting for the connection phase); the unit tests check the codes.
+
+/// Runs with a deadline: a login that hangs is a failure, not a stuck test.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "psql did not finish in {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn psql(s: &Setup, host: Ipv4Addr, password: Option<&str>, db: &str, sql: &str) -> Output {
+    output_within(
+        psql_cmd(s, host, password, db, sql),
+        Duration::from_secs(40),
+    )
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_ok(o: &Output, want: &str) {
+    let (out, err) = text(o);
+    assert!(o.status.success(), "psql failed: {err}");
+    assert_eq!(out.trim(), want, "{err}");
+}
+
+#[track_caller]
+fn assert_fails_with(o: &Output, wants: &[&str]) {
+    let (out, err) = text(o);
+    assert!(!o.status.success(), "psql succeeded: {out}");
+    for w in wants {
+        assert!(err.contains(w), "`{w}` not in: {err}");
+    }
+}
+
+#[track_caller]
+fn assert_no_secret(s: &Setup, outputs: &[&Output]) {
+    for o in outputs {
+        let (out, err) = text(o);
+        for secret in [SECRET, MD5_SECRET, "Rotated-Secret"] {
+            assert!(
+                !out.contains(secret) && !err.contains(secret),
+                "the client saw a secret"
+            );
+        }
+    }
+    let log = s.daemon.raw_log();
+    for secret in [SECRET, MD5_SECRET, "Rotated-Secret"] {
+        assert!(!log.contains(secret), "a secret reached the daemon log");
+    }
+}
+
+/// Cancels a long query with psql's own CancelRequest (SIGINT), through the
+/// redirect; the server must cancel the statement.
+fn assert_cancel_works(s: &Setup, host: Ipv4Addr) {
+    let child = psql_cmd(s, host, None, "shop", "SELECT pg_sleep(30)")
+        .spawn()
+        .unwrap();
+    // Let the query start.
+    let start = Instant::now();
+    loop {
+        let n = s
+            .pg
+            .admin_sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' AND state = 'active'")
+            .unwrap();
+        if n.trim() == "1" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "query never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let begun = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        begun.elapsed() < Duration::from_secs(15),
+        "cancel did not work"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+}
+
+fn setup_passwords() -> (Lab, Pod, Postgres, PathBuf) {
+    let hba = "host all app_md5 10.77.0.0/16 md5\nhost all app_trust 10.77.0.0/16 trust\nhost all all 10.77.0.0/16 scram-sha-256\n";
+    let (lab, pod, pg, dir) = lab_and_pg(
+        "pgauth-pw",
+        &PgOptions {
+            hba: Some(hba.into()),
+            tls: None,
+        },
+    );
+    pg.admin_sql(&format!(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE app LOGIN PASSWORD '{SECRET}'; \
+         SET password_encryption = 'md5'; CREATE ROLE app_md5 LOGIN PASSWORD '{MD5_SECRET}'; \
+         CREATE ROLE app_trust LOGIN;"
+    ))
+    .unwrap();
+    // Only the md5 role's verifier is md5: otherwise the server would use SCRAM.
+    assert_eq!(
+        pg.admin_sql("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'app_md5'")
+            .unwrap()
+            .trim(),
+        "md5"
+    );
+    pg.admin_sql("CREATE DATABASE shop").unwrap();
+    pg.admin_sql("GRANT ALL ON DATABASE shop TO app, app_md5, app_trust")
+        .unwrap();
+    (lab, pod, pg, dir)
+}
+
+#[test]
+fn passwords_are_injected_scram_md5_trust() {
+    if !privileged("passwords_are_injected_scram_md5_trust") {
+        return;
+    }
+    let (lab, pod, pg, dir) = setup_passwords();
+    let secret_file = dir.join("customers-db.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let port = |h| SocketAddr::from((lab.node_v4(h), 5432));
+    let targets = [
+        target(
+            "customers-db",
+            port(2),
+            &format!(
+                "        user: app\n        database: shop\n        password_file: {}\n",
+                secret_file.display()
+            ),
+        ),
+        target(
+            "md5-db",
+            port(3),
+            "        user: app_md5\n        password_env: ICPT_TEST_MD5_PASSWORD\n",
+        ),
+        target("trust-db", port(4), "        user: app_trust\n"),
+        // This server has no TLS: `require` must fail, not fall back.
+        target(
+            "tls-less-db",
+            port(5),
+            "        user: app_trust\n        tls: { mode: require }\n",
+        ),
+    ]
+    .concat();
+    let daemon = start_daemon(
+        &lab,
+        &dir,
+        &targets,
+        &[("ICPT_TEST_MD5_PASSWORD", MD5_SECRET)],
+    );
+    let s = Setup {
+        lab,
+        pod,
+        pg,
+        daemon,
+        dir,
+    };
+
+    // (a) SCRAM: no password, then a wrong one; the daemon's credential is used.
+    let no_pw = psql(&s, node(&s, 2), None, "whatever", WHO);
+    assert_ok(&no_pw, "app|shop|pod-app|false");
+    let wrong_pw = psql(&s, node(&s, 2), Some("not-the-password"), "whatever", WHO);
+    assert_ok(&wrong_pw, "app|shop|pod-app|false");
+    // Policy keeps deciding in an injected session.
+    let denied = psql(&s, node(&s, 2), None, "shop", "CREATE TABLE t (i int)");
+    assert_fails_with(&denied, &["42501", "identity shop/orders-api"]);
+    // (b) md5, password from the daemon's environment; database: the client's.
+    let md5 = psql(&s, node(&s, 3), None, "shop", WHO);
+    assert_ok(&md5, "app_md5|shop|pod-app|false");
+    // (c) trust.
+    let trust = psql(&s, node(&s, 4), None, "shop", WHO);
+    assert_ok(&trust, "app_trust|shop|pod-app|false");
+    // `require` against a server without TLS: a clear error, no plaintext.
+    let no_tls = psql(&s, node(&s, 5), None, "shop", WHO);
+    assert_fails_with(&no_tls, &["FATAL", "`tls-less-db`", "does not accept TLS"]);
+    assert_cancel_works(&s, node(&s, 2));
+    // A startup option that would switch role outside policy is refused.
+    let mut cmd = psql_cmd(&s, node(&s, 2), None, "shop", WHO);
+    cmd.env("PGOPTIONS", "-c role=postgres");
+    let role_switch = output_within(cmd, Duration::from_secs(40));
+    assert_fails_with(
+        &role_switch,
+        &["FATAL", "`customers-db`", "startup parameter `options`"],
+    );
+
+    // (e) The server's password changes first: the client gets its error.
+    s.pg.admin_sql("ALTER ROLE app PASSWORD 'Rotated-Secret'")
+        .unwrap();
+    let stale = psql(&s, node(&s, 2), None, "shop", WHO);
+    assert_fails_with(
+        &stale,
+        &["FATAL", "password authentication failed for user \"app\""],
+    );
+    // Rotation: the file is read at each connection, no restart.
+    std::fs::write(&secret_file, "Rotated-Secret").unwrap();
+    let rotated = psql(&s, node(&s, 2), None, "shop", WHO);
+    assert_ok(&rotated, "app|shop|pod-app|false");
+    // (f) A missing secret file: FATAL naming the target, at once.
+    std::fs::remove_file(&secret_file).unwrap();
+    let started = Instant::now();
+    let missing = psql(&s, node(&s, 2), None, "shop", WHO);
+    assert_fails_with(&missing, &["FATAL", "`customers-db`", "password_file"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    assert_no_secret(
+        &s,
+        &[
+            &no_pw, &wrong_pw, &denied, &md5, &trust, &no_tls, &stale, &rotated, &missing,
+        ],
+    );
+    let lines = s.daemon.lines();
+    let failure = lines
+        .iter()
+        .find(|l| {
+            l["message"] == "upstream login failed; the client gets a FATAL error"
+                && l["target_name"] == "customers-db"
+                && l["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("password authentication failed"))
+        })
+        .unwrap_or_else(|| panic!("no login failure logged: {}", s.daemon.raw_log()));
+    assert_eq!(failure["identity"], "shop/orders-api");
+    assert_eq!(failure["upstream_user"], "app");
+    let _ = &s.dir;
+}
+
+/// A CA and a server certificate for `db.internal` and `ips`, as PEM.
+fn certificates(ips: &[Ipv4Addr]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "interceptor test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["db.internal".to_string()]).unwrap();
+    for ip in ips {
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress((*ip).into()));
+    }
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "db.internal");
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn other_ca() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn upstream_tls_require_and_verify_full() {
+    if !privileged("upstream_tls_require_and_verify_full") {
+        return;
+    }
+    // The lab slot decides the addresses, so the certificate is made after it.
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let dir = scratch("pgauth-tls");
+    let (ca, cert, key) = certificates(&[lab.node_v4(2), lab.node_v4(3)]);
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let also: Vec<std::net::IpAddr> = (3..=5).map(|h| lab.node_v4(h).into()).collect();
+    // Plaintext sessions are refused by the server itself.
+    let hba = "hostssl all all 10.77.0.0/16 scram-sha-256\nhostnossl all all 10.77.0.0/16 reject\n";
+    let pg = Postgres::start_with(
+        (lab.node_v4(2), 5432).into(),
+        &also,
+        &pg_dir,
+        &PgOptions {
+            hba: Some(hba.into()),
+            tls: Some((cert, key)),
+        },
+    )
+    .unwrap();
+    pg.admin_sql(&format!("CREATE ROLE app LOGIN PASSWORD '{SECRET}'"))
+        .unwrap();
+    pg.admin_sql("CREATE DATABASE shop").unwrap();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let port = |h| SocketAddr::from((lab.node_v4(h), 5432));
+    let creds = format!(
+        "        user: app\n        database: shop\n        password_file: {}\n",
+        secret_file.display()
+    );
+    let targets = [
+        target(
+            "verified-db",
+            port(2),
+            &format!(
+                "{creds}        tls: {{ mode: verify-full, ca_file: {}, server_name: db.internal }}\n",
+                ca_file.display()
+            ),
+        ),
+        // No server_name: the destination IP must be in the certificate.
+        target(
+            "by-ip-db",
+            port(3),
+            &format!(
+                "{creds}        tls: {{ mode: verify-full, ca_file: {} }}\n",
+                ca_file.display()
+            ),
+        ),
+        target(
+            "wrong-name-db",
+            port(4),
+            &format!(
+                "{creds}        tls: {{ mode: verify-full, ca_file: {}, server_name: other.internal }}\n",
+                ca_file.display()
+            ),
+        ),
+        target(
+            "encrypted-db",
+            port(5),
+            &format!("{creds}        tls: {{ mode: require }}\n"),
+        ),
+    ]
+    .concat();
+    let daemon = start_daemon(&lab, &dir, &targets, &[]);
+    let s = Setup {
+        lab,
+        pod,
+        pg,
+        daemon,
+        dir,
+    };
+
+    // (d) verify-full and require work, and the server sees TLS sessions.
+    let verified = psql(&s, node(&s, 2), None, "x", WHO);
+    assert_ok(&verified, "app|shop|pod-app|true");
+    let by_ip = psql(&s, node(&s, 3), None, "x", WHO);
+    assert_ok(&by_ip, "app|shop|pod-app|true");
+    let required = psql(&s, node(&s, 5), None, "x", WHO);
+    assert_ok(&required, "app|shop|pod-app|true");
+    // A certificate for another name fails verify-full.
+    let wrong_name = psql(&s, node(&s, 4), None, "x", WHO);
+    assert_fails_with(&wrong_name, &["FATAL", "`wrong-name-db`", "TLS handshake"]);
+    assert_cancel_works(&s, node(&s, 2));
+    // A CA that did not sign the server's certificate: a clear client error.
+    std::fs::write(s.dir.join("ca.pem"), other_ca()).unwrap();
+    let wrong_ca = psql(&s, node(&s, 2), None, "x", WHO);
+    assert_fails_with(
+        &wrong_ca,
+        &[
+            "FATAL",
+            "`verified-db`",
+            "TLS handshake",
+            "invalid peer certificate",
+        ],
+    );
+    // `require` does not look at the certificate.
+    let still = psql(&s, node(&s, 5), None, "x", WHO);
+    assert_ok(&still, "app|shop|pod-app|true");
+    assert_no_secret(
+        &s,
+        &[&verified, &by_ip, &required, &wrong_name, &wrong_ca, &still],
+    );
+}
