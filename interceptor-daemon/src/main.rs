@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: interceptor_daemon::audit::cli::AuditCommand,
     },
+    /// Sessions (client connections) as the audit log recorded them.
+    Sessions {
+        #[command(subcommand)]
+        command: interceptor_daemon::audit::review::SessionsCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -189,6 +194,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command } => {
             Ok(ExitCode::from(interceptor_daemon::audit::cli::run(command)))
+        }
+        Command::Sessions { command } => {
+            let out = interceptor_daemon::audit::review::sessions(command);
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            Ok(ExitCode::from(out.code))
         }
     }
 }
