@@ -607,7 +607,7 @@ mod tests {
             Filter { session: Some("sess-0".into()), since_ns: Some(t0 + 5), until_ns: Some(t0 + 9), ..Filter::default() },
             Filter { since_ns: Some(t0 + 48), ..Filter::default() },
         ];
-        let expect = [50, 25, 40, 0, 11, 5, 2];
+        let expect = [50, 25, 40, 0, 10, 5, 2];
         for (f, n) in filters.iter().zip(expect) {
             let a = ix.query(f, None).unwrap();
             let b = scan_query(dir, f, None).unwrap();
