@@ -196,7 +196,10 @@ pub fn export(
     let mut node = String::new();
     for seg in first..=last {
         let Some(path) = names.get(&seg) else {
-            return Err(pkg_err(format::segment_name(seg), "segment missing from the log"));
+            return Err(pkg_err(
+                format::segment_name(seg),
+                "segment missing from the log",
+            ));
         };
         let cut = if seg == last {
             last_cut
@@ -206,7 +209,10 @@ pub fn export(
         let data = fs::read(path).map_err(|e| AuditError::io(path, e))?;
         let cut = usize::try_from(cut).unwrap_or(usize::MAX);
         let Some(bytes) = data.get(..cut) else {
-            return Err(pkg_err(file_name(path), "segment shorter than what was read"));
+            return Err(pkg_err(
+                file_name(path),
+                "segment shorter than what was read",
+            ));
         };
         if seg == first {
             node = format::decode_header(bytes)
@@ -235,7 +241,11 @@ pub fn export(
     files.push(("records.jsonl".into(), records_jsonl.into_bytes()));
     files.push((
         "keys/signers.txt".into(),
-        public_keys.iter().map(|k| format!("{k}\n")).collect::<String>().into_bytes(),
+        public_keys
+            .iter()
+            .map(|k| format!("{k}\n"))
+            .collect::<String>()
+            .into_bytes(),
     ));
 
     let key_path = key_file.map_or_else(|| dir.join(super::DEFAULT_KEY_FILE), Path::to_path_buf);
@@ -276,8 +286,8 @@ pub fn export(
         Ok(k) => manifest.manifest_signer = Some(keys::public_text(&k.verifying_key())),
         Err(e) => manifest.unsigned_reason = Some(format!("node key not readable: {e}")),
     }
-    let manifest_bytes = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| pkg_err(MANIFEST, e.to_string()))?;
+    let manifest_bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| pkg_err(MANIFEST, e.to_string()))?;
     let mut all = vec![(MANIFEST.to_string(), manifest_bytes.clone())];
     if let Ok(k) = &signing {
         let mut msg = SIG_DOMAIN.to_vec();
@@ -285,8 +295,12 @@ pub fn export(
         let sig = k.sign(&msg);
         all.push((
             MANIFEST_SIG.into(),
-            format!("{}\n{}\n", keys::public_text(&k.verifying_key()), hex(&sig.to_bytes()))
-                .into_bytes(),
+            format!(
+                "{}\n{}\n",
+                keys::public_text(&k.verifying_key()),
+                hex(&sig.to_bytes())
+            )
+            .into_bytes(),
         ));
     }
     all.extend(files);
@@ -388,7 +402,11 @@ fn read_package(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, ExportError> {
                     continue;
                 }
                 let f = e.file_name().to_string_lossy().into_owned();
-                let name = if sub.is_empty() { f } else { format!("{sub}/{f}") };
+                let name = if sub.is_empty() {
+                    f
+                } else {
+                    format!("{sub}/{f}")
+                };
                 if !allowed(&name) {
                     return Err(pkg_err(name, "unexpected file in the package"));
                 }
@@ -413,7 +431,10 @@ pub fn verify_package(
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| pkg_err(MANIFEST, format!("does not parse: {e}")))?;
     if manifest.format != PACKAGE_FORMAT {
-        return Err(pkg_err(MANIFEST, format!("unknown format {:?}", manifest.format)));
+        return Err(pkg_err(
+            MANIFEST,
+            format!("unknown format {:?}", manifest.format),
+        ));
     }
     let sig = files.remove(MANIFEST_SIG);
 
@@ -439,15 +460,29 @@ pub fn verify_package(
     // The manifest signature.
     let manifest_signed_by = match (&manifest.manifest_signer, sig) {
         (None, None) => None,
-        (None, Some(_)) => return Err(pkg_err(MANIFEST_SIG, "present but the manifest names no signer")),
-        (Some(_), None) => return Err(pkg_err(MANIFEST_SIG, "missing: the manifest says it is signed")),
+        (None, Some(_)) => {
+            return Err(pkg_err(
+                MANIFEST_SIG,
+                "present but the manifest names no signer",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(pkg_err(
+                MANIFEST_SIG,
+                "missing: the manifest says it is signed",
+            ));
+        }
         (Some(signer), Some(sig)) => {
             let text = String::from_utf8_lossy(&sig);
             let mut lines = text.lines();
             let (key_line, sig_line) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-            let key = keys::parse_public(key_line).map_err(|e| pkg_err(MANIFEST_SIG, e.to_string()))?;
+            let key =
+                keys::parse_public(key_line).map_err(|e| pkg_err(MANIFEST_SIG, e.to_string()))?;
             if keys::public_text(&key) != *signer {
-                return Err(pkg_err(MANIFEST_SIG, "signed by another key than the manifest names"));
+                return Err(pkg_err(
+                    MANIFEST_SIG,
+                    "signed by another key than the manifest names",
+                ));
             }
             let s = format::unhex(sig_line.trim())
                 .and_then(|b| Signature::from_slice(&b).ok())
@@ -483,12 +518,18 @@ pub fn verify_package(
     if log.unsigned_tail > 0 {
         return Err(pkg_err(
             format::segment_name(log.last_segment),
-            format!("the last {} records are not covered by a checkpoint", log.unsigned_tail),
+            format!(
+                "the last {} records are not covered by a checkpoint",
+                log.unsigned_tail
+            ),
         ));
     }
     let signers: Vec<String> = log.signers.iter().map(keys::public_text_bytes).collect();
     if signers != manifest.public_keys {
-        return Err(pkg_err(MANIFEST, "public_keys differ from the keys that signed the segments"));
+        return Err(pkg_err(
+            MANIFEST,
+            "public_keys differ from the keys that signed the segments",
+        ));
     }
 
     // The selection: exactly the matching records of the included segments.

@@ -163,7 +163,10 @@ impl Index {
             return Ok(Some(if st.segments.is_empty() {
                 "no index yet".into()
             } else {
-                format!("index version {} (this build uses {INDEX_VERSION})", st.version)
+                format!(
+                    "index version {} (this build uses {INDEX_VERSION})",
+                    st.version
+                )
             }));
         }
         for (i, s) in st.segments.iter().enumerate() {
@@ -208,7 +211,7 @@ impl Index {
         let mut st = self.state()?;
         let mut report = UpdateReport::default();
         if let Some(why) = self.stale(&st, &disk)? {
-            tracing::info!(index = %self.path.display(), reason = %why, "rebuilding the audit index");
+            tracing::debug!(index = %self.path.display(), reason = %why, "rebuilding the audit index");
             for t in [
                 &self.records,
                 &self.by_time,
@@ -364,7 +367,13 @@ impl Index {
     }
 
     /// Scan keys `prefix | time | id` for times in the filter's range; returns ids.
-    fn scan(&self, tree: &sled::Tree, prefix: &[u8], f: &Filter, timed: bool) -> Result<Vec<Vec<u8>>, IndexError> {
+    fn scan(
+        &self,
+        tree: &sled::Tree,
+        prefix: &[u8],
+        f: &Filter,
+        timed: bool,
+    ) -> Result<Vec<Vec<u8>>, IndexError> {
         let mut out = Vec::new();
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if timed {
             let mut lo = prefix.to_vec();
@@ -436,7 +445,8 @@ impl Index {
             }
             let n = usize::from(u16::from_be_bytes([k[0], k[1]]));
             if let Some(s) = k.get(2..2 + n) {
-                *out.entry(String::from_utf8_lossy(s).into_owned()).or_default() += 1;
+                *out.entry(String::from_utf8_lossy(s).into_owned())
+                    .or_default() += 1;
             }
         }
         Ok(out)
@@ -472,9 +482,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::audit::{
-        AuditConfig, AuditLog, query::IdentityFilter, record::sample_access,
-    };
+    use crate::audit::{AuditConfig, AuditLog, query::IdentityFilter, record::sample_access};
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -531,7 +539,13 @@ mod tests {
             assert_eq!(r.added, 40);
             assert_eq!(all(&ix), (0..40).collect::<Vec<_>>());
             // Nothing changed: nothing to do.
-            assert_eq!(ix.update().unwrap(), UpdateReport { indexed_segments: r.indexed_segments, ..Default::default() });
+            assert_eq!(
+                ix.update().unwrap(),
+                UpdateReport {
+                    indexed_segments: r.indexed_segments,
+                    ..Default::default()
+                }
+            );
         }
 
         // The log grows (the last segment and new ones): only the new records are read.
@@ -600,12 +614,34 @@ mod tests {
         let id = |s: &str| Some(s.parse::<IdentityFilter>().unwrap());
         let filters = [
             Filter::default(),
-            Filter { identity: id("shop/billing"), ..Filter::default() },
-            Filter { identity: id("shop/*"), since_ns: Some(t0 + 10), ..Filter::default() },
-            Filter { identity: id("nobody/x"), ..Filter::default() },
-            Filter { target: Some("ledger-db".into()), until_ns: Some(t0 + 20), ..Filter::default() },
-            Filter { session: Some("sess-0".into()), since_ns: Some(t0 + 5), until_ns: Some(t0 + 9), ..Filter::default() },
-            Filter { since_ns: Some(t0 + 48), ..Filter::default() },
+            Filter {
+                identity: id("shop/billing"),
+                ..Filter::default()
+            },
+            Filter {
+                identity: id("shop/*"),
+                since_ns: Some(t0 + 10),
+                ..Filter::default()
+            },
+            Filter {
+                identity: id("nobody/x"),
+                ..Filter::default()
+            },
+            Filter {
+                target: Some("ledger-db".into()),
+                until_ns: Some(t0 + 20),
+                ..Filter::default()
+            },
+            Filter {
+                session: Some("sess-0".into()),
+                since_ns: Some(t0 + 5),
+                until_ns: Some(t0 + 9),
+                ..Filter::default()
+            },
+            Filter {
+                since_ns: Some(t0 + 48),
+                ..Filter::default()
+            },
         ];
         let expect = [50, 25, 40, 0, 10, 5, 2];
         for (f, n) in filters.iter().zip(expect) {
@@ -616,7 +652,10 @@ mod tests {
         }
         let limited = ix.query(&Filter::default(), Some(3)).unwrap();
         assert_eq!(
-            limited.iter().map(|h| h.record.time_ns - t0).collect::<Vec<_>>(),
+            limited
+                .iter()
+                .map(|h| h.record.time_ns - t0)
+                .collect::<Vec<_>>(),
             vec![47, 48, 49]
         );
         assert_eq!(ix.session_ids().unwrap().values().sum::<u64>(), 50);

@@ -39,8 +39,7 @@ pub fn parse_time(s: &str, now: SystemTime) -> Result<u64, TimeError> {
     } else {
         return Err(TimeError(s.to_string()));
     };
-    Ok(t
-        .duration_since(UNIX_EPOCH)
+    Ok(t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)))
 }
 
@@ -272,7 +271,14 @@ pub fn hits_table(hits: &[Hit]) -> String {
         .collect();
     table(
         &[
-            "TIME", "IDENTITY", "TARGET", "PROTOCOL", "OPERATION", "DECISION", "RULE", "APPROVAL",
+            "TIME",
+            "IDENTITY",
+            "TARGET",
+            "PROTOCOL",
+            "OPERATION",
+            "DECISION",
+            "RULE",
+            "APPROVAL",
             "OUTCOME",
         ],
         &rows,
@@ -538,7 +544,10 @@ mod tests {
         assert_eq!(ns("2025-06-15T15:06:40Z"), 1_750_000_000 * 1_000_000_000);
         assert_eq!(ns("2025-06-15"), (1_750_000_000 - 54_400) * 1_000_000_000);
         assert!(parse_time("yesterday-ish", now).is_err());
-        assert_eq!(format_time(1_750_000_000_123_456_789), "2025-06-15T15:06:40.123Z");
+        assert_eq!(
+            format_time(1_750_000_000_123_456_789),
+            "2025-06-15T15:06:40.123Z"
+        );
     }
 
     #[test]
@@ -555,19 +564,57 @@ mod tests {
         };
         let id = |s: &str| Some(s.parse::<IdentityFilter>().unwrap());
         assert_eq!(sel(&Filter::default()), vec![1, 2, 3]);
-        assert_eq!(sel(&Filter { identity: id("shop/orders"), ..Filter::default() }), vec![1]);
-        assert_eq!(sel(&Filter { identity: id("shop/*"), ..Filter::default() }), vec![1, 2]);
         assert_eq!(
-            sel(&Filter { target: Some("orders-db".into()), decision: Some(DecisionFilter::Allow), ..Filter::default() }),
+            sel(&Filter {
+                identity: id("shop/orders"),
+                ..Filter::default()
+            }),
             vec![1]
         );
-        assert_eq!(sel(&Filter { decision: Some(DecisionFilter::Allow), ..Filter::default() }), vec![1, 3]);
-        assert_eq!(sel(&Filter { decision: Some(DecisionFilter::Deny), ..Filter::default() }), vec![2]);
         assert_eq!(
-            sel(&Filter { since_ns: Some(b.time_ns), until_ns: Some(b.time_ns), ..Filter::default() }),
+            sel(&Filter {
+                identity: id("shop/*"),
+                ..Filter::default()
+            }),
+            vec![1, 2]
+        );
+        assert_eq!(
+            sel(&Filter {
+                target: Some("orders-db".into()),
+                decision: Some(DecisionFilter::Allow),
+                ..Filter::default()
+            }),
+            vec![1]
+        );
+        assert_eq!(
+            sel(&Filter {
+                decision: Some(DecisionFilter::Allow),
+                ..Filter::default()
+            }),
+            vec![1, 3]
+        );
+        assert_eq!(
+            sel(&Filter {
+                decision: Some(DecisionFilter::Deny),
+                ..Filter::default()
+            }),
             vec![2]
         );
-        assert_eq!(sel(&Filter { session: Some("nope".into()), ..Filter::default() }), Vec::<u64>::new());
+        assert_eq!(
+            sel(&Filter {
+                since_ns: Some(b.time_ns),
+                until_ns: Some(b.time_ns),
+                ..Filter::default()
+            }),
+            vec![2]
+        );
+        assert_eq!(
+            sel(&Filter {
+                session: Some("nope".into()),
+                ..Filter::default()
+            }),
+            Vec::<u64>::new()
+        );
         assert!("shop".parse::<IdentityFilter>().is_err());
         assert!("/x".parse::<IdentityFilter>().is_err());
     }
@@ -620,9 +667,18 @@ mod tests {
             1
         );
         let text = review_text(&r);
-        assert!(text.contains("identity shop/orders: 3 operations"), "{text}");
-        assert!(text.contains("decisions: allow (1), approved (1), deny (1)"), "{text}");
-        assert!(text.contains("deny 1                    DELETE FROM orders WHERE id = $1"), "{text}");
+        assert!(
+            text.contains("identity shop/orders: 3 operations"),
+            "{text}"
+        );
+        assert!(
+            text.contains("decisions: allow (1), approved (1), deny (1)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("deny 1                    DELETE FROM orders WHERE id = $1"),
+            "{text}"
+        );
     }
 
     #[test]

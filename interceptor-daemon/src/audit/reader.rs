@@ -89,10 +89,7 @@ pub fn read_segment(
         None => match decode_header(&buf) {
             Ok(h) => {
                 if h.segment != segment {
-                    return Err(corrupt(
-                        10,
-                        format!("header names segment {}", h.segment),
-                    ));
+                    return Err(corrupt(10, format!("header names segment {}", h.segment)));
                 }
                 (h.len, h.hash, Some(h.prev))
             }
@@ -246,7 +243,10 @@ mod tests {
         fs::write(&path, &data).unwrap();
         let r = read_segment(&path, 0, Some(first.end)).unwrap();
         assert_eq!(r.entries.len(), 1);
-        assert_eq!((r.entries[0].seq, r.entries[0].offset), (7, first.end.offset));
+        assert_eq!(
+            (r.entries[0].seq, r.entries[0].offset),
+            (7, first.end.offset)
+        );
         assert!(matches!(
             r.entries[0].decode("x").unwrap(),
             Record::Access(a) if a == sample_access(9)

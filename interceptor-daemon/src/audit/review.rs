@@ -179,13 +179,7 @@ pub fn query(
 }
 
 /// `audit report`.
-pub fn report(
-    dir: &Path,
-    since: &str,
-    until: Option<&str>,
-    json: bool,
-    ix: &IndexArgs,
-) -> Output {
+pub fn report(dir: &Path, since: &str, until: Option<&str>, json: bool, ix: &IndexArgs) -> Output {
     let flt = match filter(Some(since), until, None) {
         Ok(f) => f,
         Err(e) => return fail(e),
@@ -417,7 +411,8 @@ pub fn tail(
                         // oldest segment after it.
                         let segs = list_segments(dir).map_err(|e| e.to_string())?;
                         if let Some((seq, path)) = segs.iter().find(|(s, _)| *s > c.segment) {
-                            let r = reader::read_segment(path, *seq, None).map_err(|e| e.to_string())?;
+                            let r = reader::read_segment(path, *seq, None)
+                                .map_err(|e| e.to_string())?;
                             got.extend(hits(&r.entries, path)?);
                             cursor = Some(r.end);
                         }
