@@ -626,21 +626,24 @@ fn child_appender() {
         c.segment_max_bytes = 64 * 1024;
         c.checkpoint_every_records = 100;
         let (log, _) = AuditLog::open(c).await.unwrap();
-        let mut tasks = Vec::new();
         for t in 0..8u64 {
             let log = log.clone();
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let mut i = t;
                 loop {
-                    let r = log.append(&record(i)).await.unwrap();
-                    println!("ack {} {}", r.seq, format::hex(&r.hash));
+                    match log.append(&record(i)).await {
+                        Ok(r) => println!("ack {} {}", r.seq, format::hex(&r.hash)),
+                        Err(e) => {
+                            eprintln!("append failed: {e}");
+                            std::process::exit(3);
+                        }
+                    }
                     i += 8;
                 }
-            }));
+            });
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
+        // Appends until killed.
+        std::future::pending::<()>().await;
     });
 }
 
