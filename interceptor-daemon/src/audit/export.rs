@@ -578,3 +578,80 @@ pub fn verify_package(
         manifest_signer_known,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditConfig, AuditLog, record::sample_access};
+
+    #[test]
+    fn package_across_a_key_rotation_carries_both_keys_and_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        let mut cfg = AuditConfig::new(&dir, "node-a");
+        cfg.segment_max_bytes = 4096;
+        cfg.checkpoint_every_records = 7;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (old, new) = rt.block_on(async {
+            let (log, rep) = AuditLog::open(cfg).await.unwrap();
+            for i in 0..40 {
+                log.append(&sample_access(i)).await.unwrap();
+            }
+            let new = log.rotate_key().await.unwrap();
+            for i in 40..80 {
+                log.append(&sample_access(i)).await.unwrap();
+            }
+            log.close().await.unwrap();
+            (rep.public_key, new)
+        });
+        let t0 = sample_access(0).time_ns;
+        let filter = Filter {
+            since_ns: Some(t0 + 30),
+            until_ns: Some(t0 + 50),
+            ..Filter::default()
+        };
+        let out = tmp.path().join("p.tar");
+        let s = export(&dir, &filter, &out, None).unwrap();
+        assert_eq!(s.manifest.selected_count, 21);
+        assert!(s.manifest.first_segment > 0, "{:?}", s.manifest);
+        assert_eq!(
+            s.manifest.public_keys,
+            vec![keys::public_text(&old), keys::public_text(&new)]
+        );
+        // The manifest is signed with the current node key.
+        assert_eq!(s.manifest.manifest_signer, Some(keys::public_text(&new)));
+        for trusted in [None, Some(&old), Some(&new)] {
+            let r = verify_package(&out, trusted).unwrap();
+            assert_eq!(r.manifest.selected_count, 21);
+            assert!(r.manifest_signer_known);
+            assert_eq!(r.log.key_rotations, 1);
+        }
+        let stranger = keys::generate().unwrap().verifying_key();
+        let e = verify_package(&out, Some(&stranger)).unwrap_err();
+        assert!(e.to_string().contains("not the trusted key"), "{e}");
+    }
+
+    #[test]
+    fn unexpected_names_are_refused() {
+        for ok in [
+            "manifest.json",
+            "segments/seg-00000000000000000003.audit",
+            "keys/signers.txt",
+        ] {
+            assert!(allowed(ok), "{ok}");
+        }
+        for bad in [
+            "../x",
+            "segments/../../etc/passwd",
+            "keys/a/b",
+            "index/db",
+            "segments/x.audit",
+            "keys/..",
+        ] {
+            assert!(!allowed(bad), "{bad}");
+        }
+    }
+}
