@@ -248,16 +248,7 @@ impl Index {
             };
             let r = reader::read_segment(path, *seq, from)?;
             reader::check_link(path, prev_head, r.header_prev)?;
-            if let Some(why) = &r.incomplete
-                && i + 1 < disk.len()
-            {
-                return Err(AuditError::Corrupt {
-                    segment: file_name(path),
-                    offset: r.end.offset,
-                    reason: format!("{why} in a segment that is not the newest"),
-                }
-                .into());
-            }
+            r.accept(path, i + 1 == disk.len())?;
             prev_head = Some(r.end.head);
             if r.end.offset == 0 {
                 // The header is not complete yet: the writer is creating this segment.

@@ -62,6 +62,9 @@ pub struct SegmentRead {
     pub header_prev: Option<Hash>,
     /// An incomplete frame follows `end` (an append in progress or a torn tail).
     pub incomplete: Option<String>,
+    /// A complete but damaged frame follows `end`: a crash that left garbage (e.g.
+    /// zeros) not yet cut by the daemon, or damage; reading stopped there.
+    pub damaged: Option<AuditError>,
 }
 
 /// Read the complete frames of segment `segment` at `path`, from its header
@@ -104,6 +107,7 @@ pub fn read_segment(
                     },
                     header_prev: None,
                     incomplete: Some(why),
+                    damaged: None,
                 });
             }
             Err((off, why)) => return Err(corrupt(off, why)),
@@ -111,6 +115,7 @@ pub fn read_segment(
     };
     let mut entries = Vec::new();
     let mut incomplete = None;
+    let mut damaged = None;
     while pos < buf.len() {
         let at = start + pos as u64;
         let f = match decode_frame(&buf[pos..]) {
@@ -119,13 +124,17 @@ pub fn read_segment(
                 incomplete = Some(why);
                 break;
             }
-            Err(FrameError::Corrupt(why)) => return Err(corrupt(at, why)),
+            Err(FrameError::Corrupt(why)) => {
+                damaged = Some(corrupt(at, why));
+                break;
+            }
         };
         if f.prev != head {
-            return Err(corrupt(
+            damaged = Some(corrupt(
                 at,
                 "record does not chain to the previous record".into(),
             ));
+            break;
         }
         entries.push(Entry {
             segment,
@@ -146,7 +155,49 @@ pub fn read_segment(
         },
         header_prev,
         incomplete,
+        damaged,
     })
+}
+
+impl SegmentRead {
+    /// Accept what was read of segment `path`: a problem after the last complete
+    /// record is an error unless this is the newest segment, where it is what a
+    /// crash (or an append in progress) leaves until the daemon cuts it; a damaged
+    /// record there is logged, since the records after it are not shown.
+    pub fn accept(&self, path: &Path, newest: bool) -> Result<(), AuditError> {
+        if let Some(e) = &self.damaged {
+            if !newest {
+                return Err(clone_err(e));
+            }
+            tracing::warn!(
+                "{e}: reading stopped there (a crash the daemon has not recovered yet, or damage: run `interceptor audit verify`)"
+            );
+        } else if let Some(why) = &self.incomplete
+            && !newest
+        {
+            return Err(AuditError::Corrupt {
+                segment: file_name(path),
+                offset: self.end.offset,
+                reason: format!("{why} in a segment that is not the newest"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn clone_err(e: &AuditError) -> AuditError {
+    match e {
+        AuditError::Corrupt {
+            segment,
+            offset,
+            reason,
+        } => AuditError::Corrupt {
+            segment: segment.clone(),
+            offset: *offset,
+            reason: reason.clone(),
+        },
+        other => AuditError::Record(other.to_string()),
+    }
 }
 
 /// Every complete record of the log in chain order. An incomplete frame is accepted
@@ -159,15 +210,7 @@ pub fn read_all(dir: &Path) -> Result<Vec<Entry>, AuditError> {
     for (i, (seq, path)) in segs.iter().enumerate() {
         let r = read_segment(path, *seq, None)?;
         check_link(path, prev_head, r.header_prev)?;
-        if let Some(why) = &r.incomplete
-            && i + 1 < segs.len()
-        {
-            return Err(AuditError::Corrupt {
-                segment: file_name(path),
-                offset: r.end.offset,
-                reason: format!("{why} in a segment that is not the newest"),
-            });
-        }
+        r.accept(path, i + 1 == segs.len())?;
         prev_head = Some(r.end.head);
         out.extend(r.entries);
     }
@@ -252,12 +295,19 @@ mod tests {
             Record::Access(a) if a == sample_access(9)
         ));
 
-        // A frame that does not link is damage, not an incomplete append.
+        // A frame that does not link is damage, not an incomplete append: reading
+        // stops before it; it is an error except at the end of the newest segment.
         let mut bad = Vec::new();
         encode_frame(&mut bad, 8, &[1; 32], &body);
         data.extend_from_slice(&bad);
         fs::write(&path, &data).unwrap();
-        let e = read_segment(&path, 0, Some(first.end)).unwrap_err();
+        let r = read_segment(&path, 0, Some(first.end)).unwrap();
+        assert_eq!(r.entries.len(), 1);
+        let e = r.damaged.as_ref().unwrap();
         assert!(e.to_string().contains("does not chain"), "{e}");
+        r.accept(&path, true).unwrap();
+        let e = r.accept(&path, false).unwrap_err();
+        assert!(e.to_string().contains("does not chain"), "{e}");
+        assert_eq!(read_all(tmp.path()).unwrap().len(), 8);
     }
 }

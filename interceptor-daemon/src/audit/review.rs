@@ -351,9 +351,11 @@ pub fn tail(
     let mut last: std::collections::VecDeque<Hit> = std::collections::VecDeque::new();
     let mut cursor: Option<Cursor> = None;
     let mut prev_head = None;
-    for (seq, path) in &segs {
+    for (i, (seq, path)) in segs.iter().enumerate() {
         let r = reader::read_segment(path, *seq, None).map_err(|e| e.to_string())?;
         reader::check_link(path, prev_head, r.header_prev).map_err(|e| e.to_string())?;
+        r.accept(path, i + 1 == segs.len())
+            .map_err(|e| e.to_string())?;
         prev_head = Some(r.end.head);
         for h in hits(&r.entries, path)? {
             last.push_back(h);
@@ -395,6 +397,8 @@ pub fn tail(
                         got.extend(hits(&r.entries, &path)?);
                         cursor = Some(r.end);
                         if next_exists {
+                            // Sealed: it must have been read to its end.
+                            r.accept(&path, false).map_err(|e| e.to_string())?;
                             let r = reader::read_segment(&next, c.segment + 1, None)
                                 .map_err(|e| e.to_string())?;
                             let head = cursor.map_or(c.head, |c| c.head);
