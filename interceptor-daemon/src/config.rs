@@ -49,6 +49,10 @@ pub struct Config {
     /// Statement-level policy for protocol-aware targets (default: deny all).
     #[serde(default)]
     pub policy: crate::policy::Policy,
+    /// The policy in its own file instead (relative to this file's directory);
+    /// reloaded on SIGHUP and when it changes. Excludes an inline `policy:`.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
     /// Who is behind a selected cgroup (standalone mappings; unknown = deny by default).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
@@ -404,10 +408,28 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.into(),
             message,
-        })
+        })?;
+        if let Some(file) = &cfg.policy_file {
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            if !cfg.policy.rules.is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    message: "give the policy inline (`policy:`) or in `policy_file:`, not both"
+                        .into(),
+                });
+            }
+            let (policy, _) =
+                crate::policy::store::load_file(&file).map_err(|e| ConfigError::Invalid {
+                    path: path.into(),
+                    message: format!("policy_file: {e}"),
+                })?;
+            cfg.policy = policy;
+            cfg.policy_file = Some(file);
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates configuration text; the error names line and column.

@@ -21,6 +21,7 @@ use crate::{
     identity::Resolver,
     listener::{self, Shared},
     metrics::Metrics,
+    policy::store::PolicyHandle,
     redirect::{self, Redirector},
 };
 
@@ -60,6 +61,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ready.set_attached(true);
 
     let metrics = Arc::new(Metrics::new());
+    let policy = match &cfg.policy_file {
+        Some(path) => {
+            let (p, digest) = crate::policy::store::load_file(path)?;
+            PolicyHandle::new(p, path.display().to_string(), digest)
+        }
+        None => PolicyHandle::new(cfg.policy.clone(), "config", String::new()),
+    };
+    metrics.policy_version.set(1);
     let conns = Arc::new(handles.conns);
     let shared = Arc::new(Shared {
         node: cfg.node_name(),
@@ -68,7 +77,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cgroups: index.clone(),
         metrics: metrics.clone(),
         identities: Resolver::new(cfg.identity.clone()),
-        policy: Arc::new(cfg.policy.clone()),
+        policy: policy.clone(),
         audit: audit.clone(),
         classifier: Arc::new(crate::sql::Classifier::new(
             crate::sql::DangerousFunctions::builtin(),
@@ -81,7 +90,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(l) = admin_listener {
         info!(address = %l.local_addr()?, "admin endpoint: /metrics /healthz /readyz");
         let state = Arc::new(AdminState {
-            metrics,
+            metrics: metrics.clone(),
             stats: stats.clone(),
             conns,
             cgroups: index.clone(),
@@ -111,6 +120,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
     };
 
+    let policy_watch = cfg.policy_file.clone().map(|path| {
+        let m = metrics.clone();
+        tokio::spawn(crate::policy::store::watch(
+            policy.clone(),
+            path,
+            Duration::from_secs(2),
+            stop.clone(),
+            move |outcome, version| {
+                m.policy_reloads
+                    .get_or_create(&crate::metrics::ReloadLabels {
+                        result: outcome.as_str(),
+                    })
+                    .inc();
+                m.policy_version.set(version as i64);
+            },
+        ))
+    });
+
     let mut accept_tasks = Vec::new();
     for l in listeners {
         info!(address = %l.local_addr()?, "listening");
@@ -138,6 +165,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = rescan.await;
+    if let Some(w) = policy_watch {
+        let _ = w.await;
+    }
     // Detach before draining: from here on new connections are not intercepted,
     // which is the operator's explicit choice when stopping the daemon.
     ready.set_attached(false);

@@ -28,7 +28,7 @@ use crate::{
     identity::{Identity, Resolver, Unknown},
     metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
     pgproxy::{self, SessionCtx},
-    policy::Policy,
+    policy::store::PolicyHandle,
     redirect::ConnTable,
     sql::Classifier,
 };
@@ -41,7 +41,7 @@ pub struct Shared {
     pub cgroups: Arc<CgroupIndex>,
     pub metrics: Arc<Metrics>,
     pub identities: Resolver,
-    pub policy: Arc<Policy>,
+    pub policy: PolicyHandle,
     pub classifier: Arc<Classifier>,
     pub audit: Option<AuditLog>,
     pub next_id: AtomicU64,

@@ -55,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Policy: validate, test a decision, show, diff, schema.
+    Policy {
+        #[command(subcommand)]
+        command: interceptor_daemon::policy::cli::PolicyCommand,
+    },
     /// Audit log: offline verification and the node's public key.
     Audit {
         #[command(subcommand)]
@@ -192,6 +197,9 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             print!("{}", interceptor_daemon::config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy { command } => Ok(ExitCode::from(interceptor_daemon::policy::cli::run(
+            command,
+        ))),
         Command::Audit { command } => {
             Ok(ExitCode::from(interceptor_daemon::audit::cli::run(command)))
         }

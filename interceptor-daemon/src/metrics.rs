@@ -97,6 +97,12 @@ pub struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied`, `unchanged` (SIGHUP with the same content) or `rejected`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
 }
@@ -128,6 +134,8 @@ pub struct Metrics {
     pub upstream_connect: Family<TargetLabels, Histogram, Buckets>,
     pub duration: Family<TargetLabels, Histogram, Buckets>,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
+    pub policy_version: Gauge,
     kernel_events: Family<EventLabels, Counter>,
     conntrack_entries: Gauge,
     cgroups_known: Gauge,
@@ -150,6 +158,8 @@ impl Metrics {
             upstream_connect: Family::new_with_constructor(Buckets(latency_buckets)),
             duration: Family::new_with_constructor(Buckets(duration_buckets)),
             decisions: Family::default(),
+            policy_reloads: Family::default(),
+            policy_version: Gauge::default(),
             kernel_events: Family::default(),
             conntrack_entries: Gauge::default(),
             cgroups_known: Gauge::default(),
@@ -185,6 +195,16 @@ impl Metrics {
             "decisions",
             "Policy decisions on statements, by action and rule",
             m.decisions.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy file reload attempts, by result (a rejected policy leaves the old one enforcing)",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "policy_version",
+            "Version of the policy in force (1 at start, +1 per applied reload)",
+            m.policy_version.clone(),
         );
         registry.register(
             "kernel_events",

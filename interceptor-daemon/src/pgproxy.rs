@@ -41,7 +41,7 @@ use crate::{
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
     metrics::{DecisionLabels, Metrics},
-    policy::{Action, Context, Decision, Policy},
+    policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
         Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
@@ -57,7 +57,8 @@ pub struct SessionCtx {
     pub audit: Option<(AuditLog, AccessRecord)>,
     pub identity: Option<String>,
     pub target: String,
-    pub policy: Arc<Policy>,
+    /// Read on every decision, so a reload applies to open sessions.
+    pub policy: PolicyHandle,
     pub classifier: Arc<Classifier>,
     pub metrics: Arc<Metrics>,
 }
@@ -193,11 +194,18 @@ fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
 struct Decider<'c> {
     ctx: &'c SessionCtx,
     cache: HashMap<String, (Decision, String)>,
+    /// The policy version the cache was filled under; a reload empties it.
+    version: u64,
 }
 
 impl Decider<'_> {
     /// The decision and a literal-free description of the statement(s).
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
+        let policy = self.ctx.policy.current();
+        if policy.version != self.version {
+            self.cache.clear();
+            self.version = policy.version;
+        }
         if let Some(d) = self.cache.get(sql) {
             return d.clone();
         }
@@ -206,7 +214,7 @@ impl Decider<'_> {
             identity: self.ctx.identity.as_deref(),
             target: &self.ctx.target,
         };
-        let d = self.ctx.policy.decide_statements(&pctx, &c.statements);
+        let d = policy.policy.decide_statements(&pctx, &c.statements);
         let kinds: Vec<String> = c
             .statements
             .iter()
@@ -288,6 +296,7 @@ async fn client_to_server(
     let mut decider = Decider {
         ctx,
         cache: HashMap::new(),
+        version: 0,
     };
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     // Set while skipping to Sync after a denied extended-protocol message.

@@ -5,10 +5,14 @@
 //! names) and what (for SQL: statement kinds, tables, functions) and carry an
 //! action. Precedence is deterministic:
 //!
-//! 1. a matching `deny` rule wins over any `allow` (the first such rule in file
-//!    order is reported);
-//! 2. otherwise the first matching `allow`;
+//! 1. a matching `deny` rule wins over any `allow`;
+//! 2. otherwise a matching `allow`;
 //! 3. otherwise the default (deny unless configured).
+//!
+//! Among matching rules of the winning action, the most specific one decides
+//! (and is reported): see [`Rule::specificity`]; equal specificity falls back to
+//! file order. Rules bounded in time (`valid_from`, `valid_until`, RFC 3339)
+//! match only inside their window, so a grant expires on its own.
 //!
 //! Allow rules are conservative: a statement is allowed only if *every* table it
 //! touches and *every* function it calls is within the rule's lists (when the rule
@@ -17,12 +21,17 @@
 //! match on *any* table or function. Unparsable statements only match rules that
 //! name the `unparsable` kind.
 
+pub mod cli;
+pub mod store;
+
+use std::time::SystemTime;
+
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Deserializer, de};
 
 use crate::sql::{Flag, Kind, StatementInfo};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Allow,
@@ -49,6 +58,61 @@ impl NameGlob {
     pub fn is_match(&self, s: &str) -> bool {
         self.matcher.is_match(s)
     }
+
+    /// 2 for a literal name, 1 for a pattern: literal selectors are more specific.
+    fn specificity(&self) -> u32 {
+        if self.pattern.contains(['*', '?', '[', '{']) {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+impl schemars::JsonSchema for NameGlob {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NameGlob".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A glob over names: `*` any run of characters, `?` one, `[abc]`, `{a,b}`."
+        })
+    }
+}
+
+/// An RFC 3339 time (`2026-12-01T18:00:00Z`) bounding a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub SystemTime);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Timestamp)
+            .map_err(|e| de::Error::custom(format!("`{text}`: not an RFC 3339 time: {e}")))
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_seconds(self.0))
+    }
+}
+
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "description": "RFC 3339 time, e.g. 2026-12-01T18:00:00Z"
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for NameGlob {
@@ -61,7 +125,7 @@ impl<'de> Deserialize<'de> for NameGlob {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlMatch {
     /// Statement kinds (`read`, `write`, `ddl`, `dcl`, `role_switch`,
@@ -81,7 +145,7 @@ pub struct SqlMatch {
     pub risky: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub id: String,
@@ -97,9 +161,16 @@ pub struct Rule {
     /// One line shown with decisions this rule makes.
     #[serde(default)]
     pub description: Option<String>,
+    /// The rule matches only from this time on (RFC 3339).
+    #[serde(default)]
+    pub valid_from: Option<Timestamp>,
+    /// The rule matches only until this time (RFC 3339): an expiring grant.
+    #[serde(default)]
+    pub valid_until: Option<Timestamp>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A policy: rules and the default for operations no rule matches.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     #[serde(default = "default_action")]
@@ -157,6 +228,26 @@ fn is_risky(f: &Flag) -> bool {
 }
 
 impl Rule {
+    /// How narrowly the rule selects: literal identities and targets count more
+    /// than patterns, and each constrained `what` (kinds, tables, functions)
+    /// adds one. The more specific of two matching rules of the same action
+    /// decides, so `allow shop/orders-api` explains a decision better than
+    /// `allow shop/*`.
+    pub fn specificity(&self) -> u32 {
+        let sel = |g: &[NameGlob]| g.iter().map(NameGlob::specificity).min().unwrap_or(0);
+        let m = &self.sql;
+        4 * sel(&self.identities)
+            + 2 * sel(&self.targets)
+            + u32::from(!m.kinds.is_empty())
+            + u32::from(!m.tables.is_empty())
+            + u32::from(!m.functions.is_empty())
+    }
+
+    /// Whether the rule's time window holds `now`.
+    pub fn in_force(&self, now: SystemTime) -> bool {
+        self.valid_from.is_none_or(|t| now >= t.0) && self.valid_until.is_none_or(|t| now < t.0)
+    }
+
     fn applies_to(&self, ctx: &Context<'_>) -> bool {
         let who = self.identities.is_empty()
             || ctx
@@ -221,41 +312,61 @@ impl Policy {
         Ok(p)
     }
 
-    /// Checks what the schema cannot: rule ids are unique.
+    /// Checks what the schema cannot: rule ids are unique and non-empty, time
+    /// windows are not empty.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
-        for r in &self.rules {
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.id.trim().is_empty() {
+                return Err(format!("rules[{i}]: empty rule id"));
+            }
             if !seen.insert(r.id.as_str()) {
                 return Err(format!("duplicate rule id `{}`", r.id));
+            }
+            if let (Some(from), Some(until)) = (r.valid_from, r.valid_until)
+                && until.0 <= from.0
+            {
+                return Err(format!(
+                    "rule `{}`: valid_until {until} is not after valid_from {from}",
+                    r.id
+                ));
             }
         }
         Ok(())
     }
 
-    /// Decides one SQL statement.
+    /// Decides one SQL statement now.
     pub fn decide_statement(&self, ctx: &Context<'_>, s: &StatementInfo) -> Decision {
+        self.decide_statement_at(ctx, s, SystemTime::now())
+    }
+
+    /// Decides one SQL statement at a given time (rules outside their window
+    /// do not match).
+    pub fn decide_statement_at(
+        &self,
+        ctx: &Context<'_>,
+        s: &StatementInfo,
+        now: SystemTime,
+    ) -> Decision {
+        // Best rule per action: highest specificity, then file order.
+        let mut deny: Option<&Rule> = None;
         let mut allow: Option<&Rule> = None;
         for r in self
             .rules
             .iter()
-            .filter(|r| r.applies_to(ctx) && r.matches_statement(s))
+            .filter(|r| r.in_force(now) && r.applies_to(ctx) && r.matches_statement(s))
         {
-            match r.action {
-                Action::Deny => {
-                    return Decision {
-                        action: Action::Deny,
-                        rule: r.id.clone(),
-                        reason: r.reason(),
-                    };
-                }
-                Action::Allow => {
-                    allow.get_or_insert(r);
-                }
+            let slot = match r.action {
+                Action::Deny => &mut deny,
+                Action::Allow => &mut allow,
+            };
+            if slot.is_none_or(|best| r.specificity() > best.specificity()) {
+                *slot = Some(r);
             }
         }
-        match allow {
+        match deny.or(allow) {
             Some(r) => Decision {
-                action: Action::Allow,
+                action: r.action,
                 rule: r.id.clone(),
                 reason: r.reason(),
             },
@@ -281,9 +392,19 @@ impl Policy {
         ctx: &Context<'_>,
         stmts: impl IntoIterator<Item = &'s StatementInfo>,
     ) -> Decision {
+        self.decide_statements_at(ctx, stmts, SystemTime::now())
+    }
+
+    /// [`Policy::decide_statements`] at a given time.
+    pub fn decide_statements_at<'s>(
+        &self,
+        ctx: &Context<'_>,
+        stmts: impl IntoIterator<Item = &'s StatementInfo>,
+        now: SystemTime,
+    ) -> Decision {
         let mut last = None;
         for s in stmts {
-            let d = self.decide_statement(ctx, s);
+            let d = self.decide_statement_at(ctx, s, now);
             if d.action == Action::Deny {
                 return d;
             }
@@ -429,6 +550,79 @@ rules:
                 "{who} {target} {sql}"
             );
         }
+    }
+
+    #[test]
+    fn specificity_then_order_among_rules_of_one_action() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - {id: any-read, sql: {kinds: [read]}, action: allow}
+  - {id: shop-read, identities: ["shop/*"], sql: {kinds: [read]}, action: allow}
+  - {id: api-read, identities: ["shop/api"], sql: {kinds: [read]}, action: allow}
+  - {id: api-read-2, identities: ["shop/api"], sql: {kinds: [read]}, action: allow}
+  - {id: no-secrets, sql: {tables: ["secrets"]}, action: deny}
+  - {id: no-secrets-api, identities: ["shop/api"], sql: {tables: ["secrets"]}, action: deny}
+"#,
+        )
+        .unwrap();
+        let d = |who: &str, sql: &str| {
+            let c = classify(sql);
+            p.decide_statements(
+                &Context {
+                    identity: Some(who),
+                    target: "db",
+                },
+                &c.statements,
+            )
+            .rule
+        };
+        assert_eq!(d("shop/api", "SELECT 1"), "api-read");
+        assert_eq!(d("shop/web", "SELECT 1"), "shop-read");
+        assert_eq!(d("ops/cron", "SELECT 1"), "any-read");
+        // deny beats a more specific allow; the most specific deny is reported
+        assert_eq!(d("shop/api", "SELECT * FROM secrets"), "no-secrets-api");
+        assert_eq!(d("shop/web", "SELECT * FROM secrets"), "no-secrets");
+    }
+
+    #[test]
+    fn rules_match_only_inside_their_window() {
+        let p = Policy::parse(
+            r#"
+rules:
+  - id: grant
+    sql: {kinds: [write]}
+    action: allow
+    valid_from: 2026-12-01T10:00:00Z
+    valid_until: 2026-12-01T11:00:00Z
+"#,
+        )
+        .unwrap();
+        let at = |t: &str| {
+            let c = classify("DELETE FROM t");
+            let now = humantime::parse_rfc3339(t).unwrap();
+            p.decide_statements_at(
+                &Context {
+                    identity: None,
+                    target: "db",
+                },
+                &c.statements,
+                now,
+            )
+            .action
+        };
+        assert_eq!(at("2026-12-01T09:59:59Z"), Action::Deny);
+        assert_eq!(at("2026-12-01T10:00:00Z"), Action::Allow);
+        assert_eq!(at("2026-12-01T10:59:59Z"), Action::Allow);
+        assert_eq!(at("2026-12-01T11:00:00Z"), Action::Deny);
+        let e = Policy::parse(
+            "rules:\n  - {id: g, action: allow, valid_from: 2026-12-02T00:00:00Z, valid_until: 2026-12-01T00:00:00Z}\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("valid_until") && e.contains("not after"), "{e}");
+        let e = Policy::parse("rules:\n  - {id: g, action: allow, valid_until: tomorrow}\n")
+            .unwrap_err();
+        assert!(e.contains("line 2") && e.contains("RFC 3339"), "{e}");
     }
 
     #[test]

@@ -60,7 +60,18 @@ use sqlparser::{
 };
 
 /// What a statement does, coarsely; the first thing a policy looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// SELECT / VALUES / EXPLAIN of a read, no side effects on tables.

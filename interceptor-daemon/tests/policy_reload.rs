@@ -1,0 +1,192 @@
+//! Policy hot reload under a live session: a real psql in a lab pod keeps one
+//! connection to real PostgreSQL open through the interceptor while the policy
+//! file changes under it. Privileged: run as root (CI does).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use interceptor_daemon::testbed::{Lab, Postgres};
+
+const WRITES_ALLOWED: &str = r#"default: deny
+rules:
+  - id: orders-read
+    identities: ["shop/*"]
+    sql: { kinds: [read, transaction, utility], tables: ["orders"] }
+    action: allow
+  - id: orders-write
+    identities: ["shop/orders-api"]
+    sql: { kinds: [write], tables: ["orders"] }
+    action: allow
+"#;
+
+const READ_ONLY: &str = r#"default: deny
+rules:
+  - id: orders-read
+    identities: ["shop/*"]
+    sql: { kinds: [read, transaction, utility], tables: ["orders"] }
+    action: allow
+  - id: freeze
+    description: orders are frozen for the audit
+    sql: { kinds: [write] }
+    action: deny
+"#;
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
+    if !privileged("policy_reload_applies_to_open_sessions_and_rejects_invalid_files") {
+        return;
+    }
+    let dir = scratch("policyreload");
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
+    pg.admin_sql("CREATE TABLE orders (id int, customer int);")
+        .unwrap();
+    let orders = || {
+        pg.admin_sql("SELECT count(*) FROM orders")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+
+    let policy_path = dir.join("policy.yaml");
+    std::fs::write(&policy_path, WRITES_ALLOWED).unwrap();
+    let opts = DaemonOpts {
+        destinations: vec![format!("{}:9", lab.node_v4(6))],
+        extra_targets: format!(
+            "  - name: orders-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy_file: policy.yaml\n"
+        ),
+        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
+        ..Default::default()
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let daemon = Daemon::start(&cfg, &dir);
+    let metrics = || http_get(admin_addr(&lab), "/metrics").1;
+    let version = || metric(&metrics(), "interceptor_policy_version").unwrap_or(0.0);
+    assert_eq!(version(), 1.0);
+
+    // One psql session for the whole test, fed statement by statement.
+    let mut psql = pod
+        .command(pg.bin.join("psql"))
+        .unwrap()
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            &pg_addr.ip().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = psql.stdin.take().unwrap();
+    let errors = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let errors = errors.clone();
+        let stderr = psql.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut e = errors.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        })
+    };
+    let mut send = |sql: &str| {
+        writeln!(stdin, "{sql}").unwrap();
+        stdin.flush().unwrap();
+    };
+    let denials = || {
+        errors
+            .lock()
+            .unwrap()
+            .matches("statement denied by rule")
+            .count()
+    };
+
+    send("INSERT INTO orders VALUES (1, 1);");
+    wait_for("the first insert", || orders() == "1");
+
+    // A new policy applies to the open session: the same statement is now denied.
+    std::fs::write(&policy_path, READ_ONLY).unwrap();
+    wait_for("policy version 2", || version() == 2.0);
+    send("INSERT INTO orders VALUES (1, 1);");
+    wait_for("a denial", || denials() == 1);
+    assert!(
+        errors
+            .lock()
+            .unwrap()
+            .contains("denied by rule `freeze`: orders are frozen for the audit"),
+        "{}",
+        errors.lock().unwrap()
+    );
+
+    // An invalid policy is rejected, named with its line, and the old one keeps enforcing.
+    std::fs::write(
+        &policy_path,
+        "default: deny\nrules:\n  - id: x\n    action: permit\n",
+    )
+    .unwrap();
+    wait_for("the rejection", || {
+        metric(
+            &metrics(),
+            r#"interceptor_policy_reloads_total{result="rejected"}"#,
+        ) == Some(1.0)
+    });
+    let log = daemon.raw_log();
+    assert!(
+        log.contains("policy rejected") && log.contains("line 4, column"),
+        "{log}"
+    );
+    assert_eq!(version(), 2.0);
+    send("INSERT INTO orders VALUES (1, 1);");
+    wait_for("a second denial", || denials() == 2);
+
+    // Back to the first policy: the session is still the same one and writes again.
+    std::fs::write(&policy_path, WRITES_ALLOWED).unwrap();
+    wait_for("policy version 3", || version() == 3.0);
+    send("INSERT INTO orders VALUES (2, 1);");
+    wait_for("the second insert", || orders() == "2");
+    drop(send);
+    drop(stdin);
+    let status = psql.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "psql: {status}");
+    assert_eq!(denials(), 2, "{}", errors.lock().unwrap());
+    // All of it over one redirected connection: nothing was dropped by a reload.
+    let text = metrics();
+    let conns: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("interceptor_connections_total{") && l.contains("orders-db"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(conns, 1.0, "{text}");
+    drop(daemon);
+}
