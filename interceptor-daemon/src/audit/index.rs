@@ -118,6 +118,8 @@ impl Index {
             path: path.clone(),
             source,
         };
+        // The index holds the records themselves: as private as the log.
+        super::keys::create_private_dir(&path)?;
         let db = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::LowSpace)
@@ -600,7 +602,13 @@ mod tests {
         append(dir, 0..50);
         let ix = Index::open(dir, Some(&tmp.path().join("elsewhere"))).unwrap();
         ix.update().unwrap();
-        assert!(tmp.path().join("elsewhere").exists());
+        let mode = fs::metadata(tmp.path().join("elsewhere"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
         let t0 = sample_access(0).time_ns;
         let id = |s: &str| Some(s.parse::<IdentityFilter>().unwrap());
         let filters = [
