@@ -287,6 +287,16 @@ impl Index {
     }
 
     fn insert(&self, entries: &[Entry], segment_file: &str) -> Result<u64, IndexError> {
+        // sled's memory use grows steeply with the size of one batch (a whole 64 MiB
+        // segment in one batch took gigabytes), so batches stay small.
+        let mut n = 0;
+        for chunk in entries.chunks(1024) {
+            n += self.insert_batch(chunk, segment_file)?;
+        }
+        Ok(n)
+    }
+
+    fn insert_batch(&self, entries: &[Entry], segment_file: &str) -> Result<u64, IndexError> {
         let mut records = sled::Batch::default();
         let mut by_time = sled::Batch::default();
         let mut by_identity = sled::Batch::default();
