@@ -32,7 +32,7 @@ fn record(i: u64) -> AccessRecord {
         target: format!("db-{}", i % 5),
         protocol: Protocol::Postgres,
         operation: "SELECT o.id, o.total, c.email FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = $1".into(),
-        decision: if i % 13 == 0 { Decision::Deny } else { Decision::Allow },
+        decision: if i.is_multiple_of(13) { Decision::Deny } else { Decision::Allow },
         rule_id: Some("orders-read".into()),
         approval_ref: None,
         outcome: Some(Outcome::Rows(1)),
