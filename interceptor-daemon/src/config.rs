@@ -20,6 +20,8 @@ use globset::GlobMatcher;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 
+mod env;
+
 /// The built-in example configuration, printed by `interceptor config example`.
 pub const EXAMPLE: &str = include_str!("../config/example.yaml");
 
@@ -62,6 +64,17 @@ pub struct Config {
     /// The per-node HTTP endpoint (`/metrics`, `/healthz`, `/readyz`); none if absent.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Result masking settings (the rules are `action: mask` policy rules).
+    #[serde(default)]
+    pub masking: Option<MaskingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// The node's pseudonym key for the `hash` strategy (32 bytes, mode 0600,
+    /// created if missing). Without it, a random key per daemon start.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,30 +415,28 @@ fn listen_v6<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddrV6>, D:
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. `${NAME}` in it is replaced by
+    /// the environment variable NAME (see [`env`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let invalid = |message| ConfigError::Invalid {
             path: path.into(),
             message,
-        })?;
+        };
+        let text = env::expand(&text, |name| std::env::var(name).ok()).map_err(invalid)?;
+        let mut cfg = Self::parse(&text).map_err(invalid)?;
         if let Some(file) = &cfg.policy_file {
             let file = path.parent().unwrap_or(Path::new(".")).join(file);
             if !cfg.policy.rules.is_empty() {
-                return Err(ConfigError::Invalid {
-                    path: path.into(),
-                    message: "give the policy inline (`policy:`) or in `policy_file:`, not both"
-                        .into(),
-                });
+                return Err(invalid(
+                    "give the policy inline (`policy:`) or in `policy_file:`, not both".into(),
+                ));
             }
-            let (policy, _) =
-                crate::policy::store::load_file(&file).map_err(|e| ConfigError::Invalid {
-                    path: path.into(),
-                    message: format!("policy_file: {e}"),
-                })?;
+            let (policy, _) = crate::policy::store::load_file(&file)
+                .map_err(|e| invalid(format!("policy_file: {e}")))?;
             cfg.policy = policy;
             cfg.policy_file = Some(file);
         }

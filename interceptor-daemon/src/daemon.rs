@@ -48,6 +48,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }),
         None => None,
     };
+    let mask_key = match cfg.masking.as_ref().and_then(|m| m.key_file.as_deref()) {
+        Some(path) => load_or_create_mask_key(path)
+            .with_context(|| format!("masking key {}", path.display()))?,
+        None => crate::masking::MaskKey::random()
+            .map_err(|e| anyhow::anyhow!("masking key: no randomness: {e}"))?,
+    };
     let (loaded, handles) = Redirector::load(&cfg)?;
     let index = Arc::new(CgroupIndex::new(
         cfg.redirect.cgroup_root.clone(),
@@ -78,6 +84,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         identities: Resolver::new(cfg.identity.clone()),
         policy: policy.clone(),
+        mask_key,
         audit: audit.clone(),
         classifier: Arc::new(crate::sql::Classifier::new(
             crate::sql::DangerousFunctions::builtin(),
@@ -194,4 +201,40 @@ fn log_kernel_stats(stats: &redirect::KernelStats) {
         .map(|(i, n)| format!("{n}={}", stats.get(*i)))
         .collect();
     info!(counters = %fields.join(" "), "kernel counters");
+}
+
+/// The masking pseudonym key: 32 bytes, owner-only; created on first start.
+fn load_or_create_mask_key(path: &std::path::Path) -> anyhow::Result<crate::masking::MaskKey> {
+    use std::{
+        io::Write as _,
+        os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            anyhow::ensure!(
+                mode & 0o077 == 0,
+                "mode {mode:o}: it must be readable by its owner only (0600)"
+            );
+            let bytes = std::fs::read(path)?;
+            let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                anyhow::anyhow!("not a key file ({} bytes, expected 32)", bytes.len())
+            })?;
+            Ok(crate::masking::MaskKey::from_bytes(key))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            getrandom::getrandom(&mut key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            f.write_all(&key)?;
+            f.sync_all()?;
+            info!(path = %path.display(), "masking key created");
+            Ok(crate::masking::MaskKey::from_bytes(key))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod forward;
 pub mod identity;
 pub mod listener;
+pub mod masking;
 pub mod metrics;
 pub mod pgproxy;
 pub mod policy;

@@ -43,6 +43,7 @@ pub struct Shared {
     pub identities: Resolver,
     pub policy: PolicyHandle,
     pub classifier: Arc<Classifier>,
+    pub mask_key: crate::masking::MaskKey,
     pub audit: Option<AuditLog>,
     pub next_id: AtomicU64,
 }
@@ -364,6 +365,7 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                 policy: shared.policy.clone(),
                 classifier: shared.classifier.clone(),
                 metrics: shared.metrics.clone(),
+                mask_key: shared.mask_key.clone(),
             };
             pgproxy::run(client, upstream, ctx)
                 .await

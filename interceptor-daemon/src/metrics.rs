@@ -120,6 +120,11 @@ fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
 }
 
+fn fast_buckets() -> Histogram {
+    // 1 µs .. ~65 ms: a policy decision, an audit append.
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 17))
+}
+
 fn duration_buckets() -> Histogram {
     // 1 ms .. ~4.7 h
     Histogram::new(exponential_buckets(0.001, 4.0, 13))
@@ -135,6 +140,11 @@ pub struct Metrics {
     pub duration: Family<TargetLabels, Histogram, Buckets>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub policy_reloads: Family<ReloadLabels, Counter>,
+    /// Time to decide one statement (cache hit or full classification).
+    pub decision_time: Family<TargetLabels, Histogram, Buckets>,
+    /// Time until an audit record is durable (group commit included).
+    pub audit_append: Histogram,
+    pub audit_append_failures: Counter,
     pub policy_version: Gauge,
     kernel_events: Family<EventLabels, Counter>,
     conntrack_entries: Gauge,
@@ -159,6 +169,9 @@ impl Metrics {
             duration: Family::new_with_constructor(Buckets(duration_buckets)),
             decisions: Family::default(),
             policy_reloads: Family::default(),
+            decision_time: Family::new_with_constructor(Buckets(fast_buckets)),
+            audit_append: fast_buckets(),
+            audit_append_failures: Counter::default(),
             policy_version: Gauge::default(),
             kernel_events: Family::default(),
             conntrack_entries: Gauge::default(),
@@ -195,6 +208,21 @@ impl Metrics {
             "decisions",
             "Policy decisions on statements, by action and rule",
             m.decisions.clone(),
+        );
+        registry.register(
+            "decision_seconds",
+            "Time to decide one statement, by target (cached decisions included)",
+            m.decision_time.clone(),
+        );
+        registry.register(
+            "audit_append_seconds",
+            "Time until an audit record is durable on node storage",
+            m.audit_append.clone(),
+        );
+        registry.register(
+            "audit_append_failures",
+            "Audit records that could not be written",
+            m.audit_append_failures.clone(),
         );
         registry.register(
             "policy_reloads",

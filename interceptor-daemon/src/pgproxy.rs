@@ -20,11 +20,16 @@
 //! the node. A CancelRequest is forwarded to the same original destination.
 //! Authentication messages pass through (the upstream credential is the
 //! client's in this version).
+//!
+//! Result masking ([`crate::masking::wire`]) rides on the same alignment: its
+//! feed closes a batch wherever a pending entry is queued, and its masker sees
+//! every server message after authentication before the code here does.
 
 use std::{
     collections::{HashMap, VecDeque},
     io,
     sync::{Arc, Mutex},
+    time::SystemTime,
 };
 
 use bytes::{Buf, BytesMut};
@@ -40,10 +45,14 @@ use tracing::{info, warn};
 use crate::{
     audit::{self, AccessRecord, AuditLog},
     forward::Transferred,
-    metrics::{DecisionLabels, Metrics},
+    masking::{
+        MaskKey,
+        wire::{self, Feed, ResultMasker, Verdict},
+    },
+    metrics::{DecisionLabels, Metrics, TargetLabels},
     policy::{Action, Context, Decision, store::PolicyHandle},
     protocol::postgres::{
-        Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket,
+        Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket, Target,
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
         looks_like_tls_client_hello,
     },
@@ -61,6 +70,8 @@ pub struct SessionCtx {
     pub policy: PolicyHandle,
     pub classifier: Arc<Classifier>,
     pub metrics: Arc<Metrics>,
+    /// Keys the `hash` masking strategy's pseudonyms.
+    pub mask_key: MaskKey,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,10 +169,15 @@ pub async fn run(
     }
 
     let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
+    let plan = ctx.policy.current().policy.masks_for(&Context {
+        identity: ctx.identity.as_deref(),
+        target: &ctx.target,
+    });
+    let (feed, masker) = wire::session(plan, ctx.mask_key.clone()).unzip();
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), &ctx);
-    let s2c = server_to_client(ur, cw, pending);
+    let c2s = client_to_server(cr, uw, cbuf, pending.clone(), feed, &ctx);
+    let s2c = server_to_client(ur, cw, pending, masker);
     let (a, b) = tokio::join!(c2s, s2c);
     Ok(Transferred {
         up: up + a?,
@@ -196,17 +212,54 @@ struct Decider<'c> {
     cache: HashMap<String, (Decision, String)>,
     /// The policy version the cache was filled under; a reload empties it.
     version: u64,
+    /// When a rule's time window opens or closes next: the cache empties then.
+    stale_at: Option<SystemTime>,
+}
+
+/// A named (or the unnamed) prepared statement that was allowed at Parse.
+struct Prepared {
+    sql: String,
+    /// Policy version and window boundary of the Parse-time decision: an
+    /// Execute after a reload or a boundary is decided again.
+    version: u64,
+    stale_at: Option<SystemTime>,
+}
+
+impl Prepared {
+    fn current(&self, version: u64, now: SystemTime) -> bool {
+        self.version == version && self.stale_at.is_none_or(|t| now < t)
+    }
 }
 
 impl Decider<'_> {
-    /// The decision and a literal-free description of the statement(s).
+    /// The decision and the literal-free form of the statement(s)
+    /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
+        let started = std::time::Instant::now();
+        let d = self.decide_uncounted(sql, via);
+        self.ctx
+            .metrics
+            .decision_time
+            .get_or_create(&TargetLabels {
+                target: self.ctx.target.clone(),
+                protocol: "postgres",
+            })
+            .observe(started.elapsed().as_secs_f64());
+        d
+    }
+
+    fn decide_uncounted(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
         let policy = self.ctx.policy.current();
-        if policy.version != self.version {
+        let now = SystemTime::now();
+        if policy.version != self.version || self.stale_at.is_some_and(|t| now >= t) {
             self.cache.clear();
             self.version = policy.version;
+            self.stale_at = policy.policy.next_boundary(now);
         }
-        if let Some(d) = self.cache.get(sql) {
+        // Keyed by fingerprint: the same statement with other constants
+        // (pgbench's `WHERE aid = 123`) costs no parse.
+        let key = crate::sql::fingerprint(sql).unwrap_or_else(|| sql.to_string());
+        if let Some(d) = self.cache.get(&key) {
             return d.clone();
         }
         let c = self.ctx.classifier.classify(sql);
@@ -226,22 +279,23 @@ impl Decider<'_> {
             .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
             .collect();
         let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
-        // Literals never reach the log: the statement is described, not quoted.
+        let operation = crate::sql::normalize(sql);
+        // Literals never reach the log: the statement is normalised, not quoted.
         // Logged once per distinct statement; metrics and audit count every one.
         info!(
             action = d.action.as_str(),
             rule = %d.rule,
             reason = %d.reason,
             operation = %description,
+            statement = %operation,
             identity = self.ctx.identity.as_deref().unwrap_or(""),
             "statement decision"
         );
         if self.cache.len() >= DECISION_CACHE {
             self.cache.clear();
         }
-        self.cache
-            .insert(sql.to_string(), (d.clone(), description.clone()));
-        (d, description)
+        self.cache.insert(key, (d.clone(), operation.clone()));
+        (d, operation)
     }
 
     /// Counts and audits a decision (every one, cached or not). A denial is
@@ -263,24 +317,34 @@ impl Decider<'_> {
             time_ns: audit::record::now_ns(),
             operation: description,
             decision: match d.action {
-                Action::Allow => audit::Decision::Allow,
+                // Mask rules never decide; a decision is allow or deny.
+                Action::Allow | Action::Mask => audit::Decision::Allow,
                 Action::Deny => audit::Decision::Deny,
             },
             rule_id: Some(d.rule.clone()),
             ..base.clone()
         };
         if d.action == Action::Deny {
-            if let Err(e) = log.append(&rec).await {
-                warn!(error = %e, "audit append failed");
-            }
+            append(&self.ctx.metrics, log, rec).await;
         } else {
             // Allowed statements do not wait for the disk; the record follows.
             let log = log.clone();
-            tokio::spawn(async move {
-                if let Err(e) = log.append(&rec).await {
-                    warn!(error = %e, "audit append failed");
-                }
-            });
+            let metrics = self.ctx.metrics.clone();
+            tokio::spawn(async move { append(&metrics, &log, rec).await });
+        }
+    }
+}
+
+/// Appends one record, timing it until durable.
+async fn append(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
+    let started = std::time::Instant::now();
+    match log.append(&rec).await {
+        Ok(_) => metrics
+            .audit_append
+            .observe(started.elapsed().as_secs_f64()),
+        Err(e) => {
+            metrics.audit_append_failures.inc();
+            warn!(error = %e, "audit append failed");
         }
     }
 }
@@ -290,6 +354,7 @@ async fn client_to_server(
     mut uw: OwnedWriteHalf,
     mut buf: BytesMut,
     pending: Pending,
+    mut feed: Option<Feed>,
     ctx: &SessionCtx,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Frontend);
@@ -297,7 +362,12 @@ async fn client_to_server(
         ctx,
         cache: HashMap::new(),
         version: 0,
+        stale_at: None,
     };
+    // Statements allowed at Parse, and which statement each portal runs:
+    // Execute re-decides when the policy changed since the Parse.
+    let mut statements: HashMap<String, Prepared> = HashMap::new();
+    let mut portals: HashMap<String, String> = HashMap::new();
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     // Set while skipping to Sync after a denied extended-protocol message.
     let mut skipping: Option<Vec<u8>> = None;
@@ -315,6 +385,9 @@ async fn client_to_server(
                 }
             };
             let len = frame.len();
+            if let Some(f) = feed.as_mut() {
+                f.on_frontend(&frame, &mut out);
+            }
             match frame.tag {
                 b'Q' | b'P' => {
                     let msg = FrontendMessage::parse(&frame).map_err(|source| {
@@ -333,14 +406,26 @@ async fn client_to_server(
                     } else {
                         let (d, description) = decider.decide(sql, via);
                         decider.record(&d, description).await;
+                        if let (FrontendMessage::Parse(p), Action::Allow) = (msg, d.action) {
+                            statements.insert(
+                                p.name.to_string(),
+                                Prepared {
+                                    sql: sql.to_string(),
+                                    version: decider.version,
+                                    stale_at: decider.stale_at,
+                                },
+                            );
+                        }
                         match (d.action, frame.tag) {
-                            (Action::Allow, b'Q') => {
+                            (Action::Allow | Action::Mask, b'Q') => {
                                 push(&pending, Inject::Nothing);
+                                end_batch(&mut feed);
                                 out.extend_from_slice(frame.raw);
                             }
-                            (Action::Allow, _) => out.extend_from_slice(frame.raw),
+                            (Action::Allow | Action::Mask, _) => out.extend_from_slice(frame.raw),
                             (Action::Deny, b'Q') => {
                                 push(&pending, Inject::ReplaceEmptyQuery(error_bytes(&d, ctx)));
+                                end_batch(&mut feed);
                                 out.extend_from_slice(EMPTY_QUERY);
                             }
                             (Action::Deny, _) => skipping = Some(error_bytes(&d, ctx)),
@@ -352,16 +437,65 @@ async fn client_to_server(
                         &pending,
                         skipping.take().map_or(Inject::Nothing, Inject::BeforeReady),
                     );
+                    end_batch(&mut feed);
                     out.extend_from_slice(frame.raw);
                 }
                 b'F' => {
                     if skipping.is_none() {
                         push(&pending, Inject::Nothing);
+                        end_batch(&mut feed);
                         out.extend_from_slice(frame.raw);
                     }
                 }
                 // Bind/Describe/Execute/Close/Flush of a failed batch are dropped.
                 b'B' | b'D' | b'E' | b'C' | b'H' if skipping.is_some() => {}
+                b'B' | b'E' | b'C' => {
+                    let msg = FrontendMessage::parse(&frame).map_err(|source| {
+                        SessionError::Protocol {
+                            side: "client",
+                            source,
+                        }
+                    })?;
+                    let mut forward = true;
+                    match msg {
+                        // No allocation when a portal keeps its statement
+                        // (the unnamed portal of every pgbench execution).
+                        FrontendMessage::Bind(b)
+                            if portals.get(b.portal).map(String::as_str) != Some(b.statement) =>
+                        {
+                            portals.insert(b.portal.to_string(), b.statement.to_string());
+                        }
+                        FrontendMessage::Execute(e) => {
+                            let stmt = portals.get(e.portal).and_then(|s| statements.get_mut(s));
+                            if let Some(p) = stmt {
+                                let now = SystemTime::now();
+                                if !p.current(ctx.policy.version(), now) {
+                                    let (d, operation) = decider.decide(&p.sql, "execute");
+                                    decider.record(&d, operation).await;
+                                    p.version = decider.version;
+                                    p.stale_at = decider.stale_at;
+                                    if d.action != Action::Allow {
+                                        // Fails the batch like a server error would.
+                                        skipping = Some(error_bytes(&d, ctx));
+                                        forward = false;
+                                    }
+                                }
+                            }
+                        }
+                        FrontendMessage::Close(c) => match c.target {
+                            Target::Statement => {
+                                statements.remove(c.name);
+                            }
+                            Target::Portal => {
+                                portals.remove(c.name);
+                            }
+                        },
+                        _ => {}
+                    }
+                    if forward {
+                        out.extend_from_slice(frame.raw);
+                    }
+                }
                 _ => out.extend_from_slice(frame.raw),
             }
             buf.advance(len);
@@ -388,10 +522,17 @@ fn push(p: &Pending, i: Inject) {
     p.lock().unwrap_or_else(|e| e.into_inner()).push_back(i);
 }
 
+fn end_batch(feed: &mut Option<Feed>) {
+    if let Some(f) = feed.as_mut() {
+        f.end_batch();
+    }
+}
+
 async fn server_to_client(
     mut ur: OwnedReadHalf,
     mut cw: OwnedWriteHalf,
     pending: Pending,
+    mut masker: Option<ResultMasker>,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Backend);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -412,6 +553,18 @@ async fn server_to_client(
                 }
             };
             let len = frame.len();
+            if startup_ready_seen && let Some(m) = masker.as_mut() {
+                let v =
+                    m.on_backend(&frame, &mut out)
+                        .map_err(|source| SessionError::Protocol {
+                            side: "server",
+                            source,
+                        })?;
+                if v == Verdict::Consumed {
+                    buf.advance(len);
+                    continue;
+                }
+            }
             match frame.tag {
                 b'I' => {
                     let mut q = pending.lock().unwrap_or_else(|e| e.into_inner());

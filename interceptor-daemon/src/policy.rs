@@ -20,8 +20,13 @@
 //! code, dangerous functions, LOAD) unless the rule says `risky: true`. Deny rules
 //! match on *any* table or function. Unparsable statements only match rules that
 //! name the `unparsable` kind.
+//!
+//! `mask` rules never allow or deny: decisions skip them, and
+//! [`Policy::masks_for`] collects those applying to a session (see
+//! [`crate::masking`]).
 
 pub mod cli;
+pub mod replay;
 pub mod store;
 
 use std::time::SystemTime;
@@ -29,13 +34,18 @@ use std::time::SystemTime;
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Deserializer, de};
 
-use crate::sql::{Flag, Kind, StatementInfo};
+use crate::{
+    masking::{MaskPlan, MaskSpec},
+    sql::{Flag, Kind, StatementInfo},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Allow,
     Deny,
+    /// Masks result data (see `mask:`); never decides a statement.
+    Mask,
 }
 
 impl Action {
@@ -43,6 +53,7 @@ impl Action {
         match self {
             Action::Allow => "allow",
             Action::Deny => "deny",
+            Action::Mask => "mask",
         }
     }
 }
@@ -158,6 +169,9 @@ pub struct Rule {
     #[serde(default)]
     pub sql: SqlMatch,
     pub action: Action,
+    /// For `action: mask`: what to mask and how.
+    #[serde(default)]
+    pub mask: Option<MaskSpec>,
     /// One line shown with decisions this rule makes.
     #[serde(default)]
     pub description: Option<String>,
@@ -216,7 +230,7 @@ fn any_glob(globs: &[NameGlob], names: &[String]) -> bool {
     globs.iter().any(|g| names.iter().any(|n| g.is_match(n)))
 }
 
-fn is_risky(f: &Flag) -> bool {
+pub(crate) fn is_risky(f: &Flag) -> bool {
     matches!(
         f,
         Flag::CopyProgram
@@ -291,6 +305,7 @@ impl Rule {
                 let risky_ok = m.risky || !s.flags.iter().any(is_risky);
                 tables && funcs && risky_ok
             }
+            Action::Mask => false,
         }
     }
 
@@ -313,8 +328,12 @@ impl Policy {
     }
 
     /// Checks what the schema cannot: rule ids are unique and non-empty, time
-    /// windows are not empty.
+    /// windows are not empty, `mask:` goes with (and only with) `action: mask`,
+    /// and its globs and regexes compile.
     pub fn validate(&self) -> Result<(), String> {
+        if self.default == Action::Mask {
+            return Err("default must be allow or deny".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.rules.iter().enumerate() {
             if r.id.trim().is_empty() {
@@ -331,8 +350,50 @@ impl Policy {
                     r.id
                 ));
             }
+            match (&r.mask, r.action) {
+                (Some(m), Action::Mask) => {
+                    m.compiled()
+                        .map_err(|e| format!("rule `{}`: mask: {e}", r.id))?;
+                }
+                (None, Action::Mask) => {
+                    return Err(format!(
+                        "rule `{}`: action mask needs a `mask:` field",
+                        r.id
+                    ));
+                }
+                (Some(_), _) => {
+                    return Err(format!("rule `{}`: `mask:` needs action mask", r.id));
+                }
+                (None, _) => {}
+            }
         }
         Ok(())
+    }
+
+    /// The first rule-window boundary (`valid_from` / `valid_until`) after
+    /// `t`: decisions made at `t` may change then, so caches must not outlive it.
+    pub fn next_boundary(&self, t: SystemTime) -> Option<SystemTime> {
+        self.rules
+            .iter()
+            .flat_map(|r| [r.valid_from, r.valid_until])
+            .flatten()
+            .map(|b| b.0)
+            .filter(|b| *b > t)
+            .min()
+    }
+
+    /// Every mask rule applying to this identity and target.
+    pub fn masks_for(&self, ctx: &Context<'_>) -> MaskPlan {
+        MaskPlan {
+            specs: self
+                .rules
+                .iter()
+                .filter(|r| {
+                    r.action == Action::Mask && r.in_force(SystemTime::now()) && r.applies_to(ctx)
+                })
+                .filter_map(|r| r.mask.as_ref()?.compiled().ok())
+                .collect(),
+        }
     }
 
     /// Decides one SQL statement now.
@@ -359,6 +420,8 @@ impl Policy {
             let slot = match r.action {
                 Action::Deny => &mut deny,
                 Action::Allow => &mut allow,
+                // Mask rules shape results; they never allow or deny.
+                Action::Mask => continue,
             };
             if slot.is_none_or(|best| r.specificity() > best.specificity()) {
                 *slot = Some(r);
@@ -615,6 +678,17 @@ rules:
         assert_eq!(at("2026-12-01T10:00:00Z"), Action::Allow);
         assert_eq!(at("2026-12-01T10:59:59Z"), Action::Allow);
         assert_eq!(at("2026-12-01T11:00:00Z"), Action::Deny);
+        // Caches of decisions made inside the window expire at its end.
+        let t = |s: &str| humantime::parse_rfc3339(s).unwrap();
+        assert_eq!(
+            p.next_boundary(t("2026-12-01T09:00:00Z")),
+            Some(t("2026-12-01T10:00:00Z"))
+        );
+        assert_eq!(
+            p.next_boundary(t("2026-12-01T10:30:00Z")),
+            Some(t("2026-12-01T11:00:00Z"))
+        );
+        assert_eq!(p.next_boundary(t("2026-12-01T11:00:00Z")), None);
         let e = Policy::parse(
             "rules:\n  - {id: g, action: allow, valid_from: 2026-12-02T00:00:00Z, valid_until: 2026-12-01T00:00:00Z}\n",
         )
@@ -623,6 +697,61 @@ rules:
         let e = Policy::parse("rules:\n  - {id: g, action: allow, valid_until: tomorrow}\n")
             .unwrap_err();
         assert!(e.contains("line 2") && e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn mask_rules_never_decide_and_are_collected_per_session() {
+        let p = Policy::parse(
+            r#"
+default: deny
+rules:
+  - id: mask-pii
+    identities: ["shop/*"]
+    targets: ["customers-db"]
+    action: mask
+    mask: { columns: ["customers.email"], strategy: hash }
+  - id: mask-all
+    action: mask
+    mask: { detectors: [card], strategy: partial, keep_last: 4 }
+  - id: read
+    sql: { kinds: [read] }
+    action: allow
+"#,
+        )
+        .unwrap();
+        let ctx = |identity, target| Context {
+            identity: Some(identity),
+            target,
+        };
+        let c = classify("SELECT email FROM customers");
+        let d = p.decide_statements(&ctx("shop/a", "customers-db"), &c.statements);
+        assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "read"));
+        let c = classify("DELETE FROM customers");
+        let d = p.decide_statements(&ctx("shop/a", "customers-db"), &c.statements);
+        assert_eq!((d.action, d.rule.as_str()), (Action::Deny, "default"));
+        assert_eq!(p.masks_for(&ctx("shop/a", "customers-db")).specs.len(), 2);
+        let other = p.masks_for(&ctx("billing/a", "customers-db"));
+        assert_eq!(other.specs.len(), 1);
+        assert!(!other.has_columns() && other.has_detectors());
+        // Mask rules are checked at load, naming the rule.
+        for (yaml, want) in [
+            (
+                "rules:\n  - {id: m, action: mask, mask: {regex: ['(x']}}\n",
+                "rule `m`: mask: `(x`: not a valid regex",
+            ),
+            (
+                "rules:\n  - {id: m, action: mask}\n",
+                "rule `m`: action mask needs",
+            ),
+            (
+                "rules:\n  - {id: a, action: allow, mask: {detectors: [email]}}\n",
+                "rule `a`: `mask:` needs action mask",
+            ),
+            ("default: mask\n", "default must be allow or deny"),
+        ] {
+            let e = Policy::parse(yaml).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
     }
 
     #[test]

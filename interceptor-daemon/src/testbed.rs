@@ -212,6 +212,9 @@ impl Lab {
             cgroup_id,
         };
         self.pods.push(pod.clone());
+        // The previous holder's `netns del` tears its veths down asynchronously:
+        // a host end of the same name may still exist for a moment.
+        let _ = ip(&["link", "del", &host_if]);
         ip(&["netns", "add", &netns])?;
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &netns,

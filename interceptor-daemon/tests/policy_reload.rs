@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::*;
-use interceptor_daemon::testbed::{Lab, Postgres};
+use interceptor_daemon::testbed::{Lab, Pod, Postgres};
 
 const WRITES_ALLOWED: &str = r#"default: deny
 rules:
@@ -50,12 +50,17 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
-    if !privileged("policy_reload_applies_to_open_sessions_and_rejects_invalid_files") {
-        return;
-    }
-    let dir = scratch("policyreload");
+struct Setup {
+    lab: Lab,
+    pod: Pod,
+    pg: Postgres,
+    pg_addr: SocketAddr,
+    policy_path: std::path::PathBuf,
+    daemon: Daemon,
+}
+
+fn setup(name: &str) -> Setup {
+    let dir = scratch(name);
     let mut lab = Lab::new().unwrap();
     let pod = lab.add_pod("app", "pods/app").unwrap();
     let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
@@ -64,13 +69,6 @@ fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
     let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
     pg.admin_sql("CREATE TABLE orders (id int, customer int);")
         .unwrap();
-    let orders = || {
-        pg.admin_sql("SELECT count(*) FROM orders")
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, WRITES_ALLOWED).unwrap();
     let opts = DaemonOpts {
@@ -83,6 +81,102 @@ fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
     };
     let cfg = write_config(&lab, &dir, &opts);
     let daemon = Daemon::start(&cfg, &dir);
+    Setup {
+        lab,
+        pod,
+        pg,
+        pg_addr,
+        policy_path,
+        daemon,
+    }
+}
+
+#[test]
+fn prepared_statements_are_decided_again_at_execute_after_a_reload() {
+    if !privileged("prepared_statements_are_decided_again_at_execute_after_a_reload") {
+        return;
+    }
+    let s = setup("policyexecute");
+    let version = || {
+        metric(
+            &http_get(admin_addr(&s.lab), "/metrics").1,
+            "interceptor_policy_version",
+        )
+    };
+    let script = s.policy_path.with_file_name("insert.sql");
+    std::fs::write(&script, "INSERT INTO orders VALUES (1, 1);\n").unwrap();
+    // pgbench -M prepared parses once per connection, then only binds and executes.
+    let bench = s
+        .pod
+        .command(s.pg.bin.join("pgbench"))
+        .unwrap()
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "1",
+            "-T",
+            "8",
+            "-h",
+            &s.pg_addr.ip().to_string(),
+            "-U",
+            "postgres",
+            "-f",
+        ])
+        .arg(&script)
+        .arg("postgres")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let count = || {
+        s.pg.admin_sql("SELECT count(*) FROM orders")
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    wait_for("inserts", || count() > 10);
+    std::fs::write(&s.policy_path, READ_ONLY).unwrap();
+    wait_for("policy version 2", || version() == Some(2.0));
+    let out = bench.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains("statement denied by rule `freeze`"),
+        "the prepared INSERT kept running after the reload:\n{stdout}\n{err}"
+    );
+    // Nothing was inserted after the denial: the count is stable.
+    let after = count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(), after);
+    let log = s.daemon.raw_log();
+    assert!(
+        log.contains("\"operation\":\"execute write on [orders]\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
+    if !privileged("policy_reload_applies_to_open_sessions_and_rejects_invalid_files") {
+        return;
+    }
+    let Setup {
+        lab,
+        pod,
+        pg,
+        pg_addr,
+        policy_path,
+        daemon,
+    } = setup("policyreload");
+    let orders = || {
+        pg.admin_sql("SELECT count(*) FROM orders")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
     let metrics = || http_get(admin_addr(&lab), "/metrics").1;
     let version = || metric(&metrics(), "interceptor_policy_version").unwrap_or(0.0);
     assert_eq!(version(), 1.0);
@@ -174,7 +268,6 @@ fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
     wait_for("policy version 3", || version() == 3.0);
     send("INSERT INTO orders VALUES (2, 1);");
     wait_for("the second insert", || orders() == "2");
-    drop(send);
     drop(stdin);
     let status = psql.wait().unwrap();
     reader.join().unwrap();
@@ -189,4 +282,5 @@ fn policy_reload_applies_to_open_sessions_and_rejects_invalid_files() {
         .sum();
     assert_eq!(conns, 1.0, "{text}");
     drop(daemon);
+    drop(lab);
 }

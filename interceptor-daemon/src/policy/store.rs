@@ -63,6 +63,11 @@ impl PolicyHandle {
         self.0.load_full()
     }
 
+    /// The version in force, without taking a reference to the policy.
+    pub fn version(&self) -> u64 {
+        self.0.load().version
+    }
+
     /// Installs a validated policy; returns its version.
     pub fn replace(&self, policy: Policy, source: impl Into<String>, digest: String) -> u64 {
         let version = self.0.load().version + 1;

@@ -12,12 +12,13 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "missing privilege: {missing}. The daemon loads and attaches BPF programs: run it as root, or grant the capabilities (Kubernetes: securityContext.capabilities.add: [BPF, NET_ADMIN, SYS_RESOURCE])"
+        "missing privilege: {missing}. The daemon loads and attaches BPF programs: run it as root, or grant the capabilities (Kubernetes: securityContext.capabilities.add: [BPF, PERFMON, NET_ADMIN], and SYS_RESOURCE on kernels before 5.11)"
     )]
     Capabilities { missing: String },
     #[error(
@@ -63,6 +64,12 @@ pub fn check_capabilities() -> Result<(), PreflightError> {
     let mut missing = Vec::new();
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF (or CAP_SYS_ADMIN)");
+    }
+    // Without it the verifier applies its Spectre v1 restrictions to the
+    // loader and rejects the programs ("pointer arithmetic ... prohibited for
+    // !root", seen running with only CAP_BPF and CAP_NET_ADMIN on 6.18).
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON (or CAP_SYS_ADMIN)");
     }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");

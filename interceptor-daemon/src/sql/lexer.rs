@@ -113,6 +113,114 @@ pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, Lex
     Ok(pieces)
 }
 
+/// A cache key for decisions: the text with the constants that cannot change
+/// a decision replaced by `?`, comments dropped and whitespace collapsed.
+///
+/// Only constants whose reading is the same under every setting become `?`:
+/// quoted strings without a backslash (a backslash makes the boundary depend
+/// on `standard_conforming_strings`) and numbers made of digits and dots
+/// (`1from` is `1 from` to PostgreSQL). Everything else — words, quoted
+/// identifiers, operators, `;`, dollar-quoted bodies, parameters — is kept, so
+/// two texts with one fingerprint classify alike. `None` when the text does
+/// not lex (the caller then keys by the text itself).
+pub(crate) fn fingerprint(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let push_raw = |out: &mut String, from: usize, to: usize| {
+        out.push_str(sql.get(from..to).unwrap_or_default());
+    };
+    let literal = |out: &mut String, prefix: &str, from: usize, to: usize| match sql.get(from..to) {
+        Some(body) if !body.contains('\\') => {
+            out.push_str(prefix);
+            out.push('?');
+        }
+        _ => out.push_str(sql.get(from..to).unwrap_or_default()),
+    };
+    while let Some(&c) = b.get(i) {
+        let next = b.get(i + 1).copied();
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => {
+                i += 1;
+                continue;
+            }
+            b'-' if next == Some(b'-') => {
+                i = line_comment_end(b, i);
+                continue;
+            }
+            b'/' if next == Some(b'*') => {
+                i = block_comment_end(b, i).ok()?;
+                continue;
+            }
+            _ => {}
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        i = match c {
+            b'\'' => {
+                let end = string_end(b, i + 1, false).ok()?;
+                literal(&mut out, "", i, end);
+                end
+            }
+            b'"' => {
+                let (end, _) = quoted_ident(b, i + 1).ok()?;
+                push_raw(&mut out, i, end);
+                end
+            }
+            b'$' => {
+                let end = match dollar_tag(b, i) {
+                    Some(tag_end) => dollar_end(b, i, tag_end).ok()?,
+                    None => skip_while(b, i + 1, |c| c.is_ascii_digit()),
+                };
+                push_raw(&mut out, i, end);
+                end
+            }
+            c if is_ident_start(c) => {
+                let end = skip_while(b, i + 1, is_ident_cont);
+                let word = b.get(i..end).unwrap_or_default();
+                match (word, b.get(end).copied()) {
+                    ([p @ (b'e' | b'E')], Some(b'\'')) => {
+                        let close = string_end(b, end + 1, true).ok()?;
+                        literal(&mut out, if *p == b'e' { "e" } else { "E" }, i, close);
+                        close
+                    }
+                    ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
+                        let close = string_end(b, end + 1, false).ok()?;
+                        push_raw(&mut out, i, end);
+                        literal(&mut out, "", end, close);
+                        close
+                    }
+                    ([b'u' | b'U'], Some(b'&')) => return None,
+                    _ => {
+                        out.push_str(&String::from_utf8_lossy(word).to_ascii_lowercase());
+                        end
+                    }
+                }
+            }
+            c if c.is_ascii_digit() => {
+                let end = skip_while(b, i + 1, |c| {
+                    c.is_ascii_alphanumeric() || c == b'_' || c == b'.'
+                });
+                let token = b.get(i..end).unwrap_or_default();
+                if token.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
+                    out.push('?');
+                } else {
+                    push_raw(&mut out, i, end);
+                }
+                end
+            }
+            _ => {
+                // One whole UTF-8 character (operators and punctuation are ASCII).
+                let len = sql.get(i..)?.chars().next()?.len_utf8();
+                push_raw(&mut out, i, i + len);
+                i + len
+            }
+        };
+    }
+    Some(out)
+}
+
 fn is_ident_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
 }
@@ -267,6 +375,29 @@ mod tests {
             p[0].words,
             ["select", "\"Pg_Read", "x", "from", "t", "where"]
         );
+    }
+
+    #[test]
+    fn fingerprints_hide_only_constants_that_cannot_matter() {
+        let f = |s| fingerprint(s).unwrap();
+        assert_eq!(
+            f("SELECT abalance FROM pgbench_accounts WHERE aid = 123;"),
+            "select abalance from pgbench_accounts where aid = ? ;"
+        );
+        assert_eq!(
+            f("select  name /* x */ from t where e = 'a@b.c' -- y\n and n = 1.5"),
+            f("SELECT name FROM t WHERE e = 'zz' AND n = 7")
+        );
+        // Kept verbatim: backslashes, odd numbers, identifiers, dollar bodies.
+        assert_ne!(f("select 'a\\'"), f("select 'b\\'"));
+        assert_ne!(f("select 1from t"), f("select 2from t"));
+        assert_ne!(f("select \"A\""), f("select \"a\""));
+        assert_ne!(f("select $$x$$"), f("select $$y$$"));
+        assert_ne!(f("select 1; delete from t"), f("select 1"));
+        assert_eq!(f("select E'x'"), "select E?");
+        assert_eq!(f("select x'1f'"), "select x?");
+        assert!(fingerprint("select 'x").is_none());
+        assert!(fingerprint("select U&'x'").is_none());
     }
 
     #[test]

@@ -42,6 +42,7 @@
 //! (schema-qualified or not); the classifier does not know `search_path`.
 
 mod lexer;
+mod normalize;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -70,6 +71,7 @@ use sqlparser::{
     PartialOrd,
     Ord,
     serde::Deserialize,
+    serde::Serialize,
     schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
@@ -382,6 +384,14 @@ pub struct Classifier {
 static DEFAULT: LazyLock<Classifier> = LazyLock::new(Classifier::default);
 
 /// Classifies a simple-query string with the built-in dangerous-function list.
+pub use normalize::normalize;
+
+/// Decision-cache key: the statement with its constants hidden where they
+/// cannot change a classification (see the lexer); `None` if it does not lex.
+pub fn fingerprint(sql: &str) -> Option<String> {
+    lexer::fingerprint(sql)
+}
+
 pub fn classify(sql: &str) -> Classification {
     DEFAULT.classify(sql)
 }

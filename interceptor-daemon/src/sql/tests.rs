@@ -531,3 +531,55 @@ fn lexer_word_disagreement_is_whole_string_unparsable() {
     assert_eq!(c.statements.len(), 1);
     assert_eq!(c.statements[0].kind, Kind::Unparsable);
 }
+
+/// Texts that share a decision-cache fingerprint must classify alike: the
+/// cache hands the first one's decision to the others.
+#[test]
+fn texts_sharing_a_fingerprint_classify_alike() {
+    let families: &[&[&str]] = &[
+        &[
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "select abalance from pgbench_accounts where aid = 98765 -- x",
+        ],
+        &[
+            "SELECT pg_read_file('/etc/passwd')",
+            "SELECT pg_read_file('postgresql.conf')",
+        ],
+        &["COPY t TO '/tmp/a'", "COPY t TO 'x'"],
+        &["SET role = 'postgres'", "SET role = 'nobody'"],
+        &[
+            "SELECT 'a'; DELETE FROM customers",
+            "SELECT 'b;'; DELETE FROM customers",
+        ],
+        &["SELECT 'x' || 'y'", "SELECT '' || 'zz'"],
+        &[
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT set_config('x', 'y', false)",
+        ],
+    ];
+    for fam in families {
+        let fp = fingerprint(fam[0]).unwrap();
+        let shape = |s: &str| {
+            classify(s)
+                .statements
+                .into_iter()
+                .map(|s| (s.kind, s.tables, s.functions, s.flags))
+                .collect::<Vec<_>>()
+        };
+        for t in fam.iter() {
+            assert_eq!(fingerprint(t).as_deref(), Some(fp.as_str()), "{t}");
+            assert_eq!(shape(t), shape(fam[0]), "{t} vs {}", fam[0]);
+        }
+    }
+    // Spellings that read differently somewhere never share one.
+    for (a, b) in [
+        (
+            "SELECT 'a\\'; DELETE FROM t; --'",
+            "SELECT 'a'; DELETE FROM t; --'",
+        ),
+        ("SELECT 1or true", "SELECT 1 or true"),
+        ("SELECT $$a$$", "SELECT $$b$$"),
+    ] {
+        assert_ne!(fingerprint(a), fingerprint(b), "{a} / {b}");
+    }
+}

@@ -135,6 +135,35 @@ pub fn notice_response(out: &mut Vec<u8>, e: &ErrorSpec<'_>) -> Result<(), Proto
     tagged(out, b'N', |out| error_fields(out, e))
 }
 
+/// ErrorResponse (`'E'`) or NoticeResponse (`'N'`) from raw `(code, value)`
+/// fields, e.g. a server message re-emitted with some fields rewritten.
+pub fn fields_message<'f>(
+    out: &mut Vec<u8>,
+    tag: u8,
+    fields: impl IntoIterator<Item = (u8, &'f str)>,
+) -> Result<(), ProtocolError> {
+    if !matches!(tag, b'E' | b'N') {
+        return Err(ProtocolError::InvalidValue {
+            field: "message tag",
+            value: tag.into(),
+        });
+    }
+    tagged(out, tag, |out| {
+        for (code, value) in fields {
+            if code == 0 {
+                return Err(ProtocolError::InvalidValue {
+                    field: "field code",
+                    value: 0,
+                });
+            }
+            out.push(code);
+            cstr(out, value, "field value")?;
+        }
+        out.push(0);
+        Ok(())
+    })
+}
+
 /// ReadyForQuery (`'Z'`).
 pub fn ready_for_query(out: &mut Vec<u8>, status: TransactionStatus) {
     out.extend_from_slice(&[b'Z', 0, 0, 0, 5, status.byte()]);
@@ -171,6 +200,28 @@ pub fn data_row<'v>(
             slot.copy_from_slice(&count);
         }
         Ok(())
+    })
+}
+
+/// CopyData (`'d'`), either direction.
+pub fn copy_data(out: &mut Vec<u8>, data: &[u8]) -> Result<(), ProtocolError> {
+    tagged(out, b'd', |out| {
+        out.extend_from_slice(data);
+        Ok(())
+    })
+}
+
+/// NotificationResponse (`'A'`).
+pub fn notification_response(
+    out: &mut Vec<u8>,
+    pid: i32,
+    channel: &str,
+    payload: &str,
+) -> Result<(), ProtocolError> {
+    tagged(out, b'A', |out| {
+        out.extend_from_slice(&pid.to_be_bytes());
+        cstr(out, channel, "channel")?;
+        cstr(out, payload, "payload")
     })
 }
 

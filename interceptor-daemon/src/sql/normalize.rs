@@ -1,0 +1,144 @@
+//! Literal-free statement text: what the audit log, session recordings and
+//! `policy simulate` see instead of the statement itself.
+//!
+//! Every constant becomes a numbered placeholder (`$n`, numbered after any
+//! placeholders the statement already had), comments go, keywords and spacing
+//! take sqlparser's canonical form — the same idea as pg_stat_statements'
+//! query jumbling. `NULL`, `TRUE` and `FALSE` stay: they carry no data. The
+//! result parses again with the PostgreSQL dialect, so a recorded operation can
+//! be re-classified and re-decided later. A statement that does not parse is
+//! never quoted: it is described by its size only.
+
+use std::ops::ControlFlow;
+
+use sqlparser::{
+    ast::{Expr, Value, visit_expressions, visit_expressions_mut},
+    dialect::PostgreSqlDialect,
+    parser::Parser,
+};
+
+use super::lexer;
+
+/// The literal-free form of a simple-query string (statements joined by `; `).
+pub fn normalize(sql: &str) -> String {
+    let pieces = match lexer::split(sql, false) {
+        Ok(p) => p,
+        Err(_) => return opaque(sql),
+    };
+    let mut out = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let text = sql.get(piece.range.clone()).unwrap_or_default();
+        if piece.words.first().map(String::as_str) == Some("do") {
+            // The body is a string literal: code, possibly with data in it.
+            out.push("DO $1".to_string());
+            continue;
+        }
+        out.push(normalize_one(text).unwrap_or_else(|| opaque(text)));
+    }
+    out.join("; ")
+}
+
+fn opaque(_text: &str) -> String {
+    // Not even its length: statements sharing a decision-cache key share this.
+    "<unparsable statement>".to_string()
+}
+
+fn normalize_one(text: &str) -> Option<String> {
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).ok()?;
+    let [stmt] = stmts.as_mut_slice() else {
+        return None;
+    };
+    // Number after the statement's own `$n` parameters so they stay distinct.
+    let mut next = 0u32;
+    let _ = visit_expressions(stmt, |e| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+            && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<u32>().ok())
+        {
+            next = next.max(n);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Expr::Value(v) = e
+            && !matches!(
+                v.value,
+                Value::Null | Value::Boolean(_) | Value::Placeholder(_)
+            )
+        {
+            next += 1;
+            v.value = Value::Placeholder(format!("${next}"));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let s = stmt.to_string();
+    // Constants outside expressions (COPY ... 'file', role passwords written as
+    // options) are not visited; never let a quoted string through.
+    if s.contains('\'') || s.contains("$$") {
+        return None;
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_become_placeholders() {
+        let cases = [
+            (
+                "select name from customers where email = 'ada@example.com' and id > 10",
+                "SELECT name FROM customers WHERE email = $1 AND id > $2",
+            ),
+            (
+                "/* app */ DELETE FROM public.\"Customers\" WHERE id = $1 AND note = E'x\\'y'",
+                "DELETE FROM public.\"Customers\" WHERE id = $1 AND note = $2",
+            ),
+            (
+                "INSERT INTO orders VALUES (1, 'a', NULL, true); SELECT 2",
+                "INSERT INTO orders VALUES ($1, $2, NULL, true); SELECT $1",
+            ),
+            ("DO $$ BEGIN DELETE FROM t; END $$", "DO $1"),
+            ("SELEKT 'secret'", "<unparsable statement>"),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(normalize(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn no_quoted_data_survives() {
+        for sql in [
+            "ALTER ROLE app PASSWORD 'hunter2'",
+            "CREATE ROLE x LOGIN PASSWORD 'hunter2'",
+            "COPY t TO '/tmp/hunter2'",
+            "SELECT $tag$hunter2$tag$",
+            "SET application_name = 'hunter2'",
+            "SELECT U&'hunter2'",
+        ] {
+            let n = normalize(sql);
+            assert!(!n.contains("hunter2"), "{sql} -> {n}");
+        }
+    }
+
+    #[test]
+    fn normalized_text_classifies_like_the_original() {
+        for sql in [
+            "SELECT * FROM customers c JOIN orders o ON o.customer = c.id WHERE c.email = 'x'",
+            "WITH gone AS (DELETE FROM customers WHERE id = 3 RETURNING 1) SELECT count(*) FROM gone",
+            "UPDATE orders SET note = 'x' WHERE id = 1",
+            "SELECT pg_read_file('/etc/passwd')",
+        ] {
+            let a = super::super::classify(sql);
+            let b = super::super::classify(&normalize(sql));
+            let shape = |c: &super::super::Classification| {
+                c.statements
+                    .iter()
+                    .map(|s| (s.kind, s.tables.clone(), s.functions.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(shape(&a), shape(&b), "{sql}");
+        }
+    }
+}
