@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         command: interceptor_daemon::approvals::cli::ApprovalsCommand,
     },
+    /// Sessions (client connections) as the audit log recorded them.
+    Sessions {
+        #[command(subcommand)]
+        command: interceptor_daemon::audit::review::SessionsCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -206,5 +211,11 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Approvals { command } => Ok(ExitCode::from(
             interceptor_daemon::approvals::cli::run(command),
         )),
+        Command::Sessions { command } => {
+            let out = interceptor_daemon::audit::review::sessions(command);
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            Ok(ExitCode::from(out.code))
+        }
     }
 }

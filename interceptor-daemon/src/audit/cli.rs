@@ -9,9 +9,11 @@ use super::{AuditConfig, keys, verify};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AuditCommand {
-    /// Verify a log directory offline; exit 0 only when everything verifies.
+    /// Verify a log directory or an evidence package (from `audit export`, as the
+    /// .tar file or extracted) offline; exit 0 only when everything verifies.
     Verify {
-        /// The log directory (a copy is fine: only the segment files are read).
+        /// The log directory (a copy is fine: only the segment files are read), or
+        /// an evidence package.
         dir: PathBuf,
         /// The node public key to trust (a file with `ed25519:<hex>`, as printed by
         /// `interceptor audit pubkey`). Without it only integrity is checked.
@@ -23,6 +25,74 @@ pub enum AuditCommand {
     Show {
         /// The log directory.
         dir: PathBuf,
+    },
+    /// Search the access records (through an index in DIR/index, rebuilt as needed).
+    Query {
+        /// The log directory.
+        dir: PathBuf,
+        /// Records at or after this time: RFC 3339, a date, or an age (1h, 30m, 2d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records at or before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        #[command(flatten)]
+        filter: super::review::FilterArgs,
+        /// Only the newest N matching records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        index: super::review::IndexArgs,
+    },
+    /// Per-identity access review: targets, operations, decisions, rules, approvals.
+    Report {
+        /// The log directory.
+        dir: PathBuf,
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        index: super::review::IndexArgs,
+    },
+    /// Write an evidence package (tar): the selected records with the segments,
+    /// checkpoints and keys to verify them elsewhere (`audit verify PACKAGE`).
+    Export {
+        /// The log directory.
+        dir: PathBuf,
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+        #[command(flatten)]
+        filter: super::review::FilterArgs,
+        /// The package file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The node key that signs the manifest, when it is not `DIR/node.key`.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+    /// Print the newest access records, and with -f every new one as it is appended.
+    Tail {
+        /// The log directory.
+        dir: PathBuf,
+        /// Keep printing records as they are appended.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+        /// How many of the newest records to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// Poll interval in milliseconds while following.
+        #[arg(long, default_value_t = 200, hide = true)]
+        poll_ms: u64,
     },
     /// Print the node's audit public key.
     Pubkey {
@@ -49,6 +119,69 @@ pub fn run(cmd: AuditCommand) -> u8 {
         AuditCommand::Verify { dir, pubkey } => verify(&dir, pubkey.as_deref()),
         AuditCommand::Pubkey { dir, key_file } => pubkey(&dir, key_file.as_deref()),
         AuditCommand::Show { dir } => show(&dir),
+        AuditCommand::Query {
+            dir,
+            since,
+            until,
+            filter,
+            limit,
+            json,
+            index,
+        } => super::review::query(
+            &dir,
+            since.as_deref(),
+            until.as_deref(),
+            &filter,
+            limit,
+            json,
+            &index,
+        ),
+        AuditCommand::Report {
+            dir,
+            since,
+            until,
+            json,
+            index,
+        } => super::review::report(&dir, &since, until.as_deref(), json, &index),
+        AuditCommand::Export {
+            dir,
+            since,
+            until,
+            filter,
+            out,
+            key_file,
+        } => super::review::export(
+            &dir,
+            &since,
+            until.as_deref(),
+            &filter,
+            &out,
+            key_file.as_deref(),
+        ),
+        AuditCommand::Tail {
+            dir,
+            follow,
+            json,
+            lines,
+            poll_ms,
+        } => {
+            let stdout = std::io::stdout();
+            match super::review::tail(
+                &dir,
+                follow,
+                json,
+                lines,
+                std::time::Duration::from_millis(poll_ms.max(10)),
+                &mut stdout.lock(),
+            ) {
+                Ok(()) => return 0,
+                Err(e) => Output {
+                    code: 1,
+                    stdout: String::new(),
+                    stderr: format!("interceptor: error: {e}\n"),
+                },
+            }
+        }
     };
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
@@ -81,6 +214,9 @@ pub fn verify(dir: &Path, pubkey_file: Option<&Path>) -> Output {
             None
         }
     };
+    if super::export::is_package(dir) {
+        return super::review::verify_package(dir, trusted.as_ref(), stderr);
+    }
     match verify::verify_dir(dir, trusted.as_ref()) {
         Ok(r) => {
             let mut s = format!(

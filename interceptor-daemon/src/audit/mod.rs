@@ -21,14 +21,21 @@
 //!   fsync (group commit), which is where the throughput comes from ([`writer`]).
 //!
 //! [`verify::verify_dir`] checks all of this without the daemon; [`cli`] holds the
-//! `interceptor audit` commands. Any index over the records (e.g. a sled database for
-//! searching by identity) is derived data: it can be rebuilt from the segments at any
-//! time and is never part of the evidence, so it is deliberately not in this module.
+//! `interceptor audit` commands. The auditor-facing side ([`review`]: query, report,
+//! export, tail, sessions) reads the segments while the daemon appends ([`reader`]);
+//! its sled [`index`] is derived data, rebuilt from the segments whenever it is
+//! missing or stale and never part of the evidence. Evidence packages ([`export`])
+//! carry whole segments so they verify like the log itself.
 
 pub mod cli;
+pub mod export;
 pub mod format;
+pub mod index;
 pub mod keys;
+pub mod query;
+pub mod reader;
 pub mod record;
+pub mod review;
 pub mod verify;
 pub mod writer;
 

@@ -103,10 +103,28 @@ struct State {
     /// Segments missing before the first one: (last missing, its last hash, file).
     gap: Option<(u64, Hash, String)>,
     gap_covered_at: Option<u64>,
+    /// An excerpt (an evidence package) may start after the first segment.
+    excerpt: bool,
 }
 
 /// Verify every segment in `dir`; see the module documentation.
 pub fn verify_dir(dir: &Path, trusted: Option<&VerifyingKey>) -> Result<Report, VerifyError> {
+    verify_segments(dir, trusted, false)
+}
+
+/// Verify consecutive segments cut out of a log (an evidence package): like
+/// [`verify_dir`], except that segments before the first one may be missing without
+/// a retention record. Segments start right after a checkpoint, so the first
+/// checkpoint's Merkle root still covers every record since the excerpt began.
+pub fn verify_excerpt(dir: &Path, trusted: Option<&VerifyingKey>) -> Result<Report, VerifyError> {
+    verify_segments(dir, trusted, true)
+}
+
+fn verify_segments(
+    dir: &Path,
+    trusted: Option<&VerifyingKey>,
+    excerpt: bool,
+) -> Result<Report, VerifyError> {
     let segs = list_segments(dir).or_else(|e| fail("", 0, e.to_string()))?;
     let Some(&(first, _)) = segs.first() else {
         return fail("", 0, format!("no audit segments in {}", dir.display()));
@@ -126,6 +144,7 @@ pub fn verify_dir(dir: &Path, trusted: Option<&VerifyingKey>) -> Result<Report, 
         last_checkpoint_record: 0,
         gap: None,
         gap_covered_at: None,
+        excerpt,
     };
     // Segments are scanned (hashes, decoding) in parallel, a window at a time, while
     // the previous window is checked in order (links, Merkle roots, signatures).
@@ -448,6 +467,7 @@ fn finish(
         return fail(&first_name, 0, "the log has no signed checkpoint");
     };
     if let Some((missing, _, file)) = &st.gap
+        && !st.excerpt
         && st
             .gap_covered_at
             .is_none_or(|at| at > st.last_checkpoint_record)

@@ -1,0 +1,543 @@
+//! The auditor-facing commands: `interceptor audit query|report|export|tail` and
+//! `interceptor sessions list|replay`.
+//!
+//! They read the segments (through the index where it helps) while the daemon may
+//! be appending, and never write to the log; the index lives in `DIR/index` unless
+//! `--index` (or `INTERCEPTOR_AUDIT_INDEX`) names another place, e.g. when the log
+//! directory is read-only for the auditor.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use super::{
+    cli::Output,
+    export,
+    format::segment_name,
+    index::{self, Index},
+    query::{self, DecisionFilter, Filter, Hit, IdentityFilter},
+    reader::{self, Cursor},
+    record::Record,
+    writer::{file_name, list_segments},
+};
+
+/// Where the index is, or not to use one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IndexArgs {
+    /// The index directory (derived data, rebuilt when missing or stale).
+    #[arg(long, env = "INTERCEPTOR_AUDIT_INDEX", value_name = "PATH")]
+    pub index: Option<PathBuf>,
+    /// Read the segments directly instead of using the index.
+    #[arg(long)]
+    pub no_index: bool,
+}
+
+/// The record filters shared by query and export.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// NAMESPACE/SERVICEACCOUNT, or NAMESPACE/* for a whole namespace.
+    #[arg(long)]
+    pub identity: Option<IdentityFilter>,
+    /// The target's configured name (or host:port).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Session id (see `interceptor sessions list`).
+    #[arg(long)]
+    pub session: Option<String>,
+    #[arg(long, value_enum)]
+    pub decision: Option<DecisionFilter>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SessionsCommand {
+    /// List the sessions (client connections) recorded in the audit log.
+    List {
+        /// The audit log directory.
+        dir: PathBuf,
+        /// Only sessions with records at or after this time (RFC 3339 or an age: 1h, 2d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        identity: Option<IdentityFilter>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+    /// Print a session's recorded operations in order, with relative timing.
+    Replay {
+        /// The audit log directory.
+        dir: PathBuf,
+        /// The session id.
+        id: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        index: IndexArgs,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> Output {
+    Output {
+        code: 1,
+        stdout: String::new(),
+        stderr: format!("interceptor: error: {msg}\n"),
+    }
+}
+
+/// Build the filter from the time arguments and the rest.
+pub fn filter(
+    since: Option<&str>,
+    until: Option<&str>,
+    f: Option<&FilterArgs>,
+) -> Result<Filter, String> {
+    let now = SystemTime::now();
+    let t = |s: Option<&str>| {
+        s.map(|s| query::parse_time(s, now))
+            .transpose()
+            .map_err(|e| e.to_string())
+    };
+    Ok(Filter {
+        since_ns: t(since)?,
+        until_ns: t(until)?,
+        identity: f.and_then(|f| f.identity.clone()),
+        target: f.and_then(|f| f.target.clone()),
+        session: f.and_then(|f| f.session.clone()),
+        decision: f.and_then(|f| f.decision),
+    })
+}
+
+/// The matching records, from the index when possible. Notes go to `stderr`.
+pub fn select(
+    dir: &Path,
+    ix: &IndexArgs,
+    f: &Filter,
+    limit: Option<usize>,
+    stderr: &mut String,
+) -> Result<Vec<Hit>, String> {
+    if !ix.no_index {
+        let from_index = Index::open(dir, ix.index.as_deref())
+            .and_then(|i| i.update().map(|r| (i, r)))
+            .and_then(|(i, r)| {
+                if let Some(why) = r.rebuilt {
+                    stderr.push_str(&format!(
+                        "note: audit index {} built from the segments ({why})\n",
+                        i.path().display()
+                    ));
+                }
+                i.query(f, limit)
+            });
+        match from_index {
+            Ok(h) => return Ok(h),
+            Err(e) => stderr.push_str(&format!(
+                "warning: audit index unavailable ({e}); reading the segments\n"
+            )),
+        }
+    }
+    index::scan_query(dir, f, limit).map_err(|e| e.to_string())
+}
+
+/// `audit query`.
+pub fn query(
+    dir: &Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    f: &FilterArgs,
+    limit: Option<usize>,
+    json: bool,
+    ix: &IndexArgs,
+) -> Output {
+    let flt = match filter(since, until, Some(f)) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let mut stderr = String::new();
+    let hits = match select(dir, ix, &flt, limit, &mut stderr) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let stdout = if json {
+        hits.iter()
+            .map(|h| format!("{}\n", query::hit_json(h)))
+            .collect()
+    } else {
+        let mut s = query::hits_table(&hits);
+        s.push_str(&format!("{} records\n", hits.len()));
+        s
+    };
+    Output {
+        code: 0,
+        stdout,
+        stderr,
+    }
+}
+
+/// `audit report`.
+pub fn report(dir: &Path, since: &str, until: Option<&str>, json: bool, ix: &IndexArgs) -> Output {
+    let flt = match filter(Some(since), until, None) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let mut stderr = String::new();
+    let hits = match select(dir, ix, &flt, None, &mut stderr) {
+        Ok(h) => h,
+        Err(e) => return fail(e),
+    };
+    let reviews = query::review(hits.iter().map(|h| &h.record));
+    let period = format!(
+        "{} .. {}",
+        flt.since_ns.map_or("-".into(), query::format_time),
+        flt.until_ns.map_or("now".into(), query::format_time)
+    );
+    let stdout = if json {
+        let v = serde_json::json!({ "period": period, "identities": reviews });
+        format!("{v}\n")
+    } else {
+        format!(
+            "access review {period}: {} records, {} identities\n{}",
+            hits.len(),
+            reviews.len(),
+            query::review_text(&reviews)
+        )
+    };
+    Output {
+        code: 0,
+        stdout,
+        stderr,
+    }
+}
+
+/// `audit export`.
+pub fn export(
+    dir: &Path,
+    since: &str,
+    until: Option<&str>,
+    f: &FilterArgs,
+    out: &Path,
+    key_file: Option<&Path>,
+) -> Output {
+    let flt = match filter(Some(since), until, Some(f)) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    match export::export(dir, &flt, out, key_file) {
+        Ok(s) => {
+            let m = &s.manifest;
+            let mut stdout = format!(
+                "exported {} records (segments {}..={}) to {}\n",
+                m.selected_count,
+                m.first_segment,
+                m.last_segment,
+                s.out.display()
+            );
+            match (&m.manifest_signer, &m.unsigned_reason) {
+                (Some(k), _) => stdout.push_str(&format!("manifest signed by {k}\n")),
+                (None, why) => stdout.push_str(&format!(
+                    "manifest UNSIGNED ({})\n",
+                    why.as_deref().unwrap_or("no key")
+                )),
+            }
+            let mut stderr = String::new();
+            if m.left_out_unsigned > 0 {
+                stderr.push_str(&format!(
+                    "warning: {} matching records are not covered by a signed checkpoint yet and were left out; export again after the next checkpoint\n",
+                    m.left_out_unsigned
+                ));
+            }
+            Output {
+                code: 0,
+                stdout,
+                stderr,
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `audit verify PACKAGE`: one `OK:` block with status 0, or `FAILED: FILE: why`.
+pub fn verify_package(
+    path: &Path,
+    trusted: Option<&ed25519_dalek::VerifyingKey>,
+    stderr: String,
+) -> Output {
+    match export::verify_package(path, trusted) {
+        Ok(r) => {
+            let m = &r.manifest;
+            let mut s = format!(
+                "OK: evidence package {}: {} files match the manifest\n",
+                path.display(),
+                r.files_checked
+            );
+            s.push_str(&format!(
+                "segments {}..={}: {} records, {} checkpoints verified, signed by {}\n",
+                r.log.first_segment,
+                r.log.last_segment,
+                r.log.records,
+                r.log.checkpoints,
+                m.public_keys.join(" -> ")
+            ));
+            s.push_str(&format!(
+                "{} selected records present and verified (exported by {} from node {} at {})\n",
+                m.selected_count, m.exported_by, m.node, m.exported_at
+            ));
+            match &r.manifest_signed_by {
+                Some(k) if r.manifest_signer_known => {
+                    s.push_str(&format!("manifest signed by {k} (a key of this log)\n"));
+                }
+                Some(k) => s.push_str(&format!(
+                    "manifest signed by {k}, which signed none of the included checkpoints\n"
+                )),
+                None => s.push_str(&format!(
+                    "manifest unsigned ({})\n",
+                    m.unsigned_reason.as_deref().unwrap_or("no reason given")
+                )),
+            }
+            if m.left_out_unsigned > 0 {
+                s.push_str(&format!(
+                    "note: {} matching records were not yet signed when exported and are not in the package\n",
+                    m.left_out_unsigned
+                ));
+            }
+            Output {
+                code: 0,
+                stdout: s,
+                stderr,
+            }
+        }
+        Err(e) => Output {
+            code: 1,
+            stdout: format!("FAILED: {e}\n"),
+            stderr,
+        },
+    }
+}
+
+fn tail_line(h: &Hit, json: bool) -> String {
+    if json {
+        return format!("{}\n", query::hit_json(h));
+    }
+    let r = &h.record;
+    format!(
+        "{} {} -> {} [{}] {} rule={} approval={} {}: {}\n",
+        query::format_time(r.time_ns),
+        query::identity_text(r),
+        r.target,
+        query::protocol_text(&r.protocol),
+        query::decision_text(&r.decision),
+        r.rule_id.as_deref().unwrap_or("-"),
+        r.approval_ref.as_deref().unwrap_or("-"),
+        query::outcome_text(&r.outcome),
+        query::normalise_operation(&r.operation)
+    )
+}
+
+/// `audit tail`: the last `lines` access records, then (with `follow`) every new
+/// one as it is appended, until `out` fails (the reader went away).
+pub fn tail(
+    dir: &Path,
+    follow: bool,
+    json: bool,
+    lines: usize,
+    poll: Duration,
+    out: &mut dyn Write,
+) -> Result<(), String> {
+    let segs = list_segments(dir).map_err(|e| e.to_string())?;
+    let mut last: std::collections::VecDeque<Hit> = std::collections::VecDeque::new();
+    let mut cursor: Option<Cursor> = None;
+    let mut prev_head = None;
+    for (i, (seq, path)) in segs.iter().enumerate() {
+        let r = reader::read_segment(path, *seq, None).map_err(|e| e.to_string())?;
+        reader::check_link(path, prev_head, r.header_prev).map_err(|e| e.to_string())?;
+        r.accept(path, i + 1 == segs.len())
+            .map_err(|e| e.to_string())?;
+        prev_head = Some(r.end.head);
+        for h in hits(&r.entries, path)? {
+            last.push_back(h);
+            if last.len() > lines {
+                last.pop_front();
+            }
+        }
+        cursor = Some(r.end);
+    }
+    for h in &last {
+        out.write_all(tail_line(h, json).as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let mut got = Vec::new();
+        match cursor {
+            None => {
+                // No segment yet: wait for the first.
+                if let Some((seq, path)) = list_segments(dir).map_err(|e| e.to_string())?.first() {
+                    let r = reader::read_segment(path, *seq, None).map_err(|e| e.to_string())?;
+                    got.extend(hits(&r.entries, path)?);
+                    cursor = Some(r.end);
+                }
+            }
+            Some(c) => {
+                // Check for the next segment first: the writer finishes a segment
+                // before it creates the next, so reading this one after seeing the
+                // next one exist reads it to its end.
+                let next = dir.join(segment_name(c.segment + 1));
+                let next_exists = next.exists();
+                let path = dir.join(segment_name(c.segment));
+                let from = (c.offset > 0).then_some(c);
+                match reader::read_segment(&path, c.segment, from) {
+                    Ok(r) => {
+                        got.extend(hits(&r.entries, &path)?);
+                        cursor = Some(r.end);
+                        if next_exists {
+                            // Sealed: it must have been read to its end.
+                            r.accept(&path, false).map_err(|e| e.to_string())?;
+                            let r = reader::read_segment(&next, c.segment + 1, None)
+                                .map_err(|e| e.to_string())?;
+                            let head = cursor.map_or(c.head, |c| c.head);
+                            reader::check_link(&next, Some(head), r.header_prev)
+                                .map_err(|e| e.to_string())?;
+                            got.extend(hits(&r.entries, &next)?);
+                            cursor = Some(r.end);
+                        }
+                    }
+                    Err(super::AuditError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        // Removed by retention while we were behind: go on with the
+                        // oldest segment after it.
+                        let segs = list_segments(dir).map_err(|e| e.to_string())?;
+                        if let Some((seq, path)) = segs.iter().find(|(s, _)| *s > c.segment) {
+                            let r = reader::read_segment(path, *seq, None)
+                                .map_err(|e| e.to_string())?;
+                            got.extend(hits(&r.entries, path)?);
+                            cursor = Some(r.end);
+                        }
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        for h in &got {
+            if out.write_all(tail_line(h, json).as_bytes()).is_err() {
+                return Ok(());
+            }
+        }
+        if out.flush().is_err() {
+            return Ok(());
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+fn hits(entries: &[reader::Entry], path: &Path) -> Result<Vec<Hit>, String> {
+    let name = file_name(path);
+    let mut out = Vec::new();
+    for e in entries {
+        if let Record::Access(record) = e.decode(&name).map_err(|e| e.to_string())? {
+            out.push(Hit {
+                segment: e.segment,
+                offset: e.offset,
+                seq: e.seq,
+                hash: e.hash,
+                record,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `interceptor sessions ...`.
+pub fn sessions(cmd: SessionsCommand) -> Output {
+    match cmd {
+        SessionsCommand::List {
+            dir,
+            since,
+            until,
+            identity,
+            json,
+            index,
+        } => {
+            let fa = FilterArgs {
+                identity,
+                target: None,
+                session: None,
+                decision: None,
+            };
+            let flt = match filter(since.as_deref(), until.as_deref(), Some(&fa)) {
+                Ok(f) => f,
+                Err(e) => return fail(e),
+            };
+            let mut stderr = String::new();
+            let hits = match select(&dir, &index, &flt, None, &mut stderr) {
+                Ok(h) => h,
+                Err(e) => return fail(e),
+            };
+            let list = query::sessions(hits.iter().map(|h| &h.record));
+            let stdout = if json {
+                list.iter()
+                    .map(|s| format!("{}\n", serde_json::to_string(s).unwrap_or_default()))
+                    .collect()
+            } else {
+                format!("{}{} sessions\n", query::sessions_table(&list), list.len())
+            };
+            Output {
+                code: 0,
+                stdout,
+                stderr,
+            }
+        }
+        SessionsCommand::Replay {
+            dir,
+            id,
+            json,
+            index,
+        } => {
+            let flt = Filter {
+                session: Some(id.clone()),
+                ..Filter::default()
+            };
+            let mut stderr = String::new();
+            let hits = match select(&dir, &index, &flt, None, &mut stderr) {
+                Ok(h) => h,
+                Err(e) => return fail(e),
+            };
+            if hits.is_empty() {
+                return Output {
+                    code: 1,
+                    stdout: String::new(),
+                    stderr: format!("{stderr}interceptor: error: no records for session {id}\n"),
+                };
+            }
+            let stdout = if json {
+                let t0 = hits[0].record.time_ns;
+                hits.iter()
+                    .map(|h| {
+                        let mut v = query::hit_json(h);
+                        if let Some(m) = v.as_object_mut() {
+                            m.insert(
+                                "offset_s".into(),
+                                (h.record.time_ns.saturating_sub(t0) as f64 / 1e9).into(),
+                            );
+                        }
+                        format!("{v}\n")
+                    })
+                    .collect()
+            } else {
+                query::replay_text(&id, &hits)
+            };
+            Output {
+                code: 0,
+                stdout,
+                stderr,
+            }
+        }
+    }
+}
