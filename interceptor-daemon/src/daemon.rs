@@ -47,6 +47,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }),
         None => None,
     };
+    // Before anything is attached: a daemon that cannot start must not leave
+    // pinned programs behind it.
+    let metrics = Arc::new(Metrics::new());
+    let identities = Resolver::start(cfg.identity.clone(), &cfg.node_name(), metrics.clone())
+        .await
+        .context("starting the Kubernetes identity source")?;
     let (loaded, handles) = Redirector::load(&cfg)?;
     let index = Arc::new(CgroupIndex::new(
         cfg.redirect.cgroup_root.clone(),
@@ -59,7 +65,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ready = Arc::new(Readiness::new(cfg.redirect.cgroup_root.clone()));
     ready.set_attached(true);
 
-    let metrics = Arc::new(Metrics::new());
     let conns = Arc::new(handles.conns);
     let shared = Arc::new(Shared {
         node: cfg.node_name(),
@@ -67,7 +72,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         conns: conns.clone(),
         cgroups: index.clone(),
         metrics: metrics.clone(),
-        identities: Resolver::new(cfg.identity.clone()),
+        identities,
         policy: Arc::new(cfg.policy.clone()),
         audit: audit.clone(),
         classifier: Arc::new(crate::sql::Classifier::new(
