@@ -134,7 +134,11 @@ async fn pod_index_lists_watches_resumes_and_relists() {
     match ix.lookup(U1) {
         Lookup::Found(p) => {
             assert_eq!(
-                (p.namespace.as_str(), p.name.as_str(), p.service_account.as_str()),
+                (
+                    p.namespace.as_str(),
+                    p.name.as_str(),
+                    p.service_account.as_str()
+                ),
                 ("shop", "orders-1", "orders")
             );
             assert_eq!(p.labels.get("app").map(String::as_str), Some("orders-1"));
@@ -170,7 +174,10 @@ async fn pod_index_lists_watches_resumes_and_relists() {
     // From the bookmark's version (5, another node's change), not from the
     // last event of this node (4).
     assert_eq!(w[watches], "5", "{w:?}");
-    assert_eq!(metric_value(&metrics, "interceptor_kubernetes_pods_known"), Some(2.0));
+    assert_eq!(
+        metric_value(&metrics, "interceptor_kubernetes_pods_known"),
+        Some(2.0)
+    );
 
     // Deleted while no watch could run, and the history compacted: the
     // resumed watch gets 410, the index relists and the pod disappears.
@@ -181,7 +188,10 @@ async fn pod_index_lists_watches_resumes_and_relists() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(matches!(ix.lookup(U3), Lookup::Found(_)), "no event yet");
     api.set_pods_status(None);
-    eventually("U3 gone after the relist", || ix.lookup(U3) == Lookup::Deleted).await;
+    eventually("U3 gone after the relist", || {
+        ix.lookup(U3) == Lookup::Deleted
+    })
+    .await;
     assert!(api.lists() >= 2);
     assert!(matches!(ix.lookup(U4), Lookup::Found(_)));
     task.abort();
@@ -196,7 +206,12 @@ async fn token_review_outcomes_and_metrics() {
     let good = jwt("good", exp);
     api.add_token(&good, "shop", "orders", Some(("orders-1", U1)));
     let verifier = |client: kube::Client, audiences: Vec<String>| {
-        TokenVerifier::new(client, audiences, Duration::from_millis(500), metrics.clone())
+        TokenVerifier::new(
+            client,
+            audiences,
+            Duration::from_millis(500),
+            metrics.clone(),
+        )
     };
     let v = verifier(client(&api, None).await, vec![]);
 
@@ -205,7 +220,10 @@ async fn token_review_outcomes_and_metrics() {
     assert_eq!(id.username, "system:serviceaccount:shop:orders");
     assert_eq!(id.uid, "sa-uid-shop-orders");
     assert_eq!((id.pod_name(), id.pod_uid()), (Some("orders-1"), Some(U1)));
-    assert!(id.groups.contains(&"system:serviceaccounts:shop".to_string()));
+    assert!(
+        id.groups
+            .contains(&"system:serviceaccounts:shop".to_string())
+    );
     assert_eq!(
         id.expires_at,
         Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
@@ -217,9 +235,15 @@ async fn token_review_outcomes_and_metrics() {
 
     // Tokens the API server does not accept.
     let revoked = jwt("revoked", exp);
-    api.reject_token(&revoked, "[invalid bearer token, service account token has been invalidated]");
+    api.reject_token(
+        &revoked,
+        "[invalid bearer token, service account token has been invalidated]",
+    );
     let e = v.verify_token(&revoked).await.unwrap_err();
-    assert!(e.is_rejection() && e.to_string().contains("invalidated"), "{e}");
+    assert!(
+        e.is_rejection() && e.to_string().contains("invalidated"),
+        "{e}"
+    );
     let e = v.verify_token("not.a.token").await.unwrap_err();
     assert_eq!(e.reason(), "unauthenticated");
     // Audiences are part of the review.
@@ -244,7 +268,10 @@ async fn token_review_outcomes_and_metrics() {
     assert!(matches!(e, ReviewError::Api { code: 403, .. }), "{e}");
     assert!(!e.is_rejection());
     api.set_review_status(Some(500));
-    assert_eq!(v.verify_token(&good).await.unwrap_err().reason(), "api_error");
+    assert_eq!(
+        v.verify_token(&good).await.unwrap_err().reason(),
+        "api_error"
+    );
     api.set_review_status(None);
     api.set_review_delay(Duration::from_secs(2));
     let t = Instant::now();
@@ -276,7 +303,13 @@ async fn token_review_outcomes_and_metrics() {
         m(r#"interceptor_token_review_failures_total{reason="unauthenticated"}"#),
         Some(3.0)
     );
-    for reason in ["api_forbidden", "api_error", "timeout", "api_unauthorized", "unreachable"] {
+    for reason in [
+        "api_forbidden",
+        "api_error",
+        "timeout",
+        "api_unauthorized",
+        "unreachable",
+    ] {
         assert_eq!(
             m(&format!(
                 r#"interceptor_token_review_failures_total{{reason="{reason}"}}"#
@@ -421,7 +454,10 @@ async fn resolver_verifies_caches_rotates_and_fails_closed() {
     // Never a pod of this node: unresolved after the short wait.
     let t = Instant::now();
     let e = r
-        .resolve(Some(&cgroup_of("00000000-0000-0000-0000-000000000000", 'a')))
+        .resolve(Some(&cgroup_of(
+            "00000000-0000-0000-0000-000000000000",
+            'a',
+        )))
         .await
         .unwrap_err();
     assert!(matches!(e, Unresolved::UnknownPod(_)), "{e}");
@@ -435,13 +471,22 @@ async fn resolver_verifies_caches_rotates_and_fails_closed() {
         "node-1",
     );
     let e = r
-        .resolve(Some(&cgroup_of("00000000-0000-0000-0000-0000000000f0", 'a')))
+        .resolve(Some(&cgroup_of(
+            "00000000-0000-0000-0000-0000000000f0",
+            'a',
+        )))
         .await
         .unwrap_err();
     assert!(matches!(e, Unresolved::NoToken { .. }), "{e}");
     // Cgroups that are not pods still go to the standalone rules.
-    let n = r.resolve(Some("system.slice/backup.service")).await.unwrap();
-    assert_eq!((n.name(), n.method), ("node/backup.service".into(), Method::Standalone));
+    let n = r
+        .resolve(Some("system.slice/backup.service"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (n.name(), n.method),
+        ("node/backup.service".into(), Method::Standalone)
+    );
 }
 
 /// The real daemon, the real kernel: a process in a lab pod whose cgroup is
@@ -471,7 +516,10 @@ fn kubernetes_identity_end_to_end() {
     }
     api.add_pod(bad, "shop", "orders-2", "orders", "lab-node");
     let revoked = jwt("revoked", exp);
-    api.reject_token(&revoked, "[invalid bearer token, token has been invalidated]");
+    api.reject_token(
+        &revoked,
+        "[invalid bearer token, token has been invalidated]",
+    );
     write_token(&pods_dir, bad, &revoked);
     // Another node's pod with the same layout is not this node's.
     api.add_pod(U4, "shop", "orders-4", "orders", "other-node");
@@ -525,7 +573,11 @@ fn kubernetes_identity_end_to_end() {
         "{}",
         daemon.raw_log()
     );
-    assert_eq!(server.reports(2).len(), 2, "only the two verified connections");
+    assert_eq!(
+        server.reports(2).len(),
+        2,
+        "only the two verified connections"
+    );
 
     let (_, text) = http_get(admin_addr(&lab), "/metrics");
     for (series, want) in [

@@ -199,9 +199,8 @@ fn node_filter(q: &HashMap<String, String>) -> Option<String> {
 }
 
 fn on_node(p: &Pod, node: &Option<String>) -> bool {
-    node.as_ref().is_none_or(|n| {
-        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(n.as_str())
-    })
+    node.as_ref()
+        .is_none_or(|n| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(n.as_str()))
 }
 
 impl FakeApi {
@@ -215,10 +214,10 @@ impl FakeApi {
         let (tls, ca_file) = tls_config(dir);
         let token_file = dir.join("daemon-token");
         std::fs::write(&token_file, CLIENT_TOKEN).unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+        // Bound here (not with block_on), so async tests can start it too.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
         let st = Arc::new(Mutex::new(St::default()));
         let changed = Arc::new(Notify::new());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
@@ -226,6 +225,7 @@ impl FakeApi {
             let st = st.clone();
             let changed = changed.clone();
             rt.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
@@ -409,7 +409,11 @@ impl FakeApi {
     }
 }
 
-async fn handle(req: Request<Incoming>, st: Arc<Mutex<St>>, changed: Arc<Notify>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    st: Arc<Mutex<St>>,
+    changed: Arc<Notify>,
+) -> Response<Body> {
     let authorized = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -495,14 +499,13 @@ async fn token_review(body: &[u8], st: &Mutex<St>) -> Response<Body> {
         },
         None => TokenReviewStatus {
             authenticated: Some(false),
-            error: Some("[invalid bearer token, square/go-jose: error in cryptographic primitive]".into()),
+            error: Some(
+                "[invalid bearer token, square/go-jose: error in cryptographic primitive]".into(),
+            ),
             ..Default::default()
         },
     });
-    full(
-        StatusCode::CREATED,
-        &serde_json::to_value(&review).unwrap(),
-    )
+    full(StatusCode::CREATED, &serde_json::to_value(&review).unwrap())
 }
 
 fn list(q: &HashMap<String, String>, st: &Mutex<St>) -> Response<Body> {
@@ -542,8 +545,10 @@ fn watch(q: HashMap<String, String>, st: Arc<Mutex<St>>, changed: Arc<Notify>) -
         let expired = st.lock().unwrap().compacted_to > from;
         if expired {
             let _ = tx
-                .send(line(json!({"type": "ERROR", "object": status(410, "Expired",
-                    &format!("too old resource version: {from}"))})))
+                .send(line(
+                    json!({"type": "ERROR", "object": status(410, "Expired",
+                    &format!("too old resource version: {from}"))}),
+                ))
                 .await;
             return;
         }

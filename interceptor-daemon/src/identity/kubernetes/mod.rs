@@ -114,10 +114,7 @@ pub enum KubeError {
 /// The kube client configuration from `identity.kubernetes`.
 pub async fn client_config(cfg: &KubernetesConfig) -> Result<kube::Config, KubeError> {
     let mut kc = match &cfg.api_server {
-        Some(url) => kube::Config::new(
-            url.parse()
-                .map_err(|_| KubeError::BadUrl(url.clone()))?,
-        ),
+        Some(url) => kube::Config::new(url.parse().map_err(|_| KubeError::BadUrl(url.clone()))?),
         None => kube::Config::infer()
             .await
             .map_err(|e| KubeError::Infer(e.to_string()))?,
@@ -317,19 +314,15 @@ impl KubeSource {
             uid: uid.clone(),
             reason: format!("{}: {e}", path.display()),
         })?;
-        let outcome = self
-            .verifier
-            .verify_token(&token)
-            .await
-            .and_then(|v| {
-                v.check_binding(&pod).map(|()| v).inspect_err(|e| {
-                    // verify_token counted an authenticated review.
-                    self.metrics
-                        .token_review_failures
-                        .get_or_create(&crate::metrics::ReviewFailureLabels { reason: e.reason() })
-                        .inc();
-                })
-            });
+        let outcome = self.verifier.verify_token(&token).await.and_then(|v| {
+            v.check_binding(&pod).map(|()| v).inspect_err(|e| {
+                // verify_token counted an authenticated review.
+                self.metrics
+                    .token_review_failures
+                    .get_or_create(&crate::metrics::ReviewFailureLabels { reason: e.reason() })
+                    .inc();
+            })
+        });
         match outcome {
             Ok(v) => {
                 debug!(pod_uid = %uid, identity = %v.username, "token verified");

@@ -242,7 +242,12 @@ mod tests {
         let ix = PodIndex::new(Arc::new(Metrics::new()));
         assert!(!ix.synced());
         ix.apply(watcher::Event::Init);
-        ix.apply(watcher::Event::InitApply(pod("u1", "shop", "a", Some("orders"))));
+        ix.apply(watcher::Event::InitApply(pod(
+            "u1",
+            "shop",
+            "a",
+            Some("orders"),
+        )));
         ix.apply(watcher::Event::InitApply(pod("u2", "shop", "b", None)));
         // Not visible before the list completes.
         assert_eq!(ix.lookup("u1"), Lookup::Unknown);

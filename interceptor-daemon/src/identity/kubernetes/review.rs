@@ -204,19 +204,17 @@ impl TokenVerifier {
             ..Default::default()
         };
         let api: Api<TokenReview> = Api::all(self.client.clone());
-        let answer = tokio::time::timeout(
-            self.timeout,
-            api.create(&PostParams::default(), &review),
-        )
-        .await
-        .map_err(|_| ReviewError::Timeout(self.timeout))?
-        .map_err(|e| match e {
-            kube::Error::Api(s) => ReviewError::Api {
-                code: s.code,
-                message: s.message.clone(),
-            },
-            other => ReviewError::Unreachable(other.to_string()),
-        })?;
+        let answer =
+            tokio::time::timeout(self.timeout, api.create(&PostParams::default(), &review))
+                .await
+                .map_err(|_| ReviewError::Timeout(self.timeout))?
+                .map_err(|e| match e {
+                    kube::Error::Api(s) => ReviewError::Api {
+                        code: s.code,
+                        message: s.message.clone(),
+                    },
+                    other => ReviewError::Unreachable(other.to_string()),
+                })?;
         let status = answer.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(ReviewError::Unauthenticated(
@@ -237,9 +235,9 @@ impl TokenVerifier {
             groups: user.groups.unwrap_or_default(),
             extra: user.extra.unwrap_or_default().into_iter().collect(),
             audiences: status.audiences.unwrap_or_default(),
-            expires_at: jwt_claims(token).and_then(|c| c.exp).map(|exp| {
-                SystemTime::UNIX_EPOCH + Duration::from_secs(exp)
-            }),
+            expires_at: jwt_claims(token)
+                .and_then(|c| c.exp)
+                .map(|exp| SystemTime::UNIX_EPOCH + Duration::from_secs(exp)),
             username,
         })
     }
@@ -318,7 +316,9 @@ mod tests {
         let tok = format!(
             "{}.{}.c2ln",
             e.encode(br#"{"alg":"RS256"}"#),
-            e.encode(br#"{"aud":["https://kubernetes.default.svc","x"],"exp":1893456000,"sub":"s"}"#)
+            e.encode(
+                br#"{"aud":["https://kubernetes.default.svc","x"],"exp":1893456000,"sub":"s"}"#
+            )
         );
         assert_eq!(
             jwt_claims(&tok),
