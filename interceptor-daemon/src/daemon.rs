@@ -54,6 +54,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => crate::masking::MaskKey::random()
             .map_err(|e| anyhow::anyhow!("masking key: no randomness: {e}"))?,
     };
+    // Before anything is attached: a daemon that cannot start must not leave
+    // pinned programs behind it.
+    let metrics = Arc::new(Metrics::new());
+    let identities = Resolver::start(cfg.identity.clone(), &cfg.node_name(), metrics.clone())
+        .await
+        .context("starting the Kubernetes identity source")?;
     let (loaded, handles) = Redirector::load(&cfg)?;
     let index = Arc::new(CgroupIndex::new(
         cfg.redirect.cgroup_root.clone(),
@@ -66,7 +72,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ready = Arc::new(Readiness::new(cfg.redirect.cgroup_root.clone()));
     ready.set_attached(true);
 
-    let metrics = Arc::new(Metrics::new());
     let policy = match &cfg.policy_file {
         Some(path) => {
             let (p, digest) = crate::policy::store::load_file(path)?;
@@ -90,7 +95,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         conns: conns.clone(),
         cgroups: index.clone(),
         metrics: metrics.clone(),
-        identities: Resolver::new(cfg.identity.clone()),
+        identities,
         policy: policy.clone(),
         mask_key,
         audit: audit.clone(),

@@ -25,7 +25,7 @@ use crate::{
     cgroups::CgroupIndex,
     config::{Config, Protocol},
     forward, httpproxy,
-    identity::{Identity, Resolver, Unknown},
+    identity::{Identity, Resolver},
     metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
     mysqlproxy,
     pgproxy::{self, SessionCtx},
@@ -215,9 +215,9 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, stop: 
     let selected = cg.as_ref().is_none_or(|c| c.selected);
     let cgroup = cg.map(|c| c.path);
     let identity = if selected {
-        match shared.identities.resolve(cgroup.as_deref()) {
+        match shared.identities.resolve(cgroup.as_deref()).await {
             Ok(i) => Some(i),
-            Err(why) if shared.identities.unknown_policy() == Unknown::Deny => {
+            Err(why) if shared.identities.refuses(&why) => {
                 warn!(
                     conn_id = id,
                     client = %peer,

@@ -137,8 +137,33 @@ fn duration_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 4.0, 13))
 }
 
+/// Identity cache outcome (`hit`, `miss`), by identity source.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityCacheLabels {
+    pub source: &'static str,
+    pub result: &'static str,
+}
+
+/// A TokenReview's result: `authenticated`, or a failure reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    pub result: &'static str,
+}
+
+/// Why a token review did not yield an identity (see
+/// `identity::kubernetes::ReviewError::reason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewFailureLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub identity_cache: Family<IdentityCacheLabels, Counter>,
+    pub token_review: Family<ReviewLabels, Histogram, Buckets>,
+    pub token_review_failures: Family<ReviewFailureLabels, Counter>,
+    /// Pods of this node known to the Kubernetes pod index.
+    pub pods_known: Gauge,
     pub connections: Family<ConnLabels, Counter>,
     pub active: Family<TargetLabels, Gauge>,
     pub failures: Family<FailureLabels, Counter>,
@@ -187,6 +212,10 @@ impl Metrics {
             kernel_events: Family::default(),
             conntrack_entries: Gauge::default(),
             cgroups_known: Gauge::default(),
+            identity_cache: Family::default(),
+            token_review: Family::new_with_constructor(Buckets(latency_buckets)),
+            token_review_failures: Family::default(),
+            pods_known: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -269,6 +298,26 @@ impl Metrics {
             "cgroups_known",
             "cgroups in the selection index",
             m.cgroups_known.clone(),
+        );
+        registry.register(
+            "identity_cache",
+            "Identity resolutions answered from the cache (hit) or not (miss)",
+            m.identity_cache.clone(),
+        );
+        registry.register(
+            "token_review_seconds",
+            "Latency of TokenReview requests to the API server, by result",
+            m.token_review.clone(),
+        );
+        registry.register(
+            "token_review_failures",
+            "Service-account token verifications that failed, by reason",
+            m.token_review_failures.clone(),
+        );
+        registry.register(
+            "kubernetes_pods_known",
+            "Pods of this node in the Kubernetes pod index",
+            m.pods_known.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -358,7 +358,7 @@ fn passwords_are_injected_scram_md5_trust() {
 
 /// A CA and a server certificate for `db.internal` and `ips`, as PEM.
 fn certificates(ips: &[Ipv4Addr]) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    use rcgen13::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.distinguished_name
@@ -380,9 +380,9 @@ fn certificates(ips: &[Ipv4Addr]) -> (String, String, String) {
 }
 
 fn other_ca() -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen13::KeyPair::generate().unwrap();
+    let mut p = rcgen13::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen13::IsCa::Ca(rcgen13::BasicConstraints::Unconstrained);
     p.self_signed(&key).unwrap().pem()
 }
 

@@ -273,10 +273,12 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let pg = Postgres::start(pg_addr, &pg_dir).context("starting PostgreSQL")?;
     pg.admin_sql(
         "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
-         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');",
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');
+         CREATE TABLE orders (id int PRIMARY KEY, customer int, status text);
+         INSERT INTO orders VALUES (1, 1, 'paid'), (2, 2, 'paid');",
     )?;
     say(&format!(
-        "PostgreSQL ({}) listening on {pg_addr}, table `customers` created",
+        "PostgreSQL ({}) listening on {pg_addr}, tables `customers` and `orders` created",
         pg.bin.display()
     ));
 
@@ -285,8 +287,12 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let admin_port = 19_200 + u16::from(lab.slot);
     let audit_dir = work.join("audit");
     let audit_dir = audit_dir.display();
+    let approvals_dir = work.join("approvals");
+    let approvals_dir = approvals_dir.display();
+    let admin_socket = work.join("admin.sock");
+    let admin_socket_arg = admin_socket.display().to_string();
     let config = format!(
-        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\nidentity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\ntargets:\n  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy:\n  default: deny\n  rules:\n    - id: app-reads\n      identities: [\"shop/orders-api\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [customers] }}\n      action: allow\n    - id: no-customer-deletes\n      sql: {{ kinds: [write], tables: [customers] }}\n      action: deny\n      description: customer records are never deleted by workloads\naudit:\n  dir: {audit_dir}\n",
+        "node_name: demo-node\nadmin:\n  address: 127.0.0.1:{admin_port}\n  socket: {admin_socket_arg}\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\n  fail_mode: closed\nidentity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\ntargets:\n  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy:\n  default: deny\n  rules:\n    - id: app-reads\n      identities: [\"shop/orders-api\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [customers, orders] }}\n      action: allow\n    - id: no-customer-deletes\n      sql: {{ kinds: [write], tables: [customers] }}\n      action: deny\n      description: customer records are never deleted by workloads\n    - id: mask-emails\n      identities: [\"shop/*\"]\n      action: mask\n      mask: {{ columns: [\"customers.email\"], strategy: partial, keep_last: 4 }}\n    - id: order-changes\n      identities: [\"shop/orders-api\"]\n      sql: {{ kinds: [write], tables: [orders] }}\n      action: require_approval\n      description: order changes need a human\napprovals:\n  dir: {approvals_dir}\n  timeout_secs: 120\naudit:\n  dir: {audit_dir}\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display()
@@ -344,6 +350,73 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         pg.admin_sql("SELECT count(*) FROM customers")?.trim()
     ));
 
+    step("The `app` pod reads customers: the e-mail column is masked on the wire");
+    let (out, _) = psql_in_pod(&app, pg_addr, "SELECT id, name, email FROM customers ORDER BY id")?;
+    say(&format!("$ psql -c 'SELECT id, name, email FROM customers'\n{out}"));
+    let (alias, _) = psql_in_pod(
+        &app,
+        pg_addr,
+        "SELECT upper(c.email) AS not_an_email FROM customers c ORDER BY id LIMIT 1",
+    )?;
+    say(&format!(
+        "$ psql -c 'SELECT upper(c.email) AS not_an_email FROM customers c ...'\n{alias}\nOn the server the data is intact: {}\nRule `mask-emails` keeps the last 4 characters; aliases, expressions and `SELECT *` do not unmask it.",
+        pg.admin_sql("SELECT email FROM customers WHERE id = 1")?.trim()
+    ));
+    if out.contains("ada@example.com") || alias.to_lowercase().contains("ada@") {
+        bail!("an e-mail address reached the pod unmasked");
+    }
+
+    step("The `app` pod changes an order: held until a human approves it");
+    let held = app
+        .command("psql")?
+        .args(["-X", "-At", "-h", &pg_addr.ip().to_string(), "-p", &pg_addr.port().to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", "UPDATE orders SET status = 'refunded' WHERE id = 1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running psql in the pod")?;
+    say("$ psql -c \"UPDATE orders SET status = 'refunded' WHERE id = 1\"   (waiting...)");
+    let approvals = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(&interceptor)
+            .arg("approvals")
+            .args(args)
+            .args(["--socket", &admin_socket_arg])
+            .output()?;
+        if !out.status.success() {
+            bail!("interceptor approvals {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    };
+    let started = Instant::now();
+    let id = loop {
+        let list: Value = serde_json::from_str(&approvals(&["list", "--json"])?)?;
+        if let Some(id) = list.get(0).and_then(|r| r["id"].as_str()) {
+            break id.to_string();
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("no approval request appeared");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    say(&format!(
+        "status on the server meanwhile: {} (the statement has not reached it)",
+        pg.admin_sql("SELECT status FROM orders WHERE id = 1")?.trim()
+    ));
+    say(&format!("$ interceptor approvals list\n{}", approvals(&["list"])?));
+    say(&format!(
+        "$ interceptor approvals approve {id} --as security-oncall\n{}",
+        approvals(&["approve", &id, "--as", "security-oncall"])?
+    ));
+    let out = held.wait_with_output()?;
+    if !out.status.success() {
+        bail!("the approved statement failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    say(&format!(
+        "psql in the pod finished: {}\nstatus on the server now: {}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        pg.admin_sql("SELECT status FROM orders WHERE id = 1")?.trim()
+    ));
+
     step("The `batch` pod is not selected: it reaches PostgreSQL directly");
     let (out, _) = psql_in_pod(&batch, pg_addr, "SELECT inet_client_addr()")?;
     say(&format!(
@@ -362,6 +435,8 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let body = http_get(admin, "/metrics")?;
     let shown = [
         "interceptor_connections_total",
+        "interceptor_decisions_total",
+        "interceptor_approvals_total",
         "interceptor_bytes_total",
         "interceptor_kernel_events_total{event=\"redirected\"}",
         "interceptor_bpf_conntrack_entries",
@@ -409,20 +484,25 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         String::from_utf8_lossy(&key.stdout).trim()
     ));
     let (_, shown) = run(&["audit", "show"])?;
-    for l in shown
-        .lines()
-        .filter(|l| l.contains("\"decision\":\"Deny\""))
-    {
+    for l in shown.lines().filter(|l| {
+        l.contains("\"decision\":\"Deny\"")
+            || l.contains("\"decision\":\"RequireApproval\"")
+            || l.contains("\"decision\":\"Approved\"")
+    }) {
         let v: Value = serde_json::from_str(l)?;
         let r = &v["record"]["Access"];
         say(&format!(
-            "record {}: {}/{} {} -> {} by rule `{}`",
+            "record {}: {}/{} {} -> {} by rule `{}`{}",
             v["seq"],
             r["identity"]["namespace"].as_str().unwrap_or("?"),
             r["identity"]["service_account"].as_str().unwrap_or("?"),
             r["operation"].as_str().unwrap_or("?"),
             r["decision"].as_str().unwrap_or("?"),
-            r["rule_id"].as_str().unwrap_or("?")
+            r["rule_id"].as_str().unwrap_or("?"),
+            r["approval_ref"]
+                .as_str()
+                .map(|a| format!(" (approval {a})"))
+                .unwrap_or_default()
         ));
     }
     let (ok, text) = run(&["audit", "verify", &pubkey_arg])?;
