@@ -351,8 +351,14 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     ));
 
     step("The `app` pod reads customers: the e-mail column is masked on the wire");
-    let (out, _) = psql_in_pod(&app, pg_addr, "SELECT id, name, email FROM customers ORDER BY id")?;
-    say(&format!("$ psql -c 'SELECT id, name, email FROM customers'\n{out}"));
+    let (out, _) = psql_in_pod(
+        &app,
+        pg_addr,
+        "SELECT id, name, email FROM customers ORDER BY id",
+    )?;
+    say(&format!(
+        "$ psql -c 'SELECT id, name, email FROM customers'\n{out}"
+    ));
     let (alias, _) = psql_in_pod(
         &app,
         pg_addr,
@@ -360,7 +366,8 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     )?;
     say(&format!(
         "$ psql -c 'SELECT upper(c.email) AS not_an_email FROM customers c ...'\n{alias}\nOn the server the data is intact: {}\nRule `mask-emails` keeps the last 4 characters; aliases, expressions and `SELECT *` do not unmask it.",
-        pg.admin_sql("SELECT email FROM customers WHERE id = 1")?.trim()
+        pg.admin_sql("SELECT email FROM customers WHERE id = 1")?
+            .trim()
     ));
     if out.contains("ada@example.com") || alias.to_lowercase().contains("ada@") {
         bail!("an e-mail address reached the pod unmasked");
@@ -369,8 +376,22 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     step("The `app` pod changes an order: held until a human approves it");
     let held = app
         .command("psql")?
-        .args(["-X", "-At", "-h", &pg_addr.ip().to_string(), "-p", &pg_addr.port().to_string()])
-        .args(["-U", "postgres", "-d", "postgres", "-c", "UPDATE orders SET status = 'refunded' WHERE id = 1"])
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            &pg_addr.ip().to_string(),
+            "-p",
+            &pg_addr.port().to_string(),
+        ])
+        .args([
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "UPDATE orders SET status = 'refunded' WHERE id = 1",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -383,7 +404,10 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
             .args(["--socket", &admin_socket_arg])
             .output()?;
         if !out.status.success() {
-            bail!("interceptor approvals {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "interceptor approvals {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     };
@@ -400,21 +424,29 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     };
     say(&format!(
         "status on the server meanwhile: {} (the statement has not reached it)",
-        pg.admin_sql("SELECT status FROM orders WHERE id = 1")?.trim()
+        pg.admin_sql("SELECT status FROM orders WHERE id = 1")?
+            .trim()
     ));
-    say(&format!("$ interceptor approvals list\n{}", approvals(&["list"])?));
+    say(&format!(
+        "$ interceptor approvals list\n{}",
+        approvals(&["list"])?
+    ));
     say(&format!(
         "$ interceptor approvals approve {id} --as security-oncall\n{}",
         approvals(&["approve", &id, "--as", "security-oncall"])?
     ));
     let out = held.wait_with_output()?;
     if !out.status.success() {
-        bail!("the approved statement failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the approved statement failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     say(&format!(
         "psql in the pod finished: {}\nstatus on the server now: {}",
         String::from_utf8_lossy(&out.stdout).trim(),
-        pg.admin_sql("SELECT status FROM orders WHERE id = 1")?.trim()
+        pg.admin_sql("SELECT status FROM orders WHERE id = 1")?
+            .trim()
     ));
 
     step("The `batch` pod is not selected: it reaches PostgreSQL directly");
