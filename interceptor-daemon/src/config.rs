@@ -55,6 +55,9 @@ pub struct Config {
     /// reloaded on SIGHUP and when it changes. Excludes an inline `policy:`.
     #[serde(default)]
     pub policy_file: Option<PathBuf>,
+    /// SHA-256 of the policy file as loaded (empty for an inline policy).
+    #[serde(skip)]
+    pub policy_digest: String,
     /// Who is behind a selected cgroup (standalone mappings; unknown = deny by default).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
@@ -471,9 +474,10 @@ impl Config {
                     "give the policy inline (`policy:`) or in `policy_file:`, not both".into(),
                 ));
             }
-            let (policy, _) = crate::policy::store::load_file(&file)
+            let (policy, digest) = crate::policy::store::load_file(&file)
                 .map_err(|e| invalid(format!("policy_file: {e}")))?;
             cfg.policy = policy;
+            cfg.policy_digest = digest;
             cfg.policy_file = Some(file);
         }
         Ok(cfg)

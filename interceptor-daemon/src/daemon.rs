@@ -72,13 +72,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ready = Arc::new(Readiness::new(cfg.redirect.cgroup_root.clone()));
     ready.set_attached(true);
 
-    let policy = match &cfg.policy_file {
-        Some(path) => {
-            let (p, digest) = crate::policy::store::load_file(path)?;
-            PolicyHandle::new(p, path.display().to_string(), digest)
-        }
-        None => PolicyHandle::new(cfg.policy.clone(), "config", String::new()),
-    };
+    // Config::load already read and validated the policy file.
+    let source = cfg
+        .policy_file
+        .as_ref()
+        .map_or("config".to_string(), |p| p.display().to_string());
+    let policy = PolicyHandle::new(cfg.policy.clone(), source, cfg.policy_digest.clone());
     metrics.policy_version.set(1);
     let approvals = match &cfg.approvals {
         Some(a) => Some(

@@ -405,26 +405,12 @@ impl Decider<'_> {
             rec.outcome = h.outcome;
         }
         if d.action == Action::Deny {
-            append(&self.ctx.metrics, log, rec).await;
+            crate::session::append(&self.ctx.metrics, log, rec).await;
         } else {
             // Allowed statements do not wait for the disk; the record follows.
             let log = log.clone();
             let metrics = self.ctx.metrics.clone();
-            tokio::spawn(async move { append(&metrics, &log, rec).await });
-        }
-    }
-}
-
-/// Appends one record, timing it until durable.
-async fn append(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
-    let started = std::time::Instant::now();
-    match log.append(&rec).await {
-        Ok(_) => metrics
-            .audit_append
-            .observe(started.elapsed().as_secs_f64()),
-        Err(e) => {
-            metrics.audit_append_failures.inc();
-            warn!(error = %e, "audit append failed");
+            tokio::spawn(async move { crate::session::append(&metrics, &log, rec).await });
         }
     }
 }

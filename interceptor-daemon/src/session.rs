@@ -82,17 +82,26 @@ impl SessionCtx {
             ..base.clone()
         };
         if d.action != Action::Allow {
-            if let Err(e) = log.append(&rec).await {
-                warn!(error = %e, "audit append failed");
-            }
+            append(&self.metrics, log, rec).await;
         } else {
             // Allowed operations do not wait for the disk; the record follows.
             let log = log.clone();
-            tokio::spawn(async move {
-                if let Err(e) = log.append(&rec).await {
-                    warn!(error = %e, "audit append failed");
-                }
-            });
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move { append(&metrics, &log, rec).await });
+        }
+    }
+}
+
+/// Appends one decision record, timing it until durable (every protocol).
+pub(crate) async fn append(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
+    let started = std::time::Instant::now();
+    match log.append(&rec).await {
+        Ok(_) => metrics
+            .audit_append
+            .observe(started.elapsed().as_secs_f64()),
+        Err(e) => {
+            metrics.audit_append_failures.inc();
+            warn!(error = %e, "audit append failed");
         }
     }
 }

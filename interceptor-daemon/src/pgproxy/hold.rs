@@ -162,6 +162,6 @@ impl Decider<'_> {
             outcome: note.map(|n| audit::Outcome::Error(n.to_string())),
             ..base.clone()
         };
-        super::append(&self.ctx.metrics, log, rec).await;
+        crate::session::append(&self.ctx.metrics, log, rec).await;
     }
 }

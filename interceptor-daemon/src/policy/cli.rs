@@ -234,7 +234,6 @@ fn observed(dir: &Path, since: Option<&str>) -> Result<Vec<replay::Observed>, St
                 || !r.identity.service_account.is_empty())
             .then(|| format!("{}/{}", r.identity.namespace, r.identity.service_account));
             Some(replay::Observed {
-                time_ns: r.time_ns,
                 identity,
                 target: r.target,
                 operation: r.operation,

@@ -20,7 +20,6 @@ use crate::sql::{self, Kind};
 /// A recorded statement decision, as simulate and learn need it.
 #[derive(Debug, Clone)]
 pub struct Observed {
-    pub time_ns: u64,
     /// `namespace/service-account`, or `None` for an unidentified client.
     pub identity: Option<String>,
     pub target: String,
@@ -220,7 +219,6 @@ mod tests {
 
     fn obs(identity: &str, sql: &str, ran: bool, rule: &str) -> Observed {
         Observed {
-            time_ns: 0,
             identity: Some(identity.into()),
             target: "db".into(),
             operation: sql::normalize(sql),

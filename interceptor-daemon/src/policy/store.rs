@@ -103,18 +103,27 @@ pub fn digest(text: &str) -> String {
         .collect()
 }
 
+fn read(path: &Path) -> Result<String, PolicyFileError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
 /// Reads and validates a policy file: the document is the policy itself
 /// (`default:` and `rules:` at the top level).
 pub fn load_file(path: &Path) -> Result<(Policy, String), PolicyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyFileError::Read {
-        path: path.into(),
-        source,
-    })?;
-    let policy = Policy::parse(&text).map_err(|message| PolicyFileError::Invalid {
+    let text = read(path)?;
+    parse_text(path, &text)
+}
+
+/// Parses the text of the policy file at `path`; the policy and its digest.
+fn parse_text(path: &Path, text: &str) -> Result<(Policy, String), PolicyFileError> {
+    let policy = Policy::parse(text).map_err(|message| PolicyFileError::Invalid {
         path: path.into(),
         message,
     })?;
-    Ok((policy, digest(&text)))
+    Ok((policy, digest(text)))
 }
 
 /// Outcome of one reload attempt, for metrics.
@@ -137,7 +146,13 @@ impl Reload {
 
 /// Re-reads `path`; installs it when it parses, validates and differs.
 pub fn reload(handle: &PolicyHandle, path: &Path) -> Reload {
-    match load_file(path) {
+    let text = read(path);
+    install(handle, path, text)
+}
+
+/// Installs the text read from `path` when it parses, validates and differs.
+fn install(handle: &PolicyHandle, path: &Path, text: Result<String, PolicyFileError>) -> Reload {
+    match text.and_then(|text| parse_text(path, &text)) {
         Ok((policy, digest)) => {
             let current = handle.current();
             if current.digest == digest {
@@ -187,15 +202,15 @@ pub async fn watch(
             _ = tick.tick() => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        // Cheap change check first: the reload parses only new content.
-        let text = std::fs::read_to_string(&path).ok();
-        let d = text.as_deref().map(digest);
+        // Cheap change check first: only new content is parsed, from this read.
+        let text = read(&path);
+        let d = text.as_deref().ok().map(digest);
         if !by_signal && (d.as_deref() == Some(handle.current().digest.as_str()) || d == rejected) {
             continue;
         }
         let p = path.clone();
         let h = handle.clone();
-        let outcome = tokio::task::spawn_blocking(move || reload(&h, &p))
+        let outcome = tokio::task::spawn_blocking(move || install(&h, &p, text))
             .await
             .unwrap_or(Reload::Rejected);
         rejected = (outcome == Reload::Rejected).then_some(d).flatten();

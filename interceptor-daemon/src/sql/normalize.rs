@@ -23,7 +23,7 @@ use super::lexer;
 pub fn normalize(sql: &str) -> String {
     let pieces = match lexer::split(sql, false) {
         Ok(p) => p,
-        Err(_) => return opaque(sql),
+        Err(_) => return OPAQUE.to_string(),
     };
     let mut out = Vec::with_capacity(pieces.len());
     for piece in pieces {
@@ -33,15 +33,13 @@ pub fn normalize(sql: &str) -> String {
             out.push("DO $1".to_string());
             continue;
         }
-        out.push(normalize_one(text).unwrap_or_else(|| opaque(text)));
+        out.push(normalize_one(text).unwrap_or_else(|| OPAQUE.to_string()));
     }
     out.join("; ")
 }
 
-fn opaque(_text: &str) -> String {
-    // Not even its length: statements sharing a decision-cache key share this.
-    "<unparsable statement>".to_string()
-}
+/// Not even its length: statements sharing a decision-cache key share this.
+const OPAQUE: &str = "<unparsable statement>";
 
 fn normalize_one(text: &str) -> Option<String> {
     let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).ok()?;
