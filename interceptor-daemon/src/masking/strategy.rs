@@ -153,6 +153,19 @@ impl MaskKey {
     }
 }
 
+impl schemars::JsonSchema for Strategy {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Strategy".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "redact: `[redacted]`; partial: keep the last `keep_last` characters; hash: keyed pseudonym; null: SQL NULL (strongest)",
+            "enum": ["redact", "partial", "hash", "null", null]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,18 +222,5 @@ mod tests {
         let s: Strategy = serde_yaml::from_str("partial").unwrap();
         assert_eq!(s, Strategy::Partial);
         assert!(serde_yaml::from_str::<Strategy>("scramble").is_err());
-    }
-}
-
-impl schemars::JsonSchema for Strategy {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Strategy".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "redact: `[redacted]`; partial: keep the last `keep_last` characters; hash: keyed pseudonym; null: SQL NULL (strongest)",
-            "enum": ["redact", "partial", "hash", "null", null]
-        })
     }
 }
