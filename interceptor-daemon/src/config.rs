@@ -93,6 +93,15 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// How long records of allowed operations (which nobody waits for) may
+    /// gather before one write + fsync makes them durable together. 0 writes
+    /// each group as soon as it is queued. Denials never wait for it.
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+}
+
+fn default_linger_ms() -> u64 {
+    5
 }
 
 fn default_checkpoint_every() -> u64 {

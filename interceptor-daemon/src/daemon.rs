@@ -26,6 +26,7 @@ use crate::{
 };
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    raise_nofile();
     let listeners = listener::bind(&cfg)
         .await
         .context("starting the listener")?;
@@ -33,11 +34,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(address) => Some(admin::bind(address).await?),
         None => None,
     };
+    let metrics = Arc::new(Metrics::new());
     let audit = match &cfg.audit {
         Some(a) => Some({
             let mut ac = crate::audit::AuditConfig::new(a.dir.clone(), cfg.node_name());
             ac.checkpoint_every_records = a.checkpoint_every.max(1);
             ac.segment_max_bytes = a.segment_bytes.max(4096);
+            ac.linger = Duration::from_millis(a.linger_ms);
+            ac.observer = Some(crate::session::observer(metrics.clone()));
             let (log, report) = crate::audit::AuditLog::open(ac)
                 .await
                 .context("opening the audit log")?;
@@ -56,7 +60,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     // Before anything is attached: a daemon that cannot start must not leave
     // pinned programs behind it.
-    let metrics = Arc::new(Metrics::new());
     let identities = Resolver::start(cfg.identity.clone(), &cfg.node_name(), metrics.clone())
         .await
         .context("starting the Kubernetes identity source")?;
@@ -268,4 +271,31 @@ fn load_or_create_mask_key(path: &std::path::Path) -> anyhow::Result<crate::mask
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Every proxied connection holds two descriptors, and the usual soft limit
+/// (1024) would cap a node at ~500 connections: raise it to the hard limit, as
+/// proxies do. The Helm chart / systemd unit set the hard limit.
+fn raise_nofile() {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) != 0 {
+            return;
+        }
+        let soft = rlim.rlim_cur;
+        rlim.rlim_cur = rlim.rlim_max;
+        if soft != rlim.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+            warn!(
+                soft,
+                hard = rlim.rlim_max,
+                "could not raise RLIMIT_NOFILE to its hard limit"
+            );
+            return;
+        }
+    }
+    info!(open_files = rlim.rlim_cur, "descriptor limit");
 }

@@ -408,9 +408,7 @@ impl Decider<'_> {
             crate::session::append(&self.ctx.metrics, log, rec).await;
         } else {
             // Allowed statements do not wait for the disk; the record follows.
-            let log = log.clone();
-            let metrics = self.ctx.metrics.clone();
-            tokio::spawn(async move { crate::session::append(&metrics, &log, rec).await });
+            crate::session::submit(&self.ctx.metrics, log, rec).await;
         }
     }
 }

@@ -85,25 +85,45 @@ impl SessionCtx {
             append(&self.metrics, log, rec).await;
         } else {
             // Allowed operations do not wait for the disk; the record follows.
-            let log = log.clone();
-            let metrics = self.metrics.clone();
-            tokio::spawn(async move { append(&metrics, &log, rec).await });
+            submit(&self.metrics, log, rec).await;
         }
     }
 }
 
-/// Appends one decision record, timing it until durable (every protocol).
+/// Appends one decision record and waits until it is durable (every
+/// protocol). Durable latency and write failures reach the metrics through
+/// the log's observer ([`observer`]); a closed log is counted here.
 pub(crate) async fn append(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
-    let started = std::time::Instant::now();
-    match log.append(&rec).await {
-        Ok(_) => metrics
-            .audit_append
-            .observe(started.elapsed().as_secs_f64()),
-        Err(e) => {
-            metrics.audit_append_failures.inc();
-            warn!(error = %e, "audit append failed");
-        }
+    if let Err(e) = log.append(&rec).await {
+        closed(metrics, &e);
+        warn!(error = %e, "audit append failed");
     }
+}
+
+/// Queues one decision record without waiting for the disk (allowed
+/// operations): it is durable within the log's linger time.
+pub(crate) async fn submit(metrics: &Metrics, log: &AuditLog, rec: AccessRecord) {
+    if let Err(e) = log.submit(&rec).await {
+        closed(metrics, &e);
+        warn!(error = %e, "audit submit failed");
+    }
+}
+
+fn closed(metrics: &Metrics, e: &crate::audit::AuditError) {
+    if matches!(e, crate::audit::AuditError::Closed) {
+        metrics.audit_append_failures.inc();
+    }
+}
+
+/// Feeds the audit metrics from the writer: time from queueing to durable,
+/// and records the writer failed to make durable.
+pub fn observer(metrics: std::sync::Arc<Metrics>) -> crate::audit::Observer {
+    crate::audit::Observer(std::sync::Arc::new(move |r| match r {
+        Ok(latency) => metrics.audit_append.observe(latency.as_secs_f64()),
+        Err(()) => {
+            metrics.audit_append_failures.inc();
+        }
+    }))
 }
 
 impl SessionCtx {

@@ -102,6 +102,25 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     /// Most records written with one fsync.
     pub max_batch: usize,
+    /// How long records nobody waits for ([`AuditLog::submit`]) may gather
+    /// before they are written and fsynced together: bounds how far the disk
+    /// lags behind allowed traffic, and saves a write + fsync per statement
+    /// under load. An [`AuditLog::append`] (a denial, an approval) ends the
+    /// wait at once.
+    pub linger: Duration,
+    /// Told when each submitted or appended record is durable (how long after
+    /// it was queued) or failed; the daemon feeds its metrics from it.
+    pub observer: Option<Observer>,
+}
+
+/// A callback for [`AuditConfig::observer`]: `Ok(queued→durable)` or `Err(())`.
+#[derive(Clone)]
+pub struct Observer(pub std::sync::Arc<dyn Fn(Result<Duration, ()>) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl AuditConfig {
@@ -117,6 +136,8 @@ impl AuditConfig {
             retention_max_age: None,
             queue_capacity: 65_536,
             max_batch: 32_768,
+            linger: Duration::from_millis(5),
+            observer: None,
         }
     }
 

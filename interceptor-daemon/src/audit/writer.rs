@@ -68,7 +68,9 @@ pub struct AuditLog {
 enum Msg {
     Append {
         body: Vec<u8>,
-        ack: oneshot::Sender<Result<Receipt, AuditError>>,
+        /// `None` for a submitted record nobody waits for.
+        ack: Option<oneshot::Sender<Result<Receipt, AuditError>>>,
+        queued: Instant,
     },
     RotateKey {
         ack: oneshot::Sender<Result<VerifyingKey, AuditError>>,
@@ -110,14 +112,36 @@ impl AuditLog {
 
     /// Append a record; resolves once it is on disk (fsynced).
     pub async fn append(&self, rec: &AccessRecord) -> Result<Receipt, AuditError> {
-        let body = bincode::serde::encode_to_vec(AccessRef::Access(rec), record::CONFIG)
-            .map_err(|e| AuditError::Record(e.to_string()))?;
+        let body = encode(rec)?;
         let (ack, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Append { body, ack })
+            .send(Msg::Append {
+                body,
+                ack: Some(ack),
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Queue a record without waiting for the disk: it is written and fsynced
+    /// with its group within [`AuditConfig::linger`] (the observer hears when).
+    /// Resolves at once unless the queue is full, so a disk that cannot keep
+    /// up slows the callers down instead of losing records or growing memory.
+    /// For what a client may learn only after it is durable, use [`append`].
+    ///
+    /// [`append`]: AuditLog::append
+    pub async fn submit(&self, rec: &AccessRecord) -> Result<(), AuditError> {
+        let body = encode(rec)?;
+        self.tx
+            .send(Msg::Append {
+                body,
+                ack: None,
+                queued: Instant::now(),
+            })
+            .await
+            .map_err(|_| AuditError::Closed)
     }
 
     /// Replace the node key: the new public key is recorded, signed by the old key,
@@ -140,6 +164,16 @@ impl AuditLog {
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
     }
+}
+
+fn encode(rec: &AccessRecord) -> Result<Vec<u8>, AuditError> {
+    bincode::serde::encode_to_vec(AccessRef::Access(rec), record::CONFIG)
+        .map_err(|e| AuditError::Record(e.to_string()))
+}
+
+/// Someone waits for this message's outcome.
+fn urgent(m: &Msg) -> bool {
+    !matches!(m, Msg::Append { ack: None, .. })
 }
 
 async fn run(
@@ -168,6 +202,27 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // Nobody waits: gather more for one write and one fsync, up to the
+        // linger time after the oldest, unless someone starts waiting.
+        if !batch.is_empty() && !batch.iter().any(urgent) && !w.cfg.linger.is_zero() {
+            let until = tokio::time::Instant::now() + w.cfg.linger;
+            while batch.len() < max_batch {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => {
+                            let stop = urgent(&m);
+                            batch.push(m);
+                            if stop {
+                                break;
+                            }
+                        }
+                        // Handled by the next recv at the top of the loop.
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(until) => break,
+                }
+            }
+        }
         let joined = tokio::task::spawn_blocking(move || {
             let job = w.process(batch);
             (w, job)
@@ -189,6 +244,7 @@ async fn run(
 struct SyncJob {
     file: Option<(Arc<File>, PathBuf)>,
     replies: Replies,
+    observer: Option<super::Observer>,
 }
 
 /// The second stage of the pipeline: while the writer frames and writes the next
@@ -198,6 +254,7 @@ struct SyncJob {
 /// can succeed without writing it.
 fn syncer(rx: std::sync::mpsc::Receiver<SyncJob>, failed: &OnceLock<String>) {
     while let Ok(job) = rx.recv() {
+        let observer = job.observer.clone();
         let mut jobs = vec![job];
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
@@ -217,7 +274,7 @@ fn syncer(rx: std::sync::mpsc::Receiver<SyncJob>, failed: &OnceLock<String>) {
             }
         }
         for j in jobs {
-            j.replies.send(failed.get());
+            j.replies.send(failed.get(), observer.as_ref());
         }
     }
 }
@@ -227,8 +284,9 @@ struct Replies(Vec<Reply>);
 
 enum Reply {
     Append(
-        oneshot::Sender<Result<Receipt, AuditError>>,
+        Option<oneshot::Sender<Result<Receipt, AuditError>>>,
         Result<Receipt, AuditError>,
+        Instant,
     ),
     RotateKey(
         oneshot::Sender<Result<VerifyingKey, AuditError>>,
@@ -242,13 +300,19 @@ enum Reply {
 
 impl Replies {
     /// Send every reply (failed ones when the fsync failed).
-    fn send(self, failed: Option<&String>) {
+    fn send(self, failed: Option<&String>, observer: Option<&super::Observer>) {
         let fail = || AuditError::WriterFailed(failed.cloned().unwrap_or_default());
         for r in self.0 {
             // A caller that stopped waiting is no error of the log.
             match r {
-                Reply::Append(tx, v) => {
-                    drop(tx.send(if failed.is_some() { Err(fail()) } else { v }))
+                Reply::Append(tx, v, queued) => {
+                    let v = if failed.is_some() { Err(fail()) } else { v };
+                    if let Some(o) = observer {
+                        (o.0)(v.as_ref().map(|_| queued.elapsed()).map_err(|_| ()));
+                    }
+                    if let Some(tx) = tx {
+                        drop(tx.send(v));
+                    }
                 }
                 Reply::RotateKey(tx, v) => {
                     drop(tx.send(if failed.is_some() { Err(fail()) } else { v }))
@@ -323,6 +387,7 @@ impl Writer {
             return SyncJob {
                 file: None,
                 replies: Replies(replies),
+                observer: self.cfg.observer.clone(),
             };
         }
         let res = self.process_inner(batch, &mut replies);
@@ -332,7 +397,7 @@ impl Writer {
             self.failed = Some(msg.clone());
             for r in &mut replies {
                 match r {
-                    Reply::Append(_, v) => *v = Err(AuditError::WriterFailed(msg.clone())),
+                    Reply::Append(_, v, _) => *v = Err(AuditError::WriterFailed(msg.clone())),
                     Reply::RotateKey(_, v) => *v = Err(AuditError::WriterFailed(msg.clone())),
                     Reply::Close(_, v) => *v = Err(AuditError::WriterFailed(msg.clone())),
                 }
@@ -343,6 +408,7 @@ impl Writer {
         SyncJob {
             file,
             replies: Replies(replies),
+            observer: self.cfg.observer.clone(),
         }
     }
 
@@ -354,17 +420,17 @@ impl Writer {
         let mut iter = batch.into_iter();
         for m in iter.by_ref() {
             match m {
-                Msg::Append { body, ack } => {
+                Msg::Append { body, ack, queued } => {
                     if body.len() > MAX_RECORD_BYTES {
                         let e = AuditError::Record(format!(
                             "record of {} bytes is too large",
                             body.len()
                         ));
-                        replies.push(Reply::Append(ack, Err(e)));
+                        replies.push(Reply::Append(ack, Err(e), queued));
                         continue;
                     }
                     let receipt = self.push(&body, true)?;
-                    replies.push(Reply::Append(ack, Ok(receipt)));
+                    replies.push(Reply::Append(ack, Ok(receipt), queued));
                     if self.merkle.count() >= self.cfg.checkpoint_every_records.max(1) {
                         self.checkpoint()?;
                     }
@@ -694,7 +760,7 @@ fn reply_err(replies: &mut Vec<Reply>, m: Msg, why: &str) {
         }
     };
     match m {
-        Msg::Append { ack, .. } => replies.push(Reply::Append(ack, Err(e()))),
+        Msg::Append { ack, queued, .. } => replies.push(Reply::Append(ack, Err(e()), queued)),
         Msg::RotateKey { ack } => replies.push(Reply::RotateKey(ack, Err(e()))),
         Msg::Close { ack } => replies.push(Reply::Close(ack, Err(e()))),
     }
@@ -1118,6 +1184,62 @@ mod tests {
         assert_eq!(report.segments, segs.len() as u64);
         assert_eq!(report.unsigned_tail, 0);
         assert_eq!(report.access_records, 300);
+    }
+
+    #[tokio::test]
+    async fn submitted_records_become_durable_in_one_group_and_an_append_cuts_the_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut c = cfg(tmp.path());
+        // Long enough that only an append can end it within the test's bound.
+        c.linger = Duration::from_secs(30);
+        let seen = events.clone();
+        c.observer = Some(crate::audit::Observer(Arc::new(move |r| {
+            seen.lock().unwrap().push(r)
+        })));
+        let (log, rep) = AuditLog::open(c).await.unwrap();
+        for i in 0..20 {
+            log.submit(&sample_access(i)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            events.lock().unwrap().is_empty(),
+            "submitted records wait for the linger time"
+        );
+        // Someone waiting (a denial) ends the wait for everything before it.
+        let started = Instant::now();
+        let receipt = tokio::time::timeout(Duration::from_secs(5), log.append(&sample_access(20)))
+            .await
+            .expect("an append must not wait for the linger time")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(receipt.seq > 20, "the submitted records come first");
+        let ev = events.lock().unwrap().clone();
+        assert_eq!(ev.len(), 21, "the observer hears of every record");
+        assert!(ev.iter().all(Result::is_ok));
+        log.close().await.unwrap();
+        let report = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap();
+        assert_eq!(report.access_records, 21);
+    }
+
+    #[tokio::test]
+    async fn submitted_records_are_durable_after_the_linger_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = cfg(tmp.path());
+        c.linger = Duration::from_millis(20);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        c.observer = Some(crate::audit::Observer(Arc::new(move |r| {
+            let _ = tx.send(r);
+        })));
+        let (log, _) = AuditLog::open(c).await.unwrap();
+        log.submit(&sample_access(1)).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("durable without anyone waiting")
+            .unwrap();
+        let latency = r.unwrap();
+        assert!(latency >= Duration::from_millis(20), "{latency:?}");
+        log.close().await.unwrap();
     }
 
     #[tokio::test]

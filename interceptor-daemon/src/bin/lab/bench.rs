@@ -30,6 +30,12 @@ pub struct Options {
     pub clients: Vec<u32>,
     pub scale: u32,
     pub out: Option<PathBuf>,
+    /// Which of interceptor / pgbouncer / haproxy to measure besides direct.
+    pub paths: Vec<String>,
+    /// `simple` and/or `prepared`.
+    pub modes: Vec<String>,
+    /// The interceptor runs without an audit log.
+    pub no_audit: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -40,10 +46,37 @@ struct Sample {
     tps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time the proxy process spent per transaction (user + system, all
+    /// threads), in microseconds; `None` for direct. Less sensitive than TPS to
+    /// what else the machine is doing.
+    cpu_us_per_tx: Option<f64>,
+}
+
+/// User + system CPU time of a process and all its threads, in microseconds.
+pub(crate) fn cpu_us(pid: u32) -> anyhow::Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after `)`.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks * 1e6 / hz)
 }
 
 /// A helper process (pgbouncer, HAProxy) stopped on drop.
-struct Proc(Child);
+pub(crate) struct Proc(Child);
+
+impl Proc {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -51,7 +84,7 @@ impl Drop for Proc {
     }
 }
 
-fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..100 {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return Ok(());
@@ -61,16 +94,22 @@ fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     bail!("nothing listens on {addr}")
 }
 
-fn start_pgbouncer(listen: SocketAddr, pg: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
+pub(crate) fn start_pgbouncer(
+    listen: SocketAddr,
+    pg: SocketAddr,
+    dir: &Path,
+    max_clients: u32,
+) -> anyhow::Result<Proc> {
     let ini = dir.join("pgbouncer.ini");
     fs::write(
         &ini,
         format!(
-            "[databases]\npostgres = host={} port={} user=postgres\n[pgbouncer]\nlisten_addr = {}\nlisten_port = {}\nauth_type = any\npool_mode = session\nmax_client_conn = 500\ndefault_pool_size = 100\nunix_socket_dir =\nlogfile = {}\n",
+            "[databases]\npostgres = host={} port={} user=postgres\n[pgbouncer]\nlisten_addr = {}\nlisten_port = {}\nauth_type = any\npool_mode = session\nmax_client_conn = {}\ndefault_pool_size = 100\nunix_socket_dir =\nlogfile = {}\n",
             pg.ip(),
             pg.port(),
             listen.ip(),
             listen.port(),
+            max_clients,
             dir.join("pgbouncer.log").display()
         ),
     )?;
@@ -96,12 +135,17 @@ fn start_pgbouncer(listen: SocketAddr, pg: SocketAddr, dir: &Path) -> anyhow::Re
     Ok(p)
 }
 
-fn start_haproxy(listen: SocketAddr, pg: SocketAddr, dir: &Path) -> anyhow::Result<Proc> {
+pub(crate) fn start_haproxy(
+    listen: SocketAddr,
+    pg: SocketAddr,
+    dir: &Path,
+    maxconn: u32,
+) -> anyhow::Result<Proc> {
     let cfg = dir.join("haproxy.cfg");
     fs::write(
         &cfg,
         format!(
-            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend pg\n  bind {listen}\n  default_backend pg\nbackend pg\n  server pg1 {pg}\n"
+            "global\n  maxconn {maxconn}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\nfrontend pg\n  bind {listen}\n  default_backend pg\nbackend pg\n  server pg1 {pg}\n"
         ),
     )?;
     let p = Proc(
@@ -204,10 +248,25 @@ fn pgbench(
         tps,
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
+        cpu_us_per_tx: None,
     })
 }
 
 pub fn run(o: Options) -> anyhow::Result<()> {
+    if let Some(p) = o
+        .paths
+        .iter()
+        .find(|p| !["direct", "interceptor", "pgbouncer", "haproxy"].contains(&p.as_str()))
+    {
+        bail!("unknown path `{p}`: direct, interceptor, pgbouncer or haproxy");
+    }
+    if let Some(m) = o
+        .modes
+        .iter()
+        .find(|m| !["simple", "prepared"].contains(&m.as_str()))
+    {
+        bail!("unknown mode `{m}`: simple or prepared");
+    }
     let work = std::env::temp_dir().join(format!("interceptor-bench-{}", std::process::id()));
     fs::create_dir_all(&work)?;
     let mut lab = Lab::new().context("creating the lab")?;
@@ -247,16 +306,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
 
     let bdir = work.join("pgbouncer");
     fs::create_dir_all(&bdir)?;
-    let _bouncer = start_pgbouncer(bouncer, direct, &bdir)?;
-    let _haproxy = start_haproxy(haproxy, direct, &work)?;
+    let bouncer_proc = start_pgbouncer(bouncer, direct, &bdir, 500)?;
+    let haproxy_proc = start_haproxy(haproxy, direct, &work, 4096)?;
 
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-bench-{}", lab.slot));
     let config = format!(
-        "node_name: bench\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: bench-db\n    protocol: postgres\n    destinations: [\"{selected}\"]\npolicy:\n  default: deny\n  rules:\n    - id: bench-reads\n      identities: [\"bench/*\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history] }}\n      action: allow\naudit:\n  dir: {}\n",
+        "node_name: bench\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: bench-db\n    protocol: postgres\n    destinations: [\"{selected}\"]\npolicy:\n  default: deny\n  rules:\n    - id: bench-reads\n      identities: [\"bench/*\"]\n      sql: {{ kinds: [read, transaction, utility], tables: [pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history] }}\n      action: allow\n{}",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display(),
-        work.join("audit").display()
+        if o.no_audit {
+            String::new()
+        } else {
+            format!("audit:\n  dir: {}\n", work.join("audit").display())
+        }
     );
     let config_path = work.join("interceptor.yaml");
     fs::write(&config_path, config)?;
@@ -276,12 +339,35 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     ];
     let mut samples = Vec::new();
     for mode in ["simple", "prepared"] {
+        if !o.modes.iter().any(|m| m == mode) {
+            continue;
+        }
         for &c in &o.clients {
             for (name, addr) in paths {
-                let s = pgbench(&pod, &pgbench_bin, addr, mode, c, o.seconds, &work, name)?;
+                if name != "direct" && !o.paths.iter().any(|p| p == name) {
+                    continue;
+                }
+                let pid = match name {
+                    "interceptor" => daemon.pid(),
+                    "pgbouncer" => Some(bouncer_proc.pid()),
+                    "haproxy" => Some(haproxy_proc.pid()),
+                    _ => None,
+                };
+                let cpu_before = pid.map(cpu_us).transpose()?;
+                let mut s = pgbench(&pod, &pgbench_bin, addr, mode, c, o.seconds, &work, name)?;
+                if let (Some(pid), Some(before)) = (pid, cpu_before) {
+                    let used = cpu_us(pid)? - before;
+                    s.cpu_us_per_tx = Some(used / (s.tps * f64::from(o.seconds)).max(1.0));
+                }
                 eprintln!(
-                    "bench: {:<11} {:<8} c={:<3} {:>9.0} tps  p50 {:.3} ms  p99 {:.3} ms",
-                    s.path, s.mode, s.clients, s.tps, s.p50_ms, s.p99_ms
+                    "bench: {:<11} {:<8} c={:<3} {:>9.0} tps  p50 {:.3} ms  p99 {:.3} ms  cpu {} us/tx",
+                    s.path,
+                    s.mode,
+                    s.clients,
+                    s.tps,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.cpu_us_per_tx.map_or("-".into(), |v| format!("{v:.1}"))
                 );
                 samples.push(s);
             }
@@ -314,12 +400,17 @@ fn report(samples: &[Sample], o: &Options) -> String {
         .unwrap_or(0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut s = format!(
-        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {cores} cores, {cpu}, kernel {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit record per statement (group commit) + metrics\n\n",
+        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {cores} cores, {cpu}, kernel {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit record per statement (group commit{}) + metrics\n\n",
         o.scale,
         o.seconds,
-        kernel.trim()
+        kernel.trim(),
+        if o.no_audit {
+            "; audit OFF for this run"
+        } else {
+            ""
+        }
     );
-    s.push_str("| mode | clients | path | TPS | × direct | p50 ms | p99 ms |\n|---|---:|---|---:|---:|---:|---:|\n");
+    s.push_str("| mode | clients | path | TPS | × direct | p50 ms | p99 ms | proxy CPU µs/tx |\n|---|---:|---|---:|---:|---:|---:|---:|\n");
     for x in samples {
         let direct = samples
             .iter()
@@ -327,14 +418,15 @@ fn report(samples: &[Sample], o: &Options) -> String {
             .map(|d| d.tps)
             .unwrap_or(f64::NAN);
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.3} | {:.3} |\n",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.3} | {:.3} | {} |\n",
             x.mode,
             x.clients,
             x.path,
             x.tps,
             x.tps / direct,
             x.p50_ms,
-            x.p99_ms
+            x.p99_ms,
+            x.cpu_us_per_tx.map_or("-".into(), |v| format!("{v:.1}"))
         ));
     }
     s

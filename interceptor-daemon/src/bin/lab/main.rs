@@ -54,10 +54,43 @@ enum Cmd {
         /// Also write the Markdown report here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Paths to measure, comma-separated (direct is always measured: ratios need it).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "interceptor,pgbouncer,haproxy"
+        )]
+        paths: Vec<String>,
+        /// Protocol modes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "simple,prepared")]
+        modes: Vec<String>,
+        /// Run the interceptor without its audit log, to see what the log costs.
+        #[arg(long)]
+        no_audit: bool,
+    },
+    /// Memory per idle PostgreSQL connection through the interceptor,
+    /// pgbouncer and HAProxy, in one run.
+    Idle {
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 10_000)]
+        connections: u32,
+        /// Also write the Markdown report here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// (run by `idle` inside the pod) open and hold logged-in connections.
+    #[command(hide = true)]
+    IdleClients {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        connections: u32,
     },
 }
 
 mod bench;
+mod idle;
 
 fn bin_dir_or_here(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match bin_dir {
@@ -72,12 +105,31 @@ fn bin_dir_or_here(bin_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 fn main() -> ExitCode {
     let res = match Cli::parse().cmd {
         Cmd::Demo { bin_dir } => demo(bin_dir),
+        Cmd::Idle {
+            bin_dir,
+            connections,
+            out,
+        } => bin_dir_or_here(bin_dir).and_then(|bin_dir| {
+            if let Some(why) = missing_privileges() {
+                anyhow::bail!("the benchmark {why}: run it as root");
+            }
+            idle::run(idle::Options {
+                bin_dir,
+                connections,
+                out,
+            })
+        }),
+        Cmd::IdleClients { addr, connections } => idle::raise_nofile(u64::from(connections) + 1024)
+            .and_then(|()| idle::clients(addr, connections)),
         Cmd::Bench {
             bin_dir,
             seconds,
             clients,
             scale,
             out,
+            paths,
+            modes,
+            no_audit,
         } => bin_dir_or_here(bin_dir).and_then(|bin_dir| {
             if let Some(why) = missing_privileges() {
                 anyhow::bail!("the benchmark {why}: run it as root");
@@ -88,6 +140,9 @@ fn main() -> ExitCode {
                 clients,
                 scale,
                 out,
+                paths,
+                modes,
+                no_audit,
             })
         }),
     };
@@ -177,6 +232,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn stop(&mut self) -> Option<i32> {
