@@ -275,7 +275,13 @@ async fn handle(req: AdminRequest, uid: u32, state: &AdminSocket) -> AdminRespon
         AdminRequest::Status => {
             return AdminResponse {
                 ok: true,
-                connections: Some(state.live.as_ref().map(|l| l.snapshot()).unwrap_or_default()),
+                connections: Some(
+                    state
+                        .live
+                        .as_ref()
+                        .map(|l| l.snapshot())
+                        .unwrap_or_default(),
+                ),
                 ..Default::default()
             };
         }
@@ -382,7 +388,10 @@ fn policy_op(req: AdminRequest, control: &PolicyControl, uid: u32) -> AdminRespo
         } => {
             let label = path.unwrap_or_else(|| "policy".into());
             let who = actor(uid, as_name.as_deref());
-            applied(control.apply(&text, &label, &who, "apply"), "policy applied")
+            applied(
+                control.apply(&text, &label, &who, "apply"),
+                "policy applied",
+            )
         }
         AdminRequest::PolicyRollback { version, as_name } => {
             let who = actor(uid, as_name.as_deref());

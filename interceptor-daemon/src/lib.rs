@@ -27,7 +27,7 @@ pub mod protocol;
 pub mod redirect;
 pub mod redisproxy;
 pub mod session;
-pub mod status;
 pub mod sql;
+pub mod status;
 pub mod telemetry;
 pub mod testbed;

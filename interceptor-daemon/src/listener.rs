@@ -373,7 +373,11 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
     };
     let _live = shared.live.register(crate::live::LiveConn {
         id: meta.id,
-        identity: meta.identity.as_ref().map(Identity::name).unwrap_or_default(),
+        identity: meta
+            .identity
+            .as_ref()
+            .map(Identity::name)
+            .unwrap_or_default(),
         target: meta.target.clone(),
         protocol: meta.protocol.as_str().into(),
         client: meta.client.to_string(),

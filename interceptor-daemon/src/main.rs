@@ -6,8 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use interceptor_daemon::{
     config::Config,
-    daemon,
-    redirect,
+    daemon, redirect,
     telemetry::{self, LogFormat},
 };
 

@@ -241,17 +241,16 @@ fn policy_apply_history_rollback_status_and_restart_through_the_admin_socket() {
     let out = cli(&s.socket, &["status"]);
     let table = text(&out);
     assert!(
-        table.contains("IDENTITY") && table.contains("shop/orders-api") && table.contains("orders-db"),
+        table.contains("IDENTITY")
+            && table.contains("shop/orders-api")
+            && table.contains("orders-db"),
         "{table}"
     );
 
     // Apply: the open session's next INSERT is denied by the new policy.
     let read_only = s.dir.join("read-only.yaml");
     std::fs::write(&read_only, READ_ONLY).unwrap();
-    let out = cli(
-        &s.socket,
-        &["policy", "apply", read_only.to_str().unwrap()],
-    );
+    let out = cli(&s.socket, &["policy", "apply", read_only.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("applied: policy version 2") && text(&out).contains("by root (uid 0)"),
@@ -282,7 +281,11 @@ fn policy_apply_history_rollback_status_and_restart_through_the_admin_socket() {
 
     // An invalid apply is refused with its position; the old policy enforces.
     let bad = s.dir.join("bad.yaml");
-    std::fs::write(&bad, "default: deny\nrules:\n  - id: x\n    action: permit\n").unwrap();
+    std::fs::write(
+        &bad,
+        "default: deny\nrules:\n  - id: x\n    action: permit\n",
+    )
+    .unwrap();
     let out = cli(&s.socket, &["policy", "apply", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
@@ -315,7 +318,11 @@ fn policy_apply_history_rollback_status_and_restart_through_the_admin_socket() {
         &["policy", "diff", s.policy_path.to_str().unwrap(), "--json"],
     );
     let d = json_of(&out);
-    assert_eq!((d["added"][0].as_str(), d["removed"][0].as_str()), (Some("orders-write"), Some("freeze")), "{d}");
+    assert_eq!(
+        (d["added"][0].as_str(), d["removed"][0].as_str()),
+        (Some("orders-write"), Some("freeze")),
+        "{d}"
+    );
 
     // A non-root caller is refused with a clear message, and nothing changes.
     let out = Command::new(DAEMON)
@@ -396,7 +403,11 @@ fn policy_apply_history_rollback_status_and_restart_through_the_admin_socket() {
     let out = cli(&s.socket, &["policy", "rollback", "2", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let r = json_of(&out);
-    assert_eq!((r["version"].as_u64(), r["source"].as_str()), (Some(4), Some("rollback:2")), "{r}");
+    assert_eq!(
+        (r["version"].as_u64(), r["source"].as_str()),
+        (Some(4), Some("rollback:2")),
+        "{r}"
+    );
     assert_eq!(version(), Some(4.0));
 
     // A restart after the file changed while the daemon was down: the file wins.
@@ -465,12 +476,23 @@ fn policy_test_decides_http_and_redis_with_exit_codes() {
 
     let (code, v, _) = policy_test(&p, &["--redis", "get session:42", "--json"]);
     assert_eq!(code, Some(0), "{v}");
-    assert_eq!((v["action"].as_str(), v["rule"].as_str()), (Some("allow"), Some("cache-sessions")));
+    assert_eq!(
+        (v["action"].as_str(), v["rule"].as_str()),
+        (Some("allow"), Some("cache-sessions"))
+    );
     // Every key must be covered: MGET of a foreign key is not allowed.
     let (code, v, _) = policy_test(&p, &["--redis", "MGET session:1 user:1", "--json"]);
-    assert_eq!((code, v["rule"].as_str()), (Some(1), Some("default")), "{v}");
+    assert_eq!(
+        (code, v["rule"].as_str()),
+        (Some(1), Some("default")),
+        "{v}"
+    );
     let (code, v, _) = policy_test(&p, &["--redis", "FLUSHALL", "--json"]);
-    assert_eq!((code, v["rule"].as_str()), (Some(1), Some("no-flush")), "{v}");
+    assert_eq!(
+        (code, v["rule"].as_str()),
+        (Some(1), Some("no-flush")),
+        "{v}"
+    );
     assert!(v["reason"].is_string(), "{v}");
     let (code, _, out) = policy_test(&p, &["--redis", "CONFIG GET session:x"]);
     assert_eq!(code, Some(0), "{out}");
@@ -479,13 +501,30 @@ fn policy_test_decides_http_and_redis_with_exit_codes() {
     // HTTP: host matcher, path normalisation as the proxy does it.
     let (code, v, _) = policy_test(
         &p,
-        &["--http", "GET /v1/%6Frders/../orders/7?x=1", "--host", "api.shop:8080", "--json"],
+        &[
+            "--http",
+            "GET /v1/%6Frders/../orders/7?x=1",
+            "--host",
+            "api.shop:8080",
+            "--json",
+        ],
     );
-    assert_eq!((code, v["rule"].as_str()), (Some(0), Some("orders-api")), "{v}");
-    let (code, v, _) = policy_test(&p, &["--http", "GET /v1/orders/7", "--host", "web.shop", "--json"]);
+    assert_eq!(
+        (code, v["rule"].as_str()),
+        (Some(0), Some("orders-api")),
+        "{v}"
+    );
+    let (code, v, _) = policy_test(
+        &p,
+        &["--http", "GET /v1/orders/7", "--host", "web.shop", "--json"],
+    );
     assert_eq!((code, v["action"].as_str()), (Some(1), Some("deny")), "{v}");
     let (code, v, _) = policy_test(&p, &["--http", "POST /v1/refunds", "--json"]);
-    assert_eq!((code, v["action"].as_str()), (Some(3), Some("require_approval")), "{v}");
+    assert_eq!(
+        (code, v["action"].as_str()),
+        (Some(3), Some("require_approval")),
+        "{v}"
+    );
 
     // Usage errors: exit 2.
     let (code, _, out) = policy_test(&p, &["--http", "GET"]);

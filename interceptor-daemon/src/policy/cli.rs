@@ -218,11 +218,10 @@ impl Source {
                 }
                 Ok(offline(cfg.policy))
             }
-            (None, None, socket) => {
-                running(socket.as_deref().unwrap_or(Path::new(DEFAULT_PATH))).map_err(|e| {
+            (None, None, socket) => running(socket.as_deref().unwrap_or(Path::new(DEFAULT_PATH)))
+                .map_err(|e| {
                     format!("{e}; or give the policy with --policy FILE or --config FILE")
-                })
-            }
+                }),
         }
     }
 }
@@ -291,19 +290,21 @@ pub fn run(cmd: PolicyCommand) -> u8 {
                 path: Some(file.display().to_string()),
                 as_name,
             };
-            admin(&socket.socket, &req, json, |r| match (&r.policy, r.unchanged) {
-                (Some(v), true) => println!(
-                    "unchanged: version {} (sha256 {}) already enforces this policy",
-                    v.version,
-                    short(&v.digest)
-                ),
-                (Some(v), false) => println!(
-                    "applied: policy version {} (sha256 {}) by {}",
-                    v.version,
-                    short(&v.digest),
-                    v.actor
-                ),
-                (None, _) => println!("applied"),
+            admin(&socket.socket, &req, json, |r| {
+                match (&r.policy, r.unchanged) {
+                    (Some(v), true) => println!(
+                        "unchanged: version {} (sha256 {}) already enforces this policy",
+                        v.version,
+                        short(&v.digest)
+                    ),
+                    (Some(v), false) => println!(
+                        "applied: policy version {} (sha256 {}) by {}",
+                        v.version,
+                        short(&v.digest),
+                        v.actor
+                    ),
+                    (None, _) => println!("applied"),
+                }
             })
         }
         PolicyCommand::Rollback {

@@ -206,7 +206,11 @@ impl PolicyControl {
         };
         let restored = match &latest {
             Some(l) if l.applied && l.base_digest == base_digest => {
-                match check(&l.text, &format!("policy version {}", l.version), base.approvals) {
+                match check(
+                    &l.text,
+                    &format!("policy version {}", l.version),
+                    base.approvals,
+                ) {
                     Ok(p) => {
                         info!(
                             version = l.version,
@@ -494,7 +498,12 @@ mod tests {
         );
         // Invalid: position named, nothing changes.
         let e = c
-            .apply("rules:\n  - id: x\n    action: permit\n", "bad.yaml", "r", "apply")
+            .apply(
+                "rules:\n  - id: x\n    action: permit\n",
+                "bad.yaml",
+                "r",
+                "apply",
+            )
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("bad.yaml: line 3, column"), "{e}");
@@ -542,7 +551,10 @@ mod tests {
             matches!(c.rollback(2, "root (uid 0)").unwrap(), Applied::New(r) if r.version == 6 && r.source == "rollback:2")
         );
         assert_eq!(rule(&c), "b");
-        assert!(matches!(c.rollback(42, "r"), Err(ControlError::NoVersion(42))));
+        assert!(matches!(
+            c.rollback(42, "r"),
+            Err(ControlError::NoVersion(42))
+        ));
     }
 
     #[test]
