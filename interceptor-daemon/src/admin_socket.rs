@@ -351,6 +351,12 @@ async fn handle(req: AdminRequest, uid: u32, state: &AdminSocket) -> AdminRespon
             )
             .await
         }
+        // Answered above, before approvals are needed.
+        AdminRequest::PolicyApply { .. }
+        | AdminRequest::PolicyRollback { .. }
+        | AdminRequest::PolicyShow
+        | AdminRequest::PolicyHistory
+        | AdminRequest::Status => AdminResponse::error("not an approvals request"),
     }
 }
 

@@ -396,6 +396,11 @@ impl PolicyControl {
             return Reload::Rejected;
         }
         let mut st = self.lock();
+        // Only a change of the file's content is a write (SIGHUP on an
+        // unchanged file leaves an applied policy in force).
+        if st.file_digest == digest {
+            return Reload::Unchanged;
+        }
         st.file_digest = digest.clone();
         if self.handle.current().digest == digest {
             return Reload::Unchanged;
