@@ -494,9 +494,16 @@ fn policy_test_decides_http_and_redis_with_exit_codes() {
         "{v}"
     );
     assert!(v["reason"].is_string(), "{v}");
-    let (code, _, out) = policy_test(&p, &["--redis", "CONFIG GET session:x"]);
+    // Arguments split and quoted as the server reads them; only keys matter.
+    let (code, _, out) = policy_test(&p, &["--redis", "SET session:9 \"a b\" EX 60"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.starts_with("allow  rule cache-sessions"), "{out}");
+    assert!(
+        out.starts_with("allow  rule cache-sessions") && out.contains("SET [session:9]"),
+        "{out}"
+    );
+    // An allow rule with keys never covers a keyless command.
+    let (code, _, out) = policy_test(&p, &["--redis", "CONFIG GET maxmemory"]);
+    assert_eq!(code, Some(1), "{out}");
 
     // HTTP: host matcher, path normalisation as the proxy does it.
     let (code, v, _) = policy_test(
@@ -519,10 +526,16 @@ fn policy_test_decides_http_and_redis_with_exit_codes() {
         &["--http", "GET /v1/orders/7", "--host", "web.shop", "--json"],
     );
     assert_eq!((code, v["action"].as_str()), (Some(1), Some("deny")), "{v}");
+    // As enforced: only PostgreSQL statements can be held, so a
+    // require_approval rule denies an HTTP request.
     let (code, v, _) = policy_test(&p, &["--http", "POST /v1/refunds", "--json"]);
     assert_eq!(
-        (code, v["action"].as_str()),
-        (Some(3), Some("require_approval")),
+        (code, v["rule"].as_str()),
+        (Some(1), Some("refunds")),
+        "{v}"
+    );
+    assert!(
+        v["reason"].as_str().unwrap().contains("needs approval"),
         "{v}"
     );
 

@@ -57,7 +57,7 @@ pub enum PolicyCommand {
         #[command(flatten)]
         op: Operation,
         /// The request's Host (for `--http`), without port.
-        #[arg(long, requires = "http")]
+        #[arg(long)]
         host: Option<String>,
         /// Decide at this time (RFC 3339) instead of now, for time-bounded rules
         /// (`--sql` only).
@@ -241,6 +241,9 @@ pub fn run(cmd: PolicyCommand) -> u8 {
         } => {
             if at.is_some() && op.sql.is_none() {
                 return usage("--at applies to --sql only");
+            }
+            if host.is_some() && op.http.is_none() {
+                return usage("--host applies to --http only");
             }
             let now = match at.as_deref().map(humantime::parse_rfc3339_weak) {
                 None => SystemTime::now(),
