@@ -10,6 +10,10 @@
 //! A policy kept in its own file (`policy_file:` in the configuration) is
 //! reloaded on SIGHUP and when its content changes (polled: inotify is not
 //! reliable for ConfigMap-mounted files, which are swapped by symlink).
+//! In the daemon every installed policy is a recorded version and `policy
+//! apply` over the admin socket is a second writer: [`super::control`] numbers
+//! and records the versions and decides between an applied policy and the
+//! file (last writer wins; a file change, not a poll, is a write).
 
 use std::{
     path::{Path, PathBuf},
