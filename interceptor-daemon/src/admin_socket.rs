@@ -8,7 +8,12 @@
 //! {"op":"list","all":false}
 //! {"op":"approve","id":"k3m9qzab","for_secs":3600,"scope":"statement","as_name":"alice"}
 //! {"op":"deny","id":"k3m9qzab","reason":"not during the freeze","as_name":null}
+//! {"op":"policy_apply","text":"default: deny\n...","path":"policy.yaml","as_name":null}
+//! {"op":"policy_rollback","version":3}
+//! {"op":"policy_show"} {"op":"policy_history"} {"op":"status"}
 //! → {"ok":true,"requests":[...]} | {"ok":true,"request":{...}} | {"ok":false,"error":"..."}
+//!   | {"ok":true,"policy":{version,time,actor,source,digest,text}} | {"ok":true,"versions":[...]}
+//!   | {"ok":true,"connections":[...]} | {"ok":false,"invalid":true,"error":"policy.yaml: line 3, column 13: ..."}
 //! ```
 //!
 //! Access: the socket is created mode 0600 (root's, as the daemon runs as
@@ -35,12 +40,16 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::approvals::{Approvals, Request, Scope, Verdict};
+use crate::{
+    approvals::{Approvals, Request, Scope, Verdict},
+    live::{LiveConn, Registry},
+    policy::control::{Applied, ControlError, PolicyControl, VersionInfo},
+};
 
 pub const DEFAULT_PATH: &str = "/run/interceptor/admin.sock";
 
-/// Longest request line accepted.
-const MAX_REQUEST: u64 = 64 * 1024;
+/// Longest request line accepted (a `policy_apply` carries a whole policy).
+const MAX_REQUEST: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -66,6 +75,27 @@ pub enum AdminRequest {
         #[serde(default)]
         as_name: Option<String>,
     },
+    /// Validate and install a policy text as a new version.
+    PolicyApply {
+        text: String,
+        /// Names the text in error messages (the CLI's file path).
+        #[serde(default)]
+        path: Option<String>,
+        #[serde(default)]
+        as_name: Option<String>,
+    },
+    /// Apply an earlier version's text again, as a new version.
+    PolicyRollback {
+        version: u64,
+        #[serde(default)]
+        as_name: Option<String>,
+    },
+    /// The version in force, with its text.
+    PolicyShow,
+    /// Every recorded version (without texts).
+    PolicyHistory,
+    /// The open connections.
+    Status,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -77,6 +107,18 @@ pub struct AdminResponse {
     pub requests: Option<Vec<Request>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Request>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<VersionInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<Vec<VersionInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Vec<LiveConn>>,
+    /// Refused because the policy text does not parse or validate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invalid: bool,
+    /// `policy_apply`: that text is already in force; no new version.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
 }
 
 impl AdminResponse {
@@ -167,6 +209,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
 pub struct AdminSocket {
     pub approvals: Option<Arc<Approvals>>,
     pub allowed_uids: Vec<u32>,
+    pub policy: Option<Arc<PolicyControl>>,
+    pub live: Option<Arc<Registry>>,
 }
 
 /// Serves until `stop`, then removes the socket.
@@ -227,6 +271,33 @@ async fn connection(mut stream: UnixStream, state: &AdminSocket) -> io::Result<(
 }
 
 async fn handle(req: AdminRequest, uid: u32, state: &AdminSocket) -> AdminResponse {
+    let req = match req {
+        AdminRequest::Status => {
+            return AdminResponse {
+                ok: true,
+                connections: Some(
+                    state
+                        .live
+                        .as_ref()
+                        .map(|l| l.snapshot())
+                        .unwrap_or_default(),
+                ),
+                ..Default::default()
+            };
+        }
+        AdminRequest::PolicyApply { .. }
+        | AdminRequest::PolicyRollback { .. }
+        | AdminRequest::PolicyShow
+        | AdminRequest::PolicyHistory => {
+            let Some(control) = state.policy.clone() else {
+                return AdminResponse::error("this daemon serves no policy control");
+            };
+            return tokio::task::spawn_blocking(move || policy_op(req, &control, uid))
+                .await
+                .unwrap_or_else(|e| AdminResponse::error(format!("policy operation failed: {e}")));
+        }
+        other => other,
+    };
     let Some(approvals) = &state.approvals else {
         return AdminResponse::error("approvals are not configured on this daemon");
     };
@@ -280,6 +351,72 @@ async fn handle(req: AdminRequest, uid: u32, state: &AdminSocket) -> AdminRespon
             )
             .await
         }
+        // Answered above, before approvals are needed.
+        AdminRequest::PolicyApply { .. }
+        | AdminRequest::PolicyRollback { .. }
+        | AdminRequest::PolicyShow
+        | AdminRequest::PolicyHistory
+        | AdminRequest::Status => AdminResponse::error("not an approvals request"),
+    }
+}
+
+/// Policy operations (blocking: the version store syncs to disk).
+fn policy_op(req: AdminRequest, control: &PolicyControl, uid: u32) -> AdminResponse {
+    let applied = |r: Result<Applied, ControlError>, what: &str| match r {
+        Ok(Applied::New(v)) => {
+            info!(version = v.version, actor = %v.actor, source = %v.source, "admin socket: {what}");
+            AdminResponse {
+                ok: true,
+                policy: Some(v.info(false)),
+                ..Default::default()
+            }
+        }
+        Ok(Applied::Unchanged(_)) => AdminResponse {
+            ok: true,
+            unchanged: true,
+            policy: Some(VersionInfo {
+                text: None,
+                ..control.current()
+            }),
+            ..Default::default()
+        },
+        Err(e @ ControlError::Invalid(_)) => AdminResponse {
+            invalid: true,
+            ..AdminResponse::error(e)
+        },
+        Err(e) => AdminResponse::error(e),
+    };
+    match req {
+        AdminRequest::PolicyApply {
+            text,
+            path,
+            as_name,
+        } => {
+            let label = path.unwrap_or_else(|| "policy".into());
+            let who = actor(uid, as_name.as_deref());
+            applied(
+                control.apply(&text, &label, &who, "apply"),
+                "policy applied",
+            )
+        }
+        AdminRequest::PolicyRollback { version, as_name } => {
+            let who = actor(uid, as_name.as_deref());
+            applied(control.rollback(version, &who), "policy rolled back")
+        }
+        AdminRequest::PolicyShow => AdminResponse {
+            ok: true,
+            policy: Some(control.current()),
+            ..Default::default()
+        },
+        AdminRequest::PolicyHistory => match control.history() {
+            Ok(h) => AdminResponse {
+                ok: true,
+                versions: Some(h.iter().map(|r| r.info(false)).collect()),
+                ..Default::default()
+            },
+            Err(e) => AdminResponse::error(e),
+        },
+        _ => AdminResponse::error("not a policy operation"),
     }
 }
 
@@ -354,6 +491,8 @@ mod tests {
         let state = Arc::new(AdminSocket {
             approvals: None,
             allowed_uids: vec![],
+            policy: None,
+            live: None,
         });
         let task = tokio::spawn(serve(listener, path.clone(), state, stop.clone()));
         let mut s = UnixStream::connect(&path).await.unwrap();

@@ -58,6 +58,10 @@ pub struct Config {
     /// SHA-256 of the policy file as loaded (empty for an inline policy).
     #[serde(skip)]
     pub policy_digest: String,
+    /// The policy's text as loaded: the policy file, or the inline `policy:`
+    /// section re-serialised (what the policy version history records).
+    #[serde(skip)]
+    pub policy_text: String,
     /// Who is behind a selected cgroup (standalone mappings; unknown = deny by default).
     #[serde(default)]
     pub identity: crate::identity::IdentityConfig,
@@ -124,6 +128,10 @@ pub struct AdminConfig {
     /// Non-root uids also allowed on the admin socket (root always is).
     #[serde(default)]
     pub allowed_uids: Vec<u32>,
+    /// The sled database of policy versions (`policy apply`, history);
+    /// default `<audit.dir>/policy-versions`.
+    #[serde(default)]
+    pub policy_versions: Option<PathBuf>,
 }
 
 fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
@@ -483,11 +491,14 @@ impl Config {
                     "give the policy inline (`policy:`) or in `policy_file:`, not both".into(),
                 ));
             }
-            let (policy, digest) = crate::policy::store::load_file(&file)
+            let (policy, digest, policy_text) = crate::policy::store::load_file_text(&file)
                 .map_err(|e| invalid(format!("policy_file: {e}")))?;
             cfg.policy = policy;
             cfg.policy_digest = digest;
+            cfg.policy_text = policy_text;
             cfg.policy_file = Some(file);
+        } else {
+            cfg.policy_text = crate::policy::store::inline_text(&text);
         }
         Ok(cfg)
     }
@@ -605,6 +616,12 @@ impl Config {
 
     pub fn listen_v4_ip(&self) -> Ipv4Addr {
         *self.listener.address.ip()
+    }
+
+    /// Where policy versions are kept, if anywhere.
+    pub fn policy_versions_dir(&self) -> Option<PathBuf> {
+        let configured = self.admin.as_ref().and_then(|a| a.policy_versions.clone());
+        configured.or_else(|| self.audit.as_ref().map(|a| a.dir.join("policy-versions")))
     }
 
     /// Where the admin socket is served, if it is.

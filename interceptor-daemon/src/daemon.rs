@@ -21,7 +21,7 @@ use crate::{
     identity::Resolver,
     listener::{self, Shared},
     metrics::Metrics,
-    policy::store::PolicyHandle,
+    policy::control::{Baseline, PolicyControl},
     redirect::{self, Redirector},
 };
 
@@ -60,6 +60,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     // Before anything is attached: a daemon that cannot start must not leave
     // pinned programs behind it.
+    // Config::load already read and validated the policy file; the version
+    // store decides whether an applied policy enforces instead.
+    let control = {
+        let m = metrics.clone();
+        PolicyControl::start(
+            Baseline {
+                policy: cfg.policy.clone(),
+                text: cfg.policy_text.clone(),
+                file: cfg.policy_file.clone(),
+                approvals: cfg.approvals.is_some(),
+            },
+            cfg.policy_versions_dir().as_deref(),
+            Box::new(move |v| {
+                m.policy_version.set(v as i64);
+            }),
+        )
+        .context("opening the policy version store")?
+    };
+    let policy = control.handle().clone();
+    let live = Arc::new(crate::live::Registry::default());
     let identities = Resolver::start(cfg.identity.clone(), &cfg.node_name(), metrics.clone())
         .await
         .context("starting the Kubernetes identity source")?;
@@ -75,13 +95,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let ready = Arc::new(Readiness::new(cfg.redirect.cgroup_root.clone()));
     ready.set_attached(true);
 
-    // Config::load already read and validated the policy file.
-    let source = cfg
-        .policy_file
-        .as_ref()
-        .map_or("config".to_string(), |p| p.display().to_string());
-    let policy = PolicyHandle::new(cfg.policy.clone(), source, cfg.policy_digest.clone());
-    metrics.policy_version.set(1);
     let approvals = match &cfg.approvals {
         Some(a) => Some(
             crate::approvals::Approvals::open(a, metrics.clone(), audit.as_ref())
@@ -106,13 +119,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             crate::sql::DangerousFunctions::builtin(),
         )),
         next_id: AtomicU64::new(1),
+        live: live.clone(),
     });
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let stats = Arc::new(handles.stats);
     if let Some(path) = cfg.admin_socket() {
         let l = crate::admin_socket::bind(&path)?;
-        info!(path = %path.display(), "admin socket (approvals API, root only)");
+        info!(path = %path.display(), "admin socket (approvals, policy, status; root only)");
         let state = Arc::new(crate::admin_socket::AdminSocket {
             approvals: approvals.clone(),
             allowed_uids: cfg
@@ -120,6 +134,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|a| a.allowed_uids.clone())
                 .unwrap_or_default(),
+            policy: Some(control.clone()),
+            live: Some(live.clone()),
         });
         tokio::spawn(crate::admin_socket::serve(
             l,
@@ -164,7 +180,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let policy_watch = cfg.policy_file.clone().map(|path| {
         let m = metrics.clone();
         tokio::spawn(crate::policy::store::watch(
-            policy.clone(),
+            control.clone(),
             path,
             Duration::from_secs(2),
             stop.clone(),

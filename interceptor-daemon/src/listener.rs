@@ -49,6 +49,8 @@ pub struct Shared {
     pub audit: Option<AuditLog>,
     pub approvals: Option<Arc<crate::approvals::Approvals>>,
     pub next_id: AtomicU64,
+    /// Open connections, for `interceptor status`.
+    pub live: Arc<crate::live::Registry>,
 }
 
 impl ConnMeta {
@@ -369,6 +371,20 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         }
         _ => meta,
     };
+    let _live = shared.live.register(crate::live::LiveConn {
+        id: meta.id,
+        identity: meta
+            .identity
+            .as_ref()
+            .map(Identity::name)
+            .unwrap_or_default(),
+        target: meta.target.clone(),
+        protocol: meta.protocol.as_str().into(),
+        client: meta.client.to_string(),
+        orig_dst: meta.orig_dst.to_string(),
+        pid: meta.pid,
+        since: String::new(),
+    });
     let result = match meta.protocol {
         Protocol::Tcp | Protocol::Auto => {
             forward::pump(&mut client, &mut upstream, shared.cfg.proxy.buffer_bytes).await

@@ -6,8 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use interceptor_daemon::{
     config::Config,
-    daemon,
-    redirect::{self, PinnedView},
+    daemon, redirect,
     telemetry::{self, LogFormat},
 };
 
@@ -43,19 +42,16 @@ enum Command {
         #[command(flatten)]
         pins: PinsArg,
     },
-    /// Kernel counters and live redirected connections, from the pinned maps.
-    Status {
-        #[command(flatten)]
-        pins: PinsArg,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Open connections per identity, target and protocol (from the daemon's
+    /// admin socket), kernel counters and redirected connections (from the pinned maps).
+    Status(interceptor_daemon::status::StatusArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Policy: validate, test a decision, show, diff, schema.
+    /// Policy: validate, test a decision, show, diff, schema; apply, history,
+    /// rollback on the running daemon.
     Policy {
         #[command(subcommand)]
         command: interceptor_daemon::policy::cli::PolicyCommand,
@@ -142,41 +138,8 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("removed {n} pins under {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { pins, json } => {
-            let dir = pins.pin_dir()?;
-            let view = PinnedView::open(&dir)
-                .with_context(|| format!("no running interceptor found at {}", dir.display()))?;
-            let counters: serde_json::Map<String, serde_json::Value> = redirect::stat_names()
-                .iter()
-                .map(|(i, n)| (n.to_string(), view.stats.get(*i).into()))
-                .collect();
-            let links = PinnedView::pinned_links(&dir);
-            let live = view.conns.len();
-            if json {
-                let v = serde_json::json!({
-                    "pin_dir": dir,
-                    "pinned_links": links,
-                    "live_connections": live,
-                    "classified_cgroups": view.cgroups,
-                    "kernel_counters": counters,
-                });
-                println!("{v}");
-            } else {
-                println!("pin dir:             {}", dir.display());
-                println!(
-                    "pinned links:        {}",
-                    if links.is_empty() {
-                        "none".into()
-                    } else {
-                        links.join(", ")
-                    }
-                );
-                println!("live connections:    {live}");
-                println!("classified cgroups:  {}", view.cgroups);
-                for (i, name) in redirect::stat_names() {
-                    println!("{name:<21}{}", view.stats.get(i));
-                }
-            }
+        Command::Status(args) => {
+            interceptor_daemon::status::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

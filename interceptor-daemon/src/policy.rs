@@ -28,6 +28,7 @@
 //! [`crate::masking`]).
 
 pub mod cli;
+pub mod control;
 pub mod replay;
 pub mod store;
 

@@ -1,8 +1,17 @@
 //! `interceptor policy ...`: what security engineers use to write and check
-//! policy before it enforces anything. Every read command takes `--json`.
+//! policy before it enforces anything, and to change the policy of the
+//! running daemon (`apply`, `rollback`, `history`, through its admin socket).
+//! Every read command takes `--json`.
+//!
+//! `show`, `diff` and `test` read the policy from `--policy FILE`, from
+//! `--config FILE` (the running daemon's policy when that configuration's
+//! admin socket answers, else the configuration's own), or from the running
+//! daemon (`--socket`, default [`crate::admin_socket::DEFAULT_PATH`]) when
+//! neither is given.
 //!
 //! Exit status of `policy test`: 0 allow, 1 deny, 3 require approval;
-//! 2 for usage errors and invalid policies (also `validate`).
+//! 2 for usage errors and invalid policies (also `validate` and `apply`);
+//! `apply`, `rollback`, `history`: 1 when the daemon refuses or is unreachable.
 
 use std::{
     collections::BTreeMap,
@@ -13,8 +22,18 @@ use std::{
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{Action, Context, Policy, Rule, replay, store};
-use crate::{config::Config, sql};
+use super::{
+    Action, Context, Decision, Policy, Rule,
+    control::VersionInfo,
+    protocols::{HttpRequest, RedisOperation},
+    replay, store,
+};
+use crate::{
+    admin_socket::{AdminRequest, AdminResponse, DEFAULT_PATH},
+    approvals::cli::{ClientError, SocketArg, call},
+    config::Config,
+    sql,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
@@ -35,10 +54,13 @@ pub enum PolicyCommand {
         /// Target name as in the configuration.
         #[arg(long)]
         target: String,
-        /// The SQL text, as the client would send it (several statements allowed).
+        #[command(flatten)]
+        op: Operation,
+        /// The request's Host (for `--http`), without port.
         #[arg(long)]
-        sql: String,
-        /// Decide at this time (RFC 3339) instead of now, for time-bounded rules.
+        host: Option<String>,
+        /// Decide at this time (RFC 3339) instead of now, for time-bounded rules
+        /// (`--sql` only).
         #[arg(long)]
         at: Option<String>,
         #[arg(long)]
@@ -63,6 +85,36 @@ pub enum PolicyCommand {
     },
     /// Print the policy's JSON Schema.
     Schema,
+    /// Install a policy file in the running daemon as a new version (root
+    /// only): validated by the daemon (exit 2 with file:line:column when
+    /// invalid; the old policy keeps enforcing), recorded with you as actor.
+    Apply {
+        file: PathBuf,
+        /// The human the change is recorded for, e.g. `--as alice`.
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running daemon's policy versions: version, time, actor, source, digest.
+    History {
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply an earlier version's text again, as a new version (root only).
+    Rollback {
+        version: u64,
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay the statements recorded in an audit log against a candidate
     /// policy: what would newly be denied or allowed, per identity and rule.
     Simulate {
@@ -90,26 +142,86 @@ pub enum PolicyCommand {
     },
 }
 
-/// Where a policy comes from: a policy file or a daemon configuration.
+/// Where a policy comes from: a policy file, a daemon configuration, or the
+/// running daemon.
 #[derive(Args, Debug)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 pub struct Source {
     /// A policy file (`default:` and `rules:` at the top level).
     #[arg(long)]
     policy: Option<PathBuf>,
-    /// A daemon configuration: its inline policy or its `policy_file`.
+    /// A daemon configuration: the running daemon's policy if its admin
+    /// socket answers, else the configuration's inline policy or `policy_file`.
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// The running daemon's admin socket (the default source, at
+    /// /run/interceptor/admin.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+/// The operation `policy test` decides: exactly one of them.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct Operation {
+    /// The SQL text, as the client would send it (several statements allowed).
+    #[arg(long)]
+    sql: Option<String>,
+    /// An HTTP request line without version: `'GET /v1/orders?id=1'`.
+    #[arg(long)]
+    http: Option<String>,
+    /// A Redis command as redis-cli would send it inline: `'GET session:1'`
+    /// (arguments split on spaces, quotes as redis-server reads them).
+    #[arg(long)]
+    redis: Option<String>,
+}
+
+/// A policy and, when it came from the daemon, the version in force.
+struct Loaded {
+    policy: Policy,
+    running: Option<VersionInfo>,
+}
+
+/// The running daemon's policy in force.
+fn running(socket: &Path) -> Result<Loaded, ClientError> {
+    let resp = call(socket, &AdminRequest::PolicyShow)?;
+    let info = resp
+        .policy
+        .ok_or_else(|| ClientError::Answer("no policy in the answer".into()))?;
+    let policy = Policy::parse(info.text.as_deref().unwrap_or(""))
+        .map_err(|e| ClientError::Answer(format!("the daemon's policy: {e}")))?;
+    Ok(Loaded {
+        policy,
+        running: Some(info),
+    })
 }
 
 impl Source {
-    fn load(&self) -> Result<Policy, String> {
-        match (&self.policy, &self.config) {
-            (Some(p), _) => store::load_file(p)
-                .map(|(p, _)| p)
+    fn load(&self) -> Result<Loaded, String> {
+        let offline = |policy| Loaded {
+            policy,
+            running: None,
+        };
+        match (&self.policy, &self.config, &self.socket) {
+            (Some(p), _, _) => store::load_file(p)
+                .map(|(p, _)| offline(p))
                 .map_err(|e| e.to_string()),
-            (None, Some(c)) => Config::load(c).map(|c| c.policy).map_err(|e| e.to_string()),
-            (None, None) => Err("give --policy or --config".into()),
+            (None, Some(c), _) => {
+                let cfg = Config::load(c).map_err(|e| e.to_string())?;
+                if let Some(socket) = cfg.admin_socket() {
+                    match running(&socket) {
+                        Ok(l) => return Ok(l),
+                        Err(e) => eprintln!(
+                            "interceptor: note: the configuration's policy, not the running daemon's ({e})"
+                        ),
+                    }
+                }
+                Ok(offline(cfg.policy))
+            }
+            (None, None, socket) => running(socket.as_deref().unwrap_or(Path::new(DEFAULT_PATH)))
+                .map_err(|e| {
+                    format!("{e}; or give the policy with --policy FILE or --config FILE")
+                }),
         }
     }
 }
@@ -122,28 +234,108 @@ pub fn run(cmd: PolicyCommand) -> u8 {
             source,
             identity,
             target,
-            sql,
+            op,
+            host,
             at,
             json,
         } => {
-            let policy = match source.load() {
-                Ok(p) => p,
-                Err(e) => return usage(&e),
-            };
+            if at.is_some() && op.sql.is_none() {
+                return usage("--at applies to --sql only");
+            }
+            if host.is_some() && op.http.is_none() {
+                return usage("--host applies to --http only");
+            }
             let now = match at.as_deref().map(humantime::parse_rfc3339_weak) {
                 None => SystemTime::now(),
                 Some(Ok(t)) => t,
                 Some(Err(e)) => return usage(&format!("--at: not an RFC 3339 time: {e}")),
             };
-            test(&policy, identity.as_deref(), &target, &sql, now, json)
+            let policy = match source.load() {
+                Ok(p) => p.policy,
+                Err(e) => return usage(&e),
+            };
+            let ctx = Context {
+                identity: identity.as_deref(),
+                target: &target,
+            };
+            match (&op.sql, &op.http, &op.redis) {
+                (Some(sql), _, _) => test(&policy, identity.as_deref(), &target, sql, now, json),
+                (None, Some(line), _) => match test_http(&policy, &ctx, line, host.as_deref()) {
+                    Ok((d, operation)) => report(&d, &ctx, &operation, json),
+                    Err(e) => usage(&e),
+                },
+                (None, None, Some(cmd)) => match test_redis(&policy, &ctx, cmd) {
+                    Ok((d, operation)) => report(&d, &ctx, &operation, json),
+                    Err(e) => usage(&e),
+                },
+                (None, None, None) => usage("give --sql, --http or --redis"),
+            }
         }
         PolicyCommand::Show { source, json } => match source.load() {
             Ok(p) => {
-                show(&p, json);
+                show(&p.policy, p.running.as_ref(), json);
                 0
             }
             Err(e) => usage(&e),
         },
+        PolicyCommand::Apply {
+            file,
+            as_name,
+            socket,
+            json,
+        } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return usage(&format!("{}: cannot read: {e}", file.display())),
+            };
+            let req = AdminRequest::PolicyApply {
+                text,
+                path: Some(file.display().to_string()),
+                as_name,
+            };
+            admin(&socket.socket, &req, json, |r| {
+                match (&r.policy, r.unchanged) {
+                    (Some(v), true) => println!(
+                        "unchanged: version {} (sha256 {}) already enforces this policy",
+                        v.version,
+                        short(&v.digest)
+                    ),
+                    (Some(v), false) => println!(
+                        "applied: policy version {} (sha256 {}) by {}",
+                        v.version,
+                        short(&v.digest),
+                        v.actor
+                    ),
+                    (None, _) => println!("applied"),
+                }
+            })
+        }
+        PolicyCommand::Rollback {
+            version,
+            as_name,
+            socket,
+            json,
+        } => admin(
+            &socket.socket,
+            &AdminRequest::PolicyRollback { version, as_name },
+            json,
+            |r| match (&r.policy, r.unchanged) {
+                (Some(v), true) => println!(
+                    "unchanged: version {version}'s policy already enforces (as version {})",
+                    v.version
+                ),
+                (Some(v), false) => println!(
+                    "rolled back: version {version}'s policy enforces as version {} (by {})",
+                    v.version, v.actor
+                ),
+                (None, _) => println!("rolled back"),
+            },
+        ),
+        PolicyCommand::History { socket, json } => {
+            admin(&socket.socket, &AdminRequest::PolicyHistory, json, |r| {
+                print_history(r.versions.as_deref().unwrap_or_default())
+            })
+        }
         PolicyCommand::Diff {
             file,
             against,
@@ -155,7 +347,7 @@ pub fn run(cmd: PolicyCommand) -> u8 {
             };
             match against.load() {
                 Ok(old) => {
-                    diff(&old, &new, json);
+                    diff(&old.policy, old.running.as_ref(), &new, json);
                     0
                 }
                 Err(e) => usage(&e),
@@ -418,14 +610,42 @@ fn or_any(v: &[String]) -> String {
     }
 }
 
-fn show(p: &Policy, json: bool) {
+/// `version`, without the text, for JSON output.
+fn version_json(v: Option<&VersionInfo>) -> Value {
+    v.map(|v| {
+        json!({"version": v.version, "time": v.time, "actor": v.actor,
+               "source": v.source, "digest": v.digest})
+    })
+    .unwrap_or(Value::Null)
+}
+
+fn version_line(v: &VersionInfo) -> String {
+    format!(
+        "running policy version {} (sha256 {}) since {} by {}, source {}",
+        v.version,
+        short(&v.digest),
+        v.time,
+        v.actor,
+        v.source
+    )
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
+}
+
+fn show(p: &Policy, running: Option<&VersionInfo>, json: bool) {
     if json {
         println!(
             "{}",
             json!({"default": p.default.as_str(),
-                   "rules": p.rules.iter().map(rule_json).collect::<Vec<_>>()})
+                   "rules": p.rules.iter().map(rule_json).collect::<Vec<_>>(),
+                   "running": version_json(running)})
         );
         return;
+    }
+    if let Some(v) = running {
+        println!("{}", version_line(v));
     }
     println!("default: {}", p.default.as_str());
     println!(
@@ -470,7 +690,7 @@ fn show(p: &Policy, json: bool) {
     }
 }
 
-fn diff(old: &Policy, new: &Policy, json: bool) {
+fn diff(old: &Policy, running: Option<&VersionInfo>, new: &Policy, json: bool) {
     let o: BTreeMap<&str, Value> = old
         .rules
         .iter()
@@ -493,9 +713,13 @@ fn diff(old: &Policy, new: &Policy, json: bool) {
         println!(
             "{}",
             json!({"added": added, "removed": removed, "changed": changed,
-                   "default": {"old": old.default.as_str(), "new": new.default.as_str()}})
+                   "default": {"old": old.default.as_str(), "new": new.default.as_str()},
+                   "against": version_json(running)})
         );
         return;
+    }
+    if let Some(v) = running {
+        println!("against the {}", version_line(v));
     }
     if default_changed {
         println!(
@@ -516,4 +740,145 @@ fn diff(old: &Policy, new: &Policy, json: bool) {
     if added.is_empty() && removed.is_empty() && changed.is_empty() && !default_changed {
         println!("no changes");
     }
+}
+
+/// One admin socket exchange for `apply`, `rollback`, `history`: exit 0 with
+/// `print` (or the answer as JSON), 2 when the policy is invalid, 1 otherwise.
+fn admin(socket: &Path, req: &AdminRequest, json: bool, print: impl Fn(&AdminResponse)) -> u8 {
+    match call(socket, req) {
+        Ok(r) => {
+            if json {
+                let v = match (&r.versions, &r.policy) {
+                    (Some(vs), _) => serde_json::to_value(vs),
+                    (None, Some(p)) => serde_json::to_value(p).map(|mut v| {
+                        v["unchanged"] = r.unchanged.into();
+                        v
+                    }),
+                    (None, None) => Ok(Value::Null),
+                };
+                println!("{}", v.unwrap_or_default());
+            } else {
+                print(&r);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("interceptor: {e}");
+            // The daemon's answer says whether the text itself was at fault.
+            let invalid = matches!(&e, ClientError::Refused(m) if is_invalid(req, m));
+            if invalid { 2 } else { 1 }
+        }
+    }
+}
+
+/// Whether a refusal of an apply is the daemon's validation error (it starts
+/// with the file name the CLI sent).
+fn is_invalid(req: &AdminRequest, message: &str) -> bool {
+    match req {
+        AdminRequest::PolicyApply { path: Some(p), .. } => message.starts_with(&format!("{p}: ")),
+        _ => false,
+    }
+}
+
+fn print_history(vs: &[VersionInfo]) {
+    if vs.is_empty() {
+        println!("no policy versions recorded");
+        return;
+    }
+    println!(
+        "{:<8} {:<21} {:<28} {:<32} DIGEST",
+        "VERSION", "TIME", "ACTOR", "SOURCE"
+    );
+    for v in vs {
+        println!(
+            "{:<8} {:<21} {:<28} {:<32} {}",
+            v.version,
+            v.time,
+            v.actor,
+            v.source,
+            short(&v.digest)
+        );
+    }
+}
+
+/// Decides an HTTP request line (`METHOD target`) the way the HTTP handler
+/// does: the same head parser, host and path normalisation.
+fn test_http(
+    policy: &Policy,
+    ctx: &Context<'_>,
+    line: &str,
+    host: Option<&str>,
+) -> Result<(Decision, String), String> {
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!("--http `{line}`: expected `METHOD /path`"));
+    };
+    let host_header = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    let head = format!("{method} {target} HTTP/1.1\r\n{host_header}\r\n");
+    let parsed = crate::protocol::http::parse_request(head.as_bytes())
+        .map_err(|e| format!("--http `{line}`: {e}"))?
+        .ok_or_else(|| format!("--http `{line}`: not a complete request line"))?;
+    let (host, path) = parsed.host_and_path();
+    let req = HttpRequest {
+        method: parsed.method,
+        host: &host,
+        path: &path,
+    };
+    Ok((
+        policy.decide_http(ctx, &req),
+        format!("{} {host} {path}", parsed.method),
+    ))
+}
+
+/// Decides a Redis command the way the Redis handler does: the same
+/// argument splitting, subcommands and key positions.
+fn test_redis(
+    policy: &Policy,
+    ctx: &Context<'_>,
+    command: &str,
+) -> Result<(Decision, String), String> {
+    use crate::protocol::redis::{command_keys, has_subcommand, parse_command};
+    let line = format!("{}\r\n", command.trim());
+    let cmd = parse_command(line.as_bytes())
+        .map_err(|e| format!("--redis `{command}`: {e}"))?
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("--redis `{command}`: expected `COMMAND key ...`"))?;
+    let name = cmd.name();
+    let sub = if has_subcommand(&name) {
+        cmd.arg_upper(1)
+    } else {
+        None
+    };
+    let keys = command_keys(&cmd);
+    let op = RedisOperation {
+        command: &name,
+        subcommand: sub.as_deref(),
+        keys: &keys.keys,
+    };
+    let described = format!(
+        "{}{} [{}]",
+        name,
+        sub.as_deref().map(|s| format!(" {s}")).unwrap_or_default(),
+        keys.keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok((policy.decide_redis(ctx, &op), described))
+}
+
+/// Prints a non-SQL decision like `test` does; returns its exit status.
+fn report(d: &Decision, ctx: &Context<'_>, operation: &str, json: bool) -> u8 {
+    if json {
+        println!(
+            "{}",
+            json!({"action": d.action.as_str(), "rule": d.rule, "reason": d.reason,
+                   "identity": ctx.identity, "target": ctx.target, "operation": operation})
+        );
+    } else {
+        println!("{}  rule {}: {}", d.action.as_str(), d.rule, d.reason);
+        println!("  operation: {operation}");
+    }
+    exit_for(d.action)
 }

@@ -10,6 +10,10 @@
 //! A policy kept in its own file (`policy_file:` in the configuration) is
 //! reloaded on SIGHUP and when its content changes (polled: inotify is not
 //! reliable for ConfigMap-mounted files, which are swapped by symlink).
+//! In the daemon every installed policy is a recorded version and `policy
+//! apply` over the admin socket is a second writer: [`super::control`] numbers
+//! and records the versions and decides between an applied policy and the
+//! file (last writer wins; a file change, not a poll, is a write).
 
 use std::{
     path::{Path, PathBuf},
@@ -33,8 +37,10 @@ pub struct Versioned {
     /// SHA-256 of the policy text (hex), to tell which file is enforcing.
     pub digest: String,
     pub loaded_at: SystemTime,
-    /// `config`, or the policy file's path.
+    /// `config`, the policy file's path, `apply` or `rollback:<version>`.
     pub source: String,
+    /// Who installed it: `file:<path>`, `config`, or the admin socket caller.
+    pub actor: String,
     pub policy: Policy,
 }
 
@@ -44,13 +50,26 @@ pub struct PolicyHandle(Arc<ArcSwap<Versioned>>);
 
 impl PolicyHandle {
     pub fn new(policy: Policy, source: impl Into<String>, digest: String) -> Self {
+        let source = source.into();
         PolicyHandle(Arc::new(ArcSwap::from_pointee(Versioned {
             version: 1,
             digest,
             loaded_at: SystemTime::now(),
-            source: source.into(),
+            actor: source.clone(),
+            source,
             policy,
         })))
+    }
+
+    /// A handle starting at a version recorded elsewhere (the version history).
+    pub fn from_versioned(v: Versioned) -> Self {
+        PolicyHandle(Arc::new(ArcSwap::from_pointee(v)))
+    }
+
+    /// Installs a complete versioned policy; the caller numbers versions
+    /// (see [`super::control`], which serialises writers).
+    pub(crate) fn store(&self, v: Versioned) {
+        self.0.store(Arc::new(v));
     }
 
     /// A fixed policy (tests, tools): version 1, digest of nothing.
@@ -71,11 +90,13 @@ impl PolicyHandle {
     /// Installs a validated policy; returns its version.
     pub fn replace(&self, policy: Policy, source: impl Into<String>, digest: String) -> u64 {
         let version = self.0.load().version + 1;
+        let source = source.into();
         self.0.store(Arc::new(Versioned {
             version,
             digest,
             loaded_at: SystemTime::now(),
-            source: source.into(),
+            actor: source.clone(),
+            source,
             policy,
         }));
         version
@@ -117,8 +138,26 @@ pub fn load_file(path: &Path) -> Result<(Policy, String), PolicyFileError> {
     parse_text(path, &text)
 }
 
+/// Reads and validates a policy file; the policy, its digest and its text.
+pub fn load_file_text(path: &Path) -> Result<(Policy, String, String), PolicyFileError> {
+    let text = read(path)?;
+    let (policy, digest) = parse_text(path, &text)?;
+    Ok((policy, digest, text))
+}
+
+/// The inline `policy:` section of a configuration text, re-serialised as a
+/// policy document (empty when there is none): what the version history
+/// records for a policy that has no file of its own.
+pub fn inline_text(config_text: &str) -> String {
+    serde_yaml::from_str::<serde_yaml::Value>(config_text)
+        .ok()
+        .and_then(|v| v.get("policy").cloned())
+        .and_then(|p| serde_yaml::to_string(&p).ok())
+        .unwrap_or_default()
+}
+
 /// Parses the text of the policy file at `path`; the policy and its digest.
-fn parse_text(path: &Path, text: &str) -> Result<(Policy, String), PolicyFileError> {
+pub fn parse_text(path: &Path, text: &str) -> Result<(Policy, String), PolicyFileError> {
     let policy = Policy::parse(text).map_err(|message| PolicyFileError::Invalid {
         path: path.into(),
         message,
@@ -177,9 +216,12 @@ fn install(handle: &PolicyHandle, path: &Path, text: Result<String, PolicyFileEr
 }
 
 /// Reloads the policy file on SIGHUP and when its content changes, until
-/// `stop`. `on_reload` sees every attempt that was not a no-op.
+/// `stop`. `on_reload` sees every attempt that was not a no-op. Content is
+/// compared with the file as last seen, not with the policy in force: after a
+/// `policy apply` the file is only taken again once it changes (last writer
+/// wins, see [`super::control`]).
 pub async fn watch(
-    handle: PolicyHandle,
+    control: Arc<super::control::PolicyControl>,
     path: PathBuf,
     every: Duration,
     stop: CancellationToken,
@@ -205,17 +247,17 @@ pub async fn watch(
         // Cheap change check first: only new content is parsed, from this read.
         let text = read(&path);
         let d = text.as_deref().ok().map(digest);
-        if !by_signal && (d.as_deref() == Some(handle.current().digest.as_str()) || d == rejected) {
+        if !by_signal && (d.as_deref() == Some(control.file_digest().as_str()) || d == rejected) {
             continue;
         }
         let p = path.clone();
-        let h = handle.clone();
-        let outcome = tokio::task::spawn_blocking(move || install(&h, &p, text))
+        let c = control.clone();
+        let outcome = tokio::task::spawn_blocking(move || c.file_changed(&p, text))
             .await
             .unwrap_or(Reload::Rejected);
         rejected = (outcome == Reload::Rejected).then_some(d).flatten();
         if outcome != Reload::Unchanged || by_signal {
-            on_reload(outcome, handle.current().version);
+            on_reload(outcome, control.handle().version());
         }
     }
 }
