@@ -2,7 +2,8 @@
 //! hit path (`sql::fingerprint` and a `HashMap` lookup, as pgproxy's `Decider`
 //! does for a statement it has seen with other constants) against the miss path
 //! (`Classifier::classify` then `Policy::decide_statements`), under a policy of
-//! 20 rules; plus `sql::normalize`, which a miss also pays for the audit log.
+//! 20 rules; the policy's share of a miss alone; and `sql::normalize`, which a
+//! miss also pays for the audit log.
 //! Figures and machine: bench/MICRO.md.
 
 use std::{collections::HashMap, hint::black_box};
@@ -236,6 +237,11 @@ fn decision(c: &mut Criterion) {
         });
         g.bench_function(format!("miss/{}", case.name), |b| {
             b.iter(|| decide(&classifier, &policy, &ctx, black_box(&case.sql)))
+        });
+        // The policy's share of a miss: deciding an already classified text.
+        let classified = classifier.classify(&case.sql);
+        g.bench_function(format!("policy/{}", case.name), |b| {
+            b.iter(|| policy.decide_statements(&ctx, black_box(&classified.statements)))
         });
         g.bench_function(format!("normalize/{}", case.name), |b| {
             b.iter(|| sql::normalize(black_box(&case.sql)))

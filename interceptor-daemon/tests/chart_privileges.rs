@@ -150,12 +150,19 @@ fn daemon_runs_with_only_the_charts_capabilities() {
         },
     );
     let audit = dir.join("audit");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    // The chart puts the admin socket in the node-state mount (at
+    // /run/interceptor/admin.sock; a name of this run's own here, as other
+    // tests share the host directory).
+    let run = std::path::Path::new("/run/interceptor");
+    let socket = run.join(format!("admin-chartcaps-{}.sock", std::process::id()));
+    let mut text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replacen("admin:\n", &format!("admin:\n  socket: {}\n", socket.display()), 1);
     text.push_str(&format!("audit:\n  dir: {}\n", audit.display()));
     std::fs::write(&cfg, text).unwrap();
 
-    // The chart's writable hostPath mounts: the node lock and the audit log.
-    let run = std::path::Path::new("/run/interceptor");
+    // The chart's writable hostPath mounts: the node lock (and admin socket)
+    // and the audit log.
     std::fs::create_dir_all(run).unwrap();
     std::fs::create_dir_all(&audit).unwrap();
     let mut cmd = std::process::Command::new(DAEMON);
@@ -187,6 +194,54 @@ fn daemon_runs_with_only_the_charts_capabilities() {
     let recs = daemon.records(1);
     assert_eq!(record_for(&recs, &svc.to_string()).len(), 1, "{recs:?}");
     assert_eq!(status(&lab)["kernel_counters"]["redirected"], 1);
+
+    // What an operator runs through `kubectl exec`: status over the
+    // configuration's admin socket, and a policy applied from stdin (the
+    // container's root filesystem is read-only, so the file is piped in).
+    let cli = |args: &[&str], stdin: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(DAEMON)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let cfg_s = cfg.to_str().unwrap();
+    let st = cli(&["status", "--json", "--config", cfg_s], "");
+    assert!(st.get("admin_socket_error").is_none(), "{st}");
+    assert!(st["open_connections"].is_array(), "{st}");
+    let socket_s = socket.to_str().unwrap();
+    let applied = cli(
+        &["policy", "apply", "/dev/stdin", "--json", "--socket", socket_s],
+        "default: deny\nrules:\n  - id: chart-exec\n    sql: { kinds: [read] }\n    action: allow\n",
+    );
+    assert_eq!(
+        (&applied["source"], &applied["unchanged"]),
+        (&"apply".into(), &false.into()),
+        "{applied}"
+    );
+    let history = cli(&["policy", "history", "--json", "--socket", socket_s], "");
+    let latest = history.as_array().and_then(|v| v.last());
+    assert_eq!(
+        latest.map(|v| &v["version"]),
+        Some(&applied["version"]),
+        "the applied version is not the latest: {history}"
+    );
 
     // A clean stop detaches, unpins and seals the audit log.
     assert_eq!(daemon.stop(), Some(0), "{}", daemon.raw_log());

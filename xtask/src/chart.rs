@@ -525,6 +525,25 @@ fn check_config(r: &Rendered, dir: &Path, interceptor: &Path) -> anyhow::Result<
             "audit.dir {audit} is not a mount"
         );
     }
+    // `kubectl exec ... interceptor status / policy apply / approvals` reach
+    // the daemon through this socket with their default --socket: it must be
+    // that path, in a writable mount of the container.
+    let socket = cfg["admin"]["socket"].as_str().context("admin.socket")?;
+    ensure!(
+        socket == "/run/interceptor/admin.sock",
+        "admin.socket {socket} is not the CLI's default path"
+    );
+    let writable = c["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|m| {
+            m["readOnly"] != true
+                && m["mountPath"]
+                    .as_str()
+                    .is_some_and(|p| socket.starts_with(&format!("{p}/")))
+        });
+    ensure!(writable, "admin.socket {socket} is not in a writable mount");
     let admin = cfg["admin"]["address"].as_str().context("admin.address")?;
     ensure!(
         admin == format!("${{NODE_IP}}:{}", port_of(c, "metrics").unwrap_or(0)),

@@ -44,6 +44,12 @@ app.kubernetes.io/component: node-daemon
 {{- define "interceptor.bpffsMount" -}}/host/sys/fs/bpf{{- end }}
 {{- define "interceptor.auditMount" -}}/var/lib/interceptor/audit{{- end }}
 {{- define "interceptor.configDir" -}}/etc/interceptor{{- end }}
+{{/*
+The admin unix socket (`policy apply/history`, `approvals`, `status`): in the
+node-state mount, at the path those commands use by default, so that
+`kubectl exec ds/<name> -- interceptor policy history` needs no flags.
+*/}}
+{{- define "interceptor.adminSocket" -}}/run/interceptor/admin.sock{{- end }}
 
 {{/*
 Capabilities the daemon container gets (everything else is dropped):
@@ -96,7 +102,9 @@ serves every node.
 {{- $cfg := dict
     "node_name" "${NODE_NAME}"
     "listener" $listener
-    "admin" (dict "address" (printf "${NODE_IP}:%v" .Values.admin.port))
+    "admin" (dict
+        "address" (printf "${NODE_IP}:%v" .Values.admin.port)
+        "socket" (include "interceptor.adminSocket" .))
     "redirect" $redirect
     "identity" .Values.identity
     "targets" .Values.targets
