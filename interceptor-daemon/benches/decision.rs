@@ -195,7 +195,9 @@ fn decision(c: &mut Criterion) {
     // hundred others, keyed like `Decider` keys them.
     let mut cache: HashMap<String, (Decision, String)> = HashMap::new();
     for i in 0..300 {
-        let other = format!("SELECT name, price FROM products WHERE category_id = 3 AND id > {i} ORDER BY c{i}");
+        let other = format!(
+            "SELECT name, price FROM products WHERE category_id = 3 AND id > {i} ORDER BY c{i}"
+        );
         let key = sql::fingerprint(&other).unwrap_or(other);
         cache.insert(
             key,

@@ -116,10 +116,25 @@ fn frame_all(framer: &Framer, mut buf: &[u8]) -> u64 {
 fn postgres(c: &mut Criterion) {
     let mut g = c.benchmark_group("postgres_framer");
     let cases = [
-        ("frontend/pgbench_simple_query", Direction::Frontend, simple_query(), 1),
-        ("frontend/extended_batch", Direction::Frontend, extended_batch(), 5),
+        (
+            "frontend/pgbench_simple_query",
+            Direction::Frontend,
+            simple_query(),
+            1,
+        ),
+        (
+            "frontend/extended_batch",
+            Direction::Frontend,
+            extended_batch(),
+            5,
+        ),
         ("backend/result_1_row", Direction::Backend, result_set(1), 4),
-        ("backend/result_100_rows", Direction::Backend, result_set(100), 103),
+        (
+            "backend/result_100_rows",
+            Direction::Backend,
+            result_set(100),
+            103,
+        ),
     ];
     for (name, direction, buf, messages) in cases {
         let framer = Framer::new(direction);

@@ -155,9 +155,11 @@ fn daemon_runs_with_only_the_charts_capabilities() {
     // tests share the host directory).
     let run = std::path::Path::new("/run/interceptor");
     let socket = run.join(format!("admin-chartcaps-{}.sock", std::process::id()));
-    let mut text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replacen("admin:\n", &format!("admin:\n  socket: {}\n", socket.display()), 1);
+    let mut text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "admin:\n",
+        &format!("admin:\n  socket: {}\n", socket.display()),
+        1,
+    );
     text.push_str(&format!("audit:\n  dir: {}\n", audit.display()));
     std::fs::write(&cfg, text).unwrap();
 
@@ -227,7 +229,14 @@ fn daemon_runs_with_only_the_charts_capabilities() {
     assert!(st["open_connections"].is_array(), "{st}");
     let socket_s = socket.to_str().unwrap();
     let applied = cli(
-        &["policy", "apply", "/dev/stdin", "--json", "--socket", socket_s],
+        &[
+            "policy",
+            "apply",
+            "/dev/stdin",
+            "--json",
+            "--socket",
+            socket_s,
+        ],
         "default: deny\nrules:\n  - id: chart-exec\n    sql: { kinds: [read] }\n    action: allow\n",
     );
     assert_eq!(
