@@ -277,14 +277,24 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         );
     }
     let bin = release_bins()?;
-    let out = workspace_root().join("bench").join("RESULTS.md");
+    let dir = workspace_root().join("bench");
     status(
         Command::new(bin.join("interceptor-lab"))
             .arg("bench")
             .arg("--bin-dir")
             .arg(&bin)
             .arg("--out")
-            .arg(&out)
+            .arg(dir.join("RESULTS.md"))
             .args(args),
+    )?;
+    // Memory per idle connection, same proxies, 10k connections (or as many
+    // as the descriptor limit allows).
+    status(
+        Command::new(bin.join("interceptor-lab"))
+            .arg("idle")
+            .arg("--bin-dir")
+            .arg(&bin)
+            .arg("--out")
+            .arg(dir.join("IDLE.md")),
     )
 }

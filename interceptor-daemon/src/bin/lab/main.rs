@@ -120,7 +120,7 @@ fn main() -> ExitCode {
             })
         }),
         Cmd::IdleClients { addr, connections } => idle::raise_nofile(u64::from(connections) + 1024)
-            .and_then(|()| idle::clients(addr, connections)),
+            .and_then(|_| idle::clients(addr, connections)),
         Cmd::Bench {
             bin_dir,
             seconds,
