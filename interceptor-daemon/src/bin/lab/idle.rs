@@ -29,6 +29,9 @@ pub struct Options {
     pub bin_dir: PathBuf,
     pub connections: u32,
     pub out: Option<PathBuf>,
+    /// The interceptor target's protocol: `postgres`, or `tcp` for what the
+    /// connection costs without protocol handling.
+    pub protocol: String,
 }
 
 struct Sample {
@@ -270,10 +273,11 @@ pub fn run(mut o: Options) -> anyhow::Result<()> {
 
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-idle-{}", lab.slot));
     let config = format!(
-        "node_name: idle\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: idle-db\n    protocol: postgres\n    destinations: [\"{upstream}\"]\npolicy:\n  default: deny\n  rules:\n    - id: reads\n      identities: [\"bench/*\"]\n      sql: {{ kinds: [read] }}\n      action: allow\naudit:\n  dir: {}\n",
+        "node_name: idle\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: idle-db\n    protocol: {}\n    destinations: [\"{upstream}\"]\npolicy:\n  default: deny\n  rules:\n    - id: reads\n      identities: [\"bench/*\"]\n      sql: {{ kinds: [read] }}\n      action: allow\naudit:\n  dir: {}\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display(),
+        o.protocol,
         work.join("audit").display()
     );
     let config_path = work.join("interceptor.yaml");
