@@ -18,6 +18,7 @@ pub mod identity;
 pub mod listener;
 pub mod masking;
 pub mod metrics;
+pub mod mysqlauth;
 pub mod mysqlproxy;
 pub mod pgauth;
 pub mod pgproxy;
