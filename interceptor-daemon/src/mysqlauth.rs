@@ -411,6 +411,16 @@ async fn login(
     if tls {
         caps |= CapabilityFlags::CLIENT_SSL;
     }
+    let attrs = if server_caps.contains(CapabilityFlags::CLIENT_CONNECT_ATTRS) {
+        hr.connect_attributes()
+    } else {
+        None
+    };
+    // What the HandshakeResponse will say, already in the SSLRequest: a
+    // server takes the capabilities from the first of the two.
+    caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, database.is_some());
+    caps.set(CapabilityFlags::CLIENT_CONNECT_ATTRS, attrs.is_some());
+    caps |= CapabilityFlags::CLIENT_PLUGIN_AUTH;
     let ext = hr.mariadb_ext_capabilities() & hello.mariadb_ext_capabilities();
     let mut up = 0u64;
     let mut seq = cseq;
@@ -451,11 +461,6 @@ async fn login(
     let pass = secret.as_ref().unwrap_or(&no_secret);
     let mut ex = Exchange::new(&plugin, &hello.nonce(), tls)?;
     let first = ex.step(pass, tls, &hello.nonce())?;
-    let attrs = if server_caps.contains(CapabilityFlags::CLIENT_CONNECT_ATTRS) {
-        hr.connect_attributes()
-    } else {
-        None
-    };
     let version = hello.server_version_parsed().unwrap_or((5, 5, 3));
     let mut out = Vec::new();
     HandshakeResponse::new(
@@ -476,6 +481,7 @@ async fn login(
     }
     let bytes = packet(seq, &out);
     server.s.write_all(&bytes).await?;
+    server.s.flush().await?;
     up += bytes.len() as u64;
 
     loop {
@@ -524,6 +530,7 @@ async fn login(
                 if let Some(p) = ex.step(pass, tls, &nonce)? {
                     let b = reply(p);
                     server.s.write_all(&b).await?;
+                    server.s.flush().await?;
                     up += b.len() as u64;
                 }
             }
@@ -534,6 +541,7 @@ async fn login(
                 if let Some(p) = ex.step(pass, tls, &payload[1..])? {
                     let b = reply(p);
                     server.s.write_all(&b).await?;
+                    server.s.flush().await?;
                     up += b.len() as u64;
                 }
             }

@@ -310,6 +310,7 @@ async fn client_to_server(
             if !continuing && p.seq == 0 && !*authed.borrow() {
                 if !out.is_empty() {
                     uw.write_all(&out).await?;
+                    uw.flush().await?;
                     total += out.len() as u64;
                     out.clear();
                 }
@@ -392,6 +393,8 @@ async fn client_to_server(
         }
         if !out.is_empty() {
             uw.write_all(&out).await?;
+            // TLS upstream: records leave rustls's buffer on flush.
+            uw.flush().await?;
             total += out.len() as u64;
             out.clear();
         }
@@ -463,7 +466,16 @@ async fn server_to_client(
                 None => rx_open = false,
             },
             n = fill(&mut ur, &mut buf) => {
-                if n? == 0 {
+                // A server closing after COM_QUIT may reset the connection
+                // (our TLS close_notify unread) or skip close_notify: the end.
+                let n = match n {
+                    Err(e) if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                    ) => 0,
+                    other => other?,
+                };
+                if n == 0 {
                     while let Ok(err) = rx.try_recv() {
                         cw.write_all(&err).await?;
                     }

@@ -149,12 +149,13 @@ struct Setup {
 
 const PORT: u16 = 3306;
 
-/// Node addresses: 5 plaintext target, 6 verify-full target, 7 require target.
+/// Node addresses (the lab's 1-6; 1 is the daemon's): 5 plaintext target, 6
+/// verify-full target, 4 require target; 2 the unused default target.
 fn setup() -> Setup {
     let dir = scratch("mysqlauth");
     let mut lab = Lab::new().unwrap();
     let pod = lab.add_pod("app", "pods/app").unwrap();
-    let ips: Vec<Ipv4Addr> = (5..=7).map(|h| lab.node_v4(h)).collect();
+    let ips: Vec<Ipv4Addr> = (4..=6).map(|h| lab.node_v4(h)).collect();
     let (ca, cert, key) = certificates(&ips);
     let tls_dir = dir.join("tls");
     std::fs::create_dir_all(&tls_dir).unwrap();
@@ -201,11 +202,11 @@ fn setup() -> Setup {
                 daemon_ca.display()
             ),
         ),
-        target("encrypted-db", 7, "app_tls", "{ mode: require }"),
+        target("encrypted-db", 4, "app_tls", "{ mode: require }"),
     ]
     .concat();
     let opts = DaemonOpts {
-        destinations: vec![format!("{}:9", lab.node_v4(8))],
+        destinations: vec![format!("{}:9", lab.node_v4(2))],
         extra_targets: format!("{targets}{POLICY}"),
         identity: IDENTITY.into(),
         ..Default::default()
@@ -269,7 +270,7 @@ fn mysql_credentials_are_injected_over_tls() {
         verified.status.success() && out.starts_with("app_tls@%|shop|TLSv1."),
         "{out} {err}"
     );
-    let required = client(&s, 7, WHO);
+    let required = client(&s, 4, WHO);
     let (out, err) = text(&required);
     assert!(out.starts_with("app_tls@%|shop|TLSv1."), "{out} {err}");
     // Statements are still decided: a write is denied by the default.
@@ -323,7 +324,7 @@ fn mysql_credentials_are_injected_over_tls() {
         "{err}"
     );
     // `require` does not look at the certificate.
-    let still = client(&s, 7, WHO);
+    let still = client(&s, 4, WHO);
     assert!(text(&still).0.starts_with("app_tls@%|shop|TLSv1."));
     outputs.extend([wrong_ca, still]);
 
