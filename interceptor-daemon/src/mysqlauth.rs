@@ -29,7 +29,7 @@
 //!
 //! Any failure reaches the client as an ERR packet in place of that OK: the
 //! server's own for a refused login, otherwise one naming the target (1045 /
-//! 28000 for a credential problem, 2013 / 08S01 for a connection or TLS
+//! 28000 for a credential problem, 1043 / 08S01 for a connection or TLS
 //! problem), never a hang. The secret is never logged and never sent to the
 //! client. `COM_CHANGE_USER` stays refused by the relay, so a session cannot
 //! re-authenticate around the injected credential.
@@ -68,8 +68,9 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `ER_ACCESS_DENIED_ERROR`.
 const ER_ACCESS_DENIED: u16 = 1045;
-/// `CR_SERVER_LOST`: what a client reports for a connection lost during login.
-const CR_SERVER_LOST: u16 = 2013;
+/// `ER_HANDSHAKE_ERROR` (SQLSTATE 08S01): a server error code; clients reject
+/// their own (2xxx) codes in an ERR packet as malformed.
+const ER_HANDSHAKE_ERROR: u16 = 1043;
 
 /// `targets[].mysql`: MySQL-specific target settings.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,7 +153,7 @@ impl InjectError {
             | InjectError::Auth(_)
             | InjectError::NoPassword
             | InjectError::Cleartext(_) => (ER_ACCESS_DENIED, "28000"),
-            _ => (CR_SERVER_LOST, "08S01"),
+            _ => (ER_HANDSHAKE_ERROR, "08S01"),
         }
     }
 }
