@@ -120,7 +120,9 @@ pub enum InjectError {
     Plugin(String),
     #[error("the server's authentication exchange failed: {0}")]
     Auth(String),
-    #[error("the server asks for a password and none is configured (password_file or password_env)")]
+    #[error(
+        "the server asks for a password and none is configured (password_file or password_env)"
+    )]
     NoPassword,
     #[error(
         "the server asks for the password in cleartext (`{0}`) on an unencrypted connection; set tls.mode"
@@ -432,8 +434,8 @@ async fn login(
         if !server_caps.contains(CapabilityFlags::CLIENT_SSL) {
             return Err(InjectError::NoTls(inj.dst));
         }
-        let config = base_config(&inj.upstream.tls)?
-            .ok_or(InjectError::Malformed("TLS configuration"))?;
+        let config =
+            base_config(&inj.upstream.tls)?.ok_or(InjectError::Malformed("TLS configuration"))?;
         let mut req = Vec::new();
         SslRequest::new(caps, max_packet, hr.collation())
             .with_mariadb_capabilities(ext)
@@ -851,6 +853,9 @@ mod tests {
         .await;
         assert!(r.unwrap_err().contains("cleartext"));
         let text = String::from_utf8_lossy(&got);
-        assert!(text.contains("#28000interceptor: cannot log in to target `db`"), "{text}");
+        assert!(
+            text.contains("#28000interceptor: cannot log in to target `db`"),
+            "{text}"
+        );
     }
 }

@@ -40,12 +40,11 @@ use crate::{
     masking::{self, MaskKey},
     policy::{Action, Decision},
     protocol::mysql::{
-        COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING, COM_QUERY, COM_QUIT,
-        COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE, COM_STMT_EXECUTE,
-        COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA,
-        CLIENT_DEPRECATE_EOF, ClientHello,
-        ER_TABLEACCESS_DENIED, MysqlError, STRIPPED, err_packet, frame, rewrite_client_response,
-        rewrite_server_handshake,
+        CLIENT_DEPRECATE_EOF, COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING, COM_QUERY,
+        COM_QUIT, COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE,
+        COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET,
+        COM_STMT_SEND_LONG_DATA, ClientHello, ER_TABLEACCESS_DENIED, MysqlError, STRIPPED,
+        err_packet, frame, rewrite_client_response, rewrite_server_handshake,
     },
     session::SessionCtx,
 };
@@ -129,7 +128,10 @@ fn masking(
     ctx: &SessionCtx,
     key: MaskKey,
     caps: u32,
-) -> (Option<masking::mysql::Pending>, Option<masking::mysql::Masker>) {
+) -> (
+    Option<masking::mysql::Pending>,
+    Option<masking::mysql::Masker>,
+) {
     let plan = ctx.policy.current().policy.masks_for(&ctx.policy_ctx());
     if plan.is_empty() {
         return (None, None);
@@ -151,9 +153,8 @@ pub async fn run(
     mask_key: MaskKey,
 ) -> Result<Transferred, SessionError> {
     if let Some(inj) = inject {
-        let est =
-            crate::mysqlauth::establish(&mut client, upstream, &inj, ctx.identity.as_deref())
-                .await?;
+        let est = crate::mysqlauth::establish(&mut client, upstream, &inj, ctx.identity.as_deref())
+            .await?;
         let (pending, masker) = masking(&ctx, mask_key, est.caps);
         let (authed_tx, authed) = watch::channel(true);
         let (tx, rx) = mpsc::channel(64);

@@ -230,7 +230,15 @@ fn client(s: &Setup, h: u8, sql: &str) -> Output {
         .unwrap()
         .args(["--no-defaults", "-h"])
         .arg(s.lab.node_v4(h).to_string())
-        .args(["-P", &PORT.to_string(), "-u", "nobody", "-pwrong-password", "-N", "-B"])
+        .args([
+            "-P",
+            &PORT.to_string(),
+            "-u",
+            "nobody",
+            "-pwrong-password",
+            "-N",
+            "-B",
+        ])
         .args(["-e", sql])
         .output()
         .unwrap()

@@ -89,12 +89,16 @@ enum State {
     /// The first packet of the next result set of the same answer.
     Next,
     /// `left` column definitions to come.
-    Columns { left: u64 },
+    Columns {
+        left: u64,
+    },
     /// The EOF after the definitions (without CLIENT_DEPRECATE_EOF).
     ColumnsEof,
     Rows,
     /// COM_FIELD_LIST, LOCAL INFILE, prepare details: packets up to an end.
-    Skip { left: u64 },
+    Skip {
+        left: u64,
+    },
     /// After LOCAL INFILE data: the server's OK or ERR.
     InfileResult,
     /// Definitions until EOF/ERR (COM_FIELD_LIST).
@@ -418,7 +422,9 @@ impl Masker {
                     }
                     (Some(Expect::Prepare(f)), Some(0x00)) => {
                         // stmt id (4), columns (2), params (2)
-                        let id = p.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                        let id = p
+                            .get(1..5)
+                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
                         let cols = p.get(5..7).map(|b| u16::from_le_bytes([b[0], b[1]]));
                         let params = p.get(7..9).map(|b| u16::from_le_bytes([b[0], b[1]]));
                         let (Some(id), Some(cols), Some(params)) = (id, cols, params) else {
@@ -713,7 +719,8 @@ mod tests {
             ],
         );
         m.on_packet(&[1]).unwrap();
-        m.on_packet(&def("hr", "staff", "salary", "salary", 246)).unwrap();
+        m.on_packet(&def("hr", "staff", "salary", "salary", 246))
+            .unwrap();
         m.on_packet(EOF).unwrap();
         assert_eq!(
             m.on_packet(&text_row(&[Some("1000.00")])).unwrap(),
@@ -744,7 +751,8 @@ mod tests {
         }
         assert!(matches!(m.state, State::Idle));
         m.on_packet(&[2]).unwrap();
-        m.on_packet(&def("shop", "customers", "id", "id", 3)).unwrap();
+        m.on_packet(&def("shop", "customers", "id", "id", 3))
+            .unwrap();
         m.on_packet(&def("shop", "customers", "email", "email", 253))
             .unwrap();
         m.on_packet(EOF).unwrap();
@@ -770,7 +778,8 @@ mod tests {
             vec![Expect::Query(Masker::facts("SELECT note FROM tickets"))],
         );
         m.on_packet(&[1]).unwrap();
-        m.on_packet(&def("s", "tickets", "note", "note", 252)).unwrap();
+        m.on_packet(&def("s", "tickets", "note", "note", 252))
+            .unwrap();
         m.on_packet(EOF).unwrap();
         assert_eq!(
             m.on_packet(&text_row(&[Some("mail ada@example.com now")]))

@@ -121,9 +121,7 @@ impl TryFrom<RawUpstream> for Upstream {
         }
         let password = match (r.password_file, r.password_env) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "upstream: set password_file or password_env, not both".into(),
-                );
+                return Err("upstream: set password_file or password_env, not both".into());
             }
             (Some(f), None) if f.as_os_str().is_empty() => {
                 return Err("upstream.password_file is empty".into());
