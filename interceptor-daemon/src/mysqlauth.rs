@@ -705,6 +705,30 @@ mod tests {
 
     const OK: &[u8] = &[0, 0, 0, 2, 0, 0, 0];
 
+    #[test]
+    fn config_has_the_postgres_shape_and_needs_protocol_mysql() {
+        let base = "listener:\n  address: 10.77.0.1:15001\nredirect:\n  cgroup_root: /sys/fs/cgroup/unified\n  select_cgroups: [\"pods/*\"]\ntargets:\n  - name: db\n    destinations: [\"10.77.0.2:3306\"]\n";
+        let up = "    mysql:\n      upstream: {user: app, password_env: DB_PW, tls: {mode: require}}\n";
+        let c = crate::config::Config::parse(&format!("{base}    protocol: mysql\n{up}")).unwrap();
+        let dst: SocketAddr = "10.77.0.2:3306".parse().unwrap();
+        let inj = Injection::for_target(&c, "db", dst).unwrap();
+        assert_eq!(inj.upstream.user.as_deref(), Some("app"));
+        assert_eq!(inj.upstream.tls.mode, TlsMode::Require);
+        assert!(Injection::for_target(&c, "other", dst).is_none());
+        let e = crate::config::Config::parse(&format!("{base}    protocol: postgres\n{up}"))
+            .unwrap_err();
+        assert!(e.contains("`mysql` settings need `protocol: mysql`"), "{e}");
+        let both = "    mysql:\n      upstream: {password_env: A, password_file: /x}\n";
+        let e = crate::config::Config::parse(&format!("{base}    protocol: mysql\n{both}"))
+            .unwrap_err();
+        assert!(e.contains("not both"), "{e}");
+        let e = crate::config::Config::parse(&format!(
+            "{base}    protocol: mysql\n    mysql:\n      upstream: {{tls: {{mode: verify-full}}}}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("verify-full needs ca_file"), "{e}");
+    }
+
     #[tokio::test]
     async fn native_password_is_injected() {
         let (got, r) = login_with(|mut s| async move {
