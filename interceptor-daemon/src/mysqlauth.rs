@@ -708,7 +708,8 @@ mod tests {
     #[test]
     fn config_has_the_postgres_shape_and_needs_protocol_mysql() {
         let base = "listener:\n  address: 10.77.0.1:15001\nredirect:\n  cgroup_root: /sys/fs/cgroup/unified\n  select_cgroups: [\"pods/*\"]\ntargets:\n  - name: db\n    destinations: [\"10.77.0.2:3306\"]\n";
-        let up = "    mysql:\n      upstream: {user: app, password_env: DB_PW, tls: {mode: require}}\n";
+        let up =
+            "    mysql:\n      upstream: {user: app, password_env: DB_PW, tls: {mode: require}}\n";
         let c = crate::config::Config::parse(&format!("{base}    protocol: mysql\n{up}")).unwrap();
         let dst: SocketAddr = "10.77.0.2:3306".parse().unwrap();
         let inj = Injection::for_target(&c, "db", dst).unwrap();

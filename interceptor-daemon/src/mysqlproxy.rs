@@ -598,6 +598,26 @@ mod tests {
         );
     }
 
+    /// Re-authentication would log in around an injected credential: it
+    /// never reaches the server (the same relay serves injected sessions).
+    #[tokio::test]
+    async fn change_user_is_refused() {
+        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
+        resp.resize(40, 0);
+        let mut bytes = packet(1, &resp);
+        bytes.extend(packet(0, b"\x11root\0\0"));
+        let (got, seen) = session(bytes).await;
+        assert!(
+            !seen.windows(5).any(|w| w == b"\x11root"),
+            "COM_CHANGE_USER reached the server"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("changing the user on a connection is not available"),
+            "{text}"
+        );
+    }
+
     #[tokio::test]
     async fn tls_is_refused() {
         let mut ssl = (CLIENT_PROTOCOL_41 | CLIENT_SSL).to_le_bytes().to_vec();
