@@ -213,6 +213,10 @@ pub struct TargetConfig {
     /// and upstream TLS.
     #[serde(default)]
     pub postgres: Option<crate::pgauth::PostgresTarget>,
+    /// MySQL settings (`protocol: mysql` only): credential injection and
+    /// upstream TLS.
+    #[serde(default)]
+    pub mysql: Option<crate::mysqlauth::MysqlTarget>,
 }
 
 impl Protocol {
@@ -566,6 +570,12 @@ impl Config {
             if t.postgres.is_some() && t.protocol != Protocol::Postgres {
                 return Err(format!(
                     "{here}targets[{i}] ({}): `postgres` settings need `protocol: postgres`",
+                    t.name
+                ));
+            }
+            if t.mysql.is_some() && t.protocol != Protocol::Mysql {
+                return Err(format!(
+                    "{here}targets[{i}] ({}): `mysql` settings need `protocol: mysql`",
                     t.name
                 ));
             }

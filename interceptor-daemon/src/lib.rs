@@ -19,6 +19,7 @@ pub mod listener;
 pub mod live;
 pub mod masking;
 pub mod metrics;
+pub mod mysqlauth;
 pub mod mysqlproxy;
 pub mod pgauth;
 pub mod pgproxy;

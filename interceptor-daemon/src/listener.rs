@@ -434,6 +434,8 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
             client,
             upstream,
             crate::session::SessionCtx::new(shared, meta),
+            crate::mysqlauth::Injection::for_target(&shared.cfg, &meta.target, meta.orig_dst),
+            shared.mask_key.clone(),
         )
         .await
         .map_err(|e| match e {

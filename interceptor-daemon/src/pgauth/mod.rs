@@ -67,7 +67,7 @@ pub struct PostgresTarget {
     pub upstream: Option<Upstream>,
 }
 
-/// `targets[].postgres.upstream`.
+/// `targets[].postgres.upstream`; also `targets[].mysql.upstream` (same shape).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawUpstream")]
 pub struct Upstream {
@@ -115,23 +115,21 @@ impl TryFrom<RawUpstream> for Upstream {
                 && (v.is_empty() || v.contains('\0'))
             {
                 return Err(format!(
-                    "postgres.upstream.{field} must be a non-empty name without NUL"
+                    "upstream.{field} must be a non-empty name without NUL"
                 ));
             }
         }
         let password = match (r.password_file, r.password_env) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "postgres.upstream: set password_file or password_env, not both".into(),
-                );
+                return Err("upstream: set password_file or password_env, not both".into());
             }
             (Some(f), None) if f.as_os_str().is_empty() => {
-                return Err("postgres.upstream.password_file is empty".into());
+                return Err("upstream.password_file is empty".into());
             }
             (Some(f), None) => Some(PasswordSource::File(f)),
             (None, Some(v)) if v.is_empty() || v.contains(['=', '\0']) => {
                 return Err(format!(
-                    "postgres.upstream.password_env `{v}` is not an environment variable name"
+                    "upstream.password_env `{v}` is not an environment variable name"
                 ));
             }
             (None, Some(v)) => Some(PasswordSource::Env(v)),
