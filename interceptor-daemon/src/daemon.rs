@@ -38,6 +38,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let mut ac = crate::audit::AuditConfig::new(a.dir.clone(), cfg.node_name());
             ac.checkpoint_every_records = a.checkpoint_every.max(1);
             ac.segment_max_bytes = a.segment_bytes.max(4096);
+            if let Some(r) = &a.retention {
+                ac.retention_max_bytes = r.max_bytes;
+                ac.retention_max_age = r.max_age;
+            }
             let (log, report) = crate::audit::AuditLog::open(ac)
                 .await
                 .context("opening the audit log")?;

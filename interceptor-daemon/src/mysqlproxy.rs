@@ -423,6 +423,7 @@ mod tests {
                 classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
+                recorder: None,
             };
             run(c, u, ctx).await
         });

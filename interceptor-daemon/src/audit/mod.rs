@@ -102,6 +102,10 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     /// Most records written with one fsync.
     pub max_batch: usize,
+    /// Format version of new segments: [`format::FORMAT_VERSION`]; tests set an
+    /// older one to produce the logs of earlier releases.
+    #[doc(hidden)]
+    pub write_version: u16,
 }
 
 impl AuditConfig {
@@ -117,6 +121,7 @@ impl AuditConfig {
             retention_max_age: None,
             queue_capacity: 65_536,
             max_batch: 32_768,
+            write_version: format::FORMAT_VERSION,
         }
     }
 
