@@ -202,7 +202,7 @@ mod tests {
         let long = "é".repeat(MAX_VALUE_CHARS + 5);
         let (v, cut) = render_value(long.as_bytes());
         assert!(cut && v.chars().count() == MAX_VALUE_CHARS);
-        assert_eq!(render_value(&[0xde, 0xad]), ("\\xdead".to_string(), false));
+        assert_eq!(render_value(&[0xff, 0x00]), ("\\xff00".to_string(), false));
         let (v, cut) = render_value(&[0xff; 1000]);
         assert!(cut && v.len() == 2 + MAX_VALUE_CHARS);
     }
