@@ -113,7 +113,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     // Statements and responses alternate, in order, with relative times.
     let expect = [
         "allow   SELECT id, email FROM customers ORDER BY id",
-        "result  SELECT 2  [2 rows;",
+        "result  SELECT 2  [2 rows]",
         "| id | email |",
         "| 1 | [redacted] |",
         "| 2 | [redacted] |",
@@ -122,7 +122,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
         "deny    DELETE FROM customers WHERE id = $1",
         "result  ERROR 42501 interceptor: statement denied by rule `default`",
         "allow   SELECT count(*) FROM customers",
-        "result  SELECT 1  [1 rows;",
+        "result  SELECT 1  [1 rows]",
         "| count |",
         "| 2 |",
         "allow   connection to",

@@ -483,7 +483,8 @@ fn cell(v: &Option<String>) -> String {
 
 /// The lines of one recorded response (indented under the `rel` column).
 pub fn response_lines(rel: &str, r: &ResponseRecord) -> Vec<String> {
-    let ms = r.duration_ns as f64 / 1e6;
+    // Times come from the record's place on the relative time line; its
+    // duration (first to last byte sent) adds little to a replay.
     let pad = " ".repeat(rel.len() + 2);
     let mut out = Vec::new();
     match &r.summary {
@@ -498,9 +499,6 @@ pub fn response_lines(rel: &str, r: &ResponseRecord) -> Vec<String> {
                 if !x.columns.is_empty() {
                     notes.push(format!("{} rows", x.row_count));
                 }
-                if i == 0 {
-                    notes.push(format!("{ms:.1} ms"));
-                }
                 if x.truncated {
                     notes.push("truncated".into());
                 }
@@ -509,7 +507,11 @@ pub fn response_lines(rel: &str, r: &ResponseRecord) -> Vec<String> {
                     (None, Some(t)) => t.clone(),
                     (None, None) => "(no command tag)".into(),
                 };
-                out.push(format!("{head}{what}  [{}]", notes.join("; ")));
+                if notes.is_empty() {
+                    out.push(format!("{head}{what}"));
+                } else {
+                    out.push(format!("{head}{what}  [{}]", notes.join("; ")));
+                }
                 if !x.columns.is_empty() {
                     out.push(format!("{pad}  | {} |", x.columns.join(" | ")));
                 }
@@ -527,12 +529,14 @@ pub fn response_lines(rel: &str, r: &ResponseRecord) -> Vec<String> {
             if let Some(n) = x.elements {
                 line.push_str(&format!(", {n} elements"));
             }
-            line.push_str(&format!("  [{ms:.1} ms{}]", if x.truncated { "; truncated" } else { "" }));
+            if x.truncated {
+                line.push_str("  [truncated]");
+            }
             out.push(line);
         }
         ResponseSummary::Http(x) => {
             out.push(format!(
-                "{rel}  response {} {} {}  [{ms:.1} ms]",
+                "{rel}  response {} {} {}",
                 x.status,
                 x.content_type.as_deref().unwrap_or("-"),
                 x.length
@@ -814,7 +818,7 @@ mod tests {
         let text = replay_text("s-a", &hits, &[r, late]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("+0.000s  allow"), "{text}");
-        assert!(lines[2].starts_with("+0.002s  result  SELECT 2  [2 rows; 0.9 ms]"), "{text}");
+        assert!(lines[2].starts_with("+0.002s  result  SELECT 2  [2 rows]"), "{text}");
         assert_eq!(lines[3].trim(), "| id | email |", "{text}");
         assert_eq!(lines[4].trim(), "| 1 | [redacted] |", "{text}");
         assert_eq!(lines[5].trim(), "| NULL | NULL |", "{text}");
