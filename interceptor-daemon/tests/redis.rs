@@ -358,5 +358,8 @@ fn redis_commands_are_decided_on_the_wire() {
     ];
     assert!(order.is_sorted(), "{replay}");
     // Each reply follows its command.
-    assert!(at("allow   PING") < order[0] && at("allow   ECHO") < order[4], "{replay}");
+    assert!(
+        at("allow   PING") < order[0] && at("allow   ECHO") < order[4],
+        "{replay}"
+    );
 }

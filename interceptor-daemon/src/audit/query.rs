@@ -478,7 +478,8 @@ fn rel_text(t: u64, t0: u64) -> String {
 }
 
 fn cell(v: &Option<String>) -> String {
-    v.as_ref().map_or_else(|| "NULL".to_string(), |s| clip(s, 60))
+    v.as_ref()
+        .map_or_else(|| "NULL".to_string(), |s| clip(s, 60))
 }
 
 /// The lines of one recorded response (indented under the `rel` column).
@@ -568,7 +569,9 @@ pub fn replay_text(session: &str, hits: &[Hit], responses: &[ResponseRecord]) ->
         hits.len(),
         format_time(r0.time_ns)
     );
-    let t0 = r0.time_ns.min(responses.first().map_or(u64::MAX, |r| r.time_ns));
+    let t0 = r0
+        .time_ns
+        .min(responses.first().map_or(u64::MAX, |r| r.time_ns));
     let mut resp = responses.iter().peekable();
     for h in hits {
         let r = &h.record;
@@ -818,12 +821,18 @@ mod tests {
         let text = replay_text("s-a", &hits, &[r, late]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("+0.000s  allow"), "{text}");
-        assert!(lines[2].starts_with("+0.002s  result  SELECT 2  [2 rows]"), "{text}");
+        assert!(
+            lines[2].starts_with("+0.002s  result  SELECT 2  [2 rows]"),
+            "{text}"
+        );
         assert_eq!(lines[3].trim(), "| id | email |", "{text}");
         assert_eq!(lines[4].trim(), "| 1 | [redacted] |", "{text}");
         assert_eq!(lines[5].trim(), "| NULL | NULL |", "{text}");
         assert!(lines[6].starts_with("+1.500s  deny"), "{text}");
-        assert!(lines[8].starts_with("+3.005s  response 404 text/plain 9 bytes"), "{text}");
+        assert!(
+            lines[8].starts_with("+3.005s  response 404 text/plain 9 bytes"),
+            "{text}"
+        );
         assert!(!text.contains("note:"), "{text}");
     }
 }

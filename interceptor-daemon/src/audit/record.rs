@@ -431,7 +431,10 @@ pub(crate) fn sample_response(i: u64) -> ResponseRecord {
         duration_ns: 900_000,
         summary: ResponseSummary::Sql(vec![SqlResult {
             columns: vec!["id".into(), "email".into()],
-            rows: vec![vec![Some("1".into()), Some("[redacted]".into())], vec![None, None]],
+            rows: vec![
+                vec![Some("1".into()), Some("[redacted]".into())],
+                vec![None, None],
+            ],
             row_count: 2,
             tag: Some("SELECT 2".into()),
             error: None,

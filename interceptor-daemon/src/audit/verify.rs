@@ -377,11 +377,8 @@ fn apply_segment(
                             st.gap_covered_at = Some(st.report.records);
                         }
                         if let Some((missing, _, _)) = &st.gap {
-                            st.report.pruned_segments += r
-                                .removed
-                                .iter()
-                                .filter(|s| s.segment <= *missing)
-                                .count() as u64;
+                            st.report.pruned_segments +=
+                                r.removed.iter().filter(|s| s.segment <= *missing).count() as u64;
                         }
                     }
                     Event::Checkpoint(_) => {}

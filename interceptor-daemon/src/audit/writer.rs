@@ -659,13 +659,8 @@ impl Writer {
         let seg = match st.active.take() {
             Some(a) => a,
             None => {
-                let (a, head) = create_segment(
-                    &cfg.dir,
-                    st.segment,
-                    &st.head,
-                    &cfg.node,
-                    cfg.write_version,
-                )?;
+                let (a, head) =
+                    create_segment(&cfg.dir, st.segment, &st.head, &cfg.node, cfg.write_version)?;
                 st.head = head;
                 a
             }
@@ -1244,7 +1239,8 @@ mod tests {
         log.close().await.unwrap();
         let e = crate::audit::verify_dir(tmp.path(), None).unwrap_err();
         assert!(
-            e.reason.contains("response record in a format version 1 segment"),
+            e.reason
+                .contains("response record in a format version 1 segment"),
             "{e}"
         );
     }

@@ -193,7 +193,10 @@ mod tests {
         let r: RetentionConfig = serde_yaml::from_str("max_bytes: 1000000\n").unwrap();
         assert_eq!((r.max_bytes, r.max_age), (Some(1_000_000), None));
         for bad in ["max_bytes: 5 parsecs\n", "max_age: soon\n", "max_size: 1\n"] {
-            assert!(serde_yaml::from_str::<RetentionConfig>(bad).is_err(), "{bad}");
+            assert!(
+                serde_yaml::from_str::<RetentionConfig>(bad).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -210,8 +210,11 @@ mod tests {
             build::data_row(&mut out, [Some(&id[..]), Some(&b"[redacted]"[..])]).unwrap();
         }
         build::command_complete(&mut out, "SELECT 3").unwrap();
-        build::error_response(&mut out, &ErrorSpec::error("42P01", "relation does not exist"))
-            .unwrap();
+        build::error_response(
+            &mut out,
+            &ErrorSpec::error("42P01", "relation does not exist"),
+        )
+        .unwrap();
         // Split mid-cycle: observation keeps its place across writes.
         r.observe(&out);
         let mut out = Vec::new();
@@ -253,7 +256,10 @@ mod tests {
         assert!(results[0].truncated, "the third row was left out");
         assert_eq!(results[0].tag.as_deref(), Some("SELECT 3"));
         let e = results[1].error.as_ref().unwrap();
-        assert_eq!((e.code.as_str(), e.message.as_str()), ("42P01", "relation does not exist"));
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("42P01", "relation does not exist")
+        );
         // A DataRow without a RowDescription (extended protocol, described earlier).
         assert_eq!(results[2].rows, [[None, Some("\\xff00".to_string())]]);
         assert_eq!(results[2].tag.as_deref(), Some("SELECT 1"));
@@ -283,6 +289,9 @@ mod tests {
             .flat_map(|e| std::fs::read(e.path()).unwrap())
             .collect();
         assert!(!all.windows(7).any(|w| w == b"hunter2"));
-        assert!(all.windows(8).any(|w| w == b"SELECT 1"), "the summary is there");
+        assert!(
+            all.windows(8).any(|w| w == b"SELECT 1"),
+            "the summary is there"
+        );
     }
 }

@@ -134,21 +134,34 @@ mod tests {
     #[test]
     fn replies_are_described_without_values_unless_asked() {
         let r = summarize(b"+OK\r\n", 5);
-        assert_eq!((r.kind.as_str(), r.value.as_deref()), ("simple", Some("OK")));
+        assert_eq!(
+            (r.kind.as_str(), r.value.as_deref()),
+            ("simple", Some("OK"))
+        );
         let r = summarize(b"$6\r\nsecret\r\n", 12);
-        assert_eq!((r.kind.as_str(), r.value.as_deref()), ("bulk", Some("(6 bytes)")));
+        assert_eq!(
+            (r.kind.as_str(), r.value.as_deref()),
+            ("bulk", Some("(6 bytes)"))
+        );
         let r = summarize(b"$-1\r\n", 5);
         assert_eq!(r.kind, "null");
         let r = summarize(b"*2\r\n$1\r\na\r\n$1\r\nb\r\n", 18);
         assert_eq!((r.kind.as_str(), r.elements), ("array", Some(2)));
         let r = summarize(b":42\r\n", 5);
-        assert_eq!((r.kind.as_str(), r.value.as_deref()), ("integer", Some("42")));
+        assert_eq!(
+            (r.kind.as_str(), r.value.as_deref()),
+            ("integer", Some("42"))
+        );
         let r = summarize(b"-ERR interceptor: command denied\r\n", 34);
         assert_eq!(r.value.as_deref(), Some("ERR interceptor: command denied"));
         // A long status line is cut at the prefix and marked.
         let mut long = b"+".to_vec();
         long.extend(std::iter::repeat_n(b'x', PREFIX));
         let r = summarize(&long[..PREFIX], 1007);
-        assert!(r.truncated && r.value.is_some_and(|v| v.len() == super::super::MAX_VALUE_CHARS));
+        assert!(
+            r.truncated
+                && r.value
+                    .is_some_and(|v| v.len() == super::super::MAX_VALUE_CHARS)
+        );
     }
 }
