@@ -95,15 +95,30 @@ pub struct AuditConfig {
     /// A signed checkpoint after this many entries.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
-    #[serde(default = "default_segment_bytes")]
+    #[serde(default = "default_segment_bytes", alias = "segment_max_bytes")]
     pub segment_bytes: u64,
     /// How long records of allowed operations (which nobody waits for) may
     /// gather before one write + fsync makes them durable together. 0 writes
     /// each group as soon as it is queued. Denials never wait for it.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
+    /// Old segments removed by size/age, each removal a signed record.
+    #[serde(default)]
+    pub retention: Option<crate::recording::RetentionConfig>,
+    /// Record a bounded summary of every response (as sent, after masking).
+    #[serde(default = "default_true")]
+    pub record_responses: bool,
+    /// Rows (PostgreSQL) or values (Redis) recorded per response; 0: none.
+    #[serde(default = "default_record_rows")]
+    pub record_rows: usize,
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_record_rows() -> usize {
+    20
+}
 fn default_linger_ms() -> u64 {
     5
 }

@@ -25,6 +25,7 @@ pub mod pgauth;
 pub mod pgproxy;
 pub mod policy;
 pub mod protocol;
+pub mod recording;
 pub mod redirect;
 pub mod redisproxy;
 pub mod session;

@@ -410,6 +410,7 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                     &meta.target,
                     meta.orig_dst,
                 ),
+                recorder: crate::recording::Recorder::for_connection(shared, meta),
             };
             pgproxy::run(client, upstream, ctx)
                 .await

@@ -557,6 +557,7 @@ mod tests {
                 classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
+                recorder: None,
             };
             run(c, u, ctx, None, MaskKey::from_bytes([0; 32])).await
         });
