@@ -583,3 +583,38 @@ fn texts_sharing_a_fingerprint_classify_alike() {
         assert_ne!(fingerprint(a), fingerprint(b), "{a} / {b}");
     }
 }
+
+/// Texts our lexer and sqlparser read, but PostgreSQL's own parser reads
+/// differently (another statement count, another kind) or not at all: the
+/// cross-check makes them unparsable, with the disagreement named.
+#[test]
+fn postgres_grammar_cross_check_catches_differentials() {
+    let ours_only = Classifier::default().with_cross_check(false);
+    for (sql, why) in [
+        // sqlparser accepts other dialects' syntax that PostgreSQL does not.
+        ("DESCRIBE customers", "rejects the text"),
+        ("SELECT * FROM customers LIMIT 1, 2", "rejects the text"),
+        ("INSERT customers VALUES (1)", "rejects the text"),
+        // Adjacent literals only continue across a newline in PostgreSQL.
+        ("SELECT 'a' 'b'", "rejects the text"),
+        // A standard SQL function body: `;` inside BEGIN ATOMIC does not end
+        // the statement for PostgreSQL; a splitter that ignores this sees
+        // a trailing `END` (a COMMIT).
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+            "statement(s)",
+        ),
+    ] {
+        let ours = ours_only.classify(sql);
+        assert!(
+            ours.statements.iter().any(|s| s.kind != Kind::Unparsable),
+            "not a differential (ours does not read it either): {sql}: {ours:?}"
+        );
+        let c = classify(sql);
+        assert_eq!(c.statements.len(), 1, "{sql}: {c:?}");
+        let s = &c.statements[0];
+        assert_eq!(s.kind, Kind::Unparsable, "{sql}");
+        let e = s.error.as_deref().unwrap_or_default();
+        assert!(e.starts_with("cross-check: ") && e.contains(why), "{sql}: {e}");
+    }
+}
