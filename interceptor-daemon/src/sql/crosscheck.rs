@@ -57,35 +57,54 @@ pub(crate) fn pg_statements(sql: &str) -> Result<Vec<PgStatement>, String> {
     Ok(out)
 }
 
+/// How PostgreSQL's reading differs from ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Disagreement {
+    /// PostgreSQL's parser rejects the text (its message).
+    Rejected(String),
+    /// Another statement count, span or kind (the explanation).
+    Differs(String),
+}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disagreement::Rejected(e) => write!(
+                f,
+                "cross-check: PostgreSQL's parser rejects the text ({e}) where ours read it"
+            ),
+            Disagreement::Differs(e) => write!(f, "cross-check: {e}"),
+        }
+    }
+}
+
 /// Compares our classification of `sql` with PostgreSQL's reading; `Err`
 /// explains the first disagreement.
-pub(crate) fn check(sql: &str, ours: &Classification) -> Result<(), String> {
-    let theirs = pg_statements(sql).map_err(|e| {
-        format!("cross-check: PostgreSQL's parser rejects the text ({e}) where ours read it")
-    })?;
+pub(crate) fn check(sql: &str, ours: &Classification) -> Result<(), Disagreement> {
+    let theirs = pg_statements(sql).map_err(Disagreement::Rejected)?;
     if theirs.len() != ours.statements.len() {
-        return Err(format!(
-            "cross-check: PostgreSQL's parser sees {} statement(s), ours {}",
+        return Err(Disagreement::Differs(format!(
+            "PostgreSQL's parser sees {} statement(s), ours {}",
             theirs.len(),
             ours.statements.len()
-        ));
+        )));
     }
     for (i, (p, o)) in theirs.iter().zip(&ours.statements).enumerate() {
         if p.span != o.span {
-            return Err(format!(
-                "cross-check: statement {} spans bytes {:?} for PostgreSQL's parser, {:?} for ours",
+            return Err(Disagreement::Differs(format!(
+                "statement {} spans bytes {:?} for PostgreSQL's parser, {:?} for ours",
                 i + 1,
                 p.span,
                 o.span
-            ));
+            )));
         }
         if o.kind != Kind::Unparsable && p.kind != o.kind {
-            return Err(format!(
-                "cross-check: statement {} is {} for PostgreSQL's parser, {} for ours",
+            return Err(Disagreement::Differs(format!(
+                "statement {} is {} for PostgreSQL's parser, {} for ours",
                 i + 1,
                 name(p.kind),
                 name(o.kind)
-            ));
+            )));
         }
     }
     Ok(())

@@ -457,7 +457,11 @@ impl Classifier {
         }
         match crosscheck::check(sql, &ours) {
             Ok(()) => ours,
-            Err(why) => Classification::whole_unparsable(sql, why),
+            // PostgreSQL rejects the whole text when one statement is bad;
+            // ours already says which (and each statement keeps its own
+            // decision in the audit log).
+            Err(crosscheck::Disagreement::Rejected(_)) if ours.any_unparsable() => ours,
+            Err(why) => Classification::whole_unparsable(sql, why.to_string()),
         }
     }
 
