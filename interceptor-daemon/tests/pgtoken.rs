@@ -147,7 +147,8 @@ fn service_account_token_as_the_password() {
     ))
     .unwrap();
     // ALTER SYSTEM runs outside a transaction block: its own query.
-    pg.admin_sql("ALTER SYSTEM SET log_connections = on").unwrap();
+    pg.admin_sql("ALTER SYSTEM SET log_connections = on")
+        .unwrap();
     pg.admin_sql("SELECT pg_reload_conf()").unwrap();
     pg.admin_sql("CREATE DATABASE shop OWNER app").unwrap();
     let secret_file = dir.join("db.secret");
@@ -236,7 +237,10 @@ fn service_account_token_as_the_password() {
     assert!(!pg_log.contains("user=workload"), "{pg_log}");
     let tokens = [&own, &admin, &other_pod, &revoked];
     for t in tokens {
-        assert!(!pg_log.contains(t.as_str()), "a token reached the server log");
+        assert!(
+            !pg_log.contains(t.as_str()),
+            "a token reached the server log"
+        );
     }
 
     let (_, metrics) = http_get(admin_addr(&lab), "/metrics");

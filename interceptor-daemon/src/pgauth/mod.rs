@@ -89,7 +89,10 @@ impl PostgresTarget {
                 return Err("postgres.client_auth: service_account_token needs identity.kubernetes (the token is verified with the cluster's TokenReview API; standalone mode has no cluster to ask)".into());
             }
         } else if !self.token_audiences.is_empty() {
-            return Err("postgres.token_audiences is only used with client_auth: service_account_token".into());
+            return Err(
+                "postgres.token_audiences is only used with client_auth: service_account_token"
+                    .into(),
+            );
         }
         Ok(())
     }

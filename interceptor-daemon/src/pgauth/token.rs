@@ -212,7 +212,11 @@ impl TokenAuth {
         let started = std::time::Instant::now();
         let outcome = self.attempt(client, pre).await;
         let (result, operation, error) = match &outcome {
-            Ok((v, _)) => ("ok", format!("client authentication: {}", describe(v)), None),
+            Ok((v, _)) => (
+                "ok",
+                format!("client authentication: {}", describe(v)),
+                None,
+            ),
             Err((e, v)) => (
                 e.result(),
                 match v {
@@ -229,7 +233,11 @@ impl TokenAuth {
                 result,
             })
             .inc();
-        let expected = self.expected.as_ref().map(Identity::name).unwrap_or_default();
+        let expected = self
+            .expected
+            .as_ref()
+            .map(Identity::name)
+            .unwrap_or_default();
         match &error {
             None => info!(target_name = %target, identity = %expected, %operation,
                 "service-account token verified for the connection's identity"),
@@ -352,7 +360,10 @@ mod tests {
     fn binding() {
         let pod = Some(("orders-1", "u1"));
         let ok = reviewed("shop", "orders", pod);
-        assert_eq!(check_binding(&ok, Some(&conn("shop", "orders", pod))), Ok(()));
+        assert_eq!(
+            check_binding(&ok, Some(&conn("shop", "orders", pod))),
+            Ok(())
+        );
         // A token not bound to a pod: the service account decides.
         let unbound = reviewed("shop", "orders", None);
         assert_eq!(
@@ -435,9 +446,13 @@ mod tests {
         let cfg = Config::parse(&format!("{plain}{upstream}")).unwrap();
         let inj = Injection::for_target(&cfg, "db", dst).unwrap();
         assert_eq!(inj.client_auth, ClientAuth::Any);
-        assert!(inj.with_token_auth(None, None, None, metrics).token.is_none());
-        let e = Config::parse(&format!("{plain}{upstream}      token_audiences: [x]\n"))
-            .unwrap_err();
+        assert!(
+            inj.with_token_auth(None, None, None, metrics)
+                .token
+                .is_none()
+        );
+        let e =
+            Config::parse(&format!("{plain}{upstream}      token_audiences: [x]\n")).unwrap_err();
         assert!(e.contains("only used with client_auth"), "{e}");
         let e = Config::parse(&base.replace("service_account_token", "password")).unwrap_err();
         assert!(e.contains("unknown variant `password`"), "{e}");

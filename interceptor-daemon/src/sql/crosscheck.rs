@@ -225,7 +225,11 @@ mod tests {
         );
         assert_eq!(s[0].span, 0..8);
         assert_eq!(s[1].span, 9..31);
-        assert!(pg_statements("SELEC 1").unwrap_err().contains("syntax error"));
+        assert!(
+            pg_statements("SELEC 1")
+                .unwrap_err()
+                .contains("syntax error")
+        );
     }
 
     /// Every ordinary statement the classifier reads is read alike by

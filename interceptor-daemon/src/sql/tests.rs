@@ -618,6 +618,9 @@ fn postgres_grammar_cross_check_catches_differentials() {
         let s = &c.statements[0];
         assert_eq!(s.kind, Kind::Unparsable, "{sql}");
         let e = s.error.as_deref().unwrap_or_default();
-        assert!(e.starts_with("cross-check: ") && e.contains(why), "{sql}: {e}");
+        assert!(
+            e.starts_with("cross-check: ") && e.contains(why),
+            "{sql}: {e}"
+        );
     }
 }
