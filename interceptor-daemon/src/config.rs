@@ -78,6 +78,9 @@ pub struct Config {
     /// Result masking settings (the rules are `action: mask` policy rules).
     #[serde(default)]
     pub masking: Option<MaskingConfig>,
+    /// SQL classification settings (`cross_check`).
+    #[serde(default)]
+    pub sql: crate::sql::SqlConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -593,6 +596,10 @@ impl Config {
                     "{here}targets[{i}] ({}): `mysql` settings need `protocol: mysql`",
                     t.name
                 ));
+            }
+            if let Some(pg) = &t.postgres {
+                pg.validate(self.identity.kubernetes.is_some())
+                    .map_err(|e| format!("{here}targets[{i}] ({}): {e}", t.name))?;
             }
             for d in &t.destinations {
                 if d.net.addr() == IpAddr::V4(*self.listener.address.ip())

@@ -119,9 +119,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         mask_key,
         audit: audit.clone(),
         approvals: approvals.clone(),
-        classifier: Arc::new(crate::sql::Classifier::new(
-            crate::sql::DangerousFunctions::builtin(),
-        )),
+        classifier: Arc::new(
+            crate::sql::Classifier::new(crate::sql::DangerousFunctions::builtin())
+                .with_cross_check(cfg.sql.cross_check),
+        ),
         next_id: AtomicU64::new(1),
         live: live.clone(),
     });

@@ -409,7 +409,18 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                     &shared.cfg,
                     &meta.target,
                     meta.orig_dst,
-                ),
+                )
+                .map(|i| {
+                    i.with_token_auth(
+                        shared.identities.token_verifier(),
+                        meta.identity.clone(),
+                        shared
+                            .audit
+                            .clone()
+                            .map(|log| (log, meta.audit_base(&shared.node))),
+                        shared.metrics.clone(),
+                    )
+                }),
                 recorder: crate::recording::Recorder::for_connection(shared, meta),
             };
             pgproxy::run(client, upstream, ctx)

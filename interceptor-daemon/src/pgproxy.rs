@@ -207,9 +207,14 @@ pub async fn run(
                     &params,
                     inj,
                     ctx.identity.as_deref(),
+                    &cbuf[packet_len..],
                 )
                 .await?;
-                cbuf.advance(packet_len);
+                match est.client_rest {
+                    // Read past the client's password message.
+                    Some(rest) => cbuf = rest,
+                    None => cbuf.advance(packet_len),
+                }
                 up += est.up;
                 let (a, b) = match est.stream {
                     Either::Left(tcp) => {

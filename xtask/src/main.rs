@@ -53,6 +53,8 @@ enum Cmd {
 /// the tests and the demo start.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
+    // bindgen in the pg_query crate's build (the cross-check parser).
+    "libclang-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
