@@ -78,6 +78,9 @@ pub struct Config {
     /// Result masking settings (the rules are `action: mask` policy rules).
     #[serde(default)]
     pub masking: Option<MaskingConfig>,
+    /// SQL classification settings (`cross_check`).
+    #[serde(default)]
+    pub sql: crate::sql::SqlConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,15 +98,30 @@ pub struct AuditConfig {
     /// A signed checkpoint after this many entries.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
-    #[serde(default = "default_segment_bytes")]
+    #[serde(default = "default_segment_bytes", alias = "segment_max_bytes")]
     pub segment_bytes: u64,
     /// How long records of allowed operations (which nobody waits for) may
     /// gather before one write + fsync makes them durable together. 0 writes
     /// each group as soon as it is queued. Denials never wait for it.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
+    /// Old segments removed by size/age, each removal a signed record.
+    #[serde(default)]
+    pub retention: Option<crate::recording::RetentionConfig>,
+    /// Record a bounded summary of every response (as sent, after masking).
+    #[serde(default = "default_true")]
+    pub record_responses: bool,
+    /// Rows (PostgreSQL) or values (Redis) recorded per response; 0: none.
+    #[serde(default = "default_record_rows")]
+    pub record_rows: usize,
 }
 
+fn default_true() -> bool {
+    true
+}
+fn default_record_rows() -> usize {
+    20
+}
 fn default_linger_ms() -> u64 {
     5
 }
@@ -213,6 +231,10 @@ pub struct TargetConfig {
     /// and upstream TLS.
     #[serde(default)]
     pub postgres: Option<crate::pgauth::PostgresTarget>,
+    /// MySQL settings (`protocol: mysql` only): credential injection and
+    /// upstream TLS.
+    #[serde(default)]
+    pub mysql: Option<crate::mysqlauth::MysqlTarget>,
 }
 
 impl Protocol {
@@ -568,6 +590,16 @@ impl Config {
                     "{here}targets[{i}] ({}): `postgres` settings need `protocol: postgres`",
                     t.name
                 ));
+            }
+            if t.mysql.is_some() && t.protocol != Protocol::Mysql {
+                return Err(format!(
+                    "{here}targets[{i}] ({}): `mysql` settings need `protocol: mysql`",
+                    t.name
+                ));
+            }
+            if let Some(pg) = &t.postgres {
+                pg.validate(self.identity.kubernetes.is_some())
+                    .map_err(|e| format!("{here}targets[{i}] ({}): {e}", t.name))?;
             }
             for d in &t.destinations {
                 if d.net.addr() == IpAddr::V4(*self.listener.address.ip())

@@ -42,6 +42,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             ac.segment_max_bytes = a.segment_bytes.max(4096);
             ac.linger = Duration::from_millis(a.linger_ms);
             ac.observer = Some(crate::session::observer(metrics.clone()));
+            if let Some(r) = &a.retention {
+                ac.retention_max_bytes = r.max_bytes;
+                ac.retention_max_age = r.max_age;
+            }
             let (log, report) = crate::audit::AuditLog::open(ac)
                 .await
                 .context("opening the audit log")?;
@@ -115,9 +119,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         mask_key,
         audit: audit.clone(),
         approvals: approvals.clone(),
-        classifier: Arc::new(crate::sql::Classifier::new(
-            crate::sql::DangerousFunctions::builtin(),
-        )),
+        classifier: Arc::new(
+            crate::sql::Classifier::new(crate::sql::DangerousFunctions::builtin())
+                .with_cross_check(cfg.sql.cross_check),
+        ),
         next_id: AtomicU64::new(1),
         live: live.clone(),
     });

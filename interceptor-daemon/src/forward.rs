@@ -42,14 +42,91 @@ pub struct Transferred {
 /// on (EOF from one side becomes a write shutdown on the other while the other
 /// direction keeps flowing); a slow reader slows its writer, since each
 /// direction has one bounded buffer and writes before it reads again.
+///
+/// An idle connection holds no buffer: each direction waits for its socket to
+/// become readable first and only then takes a buffer from a per-thread pool,
+/// giving it back once the bytes are written. A node carries many mostly idle
+/// pooled connections, and two fixed 64 KiB buffers each would cost more than
+/// everything else about them (`interceptor-lab idle` measures it).
 pub async fn pump(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     buffer: usize,
 ) -> io::Result<Transferred> {
-    let (up, down) =
-        tokio::io::copy_bidirectional_with_sizes(client, upstream, buffer, buffer).await?;
+    let buffer = buffer.max(1024);
+    let (cr, cw) = client.split();
+    let (ur, uw) = upstream.split();
+    let (up, down) = tokio::try_join!(one_way(cr, uw, buffer), one_way(ur, cw, buffer))?;
     Ok(Transferred { up, down })
+}
+
+async fn one_way(
+    from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    size: usize,
+) -> io::Result<u64> {
+    use tokio::io::AsyncWriteExt;
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let mut buf = pool::take(size);
+        let n = match from.try_read(&mut buf) {
+            Ok(n) => n,
+            // Readiness can be spurious.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pool::give(buf);
+                continue;
+            }
+            Err(e) => {
+                pool::give(buf);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            pool::give(buf);
+            // Half-close: the other direction keeps flowing.
+            to.shutdown().await?;
+            return Ok(total);
+        }
+        let written = to.write_all(&buf[..n]).await;
+        pool::give(buf);
+        written?;
+        total += n as u64;
+    }
+}
+
+/// Per-thread free lists of copy buffers, so a busy connection does not
+/// allocate per read and an idle one holds none.
+mod pool {
+    use std::cell::RefCell;
+
+    /// Buffers kept per thread and size; more are freed.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn take(size: usize) -> Box<[u8]> {
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            match f.iter().rposition(|b| b.len() == size) {
+                Some(i) => f.swap_remove(i),
+                None => vec![0u8; size].into_boxed_slice(),
+            }
+        })
+    }
+
+    /// The buffer may come back on another thread (the task moved): it joins
+    /// that thread's list.
+    pub(super) fn give(buf: Box<[u8]>) {
+        FREE.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < KEEP {
+                f.push(buf);
+            }
+        });
+    }
 }
 
 /// Closes with a reset, so the client sees the failure (ECONNRESET) rather than

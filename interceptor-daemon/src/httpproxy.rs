@@ -89,7 +89,14 @@ pub async fn run(
     let (ur, uw) = upstream.into_split();
     let (a, b) = tokio::join!(
         client_to_server(cr, uw, tx, &ctx),
-        server_to_client(ur, cw, rx)
+        server_to_client(
+            ur,
+            cw,
+            rx,
+            ctx.recorder
+                .clone()
+                .map(crate::recording::http::HttpRecorder::new)
+        )
     );
     Ok(Transferred { up: a?, down: b? })
 }
@@ -293,6 +300,7 @@ async fn server_to_client(
     mut ur: OwnedReadHalf,
     mut cw: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Entry>,
+    mut recorder: Option<crate::recording::http::HttpRecorder>,
 ) -> Result<u64, SessionError> {
     let mut queue: VecDeque<Entry> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -322,8 +330,14 @@ async fn server_to_client(
                     let n = s.scan(&buf).map_err(bad)?;
                     out.extend_from_slice(&buf[..n]);
                     buf.advance(n);
+                    if let Some(r) = recorder.as_mut() {
+                        r.body(n);
+                    }
                     if !s.is_done() {
                         break;
+                    }
+                    if let Some(r) = recorder.as_mut() {
+                        r.body_done();
                     }
                     state = Out::Head;
                 }
@@ -350,6 +364,14 @@ async fn server_to_client(
                     };
                     let framing = head.framing(method).map_err(bad)?;
                     let interim = head.is_interim();
+                    if !interim && let Some(r) = recorder.as_mut() {
+                        let declared = match framing {
+                            Framing::Length(n) => Some(n),
+                            Framing::None => Some(0),
+                            _ => None,
+                        };
+                        r.head(head.status, &head.headers, declared);
+                    }
                     let len = head.len;
                     out.extend_from_slice(&buf[..len]);
                     buf.advance(len);
@@ -474,6 +496,7 @@ rules:
                 classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
+                recorder: None,
             };
             run(c, u, ctx).await
         });
@@ -622,6 +645,7 @@ mod upgrade_tests {
                 classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
+                recorder: None,
             };
             run(c, u, ctx).await
         });

@@ -409,7 +409,19 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                     &shared.cfg,
                     &meta.target,
                     meta.orig_dst,
-                ),
+                )
+                .map(|i| {
+                    i.with_token_auth(
+                        shared.identities.token_verifier(),
+                        meta.identity.clone(),
+                        shared
+                            .audit
+                            .clone()
+                            .map(|log| (log, meta.audit_base(&shared.node))),
+                        shared.metrics.clone(),
+                    )
+                }),
+                recorder: crate::recording::Recorder::for_connection(shared, meta),
             };
             pgproxy::run(client, upstream, ctx)
                 .await
@@ -434,6 +446,8 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
             client,
             upstream,
             crate::session::SessionCtx::new(shared, meta),
+            crate::mysqlauth::Injection::for_target(&shared.cfg, &meta.target, meta.orig_dst),
+            shared.mask_key.clone(),
         )
         .await
         .map_err(|e| match e {

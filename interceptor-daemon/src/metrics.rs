@@ -157,8 +157,17 @@ pub struct ReviewFailureLabels {
     pub reason: &'static str,
 }
 
+/// A PostgreSQL client's token check (`client_auth: service_account_token`):
+/// `ok` or why it failed (see `pgauth::TokenAuthError::result`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientAuthLabels {
+    pub target: String,
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub client_auth: Family<ClientAuthLabels, Counter>,
     pub identity_cache: Family<IdentityCacheLabels, Counter>,
     pub token_review: Family<ReviewLabels, Histogram, Buckets>,
     pub token_review_failures: Family<ReviewFailureLabels, Counter>,
@@ -216,6 +225,7 @@ impl Metrics {
             token_review: Family::new_with_constructor(Buckets(latency_buckets)),
             token_review_failures: Family::default(),
             pods_known: Gauge::default(),
+            client_auth: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -318,6 +328,11 @@ impl Metrics {
             "kubernetes_pods_known",
             "Pods of this node in the Kubernetes pod index",
             m.pods_known.clone(),
+        );
+        registry.register(
+            "client_auth",
+            "PostgreSQL client authentications by service-account token, by target and result",
+            m.client_auth.clone(),
         );
         Metrics { registry, ..m }
     }

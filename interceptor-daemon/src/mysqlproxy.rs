@@ -8,9 +8,13 @@
 //!   multi-statements or query attributes; `COM_SET_OPTION` turning
 //!   multi-statements on is refused. So one query is one statement, which is
 //!   what the classifier vouches for.
-//! * Authentication passes through; the command phase starts at the server's
-//!   OK. `COM_CHANGE_USER` (re-authentication as another user) and commands
+//! * Authentication passes through, or, with `mysql.upstream` on the target,
+//!   the daemon logs in with the injected credential ([`crate::mysqlauth`]);
+//!   the command phase starts at the server's OK. `COM_CHANGE_USER` (re-authentication as another user) and commands
 //!   outside a known set (replication, debug...) are refused.
+//! * With `action: mask` rules for the session, result rows are rewritten
+//!   ([`crate::masking::mysql`]): the client half queues what each forwarded
+//!   command expects, the server half follows the answers.
 //! * A prepared statement is decided at prepare time; executing it needs no
 //!   new decision. `COM_INIT_DB` (`USE db`) passes; tables are matched as
 //!   written in the statement.
@@ -22,7 +26,7 @@ use std::io;
 
 use bytes::{Buf, BytesMut};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -33,13 +37,14 @@ use tracing::warn;
 
 use crate::{
     forward::Transferred,
+    masking::{self, MaskKey},
     policy::{Action, Decision},
     protocol::mysql::{
-        COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING, COM_QUERY, COM_QUIT,
-        COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE, COM_STMT_EXECUTE,
-        COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA, ClientHello,
-        ER_TABLEACCESS_DENIED, MysqlError, STRIPPED, err_packet, frame, rewrite_client_response,
-        rewrite_server_handshake,
+        CLIENT_DEPRECATE_EOF, COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING, COM_QUERY,
+        COM_QUIT, COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE,
+        COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET,
+        COM_STMT_SEND_LONG_DATA, ClientHello, ER_TABLEACCESS_DENIED, MysqlError, STRIPPED,
+        err_packet, frame, rewrite_client_response, rewrite_server_handshake,
     },
     session::SessionCtx,
 };
@@ -55,6 +60,48 @@ pub enum SessionError {
     },
     #[error("the client asked for TLS, which is not available on the pod-to-node hop")]
     ClientTls,
+    #[error(transparent)]
+    Upstream(#[from] crate::mysqlauth::InjectError),
+    #[error(transparent)]
+    Mask(#[from] crate::masking::mysql::MaskError),
+}
+
+/// A packet with payload `payload` (shorter than 16 MiB: masked rows are).
+fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let n = payload.len();
+    let mut v = Vec::with_capacity(4 + n);
+    v.extend_from_slice(&[n as u8, (n >> 8) as u8, (n >> 16) as u8, seq]);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Queues what the server's answer to a forwarded command will be (masking).
+fn expect(pending: Option<&masking::mysql::Pending>, cmd: u8, payload: &[u8]) {
+    use masking::mysql::{Expect, Masker};
+    let Some(pending) = pending else {
+        return;
+    };
+    let sql = || String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
+    let id = || {
+        payload
+            .get(1..5)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(u32::MAX)
+    };
+    let e = match cmd {
+        // No answer.
+        COM_QUIT | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => return,
+        COM_QUERY => Expect::Query(Masker::facts(&sql())),
+        COM_STMT_PREPARE => Expect::Prepare(Masker::facts(&sql())),
+        COM_STMT_EXECUTE => Expect::Execute(id()),
+        COM_STMT_FETCH => Expect::Fetch(id()),
+        COM_FIELD_LIST => Expect::FieldList,
+        _ => Expect::Single,
+    };
+    pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(e);
 }
 
 async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
@@ -76,19 +123,61 @@ async fn read_packet(r: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize>
     }
 }
 
-/// Runs the session until both directions are done.
+/// The masking halves for a session, if mask rules apply to it.
+fn masking(
+    ctx: &SessionCtx,
+    key: MaskKey,
+    caps: u32,
+) -> (
+    Option<masking::mysql::Pending>,
+    Option<masking::mysql::Masker>,
+) {
+    let plan = ctx.policy.current().policy.masks_for(&ctx.policy_ctx());
+    if plan.is_empty() {
+        return (None, None);
+    }
+    let pending = masking::mysql::Pending::default();
+    let deprecate_eof = caps & CLIENT_DEPRECATE_EOF != 0;
+    let m = masking::mysql::Masker::new(plan, key, pending.clone(), deprecate_eof);
+    (Some(pending), Some(m))
+}
+
+/// Runs the session until both directions are done; `inject`: log in with
+/// the target's credential instead of passing the client's through;
+/// `mask_key` keys the `hash` masking strategy.
 pub async fn run(
     mut client: TcpStream,
-    mut upstream: TcpStream,
+    upstream: TcpStream,
     ctx: SessionCtx,
+    inject: Option<crate::mysqlauth::Injection>,
+    mask_key: MaskKey,
 ) -> Result<Transferred, SessionError> {
+    if let Some(inj) = inject {
+        let est = crate::mysqlauth::establish(&mut client, upstream, &inj, ctx.identity.as_deref())
+            .await?;
+        let (pending, masker) = masking(&ctx, mask_key, est.caps);
+        let (authed_tx, authed) = watch::channel(true);
+        let (tx, rx) = mpsc::channel(64);
+        let (cr, cw) = client.into_split();
+        let (ur, uw) = tokio::io::split(est.stream);
+        let (a, b) = tokio::join!(
+            client_to_server(cr, uw, est.client_buf, tx, authed, &ctx, pending),
+            server_to_client(ur, cw, est.server_buf, rx, authed_tx, masker)
+        );
+        return Ok(Transferred {
+            up: est.up + a?,
+            down: est.down + b?,
+        });
+    }
+    let mut upstream = upstream;
     let mut sbuf = BytesMut::with_capacity(16 * 1024);
     let mut cbuf = BytesMut::with_capacity(16 * 1024);
     // The server speaks first.
     let len = read_packet(&mut upstream, &mut sbuf).await?;
     let refused = sbuf[4] == 0xff;
+    let mut caps = 0;
     if !refused {
-        rewrite_server_handshake(&mut sbuf[4..len], STRIPPED).map_err(|source| {
+        caps = rewrite_server_handshake(&mut sbuf[4..len], STRIPPED).map_err(|source| {
             SessionError::Handshake {
                 side: "server",
                 source,
@@ -102,7 +191,8 @@ pub async fn run(
         let len = read_packet(&mut client, &mut cbuf).await?;
         let seq = cbuf[3];
         match rewrite_client_response(&mut cbuf[4..len], STRIPPED) {
-            Ok(ClientHello::Response { .. }) => {
+            Ok(ClientHello::Response { caps: client }) => {
+                caps &= client;
                 upstream.write_all(&cbuf[..len]).await?;
                 cbuf.advance(len);
                 up += len as u64;
@@ -130,13 +220,14 @@ pub async fn run(
             }
         }
     }
+    let (pending, masker) = masking(&ctx, mask_key, caps);
     let (authed_tx, authed) = watch::channel(false);
     let (tx, rx) = mpsc::channel(64);
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let (a, b) = tokio::join!(
-        client_to_server(cr, uw, cbuf, tx, authed, &ctx),
-        server_to_client(ur, cw, sbuf, rx, authed_tx)
+        client_to_server(cr, uw, cbuf, tx, authed, &ctx, pending),
+        server_to_client(ur, cw, sbuf, rx, authed_tx, masker)
     );
     up += a?;
     down += b?;
@@ -199,11 +290,12 @@ fn decide_sql(payload: &[u8], via: &str, ctx: &SessionCtx) -> (Decision, String)
 
 async fn client_to_server(
     mut cr: OwnedReadHalf,
-    mut uw: OwnedWriteHalf,
+    mut uw: impl AsyncWrite + Unpin,
     mut buf: BytesMut,
     tx: mpsc::Sender<Vec<u8>>,
     mut authed: watch::Receiver<bool>,
     ctx: &SessionCtx,
+    pending: Option<masking::mysql::Pending>,
 ) -> Result<u64, SessionError> {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut total = 0u64;
@@ -219,6 +311,7 @@ async fn client_to_server(
             if !continuing && p.seq == 0 && !*authed.borrow() {
                 if !out.is_empty() {
                     uw.write_all(&out).await?;
+                    uw.flush().await?;
                     total += out.len() as u64;
                     out.clear();
                 }
@@ -287,16 +380,22 @@ async fn client_to_server(
                             return Ok(total);
                         }
                     } else {
+                        expect(pending.as_ref(), cmd, p.payload);
                         out.extend_from_slice(&buf[..len]);
                     }
                 }
-                None => out.extend_from_slice(&buf[..len]),
+                None => {
+                    expect(pending.as_ref(), cmd, p.payload);
+                    out.extend_from_slice(&buf[..len]);
+                }
             }
             continuing = p.continued();
             buf.advance(len);
         }
         if !out.is_empty() {
             uw.write_all(&out).await?;
+            // TLS upstream: records leave rustls's buffer on flush.
+            uw.flush().await?;
             total += out.len() as u64;
             out.clear();
         }
@@ -308,11 +407,12 @@ async fn client_to_server(
 }
 
 async fn server_to_client(
-    mut ur: OwnedReadHalf,
+    mut ur: impl AsyncRead + Unpin,
     mut cw: OwnedWriteHalf,
     mut buf: BytesMut,
     mut rx: mpsc::Receiver<Vec<u8>>,
     authed: watch::Sender<bool>,
+    mut masker: Option<masking::mysql::Masker>,
 ) -> Result<u64, SessionError> {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut total = 0u64;
@@ -321,8 +421,33 @@ async fn server_to_client(
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
             // The OK that ends authentication: commands may follow.
-            if !*authed.borrow() && p.payload.first() == Some(&0x00) {
-                authed.send_replace(true);
+            if !*authed.borrow() {
+                if p.payload.first() == Some(&0x00) {
+                    authed.send_replace(true);
+                }
+            } else if let Some(m) = masker.as_mut() {
+                match m.on_packet(p.payload) {
+                    Ok(None) => {}
+                    Ok(Some(new)) => {
+                        out.extend_from_slice(&packet(p.seq, &new));
+                        buf.advance(len);
+                        continue;
+                    }
+                    Err(e) => {
+                        // Fail closed: nothing more of this session reaches
+                        // the client.
+                        warn!(error = %e, "closing the connection: result cannot be masked");
+                        out.extend_from_slice(&err_packet(
+                            p.seq,
+                            ER_TABLEACCESS_DENIED,
+                            "42000",
+                            &format!("interceptor: {e}"),
+                        ));
+                        cw.write_all(&out).await?;
+                        let _ = cw.shutdown().await;
+                        return Err(SessionError::Mask(e));
+                    }
+                }
             }
             out.extend_from_slice(&buf[..len]);
             buf.advance(len);
@@ -342,7 +467,16 @@ async fn server_to_client(
                 None => rx_open = false,
             },
             n = fill(&mut ur, &mut buf) => {
-                if n? == 0 {
+                // A server closing after COM_QUIT may reset the connection
+                // (our TLS close_notify unread) or skip close_notify: the end.
+                let n = match n {
+                    Err(e) if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                    ) => 0,
+                    other => other?,
+                };
+                if n == 0 {
                     while let Ok(err) = rx.try_recv() {
                         cw.write_all(&err).await?;
                     }
@@ -423,8 +557,9 @@ mod tests {
                 classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
+                recorder: None,
             };
-            run(c, u, ctx).await
+            run(c, u, ctx, None, MaskKey::from_bytes([0; 32])).await
         });
         let mut c = TcpStream::connect(paddr).await.unwrap();
         let mut got = Vec::new();
@@ -460,6 +595,26 @@ mod tests {
         let text = String::from_utf8_lossy(&got);
         assert!(
             text.contains("#42000interceptor: statement denied by rule `no-delete`"),
+            "{text}"
+        );
+    }
+
+    /// Re-authentication would log in around an injected credential: it
+    /// never reaches the server (the same relay serves injected sessions).
+    #[tokio::test]
+    async fn change_user_is_refused() {
+        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
+        resp.resize(40, 0);
+        let mut bytes = packet(1, &resp);
+        bytes.extend(packet(0, b"\x11root\0\0"));
+        let (got, seen) = session(bytes).await;
+        assert!(
+            !seen.windows(5).any(|w| w == b"\x11root"),
+            "COM_CHANGE_USER reached the server"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("changing the user on a connection is not available"),
             "{text}"
         );
     }

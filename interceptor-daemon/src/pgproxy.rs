@@ -88,6 +88,8 @@ pub struct SessionCtx {
     pub approvals: Option<(Arc<Approvals>, AccessRecord)>,
     /// The target's credential injection / upstream TLS, if configured.
     pub inject: Option<Injection>,
+    /// Records what the client receives (after masking), if configured.
+    pub recorder: Option<crate::recording::Recorder>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,9 +207,14 @@ pub async fn run(
                     &params,
                     inj,
                     ctx.identity.as_deref(),
+                    &cbuf[packet_len..],
                 )
                 .await?;
-                cbuf.advance(packet_len);
+                match est.client_rest {
+                    // Read past the client's password message.
+                    Some(rest) => cbuf = rest,
+                    None => cbuf.advance(packet_len),
+                }
                 up += est.up;
                 let (a, b) = match est.stream {
                     Either::Left(tcp) => {
@@ -254,7 +261,11 @@ async fn relay(
     let (feed, masker) = wire::session(plan, ctx.mask_key.clone()).unzip();
     let (cr, cw) = client.into_split();
     let c2s = client_to_server(cr, uw, cbuf, pending.clone(), feed, ctx);
-    let s2c = server_to_client(ur, cw, pending, masker, sbuf);
+    let rec = ctx
+        .recorder
+        .clone()
+        .map(crate::recording::pg::PgRecorder::new);
+    let s2c = server_to_client(ur, cw, pending, masker, sbuf, rec);
     tokio::join!(c2s, s2c)
 }
 
@@ -629,6 +640,7 @@ async fn server_to_client(
     pending: Pending,
     mut masker: Option<ResultMasker>,
     mut buf: BytesMut,
+    mut recorder: Option<crate::recording::pg::PgRecorder>,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Backend);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -686,6 +698,10 @@ async fn server_to_client(
             buf.advance(len);
         }
         if !out.is_empty() {
+            // What the client gets, masked and with denials in place, is what is recorded.
+            if let Some(r) = recorder.as_mut() {
+                r.observe(&out);
+            }
             cw.write_all(&out).await?;
             total += out.len() as u64;
             out.clear();

@@ -110,7 +110,14 @@ pub async fn run(
     let (ur, uw) = upstream.into_split();
     let (a, b) = tokio::join!(
         client_to_server(cr, uw, tx, &ctx),
-        server_to_client(ur, cw, rx)
+        server_to_client(
+            ur,
+            cw,
+            rx,
+            ctx.recorder
+                .clone()
+                .map(crate::recording::redis::RedisRecorder::new)
+        )
     );
     Ok(Transferred { up: a?, down: b? })
 }
@@ -380,6 +387,7 @@ async fn server_to_client(
     mut ur: OwnedReadHalf,
     mut cw: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Entry>,
+    mut recorder: Option<crate::recording::redis::RedisRecorder>,
 ) -> Result<u64, SessionError> {
     let mut st = Replies::default();
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -409,13 +417,21 @@ async fn server_to_client(
                 Scan::Partial(n) => {
                     if !st.swallow {
                         out.extend_from_slice(&buf[..n]);
+                        if let Some(r) = recorder.as_mut() {
+                            r.feed(&buf[..n]);
+                        }
                     }
                     buf.advance(n);
                     break;
                 }
                 Scan::Reply { len, marker } => {
+                    // A replaced reply is not what the client gets: not recorded.
                     if !st.swallow {
                         out.extend_from_slice(&buf[..len]);
+                        if let Some(r) = recorder.as_mut() {
+                            r.feed(&buf[..len]);
+                            r.end(marker);
+                        }
                     }
                     buf.advance(len);
                     st.end(marker, &mut out);
@@ -514,6 +530,7 @@ rules:
                 classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
+                recorder: None,
             };
             run(c, u, ctx).await
         });

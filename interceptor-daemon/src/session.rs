@@ -26,6 +26,8 @@ pub struct SessionCtx {
     /// Header names (lower-case) whose values never reach logs, besides the
     /// built-in ones (HTTP only).
     pub redact_headers: Vec<String>,
+    /// Records what the client receives, if configured.
+    pub recorder: Option<crate::recording::Recorder>,
 }
 
 impl SessionCtx {
@@ -146,6 +148,7 @@ impl SessionCtx {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            recorder: crate::recording::Recorder::for_connection(shared, meta),
         }
     }
 }

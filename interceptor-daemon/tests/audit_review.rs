@@ -386,7 +386,10 @@ fn sessions_list_and_replay() {
         lines[3],
         "+6.000s  deny    DELETE FROM accounts WHERE id = $1  [rule no-deletes; error: denied]"
     );
-    assert!(out.contains("recording masked responses is a later step"));
+    assert!(
+        out.contains("note: no responses are recorded for this session"),
+        "{out}"
+    );
 
     let (code, _, err) = interceptor(&["sessions", "replay", s(dir), "nope"]);
     assert_eq!(code, 1);

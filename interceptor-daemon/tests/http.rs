@@ -355,4 +355,26 @@ fn http_requests_are_decided_on_the_wire() {
     for secret in ["s3cr3t-token", "k3y-value", "c00kie", "qv4lue"] {
         assert!(!shown.contains(secret), "`{secret}` reached the audit log");
     }
+
+    // The session replay shows each response: status, content type, length.
+    let first = shown
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["record"]["Access"]["operation"] == format!("GET {host} /v1/orders/7"))
+        .unwrap_or_else(|| panic!("no record of the first request: {shown}"));
+    let session = first["record"]["Access"]["session_id"].as_str().unwrap();
+    let out = Command::new(DAEMON)
+        .args(["sessions", "replay"])
+        .arg(&s.audit_dir)
+        .arg(session)
+        .output()
+        .unwrap();
+    let replay = stdout(&out);
+    assert!(out.status.success(), "{replay}{}", stderr(&out));
+    let lines: Vec<&str> = replay.lines().collect();
+    assert!(lines[1].contains("allow   GET"), "{replay}");
+    assert!(
+        lines[2].contains("response 200 text/plain 20 bytes"),
+        "{replay}"
+    );
 }

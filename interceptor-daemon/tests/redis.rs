@@ -327,4 +327,39 @@ fn redis_commands_are_decided_on_the_wire() {
     );
     // Values never reach the audit log.
     assert!(!shown.contains("hello"), "a value reached the audit log");
+
+    // The pipeline's session replays with each reply the client got, in order:
+    // statuses and integers as sent, strings by their size only.
+    let echo = shown
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["record"]["Access"]["operation"] == "ECHO")
+        .unwrap_or_else(|| panic!("no ECHO record: {shown}"));
+    let session = echo["record"]["Access"]["session_id"].as_str().unwrap();
+    let out = Command::new(DAEMON)
+        .args(["sessions", "replay"])
+        .arg(&s.audit_dir)
+        .arg(session)
+        .output()
+        .unwrap();
+    let replay = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{replay}");
+    let at = |needle: &str| {
+        replay
+            .find(needle)
+            .unwrap_or_else(|| panic!("no `{needle}` in the replay:\n{replay}"))
+    };
+    let order = [
+        at("reply   simple PONG"),
+        at("reply   simple OK"),
+        at("reply   bulk (1 bytes)"),
+        at("reply   integer 1"),
+        at("reply   bulk (4 bytes)"),
+    ];
+    assert!(order.is_sorted(), "{replay}");
+    // Each reply follows its command.
+    assert!(
+        at("allow   PING") < order[0] && at("allow   ECHO") < order[4],
+        "{replay}"
+    );
 }

@@ -53,6 +53,8 @@ enum Cmd {
 /// the tests and the demo start.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
+    // bindgen in the pg_query crate's build (the cross-check parser).
+    "libclang-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
@@ -277,14 +279,24 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         );
     }
     let bin = release_bins()?;
-    let out = workspace_root().join("bench").join("RESULTS.md");
+    let dir = workspace_root().join("bench");
     status(
         Command::new(bin.join("interceptor-lab"))
             .arg("bench")
             .arg("--bin-dir")
             .arg(&bin)
             .arg("--out")
-            .arg(&out)
+            .arg(dir.join("RESULTS.md"))
             .args(args),
+    )?;
+    // Memory per idle connection, same proxies, 10k connections (or as many
+    // as the descriptor limit allows).
+    status(
+        Command::new(bin.join("interceptor-lab"))
+            .arg("idle")
+            .arg("--bin-dir")
+            .arg(&bin)
+            .arg("--out")
+            .arg(dir.join("IDLE.md")),
     )
 }

@@ -113,10 +113,21 @@ serves every node.
 {{- $_ := set $cfg "proxy" . }}
 {{- end }}
 {{- if .Values.audit.enabled }}
-{{- $_ := set $cfg "audit" (dict
+{{- $audit := dict
     "dir" (include "interceptor.auditMount" .)
     "checkpoint_every" (int64 .Values.audit.checkpointEvery)
-    "segment_bytes" (int64 .Values.audit.segmentBytes)) }}
+    "segment_bytes" (int64 .Values.audit.segmentBytes)
+    "record_responses" (.Values.audit.recordResponses | default false)
+    "record_rows" (int64 (.Values.audit.recordRows | default 0)) }}
+{{- $retention := dict }}
+{{- with .Values.audit.retention }}
+{{- with .maxAge }}{{- $_ := set $retention "max_age" . }}{{- end }}
+{{- with .maxBytes }}{{- $_ := set $retention "max_bytes" (int64 .) }}{{- end }}
+{{- end }}
+{{- if $retention }}
+{{- $_ := set $audit "retention" $retention }}
+{{- end }}
+{{- $_ := set $cfg "audit" $audit }}
 {{- end }}
 {{- toYaml (mergeOverwrite (deepCopy .Values.extraConfig) $cfg) }}
 {{- end }}

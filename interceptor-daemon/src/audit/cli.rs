@@ -94,6 +94,28 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 200, hide = true)]
         poll_ms: u64,
     },
+    /// Delete the oldest sealed segments beyond an age or size limit, offline
+    /// (the daemon does this itself with `audit.retention`). The removal is
+    /// recorded as a retention record signed with the node key, so `verify`
+    /// accepts the missing segments. Refused while a daemon writes the log.
+    Prune {
+        /// The log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Remove segments last written longer ago than this (e.g. 30d, 12h).
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Remove the oldest segments while the log is larger than this
+        /// (bytes, or with a unit: 500MiB, 2GB).
+        #[arg(long)]
+        max_bytes: Option<String>,
+        /// The node key, when it is not `DIR/node.key`.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The node name for a new segment header (default: this host's name).
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Print the node's audit public key.
     Pubkey {
         /// The log directory of the node.
@@ -119,6 +141,19 @@ pub fn run(cmd: AuditCommand) -> u8 {
         AuditCommand::Verify { dir, pubkey } => verify(&dir, pubkey.as_deref()),
         AuditCommand::Pubkey { dir, key_file } => pubkey(&dir, key_file.as_deref()),
         AuditCommand::Show { dir } => show(&dir),
+        AuditCommand::Prune {
+            dir,
+            max_age,
+            max_bytes,
+            key_file,
+            node,
+        } => prune(
+            &dir,
+            max_age.as_deref(),
+            max_bytes.as_deref(),
+            key_file.as_deref(),
+            node,
+        ),
         AuditCommand::Query {
             dir,
             since,
@@ -233,6 +268,15 @@ pub fn verify(dir: &Path, pubkey_file: Option<&Path>) -> Output {
                 "chain head {}\n",
                 super::format::hex(&r.chain_head)
             ));
+            if r.responses > 0 {
+                s.push_str(&format!("{} recorded responses\n", r.responses));
+            }
+            if r.first_segment > 0 && r.pruned_segments > 0 {
+                s.push_str(&format!(
+                    "segments before {} were removed by signed retention records (expected, not a gap)\n",
+                    r.first_segment
+                ));
+            }
             if r.unsigned_tail > 0 {
                 s.push_str(&format!(
                     "note: the last {} records are chained but not yet covered by a checkpoint\n",
@@ -250,6 +294,96 @@ pub fn verify(dir: &Path, pubkey_file: Option<&Path>) -> Output {
             stdout: format!("FAILED: {e}\n"),
             stderr,
         },
+    }
+}
+
+/// Parse a byte size: a number, optionally with a unit (`KB`, `MiB`, `GB`...).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '_')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 1073741824, 500MiB, 2GB)"))?;
+    let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return Err(format!("`{s}`: unknown size unit `{unit}`")),
+    };
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// `audit prune`: apply retention limits to a log no daemon is writing.
+pub fn prune(
+    dir: &Path,
+    max_age: Option<&str>,
+    max_bytes: Option<&str>,
+    key_file: Option<&Path>,
+    node: Option<String>,
+) -> Output {
+    let fail = |e: String| Output {
+        code: 1,
+        stdout: String::new(),
+        stderr: format!("interceptor: error: {e}\n"),
+    };
+    if max_age.is_none() && max_bytes.is_none() {
+        return fail("give --max-age and/or --max-bytes".into());
+    }
+    match super::writer::list_segments(dir) {
+        Ok(s) if !s.is_empty() => {}
+        _ => return fail(format!("no audit segments in {}", dir.display())),
+    }
+    let node = node.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    let mut cfg = AuditConfig::new(dir, node);
+    cfg.key_file = key_file.map(Path::to_path_buf);
+    if let Some(a) = max_age {
+        match humantime::parse_duration(a) {
+            Ok(d) => cfg.retention_max_age = Some(d),
+            Err(e) => return fail(format!("--max-age `{a}`: {e}")),
+        }
+    }
+    if let Some(b) = max_bytes {
+        match parse_bytes(b) {
+            Ok(n) => cfg.retention_max_bytes = Some(n),
+            Err(e) => return fail(format!("--max-bytes: {e}")),
+        }
+    }
+    match super::writer::prune(cfg) {
+        Ok(None) => Output {
+            code: 0,
+            stdout: "nothing to remove: the log is within the limits\n".into(),
+            stderr: String::new(),
+        },
+        Ok(Some(r)) => {
+            let segs: Vec<String> = r.removed.iter().map(|s| s.segment.to_string()).collect();
+            let bytes: u64 = r.removed.iter().map(|s| s.bytes).sum();
+            Output {
+                code: 0,
+                stdout: format!(
+                    "removed {} segments ({}; {bytes} bytes): {}\nrecorded as a signed retention record\n",
+                    r.removed.len(),
+                    segs.join(", "),
+                    r.reason
+                ),
+                stderr: String::new(),
+            }
+        }
+        Err(e) => fail(e.to_string()),
     }
 }
 

@@ -16,7 +16,14 @@
 use sha2::{Digest, Sha256};
 
 pub const MAGIC: &[u8; 8] = b"ICPTAUDT";
-pub const FORMAT_VERSION: u16 = 1;
+/// Written into new segments. Version 2 added response records
+/// ([`super::record::Record::Response`]); everything else is as in version 1, whose
+/// segments are still read and verified.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest version this build reads.
+pub const MIN_FORMAT_VERSION: u16 = 1;
+/// The first version whose segments may hold response records.
+pub const RESPONSES_SINCE: u16 = 2;
 /// Header bytes before the node name.
 const HEADER_FIXED: usize = 8 + 2 + 8 + 32 + 2;
 pub const MAX_NODE_NAME: usize = 255;
@@ -28,6 +35,7 @@ pub const ZERO_HASH: Hash = [0; 32];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    pub version: u16,
     pub segment: u64,
     pub prev: Hash,
     pub node: String,
@@ -53,6 +61,16 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// Encode a header; `node` is cut to [`MAX_NODE_NAME`] bytes at a char boundary.
 pub fn encode_header(segment: u64, prev: &Hash, node: &str) -> (Vec<u8>, Hash) {
+    encode_header_version(FORMAT_VERSION, segment, prev, node)
+}
+
+/// [`encode_header`] naming another format version (tests write older logs).
+pub fn encode_header_version(
+    version: u16,
+    segment: u64,
+    prev: &Hash,
+    node: &str,
+) -> (Vec<u8>, Hash) {
     let mut end = node.len().min(MAX_NODE_NAME);
     while !node.is_char_boundary(end) {
         end -= 1;
@@ -60,7 +78,7 @@ pub fn encode_header(segment: u64, prev: &Hash, node: &str) -> (Vec<u8>, Hash) {
     let node = &node.as_bytes()[..end];
     let mut h = Vec::with_capacity(HEADER_FIXED + node.len() + 32);
     h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h.extend_from_slice(&version.to_le_bytes());
     h.extend_from_slice(&segment.to_le_bytes());
     h.extend_from_slice(prev);
     h.extend_from_slice(&(node.len() as u16).to_le_bytes());
@@ -92,13 +110,14 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, (u64, String)> {
     if hash[..] != buf[HEADER_FIXED + node_len..len] {
         return Err((0, "segment header hash mismatch".into()));
     }
-    if version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err((8, format!("unsupported format version {version}")));
     }
     let node = std::str::from_utf8(&buf[HEADER_FIXED..HEADER_FIXED + node_len])
         .map_err(|_| (HEADER_FIXED as u64, "node name is not UTF-8".to_string()))?
         .to_string();
     Ok(Header {
+        version,
         segment: u64::from_le_bytes(array(&buf[10..18])),
         prev: array(&buf[18..50]),
         node,

@@ -18,6 +18,7 @@
 //! - `by_identity`: str(namespace) | str(service account) | time | id
 //! - `by_target`: str(target) | time | id
 //! - `by_session`: str(session) | time | id
+//! - `responses`: str(session) | time | id -> record body (recorded responses)
 //! - `meta`: `state` -> JSON [`State`]
 //!
 //! where str(s) = len u16 | bytes, so that a prefix never matches a longer name.
@@ -36,12 +37,12 @@ use super::{
     format::{self, Hash},
     query::{Filter, Hit},
     reader::{self, Cursor, Entry},
-    record::{self, Record},
+    record::{self, Record, ResponseRecord},
     writer::{file_name, list_segments},
 };
 
 /// Bumped whenever the layout above changes: an index of another version is rebuilt.
-const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION: u32 = 2;
 
 /// Name of the index directory inside the log directory, unless configured.
 pub const DEFAULT_INDEX_DIR: &str = "index";
@@ -92,6 +93,7 @@ pub struct Index {
     by_identity: sled::Tree,
     by_target: sled::Tree,
     by_session: sled::Tree,
+    responses: sled::Tree,
     meta: sled::Tree,
 }
 
@@ -132,6 +134,7 @@ impl Index {
             by_identity: tree("by_identity")?,
             by_target: tree("by_target")?,
             by_session: tree("by_session")?,
+            responses: tree("responses")?,
             meta: tree("meta")?,
             log_dir: log_dir.to_path_buf(),
             path: path.clone(),
@@ -220,6 +223,7 @@ impl Index {
                 &self.by_identity,
                 &self.by_target,
                 &self.by_session,
+                &self.responses,
                 &self.meta,
             ] {
                 t.clear().map_err(|e| self.db_err(e))?;
@@ -302,10 +306,20 @@ impl Index {
         let mut by_identity = sled::Batch::default();
         let mut by_target = sled::Batch::default();
         let mut by_session = sled::Batch::default();
+        let mut responses = sled::Batch::default();
         let mut n = 0;
         for e in entries {
-            let Record::Access(a) = e.decode(segment_file)? else {
-                continue;
+            let a = match e.decode(segment_file)? {
+                Record::Access(a) => a,
+                Record::Response(r) => {
+                    let mut k = Vec::new();
+                    put_str(&mut k, &r.session_id);
+                    k.extend_from_slice(&r.time_ns.to_be_bytes());
+                    k.extend_from_slice(&id(e.segment, e.offset));
+                    responses.insert(k, e.body.as_slice());
+                    continue;
+                }
+                _ => continue,
             };
             let id = id(e.segment, e.offset);
             let mut v = Vec::with_capacity(40 + e.body.len());
@@ -340,6 +354,7 @@ impl Index {
             (&self.by_identity, by_identity),
             (&self.by_target, by_target),
             (&self.by_session, by_session),
+            (&self.responses, responses),
         ] {
             t.apply_batch(b).map_err(|e| self.db_err(e))?;
         }
@@ -437,6 +452,26 @@ impl Index {
         Ok(super::query::finish(hits, limit))
     }
 
+    /// The responses recorded for a session, oldest first.
+    pub fn responses(&self, session: &str) -> Result<Vec<ResponseRecord>, IndexError> {
+        let mut p = Vec::new();
+        put_str(&mut p, session);
+        let mut out = Vec::new();
+        for kv in self.responses.scan_prefix(&p) {
+            let (_, v) = kv.map_err(|e| self.db_err(e))?;
+            match record::decode(&v) {
+                Ok(Record::Response(r)) => out.push(r),
+                _ => {
+                    return Err(IndexError::Entry(
+                        self.path.clone(),
+                        "response entry does not decode".into(),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Session ids with their record count, for `sessions list` (records are fetched
     /// by the caller through [`Index::query`] with the session filter).
     pub fn session_ids(&self) -> Result<BTreeMap<String, u64>, IndexError> {
@@ -454,6 +489,25 @@ impl Index {
         }
         Ok(out)
     }
+}
+
+/// The responses of a session without an index: every segment is read.
+pub fn scan_responses(dir: &Path, session: &str) -> Result<Vec<ResponseRecord>, AuditError> {
+    let segs: BTreeMap<u64, String> = list_segments(dir)?
+        .into_iter()
+        .map(|(s, p)| (s, file_name(&p)))
+        .collect();
+    let mut out = Vec::new();
+    for e in reader::read_all(dir)? {
+        let name = segs.get(&e.segment).map_or("", String::as_str);
+        if let Record::Response(r) = e.decode(name)?
+            && r.session_id == session
+        {
+            out.push(r);
+        }
+    }
+    out.sort_by_key(|r| r.time_ns);
+    Ok(out)
 }
 
 /// The same selection without an index: every segment is read.

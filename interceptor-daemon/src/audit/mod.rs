@@ -20,6 +20,13 @@
 //!   is fsynced; a writer task batches concurrent appends into one write and one
 //!   fsync (group commit), which is where the throughput comes from ([`writer`]).
 //!
+//! Besides the decisions, the log records what each client received
+//! ([`record::ResponseRecord`], since format version 2; summaries built by
+//! [`crate::recording`] from the bytes sent, after masking), so a session replays
+//! from the same signed evidence. Retention ([`writer::prune`] offline, the
+//! writer's periodic check in the daemon) removes only whole sealed segments,
+//! after a signed record names them.
+//!
 //! [`verify::verify_dir`] checks all of this without the daemon; [`cli`] holds the
 //! `interceptor audit` commands. The auditor-facing side ([`review`]: query, report,
 //! export, tail, sessions) reads the segments while the daemon appends ([`reader`]);
@@ -111,6 +118,10 @@ pub struct AuditConfig {
     /// Told when each submitted or appended record is durable (how long after
     /// it was queued) or failed; the daemon feeds its metrics from it.
     pub observer: Option<Observer>,
+    /// Format version of new segments: [`format::FORMAT_VERSION`]; tests set an
+    /// older one to produce the logs of earlier releases.
+    #[doc(hidden)]
+    pub write_version: u16,
 }
 
 /// A callback for [`AuditConfig::observer`]: `Ok(queued→durable)` or `Err(())`.
@@ -138,6 +149,7 @@ impl AuditConfig {
             max_batch: 32_768,
             linger: Duration::from_millis(5),
             observer: None,
+            write_version: format::FORMAT_VERSION,
         }
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     format::{Hash, hex},
-    record::{AccessRecord, Decision, Outcome, Protocol},
+    record::{AccessRecord, Decision, Outcome, Protocol, ResponseRecord, ResponseSummary},
 };
 
 /// A time argument could not be understood.
@@ -467,8 +467,90 @@ pub fn sessions_table(list: &[SessionSummary]) -> String {
     )
 }
 
-/// A session's statements in order with their time relative to the first.
-pub fn replay_text(session: &str, hits: &[Hit]) -> String {
+/// `+S.mmms`: a time relative to the session's first record.
+fn rel_text(t: u64, t0: u64) -> String {
+    let rel = t.saturating_sub(t0);
+    format!(
+        "+{}.{:03}s",
+        rel / 1_000_000_000,
+        (rel % 1_000_000_000) / 1_000_000
+    )
+}
+
+fn cell(v: &Option<String>) -> String {
+    v.as_ref()
+        .map_or_else(|| "NULL".to_string(), |s| clip(s, 60))
+}
+
+/// The lines of one recorded response (indented under the `rel` column).
+pub fn response_lines(rel: &str, r: &ResponseRecord) -> Vec<String> {
+    // Times come from the record's place on the relative time line; its
+    // duration (first to last byte sent) adds little to a replay.
+    let pad = " ".repeat(rel.len() + 2);
+    let mut out = Vec::new();
+    match &r.summary {
+        ResponseSummary::Sql(results) => {
+            for (i, x) in results.iter().enumerate() {
+                let head = if i == 0 {
+                    format!("{rel}  result  ")
+                } else {
+                    format!("{pad}result  ")
+                };
+                let mut notes = Vec::new();
+                if !x.columns.is_empty() {
+                    notes.push(format!("{} rows", x.row_count));
+                }
+                if x.truncated {
+                    notes.push("truncated".into());
+                }
+                let what = match (&x.error, &x.tag) {
+                    (Some(e), _) => format!("ERROR {} {}", e.code, e.message),
+                    (None, Some(t)) => t.clone(),
+                    (None, None) => "(no command tag)".into(),
+                };
+                if notes.is_empty() {
+                    out.push(format!("{head}{what}"));
+                } else {
+                    out.push(format!("{head}{what}  [{}]", notes.join("; ")));
+                }
+                if !x.columns.is_empty() {
+                    out.push(format!("{pad}  | {} |", x.columns.join(" | ")));
+                }
+                for row in &x.rows {
+                    let cells: Vec<String> = row.iter().map(cell).collect();
+                    out.push(format!("{pad}  | {} |", cells.join(" | ")));
+                }
+            }
+        }
+        ResponseSummary::Redis(x) => {
+            let mut line = format!("{rel}  reply   {}", x.kind);
+            if let Some(v) = &x.value {
+                line.push_str(&format!(" {}", clip(v, 120)));
+            }
+            if let Some(n) = x.elements {
+                line.push_str(&format!(", {n} elements"));
+            }
+            if x.truncated {
+                line.push_str("  [truncated]");
+            }
+            out.push(line);
+        }
+        ResponseSummary::Http(x) => {
+            out.push(format!(
+                "{rel}  response {} {} {}",
+                x.status,
+                x.content_type.as_deref().unwrap_or("-"),
+                x.length
+                    .map_or_else(|| "length unknown".to_string(), |n| format!("{n} bytes")),
+            ));
+        }
+    }
+    out
+}
+
+/// A session's statements and the responses recorded for them, in time order,
+/// with their time relative to the first statement.
+pub fn replay_text(session: &str, hits: &[Hit], responses: &[ResponseRecord]) -> String {
     let Some(first) = hits.first() else {
         return format!("no records for session {session}\n");
     };
@@ -487,13 +569,21 @@ pub fn replay_text(session: &str, hits: &[Hit]) -> String {
         hits.len(),
         format_time(r0.time_ns)
     );
+    let t0 = r0
+        .time_ns
+        .min(responses.first().map_or(u64::MAX, |r| r.time_ns));
+    let mut resp = responses.iter().peekable();
     for h in hits {
         let r = &h.record;
-        let rel = r.time_ns.saturating_sub(r0.time_ns);
+        while let Some(x) = resp.next_if(|x| x.time_ns < r.time_ns) {
+            for l in response_lines(&rel_text(x.time_ns, t0), x) {
+                s.push_str(&l);
+                s.push('\n');
+            }
+        }
         let mut line = format!(
-            "+{}.{:03}s  {:<7} {}",
-            rel / 1_000_000_000,
-            (rel % 1_000_000_000) / 1_000_000,
+            "{}  {:<7} {}",
+            rel_text(r.time_ns, t0),
             decision_text(&r.decision),
             normalise_operation(&r.operation)
         );
@@ -513,9 +603,17 @@ pub fn replay_text(session: &str, hits: &[Hit]) -> String {
         s.push_str(&line);
         s.push('\n');
     }
-    s.push_str(
-        "note: only the statements and decisions are recorded; response data is not (recording masked responses is a later step)\n",
-    );
+    for x in resp {
+        for l in response_lines(&rel_text(x.time_ns, t0), x) {
+            s.push_str(&l);
+            s.push('\n');
+        }
+    }
+    if responses.is_empty() {
+        s.push_str(
+            "note: no responses are recorded for this session (audit.record_responses is off, or the log predates it)\n",
+        );
+    }
     s
 }
 
@@ -702,11 +800,39 @@ mod tests {
                 record: r.clone(),
             })
             .collect();
-        let text = replay_text("s-a", &hits);
+        let text = replay_text("s-a", &hits, &[]);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("session s-a: shop/orders"), "{text}");
         assert!(lines[1].starts_with("+0.000s  allow"), "{text}");
         assert!(lines[2].starts_with("+1.500s  deny"), "{text}");
         assert!(lines[3].starts_with("+3.000s  allow"), "{text}");
+        assert!(lines[4].starts_with("note: no responses"), "{text}");
+
+        // Responses fall between the statements they follow, rows shown as sent.
+        let mut r = crate::audit::record::sample_response(0);
+        r.time_ns = recs[0].time_ns + 2_000_000;
+        let mut late = crate::audit::record::sample_response(0);
+        late.time_ns = recs[2].time_ns + 5_000_000;
+        late.summary = ResponseSummary::Http(crate::audit::record::HttpResponse {
+            status: 404,
+            content_type: Some("text/plain".into()),
+            length: Some(9),
+        });
+        let text = replay_text("s-a", &hits, &[r, late]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("+0.000s  allow"), "{text}");
+        assert!(
+            lines[2].starts_with("+0.002s  result  SELECT 2  [2 rows]"),
+            "{text}"
+        );
+        assert_eq!(lines[3].trim(), "| id | email |", "{text}");
+        assert_eq!(lines[4].trim(), "| 1 | [redacted] |", "{text}");
+        assert_eq!(lines[5].trim(), "| NULL | NULL |", "{text}");
+        assert!(lines[6].starts_with("+1.500s  deny"), "{text}");
+        assert!(
+            lines[8].starts_with("+3.005s  response 404 text/plain 9 bytes"),
+            "{text}"
+        );
+        assert!(!text.contains("note:"), "{text}");
     }
 }

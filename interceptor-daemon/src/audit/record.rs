@@ -34,6 +34,71 @@ pub enum Record {
     KeyRotation(KeyRotation),
     Recovery(Recovery),
     Retention(Retention),
+    /// Since format version 2 (appended last: variant indexes 0-4 keep their meaning).
+    Response(ResponseRecord),
+}
+
+/// What the client received in answer to its command(s) on one session: a
+/// bounded summary taken from the bytes sent to the client, i.e. after masking,
+/// so a recorded value is never one the client did not see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseRecord {
+    /// UTC, nanoseconds since the Unix epoch, when the response was complete.
+    pub time_ns: u64,
+    pub session_id: String,
+    pub connection_id: u64,
+    /// From the response's first byte to its end.
+    pub duration_ns: u64,
+    pub summary: ResponseSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseSummary {
+    /// PostgreSQL (one entry per result up to the ReadyForQuery) and MySQL.
+    Sql(Vec<SqlResult>),
+    Redis(RedisReply),
+    Http(HttpResponse),
+}
+
+/// One statement's result as the client saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlResult {
+    pub columns: Vec<String>,
+    /// The first rows (text; binary values as `\x` hex), cut to the configured
+    /// count and value size; `None` is SQL NULL.
+    pub rows: Vec<Vec<Option<String>>>,
+    /// Rows sent to the client (all of them, recorded or not).
+    pub row_count: u64,
+    /// Command tag (`SELECT 3`, `UPDATE 1`) or the MySQL OK summary.
+    pub tag: Option<String>,
+    pub error: Option<SqlError>,
+    /// Some rows, values or results were left out to bound the record.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlError {
+    /// SQLSTATE (PostgreSQL) or `errno/SQLSTATE` (MySQL).
+    pub code: String,
+    pub message: String,
+}
+
+/// One Redis reply: its RESP type, a bounded rendering and, for aggregates,
+/// the number of elements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedisReply {
+    pub kind: String,
+    pub value: Option<String>,
+    pub elements: Option<u64>,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub content_type: Option<String>,
+    /// Body bytes (Content-Length, or counted for a chunked body).
+    pub length: Option<u64>,
 }
 
 /// One governed operation on one connection.
@@ -211,6 +276,7 @@ pub(crate) enum RecordView<'a> {
     KeyRotation(KeyRotation),
     Recovery(#[allow(dead_code)] Recovery),
     Retention(Retention),
+    Response(#[allow(dead_code)] ResponseRecord),
 }
 
 #[derive(Deserialize)]
@@ -357,8 +423,66 @@ pub(crate) fn sample_access(i: u64) -> AccessRecord {
 }
 
 #[cfg(test)]
+pub(crate) fn sample_response(i: u64) -> ResponseRecord {
+    ResponseRecord {
+        time_ns: 1_700_000_000_000_000_000 + i,
+        session_id: format!("sess-{}", i / 100),
+        connection_id: i / 10,
+        duration_ns: 900_000,
+        summary: ResponseSummary::Sql(vec![SqlResult {
+            columns: vec!["id".into(), "email".into()],
+            rows: vec![
+                vec![Some("1".into()), Some("[redacted]".into())],
+                vec![None, None],
+            ],
+            row_count: 2,
+            tag: Some("SELECT 2".into()),
+            error: None,
+            truncated: false,
+        }]),
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_variant_five_and_decode_in_both_readers() {
+        let summaries = [
+            sample_response(3).summary,
+            ResponseSummary::Sql(vec![SqlResult {
+                error: Some(SqlError {
+                    code: "42501".into(),
+                    message: "denied".into(),
+                }),
+                ..SqlResult::default()
+            }]),
+            ResponseSummary::Redis(RedisReply {
+                kind: "bulk".into(),
+                value: Some("v".into()),
+                elements: None,
+                truncated: false,
+            }),
+            ResponseSummary::Http(HttpResponse {
+                status: 200,
+                content_type: Some("text/html".into()),
+                length: Some(612),
+            }),
+        ];
+        for summary in summaries {
+            let r = Record::Response(ResponseRecord {
+                summary,
+                ..sample_response(3)
+            });
+            let bytes = encode(&r).unwrap();
+            // Appended as the sixth kind: older kinds keep their tags.
+            assert_eq!(bytes[0], 5);
+            assert_eq!(decode(&bytes).unwrap(), r);
+            assert!(matches!(decode_view(&bytes), Ok(RecordView::Response(_))));
+            assert!(decode_view(&bytes[..bytes.len() - 1]).is_err());
+        }
+    }
 
     #[test]
     fn roundtrip_and_stable_bytes() {

@@ -143,6 +143,40 @@ pub fn select(
     index::scan_query(dir, f, limit).map_err(|e| e.to_string())
 }
 
+type SessionRecords = (Vec<Hit>, Vec<crate::audit::record::ResponseRecord>);
+
+/// A session's access records and recorded responses, from the index when possible.
+fn select_session(
+    dir: &Path,
+    ix: &IndexArgs,
+    f: &Filter,
+    session: &str,
+    stderr: &mut String,
+) -> Result<SessionRecords, String> {
+    if !ix.no_index {
+        let from_index = Index::open(dir, ix.index.as_deref())
+            .and_then(|i| i.update().map(|r| (i, r)))
+            .and_then(|(i, r)| {
+                if let Some(why) = r.rebuilt {
+                    stderr.push_str(&format!(
+                        "note: audit index {} built from the segments ({why})\n",
+                        i.path().display()
+                    ));
+                }
+                Ok((i.query(f, None)?, i.responses(session)?))
+            });
+        match from_index {
+            Ok(h) => return Ok(h),
+            Err(e) => stderr.push_str(&format!(
+                "warning: audit index unavailable ({e}); reading the segments\n"
+            )),
+        }
+    }
+    let hits = index::scan_query(dir, f, None).map_err(|e| e.to_string())?;
+    let responses = index::scan_responses(dir, session).map_err(|e| e.to_string())?;
+    Ok((hits, responses))
+}
+
 /// `audit query`.
 pub fn query(
     dir: &Path,
@@ -505,7 +539,7 @@ pub fn sessions(cmd: SessionsCommand) -> Output {
                 ..Filter::default()
             };
             let mut stderr = String::new();
-            let hits = match select(&dir, &index, &flt, None, &mut stderr) {
+            let (hits, responses) = match select_session(&dir, &index, &flt, &id, &mut stderr) {
                 Ok(h) => h,
                 Err(e) => return fail(e),
             };
@@ -517,21 +551,36 @@ pub fn sessions(cmd: SessionsCommand) -> Output {
                 };
             }
             let stdout = if json {
-                let t0 = hits[0].record.time_ns;
-                hits.iter()
+                let t0 = hits[0]
+                    .record
+                    .time_ns
+                    .min(responses.first().map_or(u64::MAX, |r| r.time_ns));
+                let offset = |t: u64| t.saturating_sub(t0) as f64 / 1e9;
+                let mut lines: Vec<(u64, String)> = hits
+                    .iter()
                     .map(|h| {
                         let mut v = query::hit_json(h);
                         if let Some(m) = v.as_object_mut() {
-                            m.insert(
-                                "offset_s".into(),
-                                (h.record.time_ns.saturating_sub(t0) as f64 / 1e9).into(),
-                            );
+                            m.insert("kind".into(), "access".into());
+                            m.insert("offset_s".into(), offset(h.record.time_ns).into());
                         }
-                        format!("{v}\n")
+                        (h.record.time_ns, format!("{v}\n"))
                     })
-                    .collect()
+                    .collect();
+                for r in &responses {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(m) = v.as_object_mut() {
+                        m.insert("kind".into(), "response".into());
+                        m.insert("time".into(), query::format_time(r.time_ns).into());
+                        m.insert("offset_s".into(), offset(r.time_ns).into());
+                    }
+                    lines.push((r.time_ns, format!("{v}\n")));
+                }
+                // Stable: a statement stays before a response of the same instant.
+                lines.sort_by_key(|(t, _)| *t);
+                lines.into_iter().map(|(_, l)| l).collect()
             } else {
-                query::replay_text(&id, &hits)
+                query::replay_text(&id, &hits, &responses)
             };
             Output {
                 code: 0,

@@ -27,7 +27,7 @@ use std::{
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::{
-    format::{FrameError, Hash, Header, Merkle, ZERO_HASH, decode_frame, decode_header, hex},
+    format::{self, FrameError, Hash, Header, Merkle, ZERO_HASH, decode_frame, decode_header, hex},
     keys,
     record::{self, Checkpoint, KeyRotation, Record, RecordView, Retention},
     writer::{file_name, list_segments},
@@ -46,6 +46,10 @@ pub struct Report {
     pub key_rotations: u64,
     pub recoveries: u64,
     pub retention_events: u64,
+    /// Recorded responses (format version 2).
+    pub responses: u64,
+    /// Segments the retention records say were removed (before the first on disk).
+    pub pruned_segments: u64,
     /// Records after the last checkpoint: chained, but not yet signed.
     pub unsigned_tail: u64,
     /// Hash of the last record.
@@ -206,6 +210,7 @@ enum Event {
     KeyRotation(Box<KeyRotation>),
     Recovery,
     Retention(Box<Retention>),
+    Response,
 }
 
 fn scan_segment(path: &Path) -> Scanned {
@@ -248,6 +253,19 @@ fn scan_segment(path: &Path) -> Scanned {
             Ok(RecordView::KeyRotation(r)) => Event::KeyRotation(Box::new(r)),
             Ok(RecordView::Recovery(_)) => Event::Recovery,
             Ok(RecordView::Retention(r)) => Event::Retention(Box::new(r)),
+            Ok(RecordView::Response(_)) if header.version < format::RESPONSES_SINCE => {
+                out.problem = fail::<()>(
+                    &out.name,
+                    pos,
+                    format!(
+                        "response record in a format version {} segment",
+                        header.version
+                    ),
+                )
+                .err();
+                break;
+            }
+            Ok(RecordView::Response(_)) => Event::Response,
             Err(r) => {
                 out.problem = fail::<()>(&out.name, pos, r).err();
                 break;
@@ -347,6 +365,7 @@ fn apply_segment(
                         st.report.key_rotations += 1;
                     }
                     Event::Recovery => st.report.recoveries += 1,
+                    Event::Response => st.report.responses += 1,
                     Event::Retention(r) => {
                         st.report.retention_events += 1;
                         if let Some((missing, last, _)) = &st.gap
@@ -356,6 +375,10 @@ fn apply_segment(
                                 .any(|s| s.segment == *missing && s.last_hash == *last)
                         {
                             st.gap_covered_at = Some(st.report.records);
+                        }
+                        if let Some((missing, _, _)) = &st.gap {
+                            st.report.pruned_segments +=
+                                r.removed.iter().filter(|s| s.segment <= *missing).count() as u64;
                         }
                     }
                     Event::Checkpoint(_) => {}

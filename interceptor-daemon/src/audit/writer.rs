@@ -30,12 +30,12 @@ use super::{
     AuditConfig, AuditError,
     format::{
         self, FRAME_OVERHEAD, Hash, Merkle, ZERO_HASH, decode_frame, decode_header, encode_frame,
-        encode_header, segment_name,
+        segment_name,
     },
     keys,
     record::{
         self, AccessRecord, Checkpoint, KeyRotation, MAX_RECORD_BYTES, Record, Recovery,
-        RemovedSegment, Retention, now_ns,
+        RemovedSegment, ResponseRecord, Retention, now_ns,
     },
 };
 
@@ -142,6 +142,46 @@ impl AuditLog {
             })
             .await
             .map_err(|_| AuditError::Closed)
+    }
+
+    /// Append what a client received (see [`ResponseRecord`]); resolves once durable.
+    pub async fn append_response(&self, rec: ResponseRecord) -> Result<Receipt, AuditError> {
+        let body = record::encode(&Record::Response(rec))
+            .map_err(|e| AuditError::Record(e.to_string()))?;
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Append {
+                body,
+                ack: Some(ack),
+                queued: Instant::now(),
+            })
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Queue what a client received without waiting for the disk, from
+    /// synchronous code (the relay's write path): durable with its group, like
+    /// [`submit`](AuditLog::submit). When the queue is full the record waits
+    /// for room in a task of its own rather than blocking the relay.
+    pub fn submit_response(&self, rec: ResponseRecord) -> Result<(), AuditError> {
+        let body = record::encode(&Record::Response(rec))
+            .map_err(|e| AuditError::Record(e.to_string()))?;
+        let msg = Msg::Append {
+            body,
+            ack: None,
+            queued: Instant::now(),
+        };
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let rt = tokio::runtime::Handle::try_current().map_err(|_| AuditError::Closed)?;
+                let tx = self.tx.clone();
+                rt.spawn(async move { drop(tx.send(msg).await) });
+                Ok(())
+            }
+        }
     }
 
     /// Replace the node key: the new public key is recorded, signed by the old key,
@@ -327,6 +367,8 @@ impl Replies {
 
 struct Active {
     seq: u64,
+    /// Format version in the segment's header.
+    version: u16,
     file: Arc<File>,
     /// Bytes on disk (written and fsynced).
     len: u64,
@@ -338,6 +380,9 @@ struct Active {
 /// blocking pool for every batch.
 pub(super) struct Writer {
     cfg: AuditConfig,
+    /// Held (flock) while the writer lives: one writer per directory, so an
+    /// offline `audit prune` cannot interleave with a running daemon.
+    _lock: File,
     key: SigningKey,
     key_path: PathBuf,
     seg: Active,
@@ -572,7 +617,13 @@ impl Writer {
         self.checkpoint()?;
         self.flush_sync()?;
         let seq = self.seg.seq + 1;
-        let (seg, head) = create_segment(&self.cfg.dir, seq, &self.head, &self.cfg.node)?;
+        let (seg, head) = create_segment(
+            &self.cfg.dir,
+            seq,
+            &self.head,
+            &self.cfg.node,
+            self.cfg.write_version,
+        )?;
         self.seg = seg;
         self.head = head;
         tracing::debug!(segment = seq, "audit log: new segment");
@@ -618,10 +669,10 @@ impl Writer {
 
     /// Delete the oldest sealed segments beyond the size or age limit, after a
     /// signed retention record names them.
-    fn retain(&mut self) -> Result<(), AuditError> {
+    fn retain(&mut self) -> Result<Option<Retention>, AuditError> {
         self.last_retention = Instant::now();
         if self.cfg.retention_max_bytes.is_none() && self.cfg.retention_max_age.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let segs = list_segments(&self.cfg.dir)?;
         let mut total: u64 = 0;
@@ -660,7 +711,7 @@ impl Writer {
             total -= len;
         }
         if removed.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         why.dedup();
         let rec = Retention {
@@ -668,7 +719,7 @@ impl Writer {
             removed,
             reason: format!("retention limit reached ({})", why.join(", ")),
         };
-        self.push_event(&Record::Retention(rec))?;
+        self.push_event(&Record::Retention(rec.clone()))?;
         self.checkpoint()?;
         self.flush_sync()?;
         for p in &paths {
@@ -679,12 +730,13 @@ impl Writer {
             segments = paths.len(),
             "audit log: retention removed old segments"
         );
-        Ok(())
+        Ok(Some(rec))
     }
 
     /// Open the directory: create a new log, or recover the existing one's state.
     pub(super) fn open(cfg: AuditConfig) -> Result<(Writer, OpenReport), AuditError> {
         keys::create_private_dir(&cfg.dir)?;
+        let lock = lock_dir(&cfg.dir)?;
         let key_path = cfg.key_path();
         if let Some(parent) = key_path.parent() {
             keys::create_private_dir(parent)?;
@@ -701,7 +753,8 @@ impl Writer {
         let seg = match st.active.take() {
             Some(a) => a,
             None => {
-                let (a, head) = create_segment(&cfg.dir, st.segment, &st.head, &cfg.node)?;
+                let (a, head) =
+                    create_segment(&cfg.dir, st.segment, &st.head, &cfg.node, cfg.write_version)?;
                 st.head = head;
                 a
             }
@@ -709,6 +762,7 @@ impl Writer {
         let now = Instant::now();
         let mut w = Writer {
             cfg,
+            _lock: lock,
             key,
             key_path,
             seg,
@@ -740,6 +794,10 @@ impl Writer {
         if w.merkle.count() > 0 || w.prev_checkpoint == ZERO_HASH {
             w.checkpoint()?;
         }
+        // New record kinds go only into segments whose header announces them.
+        if w.seg.version < w.cfg.write_version {
+            w.rotate_segment()?;
+        }
         w.flush_sync()?;
         let report = OpenReport {
             recovered,
@@ -748,6 +806,52 @@ impl Writer {
             public_key: w.key.verifying_key(),
         };
         Ok((w, report))
+    }
+}
+
+/// Apply the retention limits of `cfg` to a log no daemon is writing (`interceptor
+/// audit prune`): the removal is recorded and signed like the daemon's own, with
+/// the key in `cfg`. Returns what was removed, if anything.
+pub fn prune(cfg: AuditConfig) -> Result<Option<Retention>, AuditError> {
+    let (mut w, _) = Writer::open(cfg)?;
+    let removed = w.retain()?;
+    w.seal()?;
+    w.flush_sync()?;
+    w.closed = true;
+    Ok(removed)
+}
+
+/// Name of the lock file a writer holds in the log directory.
+pub const LOCK_FILE: &str = "writer.lock";
+
+/// Take the directory's writer lock, waiting briefly for a writer that is just
+/// stopping (its task drops the lock after acknowledging `close`).
+fn lock_dir(dir: &Path) -> Result<File, AuditError> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| AuditError::io(&path, e))?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(AuditError::io(
+                    &path,
+                    std::io::Error::other(
+                        "another process is writing this audit log (is the daemon running?)",
+                    ),
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(AuditError::io(&path, e)),
+        }
     }
 }
 
@@ -830,9 +934,10 @@ fn create_segment(
     seq: u64,
     prev: &Hash,
     node: &str,
+    version: u16,
 ) -> Result<(Active, Hash), AuditError> {
     let path = dir.join(segment_name(seq));
-    let (header, hash) = encode_header(seq, prev, node);
+    let (header, hash) = format::encode_header_version(version, seq, prev, node);
     let mut file = OpenOptions::new()
         .append(true)
         .create_new(true)
@@ -847,6 +952,7 @@ fn create_segment(
     Ok((
         Active {
             seq,
+            version,
             file: Arc::new(file),
             len,
             header_len: len,
@@ -1092,6 +1198,10 @@ fn recover(dir: &Path, segs: &[(u64, PathBuf)]) -> Result<Tail, AuditError> {
     let header_len = tail.header.as_ref().map_or(0, |h| h.len as u64);
     t.active = Some(Active {
         seq: tail.seq,
+        version: tail
+            .header
+            .as_ref()
+            .map_or(format::FORMAT_VERSION, |h| h.version),
         file: Arc::new(file),
         len: tail.good_len,
         header_len,
@@ -1143,7 +1253,7 @@ fn cut_tail(dir: &Path, s: &Scan, from: u64, reason: &str) -> Result<Recovery, A
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::sample_access;
+    use crate::audit::record::{sample_access, sample_response};
 
     fn cfg(dir: &Path) -> AuditConfig {
         let mut c = AuditConfig::new(dir, "node-a");
@@ -1240,6 +1350,97 @@ mod tests {
         let latency = r.unwrap();
         assert!(latency >= Duration::from_millis(20), "{latency:?}");
         log.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn version_1_logs_still_verify_and_continue_in_a_version_2_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut old = cfg(tmp.path());
+        old.write_version = 1;
+        let (log, rep) = AuditLog::open(old).await.unwrap();
+        for i in 0..100 {
+            log.append(&sample_access(i)).await.unwrap();
+        }
+        log.close().await.unwrap();
+        let r = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap();
+        assert_eq!((r.access_records, r.responses), (100, 0));
+        let v1_segments = list_segments(tmp.path()).unwrap();
+
+        // This build opens it: the version 1 segment is sealed, responses go to a new one.
+        let (log, _) = AuditLog::open(cfg(tmp.path())).await.unwrap();
+        log.append_response(sample_response(1)).await.unwrap();
+        log.append(&sample_access(100)).await.unwrap();
+        log.close().await.unwrap();
+        let segs = list_segments(tmp.path()).unwrap();
+        assert_eq!(segs.len(), v1_segments.len() + 1);
+        assert_eq!(read_header(&segs[0].1).unwrap().version, 1);
+        assert_eq!(read_header(&segs.last().unwrap().1).unwrap().version, 2);
+        let r = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap();
+        assert_eq!((r.access_records, r.responses), (101, 1));
+    }
+
+    #[tokio::test]
+    async fn a_response_in_a_version_1_segment_is_refused_by_the_verifier() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut old = cfg(tmp.path());
+        old.write_version = 1;
+        let (log, _) = AuditLog::open(old).await.unwrap();
+        log.append_response(sample_response(1)).await.unwrap();
+        log.close().await.unwrap();
+        let e = crate::audit::verify_dir(tmp.path(), None).unwrap_err();
+        assert!(
+            e.reason
+                .contains("response record in a format version 1 segment"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn offline_prune_records_the_removal_and_the_log_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, rep) = AuditLog::open(cfg(tmp.path())).await.unwrap();
+        for i in 0..600 {
+            log.append(&sample_access(i)).await.unwrap();
+            if i % 3 == 0 {
+                log.append_response(sample_response(i)).await.unwrap();
+            }
+        }
+        log.close().await.unwrap();
+        let before = list_segments(tmp.path()).unwrap();
+        assert!(before.len() > 4, "{before:?}");
+
+        // Refused while a writer holds the directory.
+        let (live, _) = AuditLog::open(cfg(tmp.path())).await.unwrap();
+        let mut c = cfg(tmp.path());
+        c.retention_max_bytes = Some(40 * 1024);
+        assert!(
+            prune(c.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("another process is writing this audit log")
+        );
+        live.close().await.unwrap();
+
+        let removed = prune(c.clone()).unwrap().expect("over the limit");
+        let after = list_segments(tmp.path()).unwrap();
+        assert_eq!(after[0].0, removed.removed.len() as u64);
+        assert!(removed.reason.contains("size"), "{}", removed.reason);
+        let r = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap();
+        assert_eq!(r.retention_events, 1);
+        assert_eq!(r.pruned_segments, removed.removed.len() as u64);
+        // Within a limit: nothing to do.
+        let mut roomy = c;
+        roomy.retention_max_bytes = Some(1 << 30);
+        assert!(prune(roomy).unwrap().is_none());
+
+        // A change after pruning is still found.
+        let victim = &after[0].1;
+        let mut bytes = fs::read(victim).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        fs::write(victim, bytes).unwrap();
+        let e = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap_err();
+        assert_eq!(e.segment, file_name(victim), "{e}");
     }
 
     #[tokio::test]

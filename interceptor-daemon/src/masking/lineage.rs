@@ -12,7 +12,7 @@ use sqlparser::{
         ObjectNamePart, Select, SelectItem, SetExpr, Statement, TableAlias, TableFactor, Visit,
         Visitor,
     },
-    dialect::PostgreSqlDialect,
+    dialect::{Dialect, MySqlDialect, PostgreSqlDialect},
     parser::Parser,
 };
 
@@ -75,7 +75,16 @@ fn names(n: &ObjectName) -> [String; 2] {
 impl Facts {
     /// Analyses a statement string (simple Query or Parse text).
     pub fn of(sql: &str) -> Facts {
-        let stmts = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Self::of_dialect(sql, &PostgreSqlDialect {})
+    }
+
+    /// The same for a MySQL/MariaDB statement.
+    pub fn of_mysql(sql: &str) -> Facts {
+        Self::of_dialect(sql, &MySqlDialect {})
+    }
+
+    fn of_dialect(sql: &str, dialect: &dyn Dialect) -> Facts {
+        let stmts = match Parser::parse_sql(dialect, sql) {
             Ok(s) => s,
             Err(_) => {
                 return Facts {

@@ -78,6 +78,7 @@
 pub mod catalog;
 pub mod detect;
 pub mod lineage;
+pub mod mysql;
 pub mod strategy;
 pub mod wire;
 

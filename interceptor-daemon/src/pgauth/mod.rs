@@ -29,6 +29,7 @@
 //! The secret is never logged and never sent to the client.
 
 pub mod tls;
+pub mod token;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -47,6 +48,7 @@ use crate::protocol::postgres::{
 };
 
 pub use tls::{TlsConfig, TlsError, TlsMode, UpstreamStream};
+pub use token::{ClientAuth, TokenAuth, TokenAuthError};
 
 /// How long the upstream TLS handshake plus login may take before the client
 /// is told the server did not answer.
@@ -65,9 +67,38 @@ pub struct PostgresTarget {
     /// authentication passes through untouched.
     #[serde(default)]
     pub upstream: Option<Upstream>,
+    /// What the client must prove before the daemon logs in for it
+    /// (`service_account_token`: see [`token`]); default `any`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Audiences a client's token is reviewed for; default: those of
+    /// `identity.kubernetes.audiences`.
+    #[serde(default)]
+    pub token_audiences: Vec<String>,
 }
 
-/// `targets[].postgres.upstream`.
+impl PostgresTarget {
+    /// Checks what only the whole configuration can tell; `kubernetes`: is
+    /// `identity.kubernetes` configured.
+    pub fn validate(&self, kubernetes: bool) -> Result<(), String> {
+        if self.client_auth == ClientAuth::ServiceAccountToken {
+            if self.upstream.is_none() {
+                return Err("postgres.client_auth: service_account_token needs postgres.upstream (the token is consumed by the daemon, which logs in to the server with the injected credential)".into());
+            }
+            if !kubernetes {
+                return Err("postgres.client_auth: service_account_token needs identity.kubernetes (the token is verified with the cluster's TokenReview API; standalone mode has no cluster to ask)".into());
+            }
+        } else if !self.token_audiences.is_empty() {
+            return Err(
+                "postgres.token_audiences is only used with client_auth: service_account_token"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `targets[].postgres.upstream`; also `targets[].mysql.upstream` (same shape).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, try_from = "RawUpstream")]
 pub struct Upstream {
@@ -115,23 +146,21 @@ impl TryFrom<RawUpstream> for Upstream {
                 && (v.is_empty() || v.contains('\0'))
             {
                 return Err(format!(
-                    "postgres.upstream.{field} must be a non-empty name without NUL"
+                    "upstream.{field} must be a non-empty name without NUL"
                 ));
             }
         }
         let password = match (r.password_file, r.password_env) {
             (Some(_), Some(_)) => {
-                return Err(
-                    "postgres.upstream: set password_file or password_env, not both".into(),
-                );
+                return Err("upstream: set password_file or password_env, not both".into());
             }
             (Some(f), None) if f.as_os_str().is_empty() => {
-                return Err("postgres.upstream.password_file is empty".into());
+                return Err("upstream.password_file is empty".into());
             }
             (Some(f), None) => Some(PasswordSource::File(f)),
             (None, Some(v)) if v.is_empty() || v.contains(['=', '\0']) => {
                 return Err(format!(
-                    "postgres.upstream.password_env `{v}` is not an environment variable name"
+                    "upstream.password_env `{v}` is not an environment variable name"
                 ));
             }
             (None, Some(v)) => Some(PasswordSource::Env(v)),
@@ -204,6 +233,11 @@ pub struct Injection {
     pub upstream: Upstream,
     /// The original destination (default TLS server name: its IP).
     pub dst: SocketAddr,
+    pub client_auth: ClientAuth,
+    pub token_audiences: Vec<String>,
+    /// The client's token check (`client_auth: service_account_token`), set
+    /// per connection by [`Injection::with_token_auth`].
+    pub token: Option<TokenAuth>,
 }
 
 impl Injection {
@@ -214,12 +248,45 @@ impl Injection {
         dst: SocketAddr,
     ) -> Option<Injection> {
         let t = cfg.targets.iter().find(|t| t.name == target)?;
-        let upstream = t.postgres.as_ref()?.upstream.clone()?;
+        let pg = t.postgres.as_ref()?;
+        let upstream = pg.upstream.clone()?;
         Some(Injection {
             target: target.into(),
             upstream,
             dst,
+            client_auth: pg.client_auth,
+            token_audiences: pg.token_audiences.clone(),
+            token: None,
         })
+    }
+
+    /// Arms the client's token check when the target asks for one:
+    /// `verifier` is the Kubernetes source's (None in standalone mode, which
+    /// the configuration check rejects; then every client is refused),
+    /// `expected` the identity the connection was attributed to.
+    pub fn with_token_auth(
+        mut self,
+        verifier: Option<std::sync::Arc<crate::identity::kubernetes::TokenVerifier>>,
+        expected: Option<crate::identity::Identity>,
+        audit: Option<(crate::audit::AuditLog, crate::audit::AccessRecord)>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        if self.client_auth == ClientAuth::ServiceAccountToken {
+            let verifier = verifier.map(|v| {
+                if self.token_audiences.is_empty() {
+                    v
+                } else {
+                    std::sync::Arc::new(v.with_audiences(self.token_audiences.clone()))
+                }
+            });
+            self.token = Some(TokenAuth {
+                verifier,
+                expected,
+                audit,
+                metrics,
+            });
+        }
+        self
     }
 
     /// Whether a CancelRequest must travel over TLS (what libpq does when the
@@ -256,6 +323,8 @@ pub enum InjectError {
     Io(#[from] std::io::Error),
     #[error("the client's StartupMessage has no user")]
     NoUser,
+    #[error("{0}")]
+    ClientAuth(#[from] TokenAuthError),
     #[error(
         "startup parameter `{0}` is not allowed with credential injection (it would change the session's role or mode outside policy)"
     )]
@@ -265,6 +334,7 @@ pub enum InjectError {
 impl InjectError {
     fn sqlstate(&self) -> &'static str {
         match self {
+            InjectError::ClientAuth(e) => e.sqlstate(),
             InjectError::Secret(_)
             | InjectError::Auth(_)
             | InjectError::NoUser
@@ -284,6 +354,10 @@ pub struct Established {
     pub up: u64,
     /// Role the session is logged in as.
     pub user: String,
+    /// With a client token check: the client bytes read past its password
+    /// message (the relay's first client input, instead of the bytes after
+    /// the StartupMessage).
+    pub client_rest: Option<BytesMut>,
 }
 
 /// The StartupMessage sent upstream: the client's parameters with `user` and
@@ -334,6 +408,7 @@ fn forbidden(name: &str, value: &str) -> bool {
 
 /// Logs in upstream on the client's behalf (see the module docs). On failure
 /// the client has been sent a FATAL ErrorResponse and the error is logged.
+/// `client_pre`: client bytes already read past the StartupMessage.
 pub async fn establish(
     client: &mut TcpStream,
     upstream: TcpStream,
@@ -341,9 +416,15 @@ pub async fn establish(
     params: &StartupParams<'_>,
     inj: &Injection,
     identity: Option<&str>,
+    client_pre: &[u8],
 ) -> Result<Established, InjectError> {
     let attempt = async {
         let (startup, user) = upstream_startup(version, params, &inj.upstream)?;
+        // The client proves itself before the server is bothered.
+        let client_rest = match &inj.token {
+            Some(t) => Some(t.authenticate(client, client_pre, &inj.target).await?),
+            None => None,
+        };
         // The secret first: a missing one fails before the server is bothered.
         let password = match &inj.upstream.password {
             Some(src) => Some(src.read().await?),
@@ -358,6 +439,7 @@ pub async fn establish(
             server_buf,
             up,
             user,
+            client_rest,
         })
     };
     let result = match tokio::time::timeout(LOGIN_TIMEOUT, attempt).await {
@@ -372,6 +454,11 @@ pub async fn establish(
             tls = matches!(e.stream, tokio_util::either::Either::Right(_)),
             "upstream login with the injected credential"
         ),
+        // The token check logged its own refusal (claims, never the token).
+        Err(e @ InjectError::ClientAuth(_)) => {
+            let _ = client.write_all(&client_error(e, &inj.target)).await;
+            let _ = client.shutdown().await;
+        }
         Err(e) => {
             warn!(
                 target_name = %inj.target,
@@ -392,7 +479,12 @@ fn client_error(e: &InjectError, target: &str) -> Vec<u8> {
     if let InjectError::Rejected { raw, .. } = e {
         return raw.clone();
     }
-    let message = format!("interceptor: cannot log in to target `{target}`: {e}");
+    let message = match e {
+        InjectError::ClientAuth(e) => {
+            format!("interceptor: client authentication for target `{target}` failed: {e}")
+        }
+        _ => format!("interceptor: cannot log in to target `{target}`: {e}"),
+    };
     let spec = ErrorSpec {
         severity: "FATAL",
         ..ErrorSpec::error(e.sqlstate(), &message)

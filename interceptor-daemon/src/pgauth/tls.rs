@@ -46,7 +46,7 @@ pub enum TlsMode {
     VerifyFull,
 }
 
-/// `targets[].postgres.upstream.tls`.
+/// `targets[].postgres.upstream.tls` (also `targets[].mysql.upstream.tls`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -66,11 +66,11 @@ impl TlsConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         match (self.mode, &self.ca_file) {
             (TlsMode::VerifyFull, None) => {
-                return Err("postgres.upstream.tls: mode verify-full needs ca_file".into());
+                return Err("upstream.tls: mode verify-full needs ca_file".into());
             }
             (TlsMode::Disable | TlsMode::Require, Some(_)) => {
                 return Err(
-                    "postgres.upstream.tls: ca_file is only used with verify-full (require does not check the certificate)"
+                    "upstream.tls: ca_file is only used with verify-full (require does not check the certificate)"
                         .into(),
                 );
             }
@@ -78,7 +78,7 @@ impl TlsConfig {
         }
         if let Some(n) = &self.server_name {
             ServerName::try_from(n.as_str()).map_err(|_| {
-                format!("postgres.upstream.tls.server_name `{n}` is not a DNS name or IP address")
+                format!("upstream.tls.server_name `{n}` is not a DNS name or IP address")
             })?;
         }
         Ok(())
@@ -182,12 +182,24 @@ fn load_roots(path: &PathBuf) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// The rustls client configuration for `cfg` (None for `disable`).
+/// The rustls client configuration for `cfg` (None for `disable`), with the
+/// PostgreSQL ALPN.
 pub fn client_config(cfg: &TlsConfig) -> Result<Option<ClientConfig>, TlsError> {
+    let Some(mut config) = base_config(cfg)? else {
+        return Ok(None);
+    };
+    // What libpq 17+ sends; servers without ALPN support ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(Some(config))
+}
+
+/// The rustls client configuration for `cfg` (None for `disable`), no ALPN
+/// (shared with the MySQL upstream, whose protocol has none).
+pub fn base_config(cfg: &TlsConfig) -> Result<Option<ClientConfig>, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let mut config = match (cfg.mode, &cfg.ca_file) {
+    let config = match (cfg.mode, &cfg.ca_file) {
         (TlsMode::Disable, _) => return Ok(None),
         (TlsMode::Require, _) => builder
             .dangerous()
@@ -203,8 +215,6 @@ pub fn client_config(cfg: &TlsConfig) -> Result<Option<ClientConfig>, TlsError> 
             });
         }
     };
-    // What libpq 17+ sends; servers without ALPN support ignore it.
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Some(config))
 }
 
@@ -240,11 +250,27 @@ pub async fn negotiate(
         b'N' => return Err(TlsError::Refused(dst)),
         byte => return Err(TlsError::BadAnswer { dst, byte }),
     }
-    let tls = TlsConnector::from(Arc::new(config))
+    Ok(Either::Right(
+        handshake(tcp, cfg, dst, config, Some(name)).await?,
+    ))
+}
+
+/// The TLS handshake proper, once the protocol has agreed to it.
+pub async fn handshake(
+    tcp: TcpStream,
+    cfg: &TlsConfig,
+    dst: SocketAddr,
+    config: ClientConfig,
+    name: Option<ServerName<'static>>,
+) -> Result<TlsStream<TcpStream>, TlsError> {
+    let name = match name {
+        Some(n) => n,
+        None => server_name(cfg, dst)?,
+    };
+    TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|source| TlsError::Handshake { dst, source })?;
-    Ok(Either::Right(tls))
+        .map_err(|source| TlsError::Handshake { dst, source })
 }
 
 #[cfg(test)]

@@ -3,19 +3,31 @@
 //! handshake and of the client's response (rewritten in place), command
 //! bytes, and the ERR packet the proxy sends for a denied statement.
 
+/// MARIADB_CLIENT_CACHE_METADATA (bit 36), in the first byte of MariaDB's
+/// extended capabilities.
+const MARIADB_CACHE_METADATA: u8 = 1 << 4;
+
 /// A payload of exactly this length is continued in the next packet.
 pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
 
+pub const CLIENT_COMPRESS: u32 = 1 << 5;
 pub const CLIENT_PROTOCOL_41: u32 = 1 << 9;
 pub const CLIENT_SSL: u32 = 1 << 11;
 pub const CLIENT_MULTI_STATEMENTS: u32 = 1 << 16;
+pub const CLIENT_OPTIONAL_RESULTSET_METADATA: u32 = 1 << 25;
+pub const CLIENT_DEPRECATE_EOF: u32 = 1 << 24;
 pub const CLIENT_QUERY_ATTRIBUTES: u32 = 1 << 27;
 
 /// Capabilities the proxy never lets a session use: TLS (the pod-to-node hop
 /// stays on the node), multi-statements (one statement per query is what the
-/// classifier can vouch for) and query attributes (they change the COM_QUERY
-/// layout).
-pub const STRIPPED: u32 = CLIENT_SSL | CLIENT_MULTI_STATEMENTS | CLIENT_QUERY_ATTRIBUTES;
+/// classifier can vouch for), query attributes (they change the COM_QUERY
+/// layout), compression (packets the proxy could not read) and optional
+/// result-set metadata (rows without the column definitions masking needs).
+pub const STRIPPED: u32 = CLIENT_SSL
+    | CLIENT_MULTI_STATEMENTS
+    | CLIENT_QUERY_ATTRIBUTES
+    | CLIENT_COMPRESS
+    | CLIENT_OPTIONAL_RESULTSET_METADATA;
 
 pub const COM_QUIT: u8 = 0x01;
 pub const COM_INIT_DB: u8 = 0x02;
@@ -98,6 +110,13 @@ pub fn rewrite_server_handshake(payload: &mut [u8], strip: u32) -> Result<u32, M
         let upper = u16::from_le_bytes([payload[high], payload[high + 1]]);
         caps |= u32::from(upper) << 16;
         payload[high..high + 2].copy_from_slice(&(((caps & !strip) >> 16) as u16).to_le_bytes());
+    }
+    // MariaDB's extended capabilities (the last 4 of the 10 reserved bytes;
+    // zero from MySQL): cached metadata would leave binary results without
+    // the column definitions masking reads.
+    let ext = high + 2 + 1 + 6;
+    if let Some(b) = payload.get_mut(ext) {
+        *b &= !MARIADB_CACHE_METADATA;
     }
     Ok(caps)
 }

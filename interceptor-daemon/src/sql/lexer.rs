@@ -118,8 +118,8 @@ pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, Lex
 ///
 /// Only constants whose reading is the same under every setting become `?`:
 /// quoted strings without a backslash (a backslash makes the boundary depend
-/// on `standard_conforming_strings`) and numbers made of digits and dots
-/// (`1from` is `1 from` to PostgreSQL). Everything else — words, quoted
+/// on `standard_conforming_strings`) and numbers made of digits and at most
+/// one dot (`1from` is `1 from` to PostgreSQL). Everything else — words, quoted
 /// identifiers, operators, `;`, dollar-quoted bodies, parameters — is kept, so
 /// two texts with one fingerprint classify alike. `None` when the text does
 /// not lex (the caller then keys by the text itself).
@@ -203,7 +203,11 @@ pub(crate) fn fingerprint(sql: &str) -> Option<String> {
                     c.is_ascii_alphanumeric() || c == b'_' || c == b'.'
                 });
                 let token = b.get(i..end).unwrap_or_default();
-                if token.iter().all(|c| c.is_ascii_digit() || *c == b'.') {
+                // At most one dot: `1.2.3` is `1.2 .3` to PostgreSQL (a
+                // syntax error its parser reports, not a constant).
+                if token.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+                    && token.iter().filter(|c| **c == b'.').count() <= 1
+                {
                     out.push('?');
                 } else {
                     push_raw(&mut out, i, end);

@@ -41,6 +41,7 @@
 //! (`NAMEDATALEN - 1`) as the server does. Tables are reported as written
 //! (schema-qualified or not); the classifier does not know `search_path`.
 
+mod crosscheck;
 mod lexer;
 mod mysql;
 mod normalize;
@@ -377,9 +378,41 @@ impl Default for DangerousFunctions {
 }
 
 /// A classifier with its (extensible) dangerous-function list.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Classifier {
     pub dangerous: DangerousFunctions,
+    /// Cross-check every classification with PostgreSQL's own parser
+    /// ([`crosscheck`]); on by default.
+    pub cross_check: bool,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self::new(DangerousFunctions::default())
+    }
+}
+
+/// `sql:` in the daemon configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Cross-check statement boundaries and kinds with PostgreSQL's own
+    /// parser (libpg_query) on every decision-cache miss; a disagreement is
+    /// unparsable (denied by default).
+    #[serde(default = "default_cross_check")]
+    pub cross_check: bool,
+}
+
+fn default_cross_check() -> bool {
+    true
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self {
+            cross_check: default_cross_check(),
+        }
+    }
 }
 
 static DEFAULT: LazyLock<Classifier> = LazyLock::new(Classifier::default);
@@ -399,12 +432,41 @@ pub fn classify(sql: &str) -> Classification {
 
 impl Classifier {
     pub fn new(dangerous: DangerousFunctions) -> Self {
-        Self { dangerous }
+        Self {
+            dangerous,
+            cross_check: true,
+        }
+    }
+
+    pub fn with_cross_check(self, cross_check: bool) -> Self {
+        Self {
+            cross_check,
+            ..self
+        }
     }
 
     /// Classifies every statement of a simple-query string (also usable for
-    /// the single statement of an extended-protocol Parse message).
+    /// the single statement of an extended-protocol Parse message); with
+    /// `cross_check`, PostgreSQL's own parser must then agree
+    /// ([`crosscheck`]), else the whole string is unparsable.
     pub fn classify(&self, sql: &str) -> Classification {
+        let ours = self.classify_ours(sql);
+        // Nothing to compare when nothing was read (denied anyway).
+        if !self.cross_check || ours.statements.iter().all(|s| s.kind == Kind::Unparsable) {
+            return ours;
+        }
+        match crosscheck::check(sql, &ours) {
+            Ok(()) => ours,
+            // PostgreSQL rejects the whole text when one statement is bad;
+            // ours already says which (and each statement keeps its own
+            // decision in the audit log).
+            Err(crosscheck::Disagreement::Rejected(_)) if ours.any_unparsable() => ours,
+            Err(why) => Classification::whole_unparsable(sql, why.to_string()),
+        }
+    }
+
+    /// Our own reading: the boundary lexer and sqlparser.
+    fn classify_ours(&self, sql: &str) -> Classification {
         let pieces = match lexer::split(sql, false) {
             Ok(p) => p,
             Err(e) => return Classification::whole_unparsable(sql, format!("lexer: {e:?}")),

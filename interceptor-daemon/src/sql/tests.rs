@@ -416,7 +416,7 @@ fn prepare_execute_deallocate() {
     // Quoted names are distinct, as in PostgreSQL.
     assert!(prepared.resolve(&one("EXECUTE \"Wipe\"")).is_none());
     let mut quoted = PreparedStatements::default();
-    quoted.record(&one("PREPARE \"Wipe\" AS TRUNCATE users"));
+    quoted.record(&one("PREPARE \"Wipe\" AS DELETE FROM users"));
     assert_eq!(
         quoted.resolve(&one("EXECUTE \"Wipe\"")).map(|s| s.kind),
         Some(Kind::Write)
@@ -464,7 +464,7 @@ fn boundary_disagreement_is_whole_string_unparsable() {
 fn ordinary_queries_are_not_refused() {
     for sql in [
         "SELECT id::text, now(), data->>'k', data #> '{a,b}' FROM t WHERE id = $1",
-        "SELECT B'101', X'ff', N'x', E'\\n', 'it''s', 1e5, 1.5, .5, ARRAY[1, 2][1]",
+        "SELECT B'101', X'ff', N'x', E'\\n', 'it''s', 1e5, 1.5, .5, (ARRAY[1, 2])[1]",
         "SELECT INTERVAL '1 day', CAST(x AS numeric(10, 2)) FROM t",
         "SELECT café FROM \"Ünïcode\"",
         "SELECT a$b FROM t",
@@ -581,5 +581,46 @@ fn texts_sharing_a_fingerprint_classify_alike() {
         ("SELECT $$a$$", "SELECT $$b$$"),
     ] {
         assert_ne!(fingerprint(a), fingerprint(b), "{a} / {b}");
+    }
+}
+
+/// Texts our lexer and sqlparser read, but PostgreSQL's own parser reads
+/// differently (another statement count, another kind) or not at all: the
+/// cross-check makes them unparsable, with the disagreement named.
+#[test]
+fn postgres_grammar_cross_check_catches_differentials() {
+    let ours_only = Classifier::default().with_cross_check(false);
+    for (sql, why) in [
+        // sqlparser accepts other dialects' syntax that PostgreSQL does not.
+        ("DESCRIBE customers", "rejects the text"),
+        // Only SELECT/INSERT/UPDATE/DELETE/MERGE/VALUES can be prepared.
+        ("PREPARE p AS TRUNCATE customers", "rejects the text"),
+        // A subscript needs parentheses around an ARRAY constructor.
+        ("SELECT ARRAY[1, 2][1]", "rejects the text"),
+        ("INSERT customers VALUES (1)", "rejects the text"),
+        // Adjacent literals only continue across a newline in PostgreSQL.
+        ("SELECT 'a' 'b'", "rejects the text"),
+        // A standard SQL function body: `;` inside BEGIN ATOMIC does not end
+        // the statement for PostgreSQL; a splitter that ignores this sees
+        // a trailing `END` (a COMMIT).
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+            "statement(s)",
+        ),
+    ] {
+        let ours = ours_only.classify(sql);
+        assert!(
+            ours.statements.iter().any(|s| s.kind != Kind::Unparsable),
+            "not a differential (ours does not read it either): {sql}: {ours:?}"
+        );
+        let c = classify(sql);
+        assert_eq!(c.statements.len(), 1, "{sql}: {c:?}");
+        let s = &c.statements[0];
+        assert_eq!(s.kind, Kind::Unparsable, "{sql}");
+        let e = s.error.as_deref().unwrap_or_default();
+        assert!(
+            e.starts_with("cross-check: ") && e.contains(why),
+            "{sql}: {e}"
+        );
     }
 }

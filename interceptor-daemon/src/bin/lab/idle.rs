@@ -29,6 +29,9 @@ pub struct Options {
     pub bin_dir: PathBuf,
     pub connections: u32,
     pub out: Option<PathBuf>,
+    /// The interceptor target's protocol: `postgres`, or `tcp` for what the
+    /// connection costs without protocol handling.
+    pub protocol: String,
 }
 
 struct Sample {
@@ -39,20 +42,33 @@ struct Sample {
 }
 
 /// Lets this process and its children (pgbouncer, HAProxy, the daemon, the
-/// pod's client) hold tens of thousands of sockets.
-pub fn raise_nofile(n: u64) -> anyhow::Result<()> {
-    let rlim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+/// pod's client) hold tens of thousands of sockets: raises the soft limit to
+/// `n`, and the hard limit too where that is permitted. Returns the soft
+/// limit in force.
+pub fn raise_nofile(n: u64) -> anyhow::Result<u64> {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: plain syscall with a pointer to a local.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) } != 0 {
-        bail!(
-            "cannot raise RLIMIT_NOFILE to {n}: {}",
-            std::io::Error::last_os_error()
-        );
+    // SAFETY: plain syscalls with a pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        let want = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n.max(rlim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+            return Ok(n);
+        }
+        // Without CAP_SYS_RESOURCE the hard limit is the ceiling.
+        rlim.rlim_cur = n.min(rlim.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
     }
-    Ok(())
+    Ok(rlim.rlim_cur)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -223,8 +239,17 @@ fn measure(
     })
 }
 
-pub fn run(o: Options) -> anyhow::Result<()> {
-    raise_nofile(4 * u64::from(o.connections) + 4096)?;
+pub fn run(mut o: Options) -> anyhow::Result<()> {
+    let limit = raise_nofile(4 * u64::from(o.connections) + 4096)?;
+    // The daemon holds two descriptors per proxied connection.
+    let most = u32::try_from(limit.saturating_sub(512) / 2).unwrap_or(u32::MAX);
+    if o.connections > most {
+        eprintln!(
+            "idle: the descriptor limit here is {limit} (hard limit, not raisable without CAP_SYS_RESOURCE); a proxy needs two per connection, so measuring {most} connections instead of {}",
+            o.connections
+        );
+        o.connections = most;
+    }
     let work = std::env::temp_dir().join(format!("interceptor-idle-{}", std::process::id()));
     fs::create_dir_all(&work)?;
     let mut lab = Lab::new().context("creating the lab")?;
@@ -248,10 +273,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
 
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/interceptor-idle-{}", lab.slot));
     let config = format!(
-        "node_name: idle\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: idle-db\n    protocol: postgres\n    destinations: [\"{upstream}\"]\npolicy:\n  default: deny\n  rules:\n    - id: reads\n      identities: [\"bench/*\"]\n      sql: {{ kinds: [read] }}\n      action: allow\naudit:\n  dir: {}\n",
+        "node_name: idle\nlistener:\n  address: {}:15001\nredirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [\"pods/*\"]\nidentity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: bench\n      service_account: \"{{name}}\"\ntargets:\n  - name: idle-db\n    protocol: {}\n    destinations: [\"{upstream}\"]\npolicy:\n  default: deny\n  rules:\n    - id: reads\n      identities: [\"bench/*\"]\n      sql: {{ kinds: [read] }}\n      action: allow\naudit:\n  dir: {}\n",
         lab.node_v4(1),
         lab.cgroup_dir.display(),
         pin_dir.display(),
+        o.protocol,
         work.join("audit").display()
     );
     let config_path = work.join("interceptor.yaml");
@@ -306,8 +332,21 @@ pub fn run(o: Options) -> anyhow::Result<()> {
 }
 
 fn report(samples: &[Sample]) -> String {
-    let mut s = String::from(
-        "Memory per idle PostgreSQL connection (logged in, then idle), clients in a lab pod\n\n| path | connections | RSS before (MiB) | RSS with clients (MiB) | KiB per connection |\n|---|---:|---:|---:|---:|\n",
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut s = format!(
+        "Memory per idle PostgreSQL connection (logged in, then idle), clients in a lab pod\nmachine: {cpu}, kernel {}\n\n",
+        kernel.trim()
+    );
+    s.push_str(
+        "| path | connections | RSS before (MiB) | RSS with clients (MiB) | KiB per connection |\n|---|---:|---:|---:|---:|\n",
     );
     for x in samples {
         s.push_str(&format!(

@@ -78,6 +78,9 @@ enum Cmd {
         /// Also write the Markdown report here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The interceptor target's protocol (`tcp`: no protocol handling).
+        #[arg(long, default_value = "postgres")]
+        protocol: String,
     },
     /// (run by `idle` inside the pod) open and hold logged-in connections.
     #[command(hide = true)]
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
             bin_dir,
             connections,
             out,
+            protocol,
         } => bin_dir_or_here(bin_dir).and_then(|bin_dir| {
             if let Some(why) = missing_privileges() {
                 anyhow::bail!("the benchmark {why}: run it as root");
@@ -117,10 +121,11 @@ fn main() -> ExitCode {
                 bin_dir,
                 connections,
                 out,
+                protocol,
             })
         }),
         Cmd::IdleClients { addr, connections } => idle::raise_nofile(u64::from(connections) + 1024)
-            .and_then(|()| idle::clients(addr, connections)),
+            .and_then(|_| idle::clients(addr, connections)),
         Cmd::Bench {
             bin_dir,
             seconds,

@@ -171,6 +171,17 @@ impl TokenVerifier {
         }
     }
 
+    /// The same API client reviewing for other audiences (a target that
+    /// takes client tokens made for it).
+    pub fn with_audiences(&self, audiences: Vec<String>) -> Self {
+        Self {
+            client: self.client.clone(),
+            audiences,
+            timeout: self.timeout,
+            metrics: self.metrics.clone(),
+        }
+    }
+
     /// Asks the API server who `token` belongs to. Only service-account
     /// identities are accepted. Every failure is counted
     /// (`token_review_failures{reason}`) and every request timed

@@ -1,0 +1,297 @@
+//! PostgreSQL responses: one record per ReadyForQuery cycle (a simple Query, or
+//! an extended-protocol batch up to its Sync), holding each result's columns,
+//! first rows, row count, command tag or error, taken from the messages sent to
+//! the client.
+
+use std::time::Instant;
+
+use super::{MAX_COLUMNS, MAX_RESPONSE_BYTES, MAX_RESULTS, Recorder, clip, render_value};
+use crate::{
+    audit::record::{ResponseSummary, SqlError, SqlResult},
+    protocol::postgres::{BackendMessage, Direction, Framer, Progress},
+};
+
+/// Watches the server-to-client stream of one session.
+pub struct PgRecorder {
+    rec: Recorder,
+    framer: Framer,
+    /// The ReadyForQuery that ends the startup phase was seen: responses follow.
+    ready: bool,
+    started: Option<Instant>,
+    results: Vec<SqlResult>,
+    current: Option<SqlResult>,
+    /// Bytes of names and values recorded in this response.
+    bytes: usize,
+    /// Results left out of this response (beyond [`MAX_RESULTS`]).
+    dropped: bool,
+}
+
+impl PgRecorder {
+    pub fn new(rec: Recorder) -> PgRecorder {
+        PgRecorder {
+            rec,
+            framer: Framer::new(Direction::Backend),
+            ready: false,
+            started: None,
+            results: Vec::new(),
+            current: None,
+            bytes: 0,
+            dropped: false,
+        }
+    }
+
+    /// Observes bytes about to be written to the client: whole backend messages,
+    /// as the proxy forwards or builds them (anything else ends the observation
+    /// of this chunk, never the session).
+    pub fn observe(&mut self, out: &[u8]) {
+        let mut pos = 0;
+        while pos < out.len() {
+            let frame = match self.framer.next(&out[pos..]) {
+                Ok(Progress::Complete(f)) => f,
+                Ok(Progress::NeedMore(_)) | Err(_) => return,
+            };
+            pos += frame.len();
+            if !self.ready {
+                self.ready = frame.tag == b'Z';
+                continue;
+            }
+            // Asynchronous messages answer no statement.
+            if matches!(frame.tag, b'A' | b'N' | b'S') {
+                continue;
+            }
+            self.started.get_or_insert_with(Instant::now);
+            let Ok(msg) = BackendMessage::parse(&frame) else {
+                continue;
+            };
+            self.on_message(msg);
+        }
+    }
+
+    fn on_message(&mut self, msg: BackendMessage<'_>) {
+        match msg {
+            BackendMessage::RowDescription(fields) => {
+                self.finish_current();
+                let mut r = SqlResult::default();
+                for f in fields.iter().take(MAX_COLUMNS) {
+                    let (name, cut) = clip(f.name, super::MAX_VALUE_CHARS);
+                    self.bytes += name.len();
+                    r.truncated |= cut;
+                    r.columns.push(name);
+                }
+                r.truncated |= fields.len() > MAX_COLUMNS;
+                self.current = Some(r);
+            }
+            BackendMessage::DataRow(values) => {
+                let budget_left = self.bytes < MAX_RESPONSE_BYTES;
+                let rows = self.rec.rows;
+                let r = self.current.get_or_insert_with(SqlResult::default);
+                r.row_count += 1;
+                if r.rows.len() >= rows || !budget_left {
+                    // Counted only: no allocation for rows that are not recorded.
+                    r.truncated |= rows > 0;
+                    return;
+                }
+                let mut row = Vec::with_capacity(values.len().min(MAX_COLUMNS));
+                for v in values.iter().take(MAX_COLUMNS) {
+                    row.push(v.map(|b| {
+                        let (s, cut) = render_value(b);
+                        r.truncated |= cut;
+                        self.bytes += s.len();
+                        s
+                    }));
+                }
+                r.truncated |= values.len() > MAX_COLUMNS;
+                r.rows.push(row);
+            }
+            BackendMessage::CommandComplete { tag } => {
+                let mut r = self.current.take().unwrap_or_default();
+                r.tag = Some(clip(tag, super::MAX_VALUE_CHARS).0);
+                self.push(r);
+            }
+            BackendMessage::EmptyQueryResponse => {
+                let r = self.current.take().unwrap_or_default();
+                self.push(r);
+            }
+            BackendMessage::ErrorResponse(e) => {
+                let mut r = self.current.take().unwrap_or_default();
+                let (message, cut) = clip(e.message().unwrap_or(""), super::MAX_VALUE_CHARS);
+                r.truncated |= cut;
+                self.bytes += message.len();
+                r.error = Some(SqlError {
+                    code: e.code().unwrap_or("").to_string(),
+                    message,
+                });
+                self.push(r);
+            }
+            BackendMessage::PortalSuspended => {
+                let mut r = self.current.take().unwrap_or_default();
+                r.tag = Some("(portal suspended)".into());
+                self.push(r);
+            }
+            BackendMessage::ReadyForQuery(_) => {
+                self.finish_current();
+                let started = self.started.take().unwrap_or_else(Instant::now);
+                if !self.results.is_empty() {
+                    let mut results = std::mem::take(&mut self.results);
+                    if self.dropped
+                        && let Some(last) = results.last_mut()
+                    {
+                        last.truncated = true;
+                    }
+                    self.rec.emit(started, ResponseSummary::Sql(results));
+                }
+                self.bytes = 0;
+                self.dropped = false;
+            }
+            // ParseComplete, BindComplete, NoData, ParameterDescription, COPY data...
+            _ => {}
+        }
+    }
+
+    /// A result without its CommandComplete (the next one began, or the cycle ended).
+    fn finish_current(&mut self) {
+        if let Some(r) = self.current.take() {
+            self.push(r);
+        }
+    }
+
+    fn push(&mut self, r: SqlResult) {
+        if self.results.len() < MAX_RESULTS {
+            self.results.push(r);
+        } else {
+            self.dropped = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        audit::{AuditConfig, AuditLog, reader, record::Record},
+        metrics::Metrics,
+        protocol::postgres::{
+            FieldDescription, TransactionStatus,
+            build::{self, ErrorSpec},
+        },
+    };
+
+    fn field(name: &str) -> FieldDescription<'_> {
+        FieldDescription {
+            name,
+            table_oid: 0,
+            column: 0,
+            type_oid: 25,
+            type_size: -1,
+            type_modifier: -1,
+            format: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cycle_becomes_one_bounded_record_of_what_was_sent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
+            .await
+            .unwrap();
+        let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s-1", 7, 2);
+        let mut r = PgRecorder::new(rec);
+        let mut out = Vec::new();
+        // Startup: ignored up to the first ReadyForQuery.
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        r.observe(&out);
+        // One simple Query with two statements: 3 rows (2 recorded) then an error.
+        let mut out = Vec::new();
+        build::row_description(&mut out, [field("id"), field("email")]).unwrap();
+        for i in 0..3u8 {
+            let id = [b'1' + i];
+            build::data_row(&mut out, [Some(&id[..]), Some(&b"[redacted]"[..])]).unwrap();
+        }
+        build::command_complete(&mut out, "SELECT 3").unwrap();
+        build::error_response(
+            &mut out,
+            &ErrorSpec::error("42P01", "relation does not exist"),
+        )
+        .unwrap();
+        // Split mid-cycle: observation keeps its place across writes.
+        r.observe(&out);
+        let mut out = Vec::new();
+        build::data_row(&mut out, [None, Some(&[0xff, 0x00][..])]).unwrap();
+        build::command_complete(&mut out, "SELECT 1").unwrap();
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        r.observe(&out);
+        // A cycle with no results (a Sync alone) records nothing.
+        let mut out = Vec::new();
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        r.observe(&out);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log.close().await.unwrap();
+
+        let responses: Vec<_> = reader::read_all(tmp.path())
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e.decode("") {
+                Ok(Record::Response(x)) => Some(x),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(responses.len(), 1, "{responses:?}");
+        let x = &responses[0];
+        assert_eq!((x.session_id.as_str(), x.connection_id), ("s-1", 7));
+        let ResponseSummary::Sql(results) = &x.summary else {
+            panic!("{x:?}")
+        };
+        assert_eq!(results.len(), 3, "{results:?}");
+        assert_eq!(results[0].columns, ["id", "email"]);
+        assert_eq!(results[0].row_count, 3);
+        assert_eq!(
+            results[0].rows,
+            [
+                [Some("1".to_string()), Some("[redacted]".to_string())],
+                [Some("2".to_string()), Some("[redacted]".to_string())]
+            ]
+        );
+        assert!(results[0].truncated, "the third row was left out");
+        assert_eq!(results[0].tag.as_deref(), Some("SELECT 3"));
+        let e = results[1].error.as_ref().unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("42P01", "relation does not exist")
+        );
+        // A DataRow without a RowDescription (extended protocol, described earlier).
+        assert_eq!(results[2].rows, [[None, Some("\\xff00".to_string())]]);
+        assert_eq!(results[2].tag.as_deref(), Some("SELECT 1"));
+    }
+
+    #[tokio::test]
+    async fn rows_off_counts_without_recording() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
+            .await
+            .unwrap();
+        let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s", 1, 0);
+        let mut r = PgRecorder::new(rec);
+        let mut out = Vec::new();
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        build::row_description(&mut out, [field("secret")]).unwrap();
+        build::data_row(&mut out, [Some(&b"hunter2"[..])]).unwrap();
+        build::command_complete(&mut out, "SELECT 1").unwrap();
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        r.observe(&out);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log.close().await.unwrap();
+        let all: Vec<u8> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".audit"))
+            .flat_map(|e| std::fs::read(e.path()).unwrap())
+            .collect();
+        assert!(!all.windows(7).any(|w| w == b"hunter2"));
+        assert!(
+            all.windows(8).any(|w| w == b"SELECT 1"),
+            "the summary is there"
+        );
+    }
+}

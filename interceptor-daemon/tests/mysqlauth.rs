@@ -1,0 +1,360 @@
+//! MySQL/MariaDB credential injection and upstream TLS through the
+//! interceptor: a real MariaDB server (Debian's package) with grant tables and
+//! TLS on a test CA, the real `mariadb` client in a lab pod through the eBPF
+//! redirect, logging in with a wrong password as a user that does not exist.
+//! Privileged: run as root (CI does).
+
+mod common;
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use interceptor_daemon::testbed::{Lab, Pod};
+
+const SECRET: &str = "Upstream-Secret-9f3b";
+
+const IDENTITY: &str = "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n";
+
+const POLICY: &str = r#"policy:
+  default: deny
+  rules:
+    - id: shop-reads
+      identities: ["shop/*"]
+      sql: { kinds: [read, utility] }
+      action: allow
+    - id: mask-emails
+      identities: ["shop/*"]
+      action: mask
+      mask: { columns: ["customers.email"], strategy: partial, keep_last: 4 }
+"#;
+
+/// What the session is, as the server sees it.
+const WHO: &str = "SELECT CONCAT(CURRENT_USER(), '|', IFNULL(DATABASE(), '-'), '|', (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_version'))";
+
+/// A real MariaDB server with grant tables (root by unix socket only) and TLS.
+struct Mariadb {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Mariadb {
+    fn start(addrs: &[Ipv4Addr], port: u16, dir: &Path, tls: (&Path, &Path, &Path)) -> Mariadb {
+        let data = dir.join("mysql-data");
+        let out = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("mariadb-install-db (apt-get install mariadb-server; cargo xtask setup does)");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let socket = dir.join("mysql.sock");
+        let binds: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let child = Command::new("mariadbd")
+            .args(["--no-defaults", "--user=root"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
+            .arg(format!("--log-error={}", dir.join("mysql.err").display()))
+            .arg(format!("--bind-address={}", binds.join(",")))
+            .arg(format!("--port={port}"))
+            .arg(format!("--ssl-ca={}", tls.0.display()))
+            .arg(format!("--ssl-cert={}", tls.1.display()))
+            .arg(format!("--ssl-key={}", tls.2.display()))
+            .args(["--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        let m = Mariadb { child, socket };
+        let start = Instant::now();
+        while !m.admin("SELECT 1").is_ok_and(|o| o.trim() == "1") {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "mariadbd did not start: {}",
+                std::fs::read_to_string(dir.join("mysql.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    /// SQL as root over the unix socket (not intercepted).
+    fn admin(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-u", "root", "-N", "-B"])
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-e", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA and a server certificate for `db.internal` and `ips`, as PEM.
+fn certificates(ips: &[Ipv4Addr]) -> (String, String, String) {
+    use rcgen13::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "interceptor test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut server = CertificateParams::new(vec!["db.internal".to_string()]).unwrap();
+    for ip in ips {
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress((*ip).into()));
+    }
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "db.internal");
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn other_ca() -> String {
+    let key = rcgen13::KeyPair::generate().unwrap();
+    let mut p = rcgen13::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen13::IsCa::Ca(rcgen13::BasicConstraints::Unconstrained);
+    p.self_signed(&key).unwrap().pem()
+}
+
+struct Setup {
+    lab: Lab,
+    pod: Pod,
+    db: Mariadb,
+    daemon: Daemon,
+    dir: PathBuf,
+}
+
+const PORT: u16 = 3306;
+
+/// Node addresses (the lab's 1-6; 1 is the daemon's): 5 plaintext target, 6
+/// verify-full target, 4 require target; 2 the unused default target.
+fn setup() -> Setup {
+    let dir = scratch("mysqlauth");
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let ips: Vec<Ipv4Addr> = (4..=6).map(|h| lab.node_v4(h)).collect();
+    let (ca, cert, key) = certificates(&ips);
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (ca_file, cert_file, key_file) = (
+        tls_dir.join("ca.pem"),
+        tls_dir.join("server.pem"),
+        tls_dir.join("server.key"),
+    );
+    std::fs::write(&ca_file, &ca).unwrap();
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let db = Mariadb::start(&ips, PORT, &dir, (&ca_file, &cert_file, &key_file));
+    db.admin(&format!(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.customers (id int PRIMARY KEY, name text, email varchar(100));
+         INSERT INTO shop.customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.org');
+         CREATE USER app@'%' IDENTIFIED BY '{SECRET}';
+         GRANT ALL ON shop.* TO app@'%';
+         CREATE USER app_tls@'%' IDENTIFIED BY '{SECRET}' REQUIRE SSL;
+         GRANT ALL ON shop.* TO app_tls@'%';"
+    ))
+    .unwrap();
+    // Daemon-side copies: the CA the daemon trusts (swapped by the test) and
+    // the secret.
+    let daemon_ca = dir.join("daemon-ca.pem");
+    std::fs::write(&daemon_ca, &ca).unwrap();
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let target = |name: &str, h: u8, user: &str, tls: &str| {
+        format!(
+            "  - name: {name}\n    protocol: mysql\n    destinations: [\"{}:{PORT}\"]\n    mysql:\n      upstream:\n        user: {user}\n        database: shop\n        password_file: {}\n        tls: {tls}\n",
+            lab.node_v4(h),
+            secret_file.display()
+        )
+    };
+    let targets = [
+        target("plain-db", 5, "app", "{ mode: disable }"),
+        target(
+            "tls-db",
+            6,
+            "app_tls",
+            &format!(
+                "{{ mode: verify-full, ca_file: {}, server_name: db.internal }}",
+                daemon_ca.display()
+            ),
+        ),
+        target("encrypted-db", 4, "app_tls", "{ mode: require }"),
+    ]
+    .concat();
+    let opts = DaemonOpts {
+        destinations: vec![format!("{}:9", lab.node_v4(2))],
+        extra_targets: format!("{targets}{POLICY}"),
+        identity: IDENTITY.into(),
+        ..Default::default()
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let daemon = Daemon::start(&cfg, &dir);
+    Setup {
+        lab,
+        pod,
+        db,
+        daemon,
+        dir,
+    }
+}
+
+/// The mariadb client inside the pod, through the redirect, as a user the
+/// server does not know, with a wrong password.
+fn client(s: &Setup, h: u8, sql: &str) -> Output {
+    s.pod
+        .command("mariadb")
+        .unwrap()
+        .args(["--no-defaults", "-h"])
+        .arg(s.lab.node_v4(h).to_string())
+        .args([
+            "-P",
+            &PORT.to_string(),
+            "-u",
+            "nobody",
+            "-pwrong-password",
+            "-N",
+            "-B",
+        ])
+        .args(["-e", sql])
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn assert_ok(o: &Output, want: &str) {
+    let (out, err) = text(o);
+    assert!(o.status.success(), "stderr: {err}");
+    assert_eq!(out.trim_end(), want, "stderr: {err}");
+}
+
+#[test]
+fn mysql_credentials_are_injected_over_tls() {
+    if !privileged("mysql_credentials_are_injected_over_tls") {
+        return;
+    }
+    let s = setup();
+    let mut outputs = Vec::new();
+
+    // The server knows neither `nobody` nor its password: the daemon logs
+    // in as the configured user, in the configured database.
+    let plain = client(&s, 5, WHO);
+    assert_ok(&plain, "app@%|shop|");
+    // verify-full against the test CA, by name; app_tls requires TLS, so the
+    // server itself confirms the session is encrypted.
+    let verified = client(&s, 6, WHO);
+    let (out, err) = text(&verified);
+    assert!(
+        verified.status.success() && out.starts_with("app_tls@%|shop|TLSv1."),
+        "{out} {err}"
+    );
+    let required = client(&s, 4, WHO);
+    let (out, err) = text(&required);
+    assert!(out.starts_with("app_tls@%|shop|TLSv1."), "{out} {err}");
+    // Statements are still decided: a write is denied by the default.
+    let denied = client(&s, 5, "DELETE FROM customers");
+    let (_, err) = text(&denied);
+    assert!(
+        err.contains("ERROR 1142 (42000)") && err.contains("statement denied"),
+        "{err}"
+    );
+    assert_eq!(
+        s.db.admin("SELECT count(*) FROM shop.customers")
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    outputs.extend([plain, verified, required, denied]);
+
+    // Masking: the email column through an alias, an expression and a
+    // derived table; the server keeps the real data.
+    let masked = client(
+        &s,
+        5,
+        "SELECT id, email AS contact, UPPER(email), name FROM customers ORDER BY id",
+    );
+    assert_ok(
+        &masked,
+        "1\t****.com\t****.COM\tAda\n2\t****.org\t****.ORG\tGrace",
+    );
+    let derived = client(
+        &s,
+        6,
+        "SELECT e FROM (SELECT email AS e FROM customers) t ORDER BY e",
+    );
+    assert_ok(&derived, "****.com\n****.org");
+    assert_eq!(
+        s.db.admin("SELECT email FROM shop.customers WHERE id = 1")
+            .unwrap()
+            .trim(),
+        "ada@example.com"
+    );
+
+    // A CA that did not sign the server's certificate: a clear client error,
+    // no plaintext fallback.
+    std::fs::write(s.dir.join("daemon-ca.pem"), other_ca()).unwrap();
+    let wrong_ca = client(&s, 6, WHO);
+    let (out, err) = text(&wrong_ca);
+    assert!(!wrong_ca.status.success() && out.is_empty(), "{out}");
+    assert!(
+        err.contains("interceptor: cannot log in to target `tls-db`")
+            && err.contains("invalid peer certificate"),
+        "{err}"
+    );
+    // `require` does not look at the certificate.
+    let still = client(&s, 4, WHO);
+    assert!(text(&still).0.starts_with("app_tls@%|shop|TLSv1."));
+    outputs.extend([wrong_ca, still]);
+
+    // A wrong upstream secret: the server's own refusal reaches the client.
+    std::fs::write(s.dir.join("secret"), "not-the-password").unwrap();
+    let refused = client(&s, 5, WHO);
+    let (_, err) = text(&refused);
+    assert!(
+        err.contains("ERROR 1045 (28000)") && err.contains("Access denied for user 'app'"),
+        "{err}"
+    );
+    outputs.push(refused);
+
+    for o in &outputs {
+        let (out, err) = text(o);
+        assert!(
+            !out.contains(SECRET) && !err.contains(SECRET),
+            "the client saw the secret"
+        );
+    }
+    assert!(
+        !s.daemon.raw_log().contains(SECRET),
+        "the secret reached the daemon log"
+    );
+}

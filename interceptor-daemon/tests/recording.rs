@@ -1,0 +1,351 @@
+//! Session recording through the daemon: a real PostgreSQL session from a lab
+//! pod, with a masked column; its replay shows every statement and what the
+//! client received (the masked value, never the stored one), and no byte of the
+//! log or its index holds the stored value. Privileged: run as root (CI does).
+
+mod common;
+
+use std::{net::SocketAddr, path::Path, process::Command};
+
+use common::*;
+use interceptor_daemon::testbed::{Lab, Postgres};
+
+const POLICY: &str = r#"policy:
+  default: deny
+  rules:
+    - id: reads
+      identities: ["shop/*"]
+      targets: ["customers-db"]
+      sql: { kinds: [read, transaction, utility] }
+      action: allow
+    - id: mask-email
+      targets: ["customers-db"]
+      action: mask
+      mask: { columns: ["customers.email"], strategy: redact }
+"#;
+
+/// Every file under `dir` (segments, cut tails, the sled index), concatenated.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn interceptor(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(DAEMON).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn postgres_sessions_replay_with_their_masked_responses() {
+    if !privileged("postgres_sessions_replay_with_their_masked_responses") {
+        return;
+    }
+    let dir = scratch("recording");
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
+    pg.admin_sql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');",
+    )
+    .unwrap();
+    let audit_dir = dir.join("audit");
+    let opts = DaemonOpts {
+        destinations: vec![format!("{}:9", lab.node_v4(6))],
+        extra_targets: format!(
+            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}audit:\n  dir: {}\n  checkpoint_every: 5\n  record_rows: 20\n",
+            audit_dir.display()
+        ),
+        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
+        ..Default::default()
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let mut daemon = Daemon::start(&cfg, &dir);
+
+    // One psql session: a masked read, a server error, a denial, a count.
+    let host = pg_addr.ip().to_string();
+    let out = pod
+        .command(pg.bin.join("psql"))
+        .unwrap()
+        .args(["-X", "-At", "-h", &host, "-U", "postgres", "-d", "postgres"])
+        .args(["-c", "SELECT id, email FROM customers ORDER BY id"])
+        .args(["-c", "SELECT * FROM no_such_table"])
+        .args(["-c", "DELETE FROM customers WHERE id = 2"])
+        .args(["-c", "SELECT count(*) FROM customers"])
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        got,
+        "1|[redacted]\n2|[redacted]\n2\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(daemon.stop(), Some(0));
+
+    let a = audit_dir.to_str().unwrap();
+    let (ok, list, err) = interceptor(&[
+        "sessions",
+        "list",
+        a,
+        "--json",
+        "--identity",
+        "shop/orders-api",
+    ]);
+    assert!(ok, "{err}");
+    let sessions: Vec<serde_json::Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{list}");
+    let id = sessions[0]["session_id"].as_str().unwrap();
+
+    let (ok, replay, err) = interceptor(&["sessions", "replay", a, id]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = replay.lines().collect();
+    // Statements and responses alternate, in order, with relative times.
+    let expect = [
+        "allow   SELECT id, email FROM customers ORDER BY id",
+        "result  SELECT 2  [2 rows]",
+        "| id | email |",
+        "| 1 | [redacted] |",
+        "| 2 | [redacted] |",
+        "allow   SELECT * FROM no_such_table",
+        "result  ERROR 42P01 relation \"no_such_table\" does not exist",
+        "deny    DELETE FROM customers WHERE id = $1",
+        "result  ERROR 42501 interceptor: statement denied by rule `default`",
+        "allow   SELECT count(*) FROM customers",
+        "result  SELECT 1  [1 rows]",
+        "| count |",
+        "| 2 |",
+        "allow   connection to",
+    ];
+    assert_eq!(lines.len(), expect.len() + 1, "{replay}");
+    for (line, want) in lines[1..].iter().zip(expect) {
+        assert!(
+            line.contains(want),
+            "`{want}` expected in `{line}`:\n{replay}"
+        );
+        if !line.trim_start().starts_with('|') {
+            assert!(line.starts_with('+'), "{line}");
+        }
+    }
+
+    // The stored values appear nowhere: not in the segments, not in the index.
+    let bytes = all_bytes(&audit_dir);
+    assert!(
+        contains(&bytes, "[redacted]"),
+        "the masked rows are recorded"
+    );
+    for raw in ["ada@example.com", "grace@example.com"] {
+        assert!(
+            !contains(&bytes, raw),
+            "`{raw}` reached the audit directory"
+        );
+    }
+
+    // Responses are part of the signed chain.
+    let (ok, pubkey, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    assert!(ok, "{err}");
+    let key = dir.join("node.pub");
+    std::fs::write(&key, pubkey).unwrap();
+    let (ok, verified, err) =
+        interceptor(&["audit", "verify", a, "--pubkey", key.to_str().unwrap()]);
+    assert!(ok, "{verified}{err}");
+    assert!(verified.contains("4 recorded responses"), "{verified}");
+}
+
+#[test]
+fn the_daemon_applies_retention_and_the_log_still_verifies() {
+    if !privileged("the_daemon_applies_retention_and_the_log_still_verifies") {
+        return;
+    }
+    let dir = scratch("retention");
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
+    pg.admin_sql("CREATE TABLE customers (id int PRIMARY KEY, name text, email text);")
+        .unwrap();
+    let audit_dir = dir.join("audit");
+    let opts = DaemonOpts {
+        destinations: vec![format!("{}:9", lab.node_v4(6))],
+        extra_targets: format!(
+            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}audit:\n  dir: {}\n  segment_max_bytes: 4096\n  retention: {{ max_bytes: 16KiB }}\n",
+            audit_dir.display()
+        ),
+        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
+        ..Default::default()
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let mut daemon = Daemon::start(&cfg, &dir);
+    let script = dir.join("many.sql");
+    let sql: String = (0..300)
+        .map(|i| format!("SELECT {i} AS n, count(*) FROM customers;\n"))
+        .collect();
+    std::fs::write(&script, sql).unwrap();
+    let host = pg_addr.ip().to_string();
+    let out = pod
+        .command(pg.bin.join("psql"))
+        .unwrap()
+        .args([
+            "-X", "-At", "-h", &host, "-U", "postgres", "-d", "postgres", "-f",
+        ])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first_segment = || {
+        std::fs::read_dir(&audit_dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                interceptor_daemon::audit::format::parse_segment_name(
+                    &e.file_name().to_string_lossy(),
+                )
+            })
+            .min()
+            .unwrap()
+    };
+    // The limits are checked every 10 s.
+    let started = std::time::Instant::now();
+    while first_segment() == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no segment was removed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(daemon.stop(), Some(0));
+
+    let a = audit_dir.to_str().unwrap();
+    let (ok, pubkey, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    assert!(ok, "{err}");
+    let key = dir.join("node.pub");
+    std::fs::write(&key, pubkey).unwrap();
+    let k = key.to_str().unwrap();
+    let (ok, verified, err) = interceptor(&["audit", "verify", a, "--pubkey", k]);
+    assert!(ok, "{verified}{err}");
+    assert!(
+        verified.contains(&format!(
+            "segments before {} were removed by signed retention records (expected, not a gap)",
+            first_segment()
+        )),
+        "{verified}"
+    );
+    let (_, shown, _) = interceptor(&["audit", "show", a]);
+    assert!(shown.contains("\"Retention\""), "{shown}");
+    assert!(shown.contains("retention limit reached (size)"), "{shown}");
+
+    // What remains is still protected: one flipped byte is found.
+    let victim = audit_dir.join(interceptor_daemon::audit::format::segment_name(
+        first_segment(),
+    ));
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() - 40;
+    bytes[at] ^= 0x20;
+    std::fs::write(&victim, bytes).unwrap();
+    let (ok, out, _) = interceptor(&["audit", "verify", a, "--pubkey", k]);
+    assert!(!ok && out.starts_with("FAILED: seg-"), "{out}");
+}
+
+#[test]
+fn audit_prune_removes_old_segments_offline_with_a_signed_record() {
+    use interceptor_daemon::audit::{
+        AccessRecord, AuditConfig, AuditLog, Decision, Identity, Protocol,
+        record::{ResponseRecord, ResponseSummary, SqlResult},
+    };
+    let dir = scratch("prune");
+    let log_dir = dir.join("audit");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = AuditConfig::new(&log_dir, "node-1");
+        c.segment_max_bytes = 8 * 1024;
+        let (log, _) = AuditLog::open(c).await.unwrap();
+        for i in 0..400u64 {
+            let session_id = format!("node-1-{}", i / 50);
+            log.append(&AccessRecord {
+                time_ns: 1_750_000_000_000_000_000 + i,
+                node: "node-1".into(),
+                identity: Identity::default(),
+                target: "db".into(),
+                protocol: Protocol::Postgres,
+                operation: "SELECT 1".into(),
+                decision: Decision::Allow,
+                rule_id: None,
+                approval_ref: None,
+                outcome: None,
+                duration_ns: 0,
+                session_id: session_id.clone(),
+                connection_id: i / 50,
+            })
+            .await
+            .unwrap();
+            log.append_response(ResponseRecord {
+                time_ns: 1_750_000_000_000_000_000 + i,
+                session_id,
+                connection_id: i / 50,
+                duration_ns: 0,
+                summary: ResponseSummary::Sql(vec![SqlResult {
+                    tag: Some("SELECT 1".into()),
+                    ..SqlResult::default()
+                }]),
+            })
+            .await
+            .unwrap();
+        }
+        log.close().await.unwrap();
+    });
+    drop(rt);
+    let a = log_dir.to_str().unwrap();
+    let (ok, _, err) = interceptor(&["audit", "prune", "--dir", a]);
+    assert!(
+        !ok && err.contains("give --max-age and/or --max-bytes"),
+        "{err}"
+    );
+    let (ok, out, err) = interceptor(&["audit", "prune", "--dir", a, "--max-age", "1h"]);
+    assert!(ok && out.starts_with("nothing to remove"), "{out}{err}");
+    let (ok, out, err) = interceptor(&["audit", "prune", "--dir", a, "--max-bytes", "24KiB"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("removed ") && out.contains("recorded as a signed retention record"),
+        "{out}"
+    );
+    assert!(!log_dir.join("seg-00000000000000000000.audit").exists());
+    let (ok, verified, err) = interceptor(&["audit", "verify", a]);
+    assert!(ok, "{verified}{err}");
+    assert!(
+        verified.contains("were removed by signed retention records"),
+        "{verified}"
+    );
+    assert!(verified.contains("1 retention events"), "{verified}");
+    // Replay still reads what remains, responses included.
+    let (ok, replay, err) = interceptor(&["sessions", "replay", a, "node-1-7"]);
+    assert!(ok, "{err}");
+    assert!(replay.contains("result  SELECT 1"), "{replay}");
+}
