@@ -14,47 +14,11 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Output, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 
-use common::*;
+use common::{orders::*, *};
 use interceptor_daemon::testbed::{Lab, Pod, Postgres};
 use serde_json::Value;
-
-const WRITES_ALLOWED: &str = r#"default: deny
-rules:
-  - id: orders-read
-    identities: ["shop/*"]
-    sql: { kinds: [read, transaction, utility], tables: ["orders"] }
-    action: allow
-  - id: orders-write
-    identities: ["shop/orders-api"]
-    sql: { kinds: [write], tables: ["orders"] }
-    action: allow
-"#;
-
-const READ_ONLY: &str = r#"default: deny
-rules:
-  - id: orders-read
-    identities: ["shop/*"]
-    sql: { kinds: [read, transaction, utility], tables: ["orders"] }
-    action: allow
-  - id: freeze
-    description: orders are frozen for the audit
-    sql: { kinds: [write] }
-    action: deny
-"#;
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -77,41 +41,25 @@ struct Setup {
 
 fn setup(name: &str) -> Setup {
     let dir = scratch(name);
-    let mut lab = Lab::new().unwrap();
-    let pod = lab.add_pod("app", "pods/app").unwrap();
-    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).unwrap();
-    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
-    pg.admin_sql("CREATE TABLE orders (id int, customer int);")
-        .unwrap();
-    let policy_path = dir.join("policy.yaml");
-    std::fs::write(&policy_path, WRITES_ALLOWED).unwrap();
-    let socket = dir.join("run/admin.sock");
-    let opts = DaemonOpts {
-        destinations: vec![format!("{}:9", lab.node_v4(6))],
-        extra_targets: format!(
-            "  - name: orders-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy_file: policy.yaml\naudit:\n  dir: {}\n",
-            dir.join("audit").display()
-        ),
-        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
-        ..Default::default()
-    };
-    let config = write_config(&lab, &dir, &opts);
+    let o = orders(
+        name,
+        &format!("audit:\n  dir: {}\n", dir.join("audit").display()),
+    );
+    let socket = o.dir.join("run/admin.sock");
     // The admin section is written by the harness; the socket goes with it.
-    let cfg_text = std::fs::read_to_string(&config).unwrap();
-    let admin = format!("admin:\n  address: {}\n", admin_addr(&lab));
+    let cfg_text = std::fs::read_to_string(&o.config).unwrap();
+    let admin = format!("admin:\n  address: {}\n", admin_addr(&o.lab));
     assert!(cfg_text.contains(&admin));
     let cfg_text = cfg_text.replace(&admin, &format!("{admin}  socket: {}\n", socket.display()));
-    std::fs::write(&config, cfg_text).unwrap();
+    std::fs::write(&o.config, cfg_text).unwrap();
     Setup {
-        lab,
-        pod,
-        pg,
-        pg_addr,
-        dir,
-        config,
-        policy_path,
+        lab: o.lab,
+        pod: o.pod,
+        pg: o.pg,
+        pg_addr: o.pg_addr,
+        dir: o.dir,
+        config: o.config,
+        policy_path: o.policy_path,
         socket,
     }
 }

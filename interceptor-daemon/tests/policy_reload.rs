@@ -9,46 +9,11 @@ use std::{
     net::SocketAddr,
     process::Stdio,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::*;
+use common::{orders::*, *};
 use interceptor_daemon::testbed::{Lab, Pod, Postgres};
-
-const WRITES_ALLOWED: &str = r#"default: deny
-rules:
-  - id: orders-read
-    identities: ["shop/*"]
-    sql: { kinds: [read, transaction, utility], tables: ["orders"] }
-    action: allow
-  - id: orders-write
-    identities: ["shop/orders-api"]
-    sql: { kinds: [write], tables: ["orders"] }
-    action: allow
-"#;
-
-const READ_ONLY: &str = r#"default: deny
-rules:
-  - id: orders-read
-    identities: ["shop/*"]
-    sql: { kinds: [read, transaction, utility], tables: ["orders"] }
-    action: allow
-  - id: freeze
-    description: orders are frozen for the audit
-    sql: { kinds: [write] }
-    action: deny
-"#;
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 struct Setup {
     lab: Lab,
@@ -60,33 +25,14 @@ struct Setup {
 }
 
 fn setup(name: &str) -> Setup {
-    let dir = scratch(name);
-    let mut lab = Lab::new().unwrap();
-    let pod = lab.add_pod("app", "pods/app").unwrap();
-    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).unwrap();
-    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
-    pg.admin_sql("CREATE TABLE orders (id int, customer int);")
-        .unwrap();
-    let policy_path = dir.join("policy.yaml");
-    std::fs::write(&policy_path, WRITES_ALLOWED).unwrap();
-    let opts = DaemonOpts {
-        destinations: vec![format!("{}:9", lab.node_v4(6))],
-        extra_targets: format!(
-            "  - name: orders-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\npolicy_file: policy.yaml\n"
-        ),
-        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
-        ..Default::default()
-    };
-    let cfg = write_config(&lab, &dir, &opts);
-    let daemon = Daemon::start(&cfg, &dir);
+    let o = orders(name, "");
+    let daemon = Daemon::start(&o.config, &o.dir);
     Setup {
-        lab,
-        pod,
-        pg,
-        pg_addr,
-        policy_path,
+        lab: o.lab,
+        pod: o.pod,
+        pg: o.pg,
+        pg_addr: o.pg_addr,
+        policy_path: o.policy_path,
         daemon,
     }
 }

@@ -112,17 +112,7 @@ impl AuditLog {
 
     /// Append a record; resolves once it is on disk (fsynced).
     pub async fn append(&self, rec: &AccessRecord) -> Result<Receipt, AuditError> {
-        let body = encode(rec)?;
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Append {
-                body,
-                ack: Some(ack),
-                queued: Instant::now(),
-            })
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        rx.await.map_err(|_| AuditError::Closed)?
+        self.durable(encode(rec)?).await
     }
 
     /// Queue a record without waiting for the disk: it is written and fsynced
@@ -133,31 +123,15 @@ impl AuditLog {
     ///
     /// [`append`]: AuditLog::append
     pub async fn submit(&self, rec: &AccessRecord) -> Result<(), AuditError> {
-        let body = encode(rec)?;
         self.tx
-            .send(Msg::Append {
-                body,
-                ack: None,
-                queued: Instant::now(),
-            })
+            .send(queued(encode(rec)?, None))
             .await
             .map_err(|_| AuditError::Closed)
     }
 
     /// Append what a client received (see [`ResponseRecord`]); resolves once durable.
     pub async fn append_response(&self, rec: ResponseRecord) -> Result<Receipt, AuditError> {
-        let body = record::encode(&Record::Response(rec))
-            .map_err(|e| AuditError::Record(e.to_string()))?;
-        let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Append {
-                body,
-                ack: Some(ack),
-                queued: Instant::now(),
-            })
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        rx.await.map_err(|_| AuditError::Closed)?
+        self.durable(encode_response(rec)?).await
     }
 
     /// Queue what a client received without waiting for the disk, from
@@ -165,14 +139,7 @@ impl AuditLog {
     /// [`submit`](AuditLog::submit). When the queue is full the record waits
     /// for room in a task of its own rather than blocking the relay.
     pub fn submit_response(&self, rec: ResponseRecord) -> Result<(), AuditError> {
-        let body = record::encode(&Record::Response(rec))
-            .map_err(|e| AuditError::Record(e.to_string()))?;
-        let msg = Msg::Append {
-            body,
-            ack: None,
-            queued: Instant::now(),
-        };
-        match self.tx.try_send(msg) {
+        match self.tx.try_send(queued(encode_response(rec)?, None)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
             Err(mpsc::error::TrySendError::Full(msg)) => {
@@ -182,6 +149,16 @@ impl AuditLog {
                 Ok(())
             }
         }
+    }
+
+    /// Queues an encoded record and waits until it is durable.
+    async fn durable(&self, body: Vec<u8>) -> Result<Receipt, AuditError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx
+            .send(queued(body, Some(ack)))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
     }
 
     /// Replace the node key: the new public key is recorded, signed by the old key,
@@ -209,6 +186,18 @@ impl AuditLog {
 fn encode(rec: &AccessRecord) -> Result<Vec<u8>, AuditError> {
     bincode::serde::encode_to_vec(AccessRef::Access(rec), record::CONFIG)
         .map_err(|e| AuditError::Record(e.to_string()))
+}
+
+fn encode_response(rec: ResponseRecord) -> Result<Vec<u8>, AuditError> {
+    record::encode(&Record::Response(rec)).map_err(|e| AuditError::Record(e.to_string()))
+}
+
+fn queued(body: Vec<u8>, ack: Option<oneshot::Sender<Result<Receipt, AuditError>>>) -> Msg {
+    Msg::Append {
+        body,
+        ack,
+        queued: Instant::now(),
+    }
 }
 
 /// Someone waits for this message's outcome.

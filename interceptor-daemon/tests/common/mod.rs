@@ -14,6 +14,8 @@ use std::{
 use interceptor_daemon::testbed::{self, Lab, Pod};
 use serde_json::Value;
 
+pub mod orders;
+
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_interceptor");
 pub const PROBE: &str = env!("CARGO_BIN_EXE_interceptor-probe");
 

@@ -386,7 +386,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(samples: &[Sample], o: &Options) -> String {
+/// Cores, CPU model and kernel, for the reports.
+pub(crate) fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -399,11 +400,15 @@ fn report(samples: &[Sample], o: &Options) -> String {
         .map(|n| n.get())
         .unwrap_or(0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
+}
+
+fn report(samples: &[Sample], o: &Options) -> String {
     let mut s = format!(
-        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {cores} cores, {cpu}, kernel {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit record per statement (group commit{}) + metrics\n\n",
+        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
         o.scale,
         o.seconds,
-        kernel.trim(),
+        machine(),
         if o.no_audit {
             "; audit OFF for this run"
         } else {

@@ -332,18 +332,9 @@ pub fn run(mut o: Options) -> anyhow::Result<()> {
 }
 
 fn report(samples: &[Sample]) -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut s = format!(
-        "Memory per idle PostgreSQL connection (logged in, then idle), clients in a lab pod\nmachine: {cpu}, kernel {}\n\n",
-        kernel.trim()
+        "Memory per idle PostgreSQL connection (logged in, then idle), clients in a lab pod\nmachine: {}\n\n",
+        crate::bench::machine()
     );
     s.push_str(
         "| path | connections | RSS before (MiB) | RSS with clients (MiB) | KiB per connection |\n|---|---:|---:|---:|---:|\n",
