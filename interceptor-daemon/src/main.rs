@@ -134,9 +134,20 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Detach { pins } => {
             let dir = pins.pin_dir()?;
+            let ids = redirect::pinned_link_ids(&dir);
             let n = redirect::remove_pins(&dir);
             println!("removed {n} pins under {}", dir.display());
-            Ok(ExitCode::SUCCESS)
+            // Unpinned links are released by the kernel a moment later:
+            // report detached only once they are.
+            if redirect::wait_links_released(&ids, std::time::Duration::from_secs(10)) {
+                println!("detached: {} program links released", ids.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "the links are unpinned but still exist after 10 s: a process (a running daemon?) still holds them"
+                );
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Status(args) => {
             interceptor_daemon::status::run(args)?;

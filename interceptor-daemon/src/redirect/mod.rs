@@ -357,6 +357,7 @@ impl Loaded {
 impl Redirector {
     /// Detaches every program and removes every pin (clean shutdown).
     pub fn detach(self) {
+        let ids = pinned_link_ids(&self.pin_dir);
         for l in self.links {
             if let AttachedLink::Pinned(p) = l
                 && let Err(e) = p.unpin()
@@ -365,7 +366,11 @@ impl Redirector {
             }
         }
         remove_pins(&self.pin_dir);
-        info!("eBPF programs detached");
+        if wait_links_released(&ids, std::time::Duration::from_secs(5)) {
+            info!("eBPF programs detached");
+        } else {
+            warn!("eBPF links unpinned but still held after 5 s; they detach when released");
+        }
     }
 }
 
@@ -696,6 +701,132 @@ pub fn attached_programs(cgroup: &Path) -> io::Result<Vec<(&'static str, u32)>> 
         out.push((name, attr.prog_cnt));
     }
     Ok(out)
+}
+
+/// Kernel ids of the links pinned under `pin_dir`, read before they are
+/// unpinned so that [`wait_links_released`] can tell when they are gone.
+pub fn pinned_link_ids(pin_dir: &Path) -> Vec<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    /// The head of `struct bpf_link_info`; the kernel fills `info_len` bytes.
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _rest: [u32; 13],
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let Ok(entries) = std::fs::read_dir(pin_dir.join("links")) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::new();
+    for e in entries.flatten() {
+        let Ok(path) = std::ffi::CString::new(e.path().as_os_str().as_bytes()) else {
+            continue;
+        };
+        let mut get = ObjGetAttr {
+            pathname: path.as_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: a bpf_attr prefix for BPF_OBJ_GET with a valid C string.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                &mut get as *mut ObjGetAttr,
+                std::mem::size_of::<ObjGetAttr>() as u32,
+            )
+        };
+        if fd < 0 {
+            continue;
+        }
+        let mut info = LinkInfo::default();
+        let mut attr = InfoAttr {
+            bpf_fd: fd as u32,
+            info_len: std::mem::size_of::<LinkInfo>() as u32,
+            info: &mut info as *mut LinkInfo as u64,
+        };
+        // SAFETY: `info` outlives the call and is `info_len` bytes long.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET_INFO_BY_FD,
+                &mut attr as *mut InfoAttr,
+                std::mem::size_of::<InfoAttr>() as u32,
+            )
+        };
+        // SAFETY: we own this descriptor.
+        unsafe { libc::close(fd as i32) };
+        if rc == 0 && info.id != 0 {
+            ids.push(info.id);
+        }
+    }
+    ids
+}
+
+/// Waits until none of the links `ids` exists any more: the kernel releases an
+/// unpinned link (and detaches its program) asynchronously, so "detached"
+/// means this returned true, not that the pins are gone. False on timeout,
+/// e.g. while some process still holds a link open.
+pub fn wait_links_released(ids: &[u32], timeout: std::time::Duration) -> bool {
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct ByIdAttr {
+        link_id: u32,
+        next_id: u32,
+        open_flags: u32,
+        token_fd: u32,
+    }
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    let exists = |id: u32| {
+        let mut attr = ByIdAttr {
+            link_id: id,
+            ..Default::default()
+        };
+        // SAFETY: a bpf_attr prefix for BPF_LINK_GET_FD_BY_ID.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_LINK_GET_FD_BY_ID,
+                &mut attr as *mut ByIdAttr,
+                std::mem::size_of::<ByIdAttr>() as u32,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: we own this descriptor.
+            unsafe { libc::close(fd as i32) };
+            return true;
+        }
+        io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+    };
+    let start = std::time::Instant::now();
+    loop {
+        if !ids.iter().any(|&id| exists(id)) {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]
