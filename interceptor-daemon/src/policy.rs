@@ -511,7 +511,12 @@ impl Policy {
 
     /// Why an allow rule that would otherwise match did not: a column it does
     /// not list.
-    fn column_refusal(&self, ctx: &Context<'_>, s: &StatementInfo, now: SystemTime) -> Option<String> {
+    fn column_refusal(
+        &self,
+        ctx: &Context<'_>,
+        s: &StatementInfo,
+        now: SystemTime,
+    ) -> Option<String> {
         self.rules
             .iter()
             .filter(|r| r.action == Action::Allow && r.in_force(now) && r.applies_to(ctx))

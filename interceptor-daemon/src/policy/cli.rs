@@ -518,6 +518,7 @@ fn statement_json(s: &sql::StatementInfo, text: &str) -> Value {
         "text": text.get(s.span.clone()).unwrap_or("").trim(),
         "kind": format!("{:?}", s.kind).to_lowercase(),
         "tables": s.tables.iter().map(|t| t.table.parts.join(".")).collect::<Vec<_>>(),
+        "columns": s.columns.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "functions": s.functions.iter().map(|f| f.parts.join(".")).collect::<Vec<_>>(),
         "flags": s.flags.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
         "error": s.error,

@@ -163,7 +163,11 @@ rules:
             ("SELECT ssn FROM customers", Deny, "no-ssn"),
             ("SELECT c.ssn FROM customers c", Deny, "no-ssn"),
             ("SELECT customers.ssn FROM public.customers", Deny, "no-ssn"),
-            ("SELECT public.customers.ssn FROM public.customers", Deny, "no-ssn"),
+            (
+                "SELECT public.customers.ssn FROM public.customers",
+                Deny,
+                "no-ssn",
+            ),
             ("SELECT * FROM customers", Deny, "no-ssn"),
             ("SELECT x.* FROM customers x", Deny, "no-ssn"),
             ("SELECT row_to_json(c) FROM customers c", Deny, "no-ssn"),
@@ -180,22 +184,62 @@ rules:
             ),
             ("SELECT id FROM customers GROUP BY id, ssn", Deny, "no-ssn"),
             ("SELECT id FROM customers ORDER BY ssn", Deny, "no-ssn"),
-            ("SELECT id FROM orders JOIN customers USING (ssn)", Deny, "no-ssn"),
-            ("SELECT id FROM orders NATURAL JOIN customers", Deny, "no-ssn"),
-            ("UPDATE customers SET ssn = '1' WHERE id = 2", Deny, "no-ssn"),
-            ("UPDATE customers SET name = 'x' RETURNING *", Deny, "no-ssn"),
-            ("UPDATE customers SET name = 'x' RETURNING ssn", Deny, "no-ssn"),
-            ("INSERT INTO customers VALUES (1, 'a', '123')", Deny, "no-ssn"),
-            ("INSERT INTO customers (id, ssn) VALUES (1, '123')", Deny, "no-ssn"),
+            (
+                "SELECT id FROM orders JOIN customers USING (ssn)",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "SELECT id FROM orders NATURAL JOIN customers",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "UPDATE customers SET ssn = '1' WHERE id = 2",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "UPDATE customers SET name = 'x' RETURNING *",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "UPDATE customers SET name = 'x' RETURNING ssn",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "INSERT INTO customers VALUES (1, 'a', '123')",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "INSERT INTO customers (id, ssn) VALUES (1, '123')",
+                Deny,
+                "no-ssn",
+            ),
             (
                 "INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET ssn = '2'",
                 Deny,
                 "no-ssn",
             ),
             ("DELETE FROM customers WHERE ssn = '1'", Deny, "no-ssn"),
-            ("WITH s AS (SELECT ssn FROM customers) SELECT * FROM s", Deny, "no-ssn"),
-            ("WITH s AS (SELECT * FROM customers) SELECT ssn FROM s", Deny, "no-ssn"),
-            ("SELECT id FROM (SELECT * FROM customers) sub", Deny, "no-ssn"),
+            (
+                "WITH s AS (SELECT ssn FROM customers) SELECT * FROM s",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "WITH s AS (SELECT * FROM customers) SELECT ssn FROM s",
+                Deny,
+                "no-ssn",
+            ),
+            (
+                "SELECT id FROM (SELECT * FROM customers) sub",
+                Deny,
+                "no-ssn",
+            ),
             (
                 "SELECT id FROM orders WHERE EXISTS (SELECT 1 FROM customers c WHERE c.ssn = '1')",
                 Deny,
@@ -205,12 +249,28 @@ rules:
             ("PREPARE p AS SELECT ssn FROM customers", Deny, "no-ssn"),
             // Not the listed column, or not its table.
             ("SELECT id, name FROM customers", Allow, "read-all"),
-            ("SELECT c.id, c.name FROM customers c ORDER BY c.name", Allow, "read-all"),
+            (
+                "SELECT c.id, c.name FROM customers c ORDER BY c.name",
+                Allow,
+                "read-all",
+            ),
             ("SELECT ssn FROM other_table", Allow, "read-all"),
             ("SELECT * FROM other_table", Allow, "read-all"),
-            ("SELECT o.ssn FROM orders o JOIN customers c ON c.id = o.cid", Allow, "read-all"),
-            ("WITH s AS (SELECT id FROM customers) SELECT * FROM s", Allow, "read-all"),
-            ("INSERT INTO customers (id, name) VALUES (1, DEFAULT)", Allow, "read-all"),
+            (
+                "SELECT o.ssn FROM orders o JOIN customers c ON c.id = o.cid",
+                Allow,
+                "read-all",
+            ),
+            (
+                "WITH s AS (SELECT id FROM customers) SELECT * FROM s",
+                Allow,
+                "read-all",
+            ),
+            (
+                "INSERT INTO customers (id, name) VALUES (1, DEFAULT)",
+                Allow,
+                "read-all",
+            ),
             // `*` is all columns of its own SELECT's tables only.
             (
                 "SELECT * FROM orders WHERE cid IN (SELECT id FROM customers)",
@@ -254,19 +314,35 @@ rules:
         use Action::*;
         let table = [
             ("SELECT id, name FROM customers", Allow, "customer-basics"),
-            ("SELECT c.name FROM customers c WHERE c.id = 1", Allow, "customer-basics"),
+            (
+                "SELECT c.name FROM customers c WHERE c.id = 1",
+                Allow,
+                "customer-basics",
+            ),
             ("SELECT count(*) FROM customers", Allow, "customer-basics"),
             ("SELECT * FROM customers", Deny, "default"),
             ("SELECT c.* FROM customers c", Deny, "default"),
             ("SELECT email FROM customers", Deny, "default"),
-            ("SELECT id FROM customers WHERE email = 'x'", Deny, "default"),
+            (
+                "SELECT id FROM customers WHERE email = 'x'",
+                Deny,
+                "default",
+            ),
             ("SELECT ssn FROM customers", Deny, "default"),
             // Tables the selectors do not name are not constrained by them
             // (but an unqualified column counts for every table in scope).
             ("SELECT o.total FROM orders o", Allow, "customer-basics"),
             ("SELECT * FROM orders", Allow, "customer-basics"),
-            ("SELECT o.total, c.name FROM orders o JOIN customers c ON c.id = o.id", Allow, "customer-basics"),
-            ("SELECT total, c.name FROM orders o JOIN customers c ON c.id = o.id", Deny, "default"),
+            (
+                "SELECT o.total, c.name FROM orders o JOIN customers c ON c.id = o.id",
+                Allow,
+                "customer-basics",
+            ),
+            (
+                "SELECT total, c.name FROM orders o JOIN customers c ON c.id = o.id",
+                Deny,
+                "default",
+            ),
         ];
         for (sql, action, rule) in table {
             let (a, r, reason) = decide("narrow-db", sql);

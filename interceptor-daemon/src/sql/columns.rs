@@ -156,3 +156,99 @@ impl Resolver<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::sql::classify;
+
+    fn cols(sql: &str) -> Vec<String> {
+        let c = classify(sql);
+        assert_eq!(c.statements.len(), 1, "{sql}");
+        c.statements[0]
+            .columns
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn references_resolve_to_tables() {
+        let table: &[(&str, &[&str])] = &[
+            ("SELECT 1", &[]),
+            (
+                "SELECT id, name FROM customers",
+                &["customers.id", "customers.name"],
+            ),
+            (
+                "SELECT c.ssn FROM public.customers c",
+                &["public.customers.ssn"],
+            ),
+            (
+                "SELECT public.customers.ssn FROM public.customers",
+                &["public.customers.ssn"],
+            ),
+            ("SELECT * FROM customers", &["customers.*"]),
+            ("SELECT x.* FROM customers x, orders", &["customers.*"]),
+            ("SELECT c FROM customers c", &["customers.*", "customers.c"]),
+            (
+                "SELECT o.id FROM orders o JOIN customers c ON c.id = o.cid WHERE ssn = '1'",
+                &[
+                    "customers.id",
+                    "customers.ssn",
+                    "orders.cid",
+                    "orders.id",
+                    "orders.ssn",
+                ],
+            ),
+            (
+                "SELECT total FROM orders GROUP BY total ORDER BY placed",
+                &["orders.placed", "orders.total"],
+            ),
+            (
+                "UPDATE customers SET ssn = '1' WHERE id = 2",
+                &["customers.id", "customers.ssn"],
+            ),
+            (
+                "UPDATE customers c SET name = 'x' RETURNING c.email",
+                &["customers.email", "customers.name"],
+            ),
+            ("INSERT INTO customers VALUES (1)", &["customers.*"]),
+            (
+                "INSERT INTO customers (id, name) VALUES (1, DEFAULT)",
+                &["customers.id", "customers.name"],
+            ),
+            (
+                "INSERT INTO archive SELECT id FROM customers RETURNING *",
+                &["archive.*", "archive.id", "customers.*", "customers.id"],
+            ),
+            ("DELETE FROM customers WHERE ssn = '1'", &["customers.ssn"]),
+            (
+                "WITH s AS (SELECT ssn FROM customers) SELECT s.ssn, x FROM s",
+                &["customers.ssn", "customers.x"],
+            ),
+            (
+                "SELECT * FROM (SELECT id FROM customers) sub",
+                &["customers.id"],
+            ),
+            (
+                "SELECT sub.id FROM (SELECT id FROM customers) sub",
+                &["customers.id"],
+            ),
+            ("SELECT count(*) FROM customers", &[]),
+            ("SELECT to_jsonb(c.*) FROM customers c", &["customers.*"]),
+            // A qualifier naming nothing known counts for every table.
+            ("SELECT zz.ssn FROM customers", &["customers.ssn"]),
+            (
+                "COPY customers (id, name) TO STDOUT",
+                &["customers.id", "customers.name"],
+            ),
+            (
+                "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+                &["s.id", "t.*", "t.id"],
+            ),
+        ];
+        for (sql, want) in table {
+            assert_eq!(cols(sql), *want, "{sql}");
+        }
+    }
+}

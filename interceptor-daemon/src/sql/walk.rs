@@ -12,11 +12,11 @@
 use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, CopySource, CopyTarget, DiscardObject, DoUpdate, Expr,
-    FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint,
-    JoinOperator, ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query,
-    Reset, Select, SelectItem, SelectItemQualifiedWildcardKind, Set, Statement, TableFactor,
-    TableObject, TableWithJoins, Visit, Visitor,
+    Assignment, AssignmentTarget, CopySource, CopyTarget, DiscardObject, DoUpdate, Expr, FromTable,
+    FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint, JoinOperator,
+    ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, Set, Statement, TableFactor, TableObject,
+    TableWithJoins, Visit, Visitor,
 };
 
 use super::{
@@ -183,7 +183,10 @@ impl Walker {
                 // All columns of every table the statement touches: RETURNING
                 // * of an UPDATE ... FROM includes the FROM tables' columns.
                 SelectItem::Wildcard(_) => self.raw_columns.push(Raw::StarAll),
-                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(n),
+                    _,
+                ) => {
                     self.raw_columns.push(Raw::Star(name(n).parts));
                 }
                 _ => {}
@@ -201,7 +204,9 @@ impl Walker {
             for f in factors {
                 match f {
                     TableFactor::Table {
-                        name: n, args: None, ..
+                        name: n,
+                        args: None,
+                        ..
                     } if !self.is_cte(n) => out.push(name(n)),
                     TableFactor::NestedJoin {
                         table_with_joins, ..
@@ -431,8 +436,10 @@ impl Visitor for Walker {
             }
         }
         for item in &s.projection {
-            if let SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) =
-                item
+            if let SelectItem::QualifiedWildcard(
+                SelectItemQualifiedWildcardKind::ObjectName(n),
+                _,
+            ) = item
             {
                 self.raw_columns.push(Raw::Star(name(n).parts));
             }
