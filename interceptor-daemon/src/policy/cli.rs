@@ -594,6 +594,7 @@ fn rule_json(r: &Rule) -> Value {
             "kinds": r.sql.kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect::<Vec<_>>(),
             "tables": globs(&r.sql.tables),
             "functions": globs(&r.sql.functions),
+            "columns": r.sql.columns.iter().map(|c| c.pattern.clone()).collect::<Vec<_>>(),
             "risky": r.sql.risky,
         },
         "valid_from": r.valid_from.map(|t| t.to_string()),
@@ -655,7 +656,7 @@ fn show(p: &Policy, running: Option<&VersionInfo>, json: bool) {
     );
     for r in &p.rules {
         let sql = format!(
-            "{} on {}{}",
+            "{} on {}{}{}",
             or_any(
                 &r.sql
                     .kinds
@@ -668,6 +669,12 @@ fn show(p: &Policy, running: Option<&VersionInfo>, json: bool) {
                 String::new()
             } else {
                 format!(" fn {}", globs(&r.sql.functions).join(","))
+            },
+            if r.sql.columns.is_empty() {
+                String::new()
+            } else {
+                let cols: Vec<&str> = r.sql.columns.iter().map(|c| c.pattern.as_str()).collect();
+                format!(" columns {}", cols.join(","))
             }
         );
         let window = match (r.valid_from, r.valid_until) {

@@ -351,6 +351,27 @@ rules:
     }
 
     #[test]
+    fn column_rules_are_sql_rules() {
+        // A rule with only `columns` must not become protocol-neutral (and
+        // deny every Redis command).
+        let p = Policy::parse(
+            "default: allow\nrules:\n  - {id: no-ssn, sql: {columns: [customers.ssn]}, action: deny}\n",
+        )
+        .unwrap();
+        let ctx = Context {
+            identity: None,
+            target: "cache",
+        };
+        let op = crate::policy::protocols::RedisOperation {
+            command: "GET",
+            subcommand: None,
+            keys: &[b"customers.ssn"],
+        };
+        let d = p.decide_redis(&ctx, &op);
+        assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "default"));
+    }
+
+    #[test]
     fn selectors_are_checked_at_load() {
         for bad in ["ssn", ".ssn", "customers.", "customers.[x"] {
             let yaml =

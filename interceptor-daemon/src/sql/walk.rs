@@ -196,7 +196,7 @@ impl Walker {
 
     /// The real tables of a FROM list (not CTEs, subqueries or functions),
     /// and whether a NATURAL join or USING list reads columns by name.
-    fn from_tables(&mut self, from: &[TableWithJoins], out: &mut Vec<QualifiedName>) -> bool {
+    fn scan_from(&mut self, from: &[TableWithJoins], out: &mut Vec<QualifiedName>) -> bool {
         let mut natural = false;
         for twj in from {
             let factors =
@@ -211,7 +211,7 @@ impl Walker {
                     TableFactor::NestedJoin {
                         table_with_joins, ..
                     } => {
-                        natural |= self.from_tables(std::slice::from_ref(table_with_joins), out);
+                        natural |= self.scan_from(std::slice::from_ref(table_with_joins), out);
                     }
                     _ => {}
                 }
@@ -425,7 +425,7 @@ impl Visitor for Walker {
             }
         }
         let mut from = Vec::new();
-        let natural = self.from_tables(&s.from, &mut from);
+        let natural = self.scan_from(&s.from, &mut from);
         let star = s
             .projection
             .iter()
