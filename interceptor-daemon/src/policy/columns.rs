@@ -279,6 +279,9 @@ rules:
             ),
             // Unparsable stays unparsable.
             ("SELECT ssn FROM customers WHERE", Deny, "default"),
+            // `TABLE t` hides its table from the parser's AST: unparsable.
+            ("TABLE customers", Deny, "default"),
+            ("SELECT 1 UNION TABLE customers", Deny, "default"),
         ];
         for (sql, action, rule) in table {
             let (a, r, reason) = decide("db", sql);

@@ -250,5 +250,7 @@ mod tests {
         for (sql, want) in table {
             assert_eq!(cols(sql), *want, "{sql}");
         }
+        let t = classify("TABLE customers");
+        assert_eq!(t.statements[0].kind, crate::sql::Kind::Unparsable, "{t:?}");
     }
 }

@@ -15,7 +15,7 @@ use sqlparser::ast::{
     Assignment, AssignmentTarget, CopySource, CopyTarget, DiscardObject, DoUpdate, Expr, FromTable,
     FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint, JoinOperator,
     ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset, Select,
-    SelectItem, SelectItemQualifiedWildcardKind, Set, Statement, TableFactor, TableObject,
+    SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableFactor, TableObject,
     TableWithJoins, Visit, Visitor,
 };
 
@@ -77,7 +77,10 @@ pub(super) fn analyze(
     let mut w = Walker::default();
     // The walker never breaks, so the result carries no information.
     let _ = stmt.visit(&mut w);
-    let kind = kind_of(stmt, &w);
+    let kind = match w.unmodelled {
+        Some(_) => Kind::Unparsable,
+        None => kind_of(stmt, &w),
+    };
     let Walker {
         mut tables,
         mut functions,
@@ -85,6 +88,7 @@ pub(super) fn analyze(
         raw_columns,
         aliases,
         ctes,
+        unmodelled,
         ..
     } = w;
     tables.sort();
@@ -103,8 +107,11 @@ pub(super) fn analyze(
     );
     flags.sort();
     flags.dedup();
-    let error = (kind == Kind::Unparsable)
-        .then(|| "statement type not modelled by the classifier".to_owned());
+    let error = (kind == Kind::Unparsable).then(|| {
+        unmodelled
+            .unwrap_or("statement type not modelled by the classifier")
+            .to_owned()
+    });
     StatementInfo {
         span,
         kind,
@@ -134,6 +141,8 @@ struct Walker {
     aliases: Vec<columns::Alias>,
     /// Every CTE name of the statement.
     ctes: Vec<String>,
+    /// A construct that makes the whole statement unparsable.
+    unmodelled: Option<&'static str>,
 }
 
 impl Walker {
@@ -400,6 +409,12 @@ impl Visitor for Walker {
         if !q.locks.is_empty() {
             self.flags.push(Flag::LocksRows);
         }
+        // `TABLE name`: sqlparser keeps the name as a bare string (quoting
+        // lost, not visited as a relation), so neither its table nor its
+        // columns could be reported: fail closed.
+        if has_table_command(&q.body) {
+            self.unmodelled = Some("TABLE command (its table is not modelled)");
+        }
         self.scopes.push(frame);
         ControlFlow::Continue(())
     }
@@ -526,6 +541,16 @@ impl Visitor for Walker {
             _ => {}
         }
         ControlFlow::Continue(())
+    }
+}
+
+fn has_table_command(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Table(_) => true,
+        SetExpr::SetOperation { left, right, .. } => {
+            has_table_command(left) || has_table_command(right)
+        }
+        _ => false,
     }
 }
 
