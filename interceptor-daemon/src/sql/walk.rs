@@ -8,6 +8,10 @@
 //! targets (INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY FROM, DDL objects) are
 //! recognised by identity of the AST node, so the same name read elsewhere in
 //! the statement is still reported as a read.
+//!
+//! Column references are collected on the way (expressions, select-list
+//! wildcards, INSERT column lists, SET targets, RETURNING, JOIN USING) and
+//! resolved to tables afterwards by [`super::columns`].
 
 use std::ops::{ControlFlow, Range};
 
