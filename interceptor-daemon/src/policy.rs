@@ -23,11 +23,21 @@
 //! require_approval rules match on *any* table or function. Unparsable statements only match rules that
 //! name the `unparsable` kind.
 //!
+//! Columns (`sql.columns`, globs over `table.column` / `schema.table.column`,
+//! see [`columns`]) follow the same asymmetry, fail closed: a deny or
+//! require_approval rule with columns matches a statement that touches *any*
+//! listed column, explicitly, through `*` (or a whole-row reference) on its
+//! table, or by an unqualified name while the table is in the statement; an
+//! allow rule with columns covers a statement only if *every* column it
+//! touches on the tables the selectors name is listed, and `*` on such a table
+//! only through `table.*`. The decision's reason names the column.
+//!
 //! `mask` rules never allow or deny: decisions skip them, and
 //! [`Policy::masks_for`] collects those applying to a session (see
 //! [`crate::masking`]).
 
 pub mod cli;
+pub mod columns;
 pub mod control;
 pub mod replay;
 pub mod store;
@@ -159,6 +169,12 @@ pub struct SqlMatch {
     /// dangerous ones unless `risky`).
     #[serde(default)]
     pub functions: Vec<NameGlob>,
+    /// Column globs over `table.column` and `schema.table.column`
+    /// (`customers.ssn`, `public.customers.*`, `*.email`); empty = any column.
+    /// Deny: the statement touches any of them; allow: every column it
+    /// touches on the tables named here is listed.
+    #[serde(default)]
+    pub columns: Vec<columns::ColumnGlob>,
     /// Allow rules: also allow statements with risky flags.
     #[serde(default)]
     pub risky: bool,
@@ -269,6 +285,7 @@ impl Rule {
             + u32::from(!m.kinds.is_empty())
             + u32::from(!m.tables.is_empty())
             + u32::from(!m.functions.is_empty())
+            + u32::from(!m.columns.is_empty())
     }
 
     /// Whether the rule's time window holds `now`.
@@ -286,6 +303,18 @@ impl Rule {
     }
 
     fn matches_statement(&self, s: &StatementInfo) -> bool {
+        let m = &self.sql;
+        self.matches_except_columns(s)
+            && match self.action {
+                Action::Deny | Action::RequireApproval => {
+                    m.columns.is_empty() || columns::touched(&m.columns, s).is_some()
+                }
+                Action::Allow => columns::uncovered(&m.columns, s).is_none(),
+                Action::Mask => false,
+            }
+    }
+
+    fn matches_except_columns(&self, s: &StatementInfo) -> bool {
         if self.redis.is_some() || self.http.is_some() {
             return false;
         }
@@ -330,6 +359,18 @@ impl Rule {
         self.description
             .clone()
             .unwrap_or_else(|| format!("rule `{}` ({})", self.id, self.action.as_str()))
+    }
+
+    /// The reason, naming the column that made a column rule match.
+    fn reason_for(&self, s: &StatementInfo) -> String {
+        let hit = match self.action {
+            Action::Deny | Action::RequireApproval => columns::touched(&self.sql.columns, s),
+            _ => None,
+        };
+        match hit {
+            Some(c) => format!("{}: column {c}", self.reason()),
+            None => self.reason(),
+        }
     }
 }
 
@@ -450,7 +491,7 @@ impl Policy {
             Some(r) => Decision {
                 action: r.action,
                 rule: r.id.clone(),
-                reason: r.reason(),
+                reason: r.reason_for(s),
             },
             None => Decision {
                 action: self.default,
@@ -461,10 +502,32 @@ impl Policy {
                         s.error.as_deref().unwrap_or("unparsable")
                     )
                 } else {
-                    "no rule allows this statement".into()
+                    self.column_refusal(ctx, s, now)
+                        .unwrap_or_else(|| "no rule allows this statement".into())
                 },
             },
         }
+    }
+
+    /// Why an allow rule that would otherwise match did not: a column it does
+    /// not list.
+    fn column_refusal(
+        &self,
+        ctx: &Context<'_>,
+        s: &StatementInfo,
+        now: SystemTime,
+    ) -> Option<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.action == Action::Allow && r.in_force(now) && r.applies_to(ctx))
+            .filter(|r| r.matches_except_columns(s))
+            .find_map(|r| {
+                let c = columns::uncovered(&r.sql.columns, s)?;
+                Some(format!(
+                    "no rule allows this statement (column {c} is not among rule `{}`'s columns)",
+                    r.id
+                ))
+            })
     }
 
     /// Decides a whole simple-query string: the first denied statement decides

@@ -263,3 +263,59 @@ fn published_policy_schema_is_current() {
     let v: serde_json::Value = serde_json::from_str(&current).unwrap();
     assert!(v["properties"]["rules"].is_object(), "{v}");
 }
+
+#[test]
+fn policy_test_explains_column_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("columns.yaml");
+    std::fs::write(
+        &policy,
+        r#"
+rules:
+  - id: no-ssn
+    sql: { columns: ["customers.ssn"] }
+    action: deny
+  - id: basics
+    sql: { kinds: [read], columns: ["customers.id", "customers.name"] }
+    action: allow
+"#,
+    )
+    .unwrap();
+    let run = |sql: &str| {
+        let out = Command::new(BIN)
+            .args(["policy", "test", "--json", "--target", "db", "--sql", sql])
+            .arg("--policy")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        (out.status.code(), v)
+    };
+    let (code, v) = run("SELECT c.ssn FROM customers c");
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["rule"], "no-ssn");
+    assert_eq!(v["reason"], "rule `no-ssn` (deny): column customers.ssn");
+    assert_eq!(
+        v["statements"][0]["columns"],
+        serde_json::json!(["customers.ssn"])
+    );
+    let (code, v) = run("SELECT id, name FROM customers");
+    assert_eq!((code, v["rule"].as_str()), (Some(0), Some("basics")), "{v}");
+    let (code, v) = run("SELECT * FROM customers");
+    assert_eq!((code, v["rule"].as_str()), (Some(1), Some("no-ssn")), "{v}");
+    let (code, v) = run("SELECT email FROM customers");
+    assert_eq!(
+        (code, v["rule"].as_str()),
+        (Some(1), Some("default")),
+        "{v}"
+    );
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("customers.email"),
+        "{v}"
+    );
+}

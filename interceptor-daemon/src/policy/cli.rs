@@ -518,6 +518,7 @@ fn statement_json(s: &sql::StatementInfo, text: &str) -> Value {
         "text": text.get(s.span.clone()).unwrap_or("").trim(),
         "kind": format!("{:?}", s.kind).to_lowercase(),
         "tables": s.tables.iter().map(|t| t.table.parts.join(".")).collect::<Vec<_>>(),
+        "columns": s.columns.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "functions": s.functions.iter().map(|f| f.parts.join(".")).collect::<Vec<_>>(),
         "flags": s.flags.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>(),
         "error": s.error,
@@ -593,6 +594,7 @@ fn rule_json(r: &Rule) -> Value {
             "kinds": r.sql.kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect::<Vec<_>>(),
             "tables": globs(&r.sql.tables),
             "functions": globs(&r.sql.functions),
+            "columns": r.sql.columns.iter().map(|c| c.pattern.clone()).collect::<Vec<_>>(),
             "risky": r.sql.risky,
         },
         "valid_from": r.valid_from.map(|t| t.to_string()),
@@ -654,7 +656,7 @@ fn show(p: &Policy, running: Option<&VersionInfo>, json: bool) {
     );
     for r in &p.rules {
         let sql = format!(
-            "{} on {}{}",
+            "{} on {}{}{}",
             or_any(
                 &r.sql
                     .kinds
@@ -667,6 +669,12 @@ fn show(p: &Policy, running: Option<&VersionInfo>, json: bool) {
                 String::new()
             } else {
                 format!(" fn {}", globs(&r.sql.functions).join(","))
+            },
+            if r.sql.columns.is_empty() {
+                String::new()
+            } else {
+                let cols: Vec<&str> = r.sql.columns.iter().map(|c| c.pattern.as_str()).collect();
+                format!(" columns {}", cols.join(","))
             }
         );
         let window = match (r.valid_from, r.valid_until) {

@@ -150,6 +150,7 @@ fn protocol_neutral(r: &Rule) -> bool {
         && r.sql.kinds.is_empty()
         && r.sql.tables.is_empty()
         && r.sql.functions.is_empty()
+        && r.sql.columns.is_empty()
 }
 
 impl Policy {

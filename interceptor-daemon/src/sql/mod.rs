@@ -41,6 +41,7 @@
 //! (`NAMEDATALEN - 1`) as the server does. Tables are reported as written
 //! (schema-qualified or not); the classifier does not know `search_path`.
 
+pub mod columns;
 mod crosscheck;
 mod lexer;
 mod mysql;
@@ -48,6 +49,8 @@ mod normalize;
 #[cfg(test)]
 mod tests;
 mod walk;
+
+pub use columns::ColumnRef;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -200,6 +203,9 @@ pub struct StatementInfo {
     pub kind: Kind,
     /// Sorted, without duplicates; a table both read and written appears twice.
     pub tables: Vec<TableAccess>,
+    /// Columns referenced, resolved to tables conservatively (see
+    /// [`columns`]); sorted, without duplicates.
+    pub columns: Vec<ColumnRef>,
     /// Every function or procedure called, sorted, without duplicates.
     pub functions: Vec<QualifiedName>,
     pub flags: Vec<Flag>,
@@ -213,6 +219,7 @@ impl StatementInfo {
             span,
             kind: Kind::Unparsable,
             tables: Vec::new(),
+            columns: Vec::new(),
             functions: Vec::new(),
             flags: Vec::new(),
             error: Some(error.into()),

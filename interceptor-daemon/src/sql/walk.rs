@@ -8,15 +8,25 @@
 //! targets (INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY FROM, DDL objects) are
 //! recognised by identity of the AST node, so the same name read elsewhere in
 //! the statement is still reported as a read.
+//!
+//! Column references are collected on the way (expressions, select-list
+//! wildcards, INSERT column lists, SET targets, RETURNING, JOIN USING) and
+//! resolved to tables afterwards by [`super::columns`].
 
 use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, DiscardObject, Expr, FromTable, Ident, ObjectName, ObjectNamePart,
-    ObjectType, Query, Reset, Select, Set, Statement, TableFactor, TableObject, Visit, Visitor,
+    Assignment, AssignmentTarget, CopySource, CopyTarget, DiscardObject, DoUpdate, Expr, FromTable,
+    FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint, JoinOperator,
+    ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset, Select,
+    SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, Visit, Visitor,
 };
 
-use super::{Access, DangerousFunctions, Flag, Kind, QualifiedName, StatementInfo, TableAccess};
+use super::{
+    Access, DangerousFunctions, Flag, Kind, QualifiedName, StatementInfo, TableAccess,
+    columns::{self, Raw},
+};
 
 /// PostgreSQL truncates identifiers to `NAMEDATALEN - 1` bytes.
 const MAX_IDENT_BYTES: usize = 63;
@@ -56,6 +66,7 @@ pub(super) fn do_block(span: Range<usize>) -> StatementInfo {
         span,
         kind: Kind::Procedural,
         tables: Vec::new(),
+        columns: Vec::new(),
         functions: Vec::new(),
         flags: vec![Flag::OpaqueCode],
         error: None,
@@ -70,15 +81,25 @@ pub(super) fn analyze(
     let mut w = Walker::default();
     // The walker never breaks, so the result carries no information.
     let _ = stmt.visit(&mut w);
-    let kind = kind_of(stmt, &w);
+    let kind = match w.unmodelled {
+        Some(_) => Kind::Unparsable,
+        None => kind_of(stmt, &w),
+    };
     let Walker {
         mut tables,
         mut functions,
         mut flags,
+        raw_columns,
+        aliases,
+        ctes,
+        unmodelled,
         ..
     } = w;
     tables.sort();
     tables.dedup();
+    let mut names: Vec<QualifiedName> = tables.iter().map(|t| t.table.clone()).collect();
+    names.dedup();
+    let columns = columns::resolve(&raw_columns, &names, &aliases, &ctes);
     functions.sort();
     functions.dedup();
     flags.extend(
@@ -90,12 +111,16 @@ pub(super) fn analyze(
     );
     flags.sort();
     flags.dedup();
-    let error = (kind == Kind::Unparsable)
-        .then(|| "statement type not modelled by the classifier".to_owned());
+    let error = (kind == Kind::Unparsable).then(|| {
+        unmodelled
+            .unwrap_or("statement type not modelled by the classifier")
+            .to_owned()
+    });
     StatementInfo {
         span,
         kind,
         tables,
+        columns,
         functions,
         flags,
         error,
@@ -114,6 +139,14 @@ struct Walker {
     functions: Vec<QualifiedName>,
     flags: Vec<Flag>,
     select_into: bool,
+    /// Column references as written, resolved once all tables are known.
+    raw_columns: Vec<Raw>,
+    /// Every table alias of the statement (flattened over its scopes).
+    aliases: Vec<columns::Alias>,
+    /// Every CTE name of the statement.
+    ctes: Vec<String>,
+    /// A construct that makes the whole statement unparsable.
+    unmodelled: Option<&'static str>,
 }
 
 impl Walker {
@@ -135,6 +168,100 @@ impl Walker {
         self.handled.push(n);
         self.functions.push(name(n));
     }
+
+    /// A single-part name that refers to a CTE in the current query's scope.
+    fn is_cte(&self, n: &ObjectName) -> bool {
+        matches!(n.0.as_slice(), [ObjectNamePart::Identifier(id)]
+            if self.scopes.last().is_some_and(|s| s.contains(&ident(id))))
+    }
+
+    /// Assignment targets (`SET col = ...`, `SET (a, b) = ...`) are columns of
+    /// `table`; a further part is a composite field or array element of it.
+    fn assigned(&mut self, table: &QualifiedName, assignments: &[Assignment]) {
+        for a in assignments {
+            let targets = match &a.target {
+                AssignmentTarget::ColumnName(n) => std::slice::from_ref(n),
+                AssignmentTarget::Tuple(ns) => ns.as_slice(),
+            };
+            for n in targets {
+                let col = name(n).parts.into_iter().next();
+                self.raw_columns.push(Raw::Of(table.clone(), col));
+            }
+        }
+    }
+
+    fn returning(&mut self, items: Option<&Vec<SelectItem>>) {
+        for item in items.into_iter().flatten() {
+            match item {
+                // All columns of every table the statement touches: RETURNING
+                // * of an UPDATE ... FROM includes the FROM tables' columns.
+                SelectItem::Wildcard(_) => self.raw_columns.push(Raw::StarAll),
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(n),
+                    _,
+                ) => {
+                    self.raw_columns.push(Raw::Star(name(n).parts));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The real tables of a FROM list (not CTEs, subqueries or functions),
+    /// and whether a NATURAL join or USING list reads columns by name.
+    fn scan_from(&mut self, from: &[TableWithJoins], out: &mut Vec<QualifiedName>) -> bool {
+        let mut natural = false;
+        for twj in from {
+            let factors =
+                std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation));
+            for f in factors {
+                match f {
+                    TableFactor::Table {
+                        name: n,
+                        args: None,
+                        ..
+                    } if !self.is_cte(n) => out.push(name(n)),
+                    TableFactor::NestedJoin {
+                        table_with_joins, ..
+                    } => {
+                        natural |= self.scan_from(std::slice::from_ref(table_with_joins), out);
+                    }
+                    _ => {}
+                }
+            }
+            for j in &twj.joins {
+                let constraint = match &j.join_operator {
+                    JoinOperator::Join(c)
+                    | JoinOperator::Inner(c)
+                    | JoinOperator::Left(c)
+                    | JoinOperator::LeftOuter(c)
+                    | JoinOperator::Right(c)
+                    | JoinOperator::RightOuter(c)
+                    | JoinOperator::FullOuter(c)
+                    | JoinOperator::CrossJoin(c)
+                    | JoinOperator::Semi(c)
+                    | JoinOperator::LeftSemi(c)
+                    | JoinOperator::RightSemi(c)
+                    | JoinOperator::Anti(c)
+                    | JoinOperator::LeftAnti(c)
+                    | JoinOperator::RightAnti(c)
+                    | JoinOperator::StraightJoin(c)
+                    | JoinOperator::AsOf { constraint: c, .. } => c,
+                    _ => continue,
+                };
+                match constraint {
+                    JoinConstraint::Natural => natural = true,
+                    JoinConstraint::Using(cols) => {
+                        for c in cols {
+                            self.raw_columns.push(Raw::Name(name(c).parts));
+                        }
+                    }
+                    JoinConstraint::On(_) | JoinConstraint::None => {}
+                }
+            }
+        }
+        natural
+    }
 }
 
 impl Visitor for Walker {
@@ -145,9 +272,40 @@ impl Visitor for Walker {
             Statement::Insert(i) => {
                 if let TableObject::TableName(n) = &i.table {
                     self.access(n, Access::Write);
+                    let t = name(n);
+                    if let Some(a) = &i.table_alias {
+                        self.aliases.push((ident(&a.alias), Some(t.clone())));
+                    }
+                    // Without a column list, INSERT fills every column.
+                    if i.columns.is_empty() && i.assignments.is_empty() {
+                        self.raw_columns.push(Raw::Of(t.clone(), None));
+                    }
+                    for c in &i.columns {
+                        let col = name(c).parts.into_iter().next();
+                        self.raw_columns.push(Raw::Of(t.clone(), col));
+                    }
+                    self.assigned(&t, &i.assignments);
+                    match &i.on {
+                        Some(OnInsert::DuplicateKeyUpdate(a)) => self.assigned(&t, a),
+                        Some(OnInsert::OnConflict(c)) => {
+                            if let OnConflictAction::DoUpdate(DoUpdate { assignments, .. }) =
+                                &c.action
+                            {
+                                self.assigned(&t, assignments);
+                            }
+                        }
+                        _ => {}
+                    }
                 }
+                self.returning(i.returning.as_ref());
             }
-            Statement::Update(u) => self.write_factor(&u.table.relation),
+            Statement::Update(u) => {
+                self.write_factor(&u.table.relation);
+                if let TableFactor::Table { name: n, .. } = &u.table.relation {
+                    self.assigned(&name(n), &u.assignments);
+                }
+                self.returning(u.returning.as_ref());
+            }
             Statement::Delete(d) => {
                 let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
                 for t in from {
@@ -156,8 +314,15 @@ impl Visitor for Walker {
                 for n in &d.tables {
                     self.access(n, Access::Write);
                 }
+                self.returning(d.returning.as_ref());
             }
-            Statement::Merge(m) => self.write_factor(&m.table),
+            Statement::Merge(m) => {
+                self.write_factor(&m.table);
+                // MERGE actions are not modelled column by column: all of them.
+                if let TableFactor::Table { name: n, .. } = &m.table {
+                    self.raw_columns.push(Raw::Of(name(n), None));
+                }
+            }
             Statement::Truncate(t) => {
                 for target in &t.table_names {
                     self.access(&target.name, Access::Write);
@@ -178,8 +343,19 @@ impl Visitor for Walker {
             Statement::Copy {
                 source, to, target, ..
             } => {
-                if let CopySource::Table { table_name, .. } = source {
+                if let CopySource::Table {
+                    table_name,
+                    columns,
+                } = source
+                {
                     self.access(table_name, if *to { Access::Read } else { Access::Write });
+                    let t = name(table_name);
+                    if columns.is_empty() {
+                        self.raw_columns.push(Raw::Of(t.clone(), None));
+                    }
+                    for c in columns {
+                        self.raw_columns.push(Raw::Of(t.clone(), Some(ident(c))));
+                    }
                 }
                 match target {
                     CopyTarget::Program { .. } => self.flags.push(Flag::CopyProgram),
@@ -225,6 +401,7 @@ impl Visitor for Walker {
                 .iter()
                 .map(|c| ident(&c.alias.name))
                 .collect();
+            self.ctes.extend(names.iter().cloned());
             for (i, cte) in with.cte_tables.iter().enumerate() {
                 let mut visible = base.clone();
                 let seen = if with.recursive { names.len() } else { i };
@@ -235,6 +412,12 @@ impl Visitor for Walker {
         }
         if !q.locks.is_empty() {
             self.flags.push(Flag::LocksRows);
+        }
+        // `TABLE name`: sqlparser keeps the name as a bare string (quoting
+        // lost, not visited as a relation), so neither its table nor its
+        // columns could be reported: fail closed.
+        if has_table_command(&q.body) {
+            self.unmodelled = Some("TABLE command (its table is not modelled)");
         }
         self.scopes.push(frame);
         ControlFlow::Continue(())
@@ -260,10 +443,48 @@ impl Visitor for Walker {
                 });
             }
         }
+        let mut from = Vec::new();
+        let natural = self.scan_from(&s.from, &mut from);
+        let star = s
+            .projection
+            .iter()
+            .any(|i| matches!(i, SelectItem::Wildcard(_)));
+        if star || natural {
+            for t in from {
+                self.raw_columns.push(Raw::Of(t, None));
+            }
+        }
+        for item in &s.projection {
+            if let SelectItem::QualifiedWildcard(
+                SelectItemQualifiedWildcardKind::ObjectName(n),
+                _,
+            ) = item
+            {
+                self.raw_columns.push(Raw::Star(name(n).parts));
+            }
+        }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+        match f {
+            TableFactor::Table {
+                name: n,
+                alias: Some(a),
+                args: None,
+                ..
+            } => {
+                let t = (!self.is_cte(n)).then(|| name(n));
+                self.aliases.push((ident(&a.name), t));
+            }
+            TableFactor::Derived { alias: Some(a), .. }
+            | TableFactor::Function { alias: Some(a), .. }
+            | TableFactor::Table { alias: Some(a), .. }
+            | TableFactor::UNNEST { alias: Some(a), .. } => {
+                self.aliases.push((ident(&a.name), None));
+            }
+            _ => {}
+        }
         match f {
             TableFactor::Table {
                 name,
@@ -296,10 +517,44 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(f) = e {
-            self.function(&f.name);
+        match e {
+            Expr::Function(f) => {
+                self.function(&f.name);
+                // `f(t.*)` reads the whole row; `count(*)` reads no column.
+                if let FunctionArguments::List(list) = &f.args {
+                    for a in &list.args {
+                        let (FunctionArg::Unnamed(arg)
+                        | FunctionArg::Named { arg, .. }
+                        | FunctionArg::ExprNamed { arg, .. }) = a;
+                        if let FunctionArgExpr::QualifiedWildcard(n) = arg {
+                            self.raw_columns.push(Raw::Star(name(n).parts));
+                        }
+                    }
+                }
+            }
+            // `DEFAULT` in VALUES is a keyword, not a column.
+            Expr::Identifier(id)
+                if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("default") => {}
+            Expr::Identifier(id) => self.raw_columns.push(Raw::Name(vec![ident(id)])),
+            Expr::CompoundIdentifier(ids) => {
+                self.raw_columns
+                    .push(Raw::Name(ids.iter().map(ident).collect()));
+            }
+            Expr::QualifiedWildcard(n, _) => self.raw_columns.push(Raw::Star(name(n).parts)),
+            Expr::Wildcard(_) => self.raw_columns.push(Raw::StarAll),
+            _ => {}
         }
         ControlFlow::Continue(())
+    }
+}
+
+fn has_table_command(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Table(_) => true,
+        SetExpr::SetOperation { left, right, .. } => {
+            has_table_command(left) || has_table_command(right)
+        }
+        _ => false,
     }
 }
 
