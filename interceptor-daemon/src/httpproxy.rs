@@ -27,7 +27,7 @@ use std::{collections::VecDeque, io};
 use bytes::{Buf, BytesMut};
 use serde_json::json;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -69,13 +69,6 @@ enum Entry {
     /// The interceptor answers: these bytes, then the end of the connection
     /// if `close`.
     Local { bytes: Vec<u8>, close: bool },
-}
-
-async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 8192 {
-        buf.reserve(64 * 1024);
-    }
-    r.read_buf(buf).await
 }
 
 /// Runs the session until both directions are done.
@@ -276,7 +269,7 @@ async fn client_to_server(
             }
             continue;
         }
-        if fill(&mut cr, &mut buf).await? == 0 {
+        if crate::session::fill(&mut cr, &mut buf).await? == 0 {
             if !buf.is_empty() {
                 warn!(
                     bytes = buf.len(),
@@ -400,7 +393,7 @@ async fn server_to_client(
                 Some(e) => queue.push_back(e),
                 None => rx_open = false,
             },
-            n = fill(&mut ur, &mut buf) => {
+            n = crate::session::fill(&mut ur, &mut buf) => {
                 if n? == 0 {
                     // The server is done; our answers still owed go out in order.
                     if matches!(state, Out::Head) {
@@ -427,6 +420,8 @@ mod tests {
     use std::sync::Arc;
 
     use tokio::net::TcpListener;
+
+    use tokio::io::AsyncReadExt;
 
     use super::*;
     use crate::{metrics::Metrics, policy::Policy};
@@ -597,6 +592,8 @@ mod upgrade_tests {
     use std::{sync::Arc, time::Duration};
 
     use tokio::net::TcpListener;
+
+    use tokio::io::AsyncReadExt;
 
     use super::*;
     use crate::{metrics::Metrics, policy::Policy};

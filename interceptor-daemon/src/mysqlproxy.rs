@@ -26,7 +26,7 @@ use std::io;
 
 use bytes::{Buf, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -104,20 +104,13 @@ fn expect(pending: Option<&masking::mysql::Pending>, cmd: u8, payload: &[u8]) {
         .push_back(e);
 }
 
-async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 8192 {
-        buf.reserve(64 * 1024);
-    }
-    r.read_buf(buf).await
-}
-
 /// Reads until `buf` starts with a whole packet; returns its length.
 async fn read_packet(r: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         if let Some(p) = frame(buf) {
             return Ok(p.wire_len());
         }
-        if fill(r, buf).await? == 0 {
+        if crate::session::fill(r, buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -399,7 +392,7 @@ async fn client_to_server(
             total += out.len() as u64;
             out.clear();
         }
-        if fill(&mut cr, &mut buf).await? == 0 {
+        if crate::session::fill(&mut cr, &mut buf).await? == 0 {
             let _ = uw.shutdown().await;
             return Ok(total);
         }
@@ -466,7 +459,7 @@ async fn server_to_client(
                 }
                 None => rx_open = false,
             },
-            n = fill(&mut ur, &mut buf) => {
+            n = crate::session::fill(&mut ur, &mut buf) => {
                 // A server closing after COM_QUIT may reset the connection
                 // (our TLS close_notify unread) or skip close_notify: the end.
                 let n = match n {
@@ -494,6 +487,8 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use tokio::net::TcpListener;
+
+    use tokio::io::AsyncReadExt;
 
     use super::*;
     use crate::{

@@ -138,13 +138,6 @@ async fn client_gone(cr: &mut (impl AsyncRead + Unpin), kept: &mut BytesMut) {
     std::future::pending().await
 }
 
-async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 8192 {
-        buf.reserve(64 * 1024);
-    }
-    r.read_buf(buf).await
-}
-
 /// Runs the session until both directions are done.
 pub async fn run(
     mut client: TcpStream,
@@ -168,7 +161,7 @@ pub async fn run(
                 if looks_like_tls_client_hello(&cbuf) {
                     return Err(SessionError::DirectTls);
                 }
-                if fill(&mut client, &mut cbuf).await? == 0 {
+                if crate::session::fill(&mut client, &mut cbuf).await? == 0 {
                     return Ok(Transferred { up, down: 0 });
                 }
                 continue;
@@ -611,7 +604,7 @@ async fn client_to_server(
             total += out.len() as u64;
             out.clear();
         }
-        if fill(&mut cr, &mut buf).await? == 0 {
+        if crate::session::fill(&mut cr, &mut buf).await? == 0 {
             if !buf.is_empty() {
                 warn!(
                     bytes = buf.len(),
@@ -706,7 +699,7 @@ async fn server_to_client(
             total += out.len() as u64;
             out.clear();
         }
-        if fill(&mut ur, &mut buf).await? == 0 {
+        if crate::session::fill(&mut ur, &mut buf).await? == 0 {
             let _ = cw.shutdown().await;
             return Ok(total);
         }

@@ -36,7 +36,7 @@ use std::{collections::VecDeque, io};
 
 use bytes::{Buf, BytesMut};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -91,13 +91,6 @@ enum Entry {
 
 const DISCARD: &[u8] = b"*1\r\n$7\r\nDISCARD\r\n";
 const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
-
-async fn fill(r: &mut (impl AsyncReadExt + Unpin), buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 8192 {
-        buf.reserve(64 * 1024);
-    }
-    r.read_buf(buf).await
-}
 
 /// Runs the session until both directions are done.
 pub async fn run(
@@ -284,7 +277,7 @@ async fn client_to_server(
             total += out.len() as u64;
             out.clear();
         }
-        if fill(&mut cr, &mut buf).await? == 0 {
+        if crate::session::fill(&mut cr, &mut buf).await? == 0 {
             if !buf.is_empty() {
                 warn!(
                     bytes = buf.len(),
@@ -448,7 +441,7 @@ async fn server_to_client(
                 Some(e) => st.queue.push_back(e),
                 None => rx_open = false,
             },
-            n = fill(&mut ur, &mut buf) => {
+            n = crate::session::fill(&mut ur, &mut buf) => {
                 if n? == 0 {
                     // The server is done; denials still owed go out in order.
                     if st.scanner.at_boundary() {
@@ -478,6 +471,8 @@ mod tests {
     use std::sync::Arc;
 
     use tokio::net::TcpListener;
+
+    use tokio::io::AsyncReadExt;
 
     use super::*;
     use crate::{metrics::Metrics, policy::Policy};

@@ -220,6 +220,19 @@ pub async fn resolve_auto(
     p
 }
 
+/// Reads more of a stream into `buf`, growing it by 64 KiB when less than
+/// 8 KiB is free, so a large message arrives in few reads (every protocol).
+pub(crate) async fn fill(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut bytes::BytesMut,
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    if buf.capacity() - buf.len() < 8192 {
+        buf.reserve(64 * 1024);
+    }
+    r.read_buf(buf).await
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
