@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{tls::*, *};
 use interceptor_daemon::testbed::{Lab, Pod};
 
 const SECRET: &str = "Upstream-Secret-9f3b";
@@ -107,36 +107,6 @@ impl Drop for Mariadb {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A CA and a server certificate for `db.internal` and `ips`, as PEM.
-fn certificates(ips: &[Ipv4Addr]) -> (String, String, String) {
-    use rcgen13::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "interceptor test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut server = CertificateParams::new(vec!["db.internal".to_string()]).unwrap();
-    for ip in ips {
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress((*ip).into()));
-    }
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "db.internal");
-    let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
-
-fn other_ca() -> String {
-    let key = rcgen13::KeyPair::generate().unwrap();
-    let mut p = rcgen13::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen13::IsCa::Ca(rcgen13::BasicConstraints::Unconstrained);
-    p.self_signed(&key).unwrap().pem()
 }
 
 struct Setup {

@@ -15,6 +15,7 @@ use interceptor_daemon::testbed::{self, Lab, Pod};
 use serde_json::Value;
 
 pub mod orders;
+pub mod tls;
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_interceptor");
 pub const PROBE: &str = env!("CARGO_BIN_EXE_interceptor-probe");
