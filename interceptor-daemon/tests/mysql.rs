@@ -7,12 +7,10 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
 };
 
-use common::*;
+use common::{mariadb::*, *};
 use interceptor_daemon::testbed::{Lab, Pod};
 
 const POLICY: &str = r#"policy:
@@ -35,66 +33,6 @@ const POLICY: &str = r#"policy:
       description: customer records are never changed by workloads
 "#;
 
-/// A real MariaDB server with its data in a scratch directory.
-struct Mariadb {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Mariadb {
-    fn start(addr: SocketAddr, dir: &Path) -> Mariadb {
-        let data = dir.join("mysql-data");
-        let out = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--skip-test-db"])
-            .arg(format!("--datadir={}", data.display()))
-            .output()
-            .expect("mariadb-install-db (apt-get install mariadb-server; cargo xtask setup does)");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let child = Command::new("mariadbd")
-            .args(["--no-defaults", "--user=root", "--skip-grant-tables"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.join("mysql.sock").display()))
-            .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
-            .arg(format!("--log-error={}", dir.join("mysql.err").display()))
-            .arg(format!("--bind-address={}", addr.ip()))
-            .arg(format!("--port={}", addr.port()))
-            .args(["--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd");
-        let m = Mariadb { child, addr };
-        let start = Instant::now();
-        while !m.direct("SELECT 1").is_ok_and(|o| o.trim() == "1") {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "mariadbd did not start on {addr}: {}",
-                std::fs::read_to_string(dir.join("mysql.err")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-
-    /// SQL from the host, straight to the server (not intercepted).
-    fn direct(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("mariadb")
-            .args(client_args(self.addr))
-            .args(["-e", sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-}
-
 fn client_args(addr: SocketAddr) -> Vec<String> {
     vec![
         "--no-defaults".into(),
@@ -107,13 +45,6 @@ fn client_args(addr: SocketAddr) -> Vec<String> {
         "-N".into(),
         "-B".into(),
     ]
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Setup {
@@ -129,8 +60,16 @@ fn setup(test: &str) -> Setup {
     let mut lab = Lab::new().unwrap();
     let pod = lab.add_pod("app", "pods/app").unwrap();
     let addr: SocketAddr = (lab.node_v4(5), 3306).into();
-    let db = Mariadb::start(addr, &dir);
-    db.direct(
+    let db = Mariadb::start(
+        &dir,
+        &MariadbOpts {
+            binds: &[lab.node_v4(5)],
+            port: addr.port(),
+            grant_tables: false,
+            tls: None,
+        },
+    );
+    db.admin(
         "CREATE DATABASE shop; CREATE TABLE shop.customers (id int PRIMARY KEY, name text);
          INSERT INTO shop.customers VALUES (1, 'Ada'), (2, 'Grace');
          CREATE TABLE shop.orders (id int, customer int);",
@@ -170,7 +109,7 @@ fn sql(s: &Setup, extra: &[&str], script: &str) -> Output {
 }
 
 fn customers(s: &Setup) -> String {
-    s.db.direct("SELECT count(*) FROM shop.customers")
+    s.db.admin("SELECT count(*) FROM shop.customers")
         .unwrap()
         .trim()
         .to_string()

@@ -6,14 +6,9 @@
 
 mod common;
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, path::PathBuf, process::Output};
 
-use common::{tls::*, *};
+use common::{mariadb::*, tls::*, *};
 use interceptor_daemon::testbed::{Lab, Pod};
 
 const SECRET: &str = "Upstream-Secret-9f3b";
@@ -35,79 +30,6 @@ const POLICY: &str = r#"policy:
 
 /// What the session is, as the server sees it.
 const WHO: &str = "SELECT CONCAT(CURRENT_USER(), '|', IFNULL(DATABASE(), '-'), '|', (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_version'))";
-
-/// A real MariaDB server with grant tables (root by unix socket only) and TLS.
-struct Mariadb {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Mariadb {
-    fn start(addrs: &[Ipv4Addr], port: u16, dir: &Path, tls: (&Path, &Path, &Path)) -> Mariadb {
-        let data = dir.join("mysql-data");
-        let out = Command::new("mariadb-install-db")
-            .args(["--no-defaults", "--user=root", "--skip-test-db"])
-            .arg(format!("--datadir={}", data.display()))
-            .output()
-            .expect("mariadb-install-db (apt-get install mariadb-server; cargo xtask setup does)");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let socket = dir.join("mysql.sock");
-        let binds: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        let child = Command::new("mariadbd")
-            .args(["--no-defaults", "--user=root"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", socket.display()))
-            .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
-            .arg(format!("--log-error={}", dir.join("mysql.err").display()))
-            .arg(format!("--bind-address={}", binds.join(",")))
-            .arg(format!("--port={port}"))
-            .arg(format!("--ssl-ca={}", tls.0.display()))
-            .arg(format!("--ssl-cert={}", tls.1.display()))
-            .arg(format!("--ssl-key={}", tls.2.display()))
-            .args(["--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd");
-        let m = Mariadb { child, socket };
-        let start = Instant::now();
-        while !m.admin("SELECT 1").is_ok_and(|o| o.trim() == "1") {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "mariadbd did not start: {}",
-                std::fs::read_to_string(dir.join("mysql.err")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-
-    /// SQL as root over the unix socket (not intercepted).
-    fn admin(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("mariadb")
-            .args(["--no-defaults", "-u", "root", "-N", "-B"])
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(["-e", sql])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-}
-
-impl Drop for Mariadb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Setup {
     lab: Lab,
@@ -137,7 +59,15 @@ fn setup() -> Setup {
     std::fs::write(&ca_file, &ca).unwrap();
     std::fs::write(&cert_file, &cert).unwrap();
     std::fs::write(&key_file, &key).unwrap();
-    let db = Mariadb::start(&ips, PORT, &dir, (&ca_file, &cert_file, &key_file));
+    let db = Mariadb::start(
+        &dir,
+        &MariadbOpts {
+            binds: &ips,
+            port: PORT,
+            grant_tables: true,
+            tls: Some((&ca_file, &cert_file, &key_file)),
+        },
+    );
     db.admin(&format!(
         "CREATE DATABASE shop;
          CREATE TABLE shop.customers (id int PRIMARY KEY, name text, email varchar(100));

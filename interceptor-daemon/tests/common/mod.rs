@@ -14,6 +14,7 @@ use std::{
 use interceptor_daemon::testbed::{self, Lab, Pod};
 use serde_json::Value;
 
+pub mod mariadb;
 pub mod orders;
 pub mod tls;
 
