@@ -286,6 +286,14 @@ pub struct ProxyConfig {
     /// Authorization, Proxy-Authorization, Cookie and Set-Cookie.
     #[serde(default)]
     pub redact_headers: Vec<String>,
+    /// Worker threads of the runtime that serves every connection: a number,
+    /// or `auto` (the default) for one per four CPUs this process may use,
+    /// at least one. The daemon shares the node's cores with the workloads
+    /// it serves; on a 2-core node one thread gave more transactions per
+    /// second than two, with less CPU per transaction (bench/RESULTS.md),
+    /// because every extra thread adds cross-thread wake-ups.
+    #[serde(default)]
+    pub threads: Threads,
 }
 
 impl Default for ProxyConfig {
@@ -295,6 +303,47 @@ impl Default for ProxyConfig {
             shutdown_grace_ms: default_grace_ms(),
             buffer_bytes: default_buffer(),
             redact_headers: Vec::new(),
+            threads: Threads::default(),
+        }
+    }
+}
+
+/// `proxy.threads`: `auto` or a count from 1 to 1024.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Threads {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl Threads {
+    /// The worker count to start with; `cpus` is what the process may use
+    /// (the cgroup quota and affinity are applied by the standard library).
+    pub fn resolve(self, cpus: usize) -> usize {
+        match self {
+            Threads::Auto => cpus.div_ceil(4).max(1),
+            Threads::Count(n) => n,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n @ 1..=1024) => Ok(Threads::Count(n as usize)),
+            Raw::Count(n) => Err(serde::de::Error::custom(format!(
+                "threads must be from 1 to 1024, not {n}"
+            ))),
+            Raw::Word(w) if w == "auto" => Ok(Threads::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "threads must be `auto` or a number, not `{w}`"
+            ))),
         }
     }
 }
@@ -735,6 +784,30 @@ mod tests {
             "[fd77::/64]:80",
         ] {
             assert_eq!(dest(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn proxy_threads_are_auto_or_a_count() {
+        let parse = |y: &str| serde_yaml::from_str::<ProxyConfig>(y);
+        let auto = parse("{}").unwrap().threads;
+        assert_eq!(auto, Threads::Auto);
+        assert_eq!(parse("threads: auto").unwrap().threads, Threads::Auto);
+        // One per four CPUs, never none.
+        assert_eq!(
+            [1, 2, 4, 5, 8, 64].map(|c| auto.resolve(c)),
+            [1, 1, 1, 2, 2, 16]
+        );
+        let three = parse("threads: 3").unwrap().threads;
+        assert_eq!(three.resolve(64), 3);
+        for bad in [
+            "threads: 0",
+            "threads: 5000",
+            "threads: many",
+            "threads: -1",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("threads must be"), "{bad}: {e}");
         }
     }
 

@@ -210,7 +210,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             tasks.clone(),
         )));
     }
-    info!(node = %shared.node, targets = cfg.targets.len(), "interceptor ready");
+    info!(
+        node = %shared.node,
+        targets = cfg.targets.len(),
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "interceptor ready"
+    );
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

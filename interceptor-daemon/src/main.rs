@@ -124,7 +124,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = cfg.proxy.threads.resolve(cpus);
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
                 .enable_all()
                 .thread_name("interceptor")
                 .build()

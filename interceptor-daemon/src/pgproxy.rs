@@ -34,6 +34,7 @@
 //! active grant from an earlier approval lets it through without asking.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     io,
     sync::{Arc, Mutex},
@@ -41,6 +42,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -286,11 +288,22 @@ fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {
 
 struct Decider<'c> {
     ctx: &'c SessionCtx,
-    cache: HashMap<String, (Decision, String)>,
+    cache: HashMap<String, Arc<Ruling>>,
+    /// This session's series of `decision_time`, looked up once.
+    timer: Histogram,
     /// The policy version the cache was filled under; a reload empties it.
     version: u64,
     /// When a rule's time window opens or closes next: the cache empties then.
     stale_at: Option<SystemTime>,
+}
+
+/// A statement's decision with what every repetition of it needs: the
+/// literal-free form the audit log records and its `decisions` series
+/// (looked up once, not per statement).
+struct Ruling {
+    decision: Decision,
+    operation: String,
+    counter: Counter,
 }
 
 /// A named (or the unnamed) prepared statement that was allowed at Parse.
@@ -308,24 +321,47 @@ impl Prepared {
     }
 }
 
-impl Decider<'_> {
-    /// The decision and the literal-free form of the statement(s)
-    /// ([`crate::sql::normalize`]), which is what the audit log records.
-    fn decide(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
-        let started = std::time::Instant::now();
-        let d = self.decide_uncounted(sql, via);
-        self.ctx
+impl<'c> Decider<'c> {
+    fn new(ctx: &'c SessionCtx) -> Self {
+        let timer = ctx
             .metrics
             .decision_time
             .get_or_create(&TargetLabels {
-                target: self.ctx.target.clone(),
+                target: ctx.target.clone(),
                 protocol: "postgres",
             })
-            .observe(started.elapsed().as_secs_f64());
-        d
+            .clone();
+        Decider {
+            ctx,
+            cache: HashMap::new(),
+            timer,
+            version: 0,
+            stale_at: None,
+        }
     }
 
-    fn decide_uncounted(&mut self, sql: &str, via: &'static str) -> (Decision, String) {
+    /// The decision and the literal-free form of the statement(s)
+    /// ([`crate::sql::normalize`]), which is what the audit log records.
+    fn decide(&mut self, sql: &str, via: &'static str) -> Arc<Ruling> {
+        let started = std::time::Instant::now();
+        let v = self.decide_uncounted(sql, via);
+        self.timer.observe(started.elapsed().as_secs_f64());
+        v
+    }
+
+    fn counter(&self, d: &Decision) -> Counter {
+        self.ctx
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                target: self.ctx.target.clone(),
+                action: d.action.as_str(),
+                rule: d.rule.clone(),
+            })
+            .clone()
+    }
+
+    fn decide_uncounted(&mut self, sql: &str, via: &'static str) -> Arc<Ruling> {
         let policy = self.ctx.policy.current();
         let now = SystemTime::now();
         if policy.version != self.version || self.stale_at.is_some_and(|t| now >= t) {
@@ -336,8 +372,8 @@ impl Decider<'_> {
         // Keyed by fingerprint: the same statement with other constants
         // (pgbench's `WHERE aid = 123`) costs no parse.
         let key = crate::sql::fingerprint(sql).unwrap_or_else(|| sql.to_string());
-        if let Some(d) = self.cache.get(&key) {
-            return d.clone();
+        if let Some(v) = self.cache.get(&key) {
+            return v.clone();
         }
         let c = self.ctx.classifier.classify(sql);
         let pctx = Context {
@@ -371,29 +407,31 @@ impl Decider<'_> {
         if self.cache.len() >= DECISION_CACHE {
             self.cache.clear();
         }
-        self.cache.insert(key, (d.clone(), operation.clone()));
-        (d, operation)
+        let v = Arc::new(Ruling {
+            counter: self.counter(&d),
+            decision: d,
+            operation,
+        });
+        self.cache.insert(key, v.clone());
+        v
     }
 
     /// Counts and audits a decision (every one, cached or not). A denial is
     /// durable before the client hears of it. `held` says how an approval
     /// ended, for a statement that needed one.
-    async fn record(&self, d: &Decision, description: String, held: Option<Held>) {
-        self.ctx
-            .metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                target: self.ctx.target.clone(),
-                action: d.action.as_str(),
-                rule: d.rule.clone(),
-            })
-            .inc();
+    /// `d` is `v`'s decision, or what an approval made of it.
+    async fn record(&self, v: &Ruling, d: &Decision, held: Option<Held>) {
+        if d.action == v.decision.action && d.rule == v.decision.rule {
+            v.counter.inc();
+        } else {
+            self.counter(d).inc();
+        }
         let Some((log, base)) = &self.ctx.audit else {
             return;
         };
         let mut rec = AccessRecord {
             time_ns: audit::record::now_ns(),
-            operation: description,
+            operation: v.operation.clone(),
             decision: match d.action {
                 // Mask rules never decide; a decision is allow or deny.
                 Action::Allow | Action::Mask => audit::Decision::Allow,
@@ -426,12 +464,7 @@ async fn client_to_server(
     ctx: &SessionCtx,
 ) -> Result<u64, SessionError> {
     let framer = Framer::new(Direction::Frontend);
-    let mut decider = Decider {
-        ctx,
-        cache: HashMap::new(),
-        version: 0,
-        stale_at: None,
-    };
+    let mut decider = Decider::new(ctx);
     // Statements allowed at Parse, and which statement each portal runs:
     // Execute re-decides when the policy changed since the Parse.
     let mut statements: HashMap<String, Prepared> = HashMap::new();
@@ -473,8 +506,8 @@ async fn client_to_server(
                     if skipping.is_some() {
                         // Already failing this extended batch: dropped like the server would.
                     } else {
-                        let (d, description) = decider.decide(sql, via);
-                        let (d, held) = if d.action == Action::RequireApproval {
+                        let v = decider.decide(sql, via);
+                        let (d, held) = if v.decision.action == Action::RequireApproval {
                             // What came before the held statement is not held with it.
                             if !out.is_empty() {
                                 uw.write_all(&out).await?;
@@ -482,11 +515,13 @@ async fn client_to_server(
                                 out.clear();
                             }
                             let gone = client_gone(&mut cr, &mut held_input);
-                            decider.hold(sql, &d, &description, gone).await
+                            let (d, held) =
+                                decider.hold(sql, &v.decision, &v.operation, gone).await;
+                            (Cow::Owned(d), held)
                         } else {
-                            (d, None)
+                            (Cow::Borrowed(&v.decision), None)
                         };
-                        decider.record(&d, description, held).await;
+                        decider.record(&v, &d, held).await;
                         if let (FrontendMessage::Parse(p), Action::Allow) = (msg, d.action) {
                             statements.insert(
                                 p.name.to_string(),
@@ -554,19 +589,23 @@ async fn client_to_server(
                             if let Some(p) = stmt {
                                 let now = SystemTime::now();
                                 if !p.current(ctx.policy.version(), now) {
-                                    let (d, operation) = decider.decide(&p.sql, "execute");
-                                    let (d, held) = if d.action == Action::RequireApproval {
+                                    let v = decider.decide(&p.sql, "execute");
+                                    let (d, held) = if v.decision.action == Action::RequireApproval
+                                    {
                                         if !out.is_empty() {
                                             uw.write_all(&out).await?;
                                             total += out.len() as u64;
                                             out.clear();
                                         }
                                         let gone = client_gone(&mut cr, &mut held_input);
-                                        decider.hold(&p.sql, &d, &operation, gone).await
+                                        let (d, held) = decider
+                                            .hold(&p.sql, &v.decision, &v.operation, gone)
+                                            .await;
+                                        (Cow::Owned(d), held)
                                     } else {
-                                        (d, None)
+                                        (Cow::Borrowed(&v.decision), None)
                                     };
-                                    decider.record(&d, operation, held).await;
+                                    decider.record(&v, &d, held).await;
                                     p.version = decider.version;
                                     p.stale_at = decider.stale_at;
                                     if d.action != Action::Allow {

@@ -234,7 +234,10 @@ async fn run(
         // Nobody waits: gather more for one write and one fsync, up to the
         // linger time after the oldest, unless someone starts waiting.
         if !batch.is_empty() && !batch.iter().any(urgent) && !w.cfg.linger.is_zero() {
-            let until = tokio::time::Instant::now() + w.cfg.linger;
+            // One timer for the whole wait: a timer made per received record
+            // re-registered with the runtime's driver (an eventfd write) every time.
+            let until = tokio::time::sleep(w.cfg.linger);
+            tokio::pin!(until);
             while batch.len() < max_batch {
                 tokio::select! {
                     m = rx.recv() => match m {
@@ -248,7 +251,7 @@ async fn run(
                         // Handled by the next recv at the top of the loop.
                         None => break,
                     },
-                    () = tokio::time::sleep_until(until) => break,
+                    () = &mut until => break,
                 }
             }
         }
