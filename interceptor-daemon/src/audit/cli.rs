@@ -116,6 +116,29 @@ pub enum AuditCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Replace the node's audit key: the running daemon records a key
+    /// rotation signed by the old key and signs from then on with the new one.
+    /// Prints the new public key (as `pubkey` does). Asks the daemon through
+    /// its admin socket (root only); when no daemon answers there, `--dir`
+    /// rotates the key of a log no daemon is writing.
+    RotateKey {
+        /// The daemon's admin socket.
+        #[arg(long, default_value = crate::admin_socket::DEFAULT_PATH)]
+        socket: PathBuf,
+        /// The human the rotation is logged for, e.g. `--as alice`.
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// Offline: the log directory, used only when no daemon answers on the
+        /// socket. Refused while another process writes the log.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Offline: the key file, when it is not `DIR/node.key`.
+        #[arg(long, requires = "dir")]
+        key_file: Option<PathBuf>,
+        /// Offline: the node name for a new segment header (default: this host's name).
+        #[arg(long, requires = "dir")]
+        node: Option<String>,
+    },
     /// Print the node's audit public key.
     Pubkey {
         /// The log directory of the node.
@@ -141,6 +164,13 @@ pub fn run(cmd: AuditCommand) -> u8 {
         AuditCommand::Verify { dir, pubkey } => verify(&dir, pubkey.as_deref()),
         AuditCommand::Pubkey { dir, key_file } => pubkey(&dir, key_file.as_deref()),
         AuditCommand::Show { dir } => show(&dir),
+        AuditCommand::RotateKey {
+            socket,
+            as_name,
+            dir,
+            key_file,
+            node,
+        } => rotate_key(&socket, as_name, dir.as_deref(), key_file.as_deref(), node),
         AuditCommand::Prune {
             dir,
             max_age,
@@ -344,11 +374,7 @@ pub fn prune(
         Ok(s) if !s.is_empty() => {}
         _ => return fail(format!("no audit segments in {}", dir.display())),
     }
-    let node = node.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    });
+    let node = node.unwrap_or_else(host_name);
     let mut cfg = AuditConfig::new(dir, node);
     cfg.key_file = key_file.map(Path::to_path_buf);
     if let Some(a) = max_age {
@@ -383,6 +409,69 @@ pub fn prune(
                 stderr: String::new(),
             }
         }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `audit rotate-key`: through the running daemon, or offline on `dir` when
+/// no daemon answers on `socket`. Prints the new public key like `pubkey`.
+pub fn rotate_key(
+    socket: &Path,
+    as_name: Option<String>,
+    dir: Option<&Path>,
+    key_file: Option<&Path>,
+    node: Option<String>,
+) -> Output {
+    use crate::approvals::cli::{ClientError, call};
+    let fail = |e: String| Output {
+        code: 1,
+        stdout: String::new(),
+        stderr: format!("interceptor: error: {e}\n"),
+    };
+    let req = crate::admin_socket::AdminRequest::AuditRotateKey { as_name };
+    let e = match call(socket, &req) {
+        Ok(r) => {
+            return match r.public_key {
+                Some(k) => Output {
+                    code: 0,
+                    stdout: format!("{k}\n"),
+                    stderr: "the running daemon rotated its audit key (recorded in the log, signed by the old key)\n".into(),
+                },
+                None => fail("the daemon answered without a public key".into()),
+            };
+        }
+        Err(e) => e,
+    };
+    let (ClientError::NotRunning(_), Some(dir)) = (&e, dir) else {
+        return match e {
+            ClientError::NotRunning(_) => fail(format!(
+                "{e}; to rotate the key of a log no daemon is writing, give --dir DIR"
+            )),
+            e => fail(e.to_string()),
+        };
+    };
+    match super::writer::list_segments(dir) {
+        Ok(s) if !s.is_empty() => {}
+        _ => return fail(format!("no audit segments in {}", dir.display())),
+    }
+    let mut cfg = AuditConfig::new(dir, node.unwrap_or_else(host_name));
+    cfg.key_file = key_file.map(Path::to_path_buf);
+    match super::writer::rotate_key_offline(cfg) {
+        Ok(k) => Output {
+            code: 0,
+            stdout: format!("{}\n", keys::public_text(&k)),
+            stderr: format!(
+                "no daemon answers on {}: rotated the key of {} offline (recorded in the log, signed by the old key)\n",
+                socket.display(),
+                dir.display()
+            ),
+        },
         Err(e) => fail(e.to_string()),
     }
 }
