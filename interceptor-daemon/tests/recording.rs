@@ -172,6 +172,69 @@ fn postgres_sessions_replay_with_their_masked_responses() {
         interceptor(&["audit", "verify", a, "--pubkey", key.to_str().unwrap()]);
     assert!(ok, "{verified}{err}");
     assert!(verified.contains("4 recorded responses"), "{verified}");
+
+    // `audit tail` shows what the client received, masked as it was sent.
+    let (ok, tailed, err) = interceptor(&["audit", "tail", a, "-n", "100"]);
+    assert!(ok, "{err}");
+    for want in [
+        format!("session {id} conn "),
+        "result  SELECT 2  [2 rows]".to_string(),
+        "| id | email |".to_string(),
+        "| 2 | [redacted] |".to_string(),
+        "result  ERROR 42501 interceptor: statement denied by rule `default`".to_string(),
+    ] {
+        assert!(tailed.contains(&want), "`{want}` expected in:\n{tailed}");
+    }
+    let (ok, tailed_json, err) = interceptor(&["audit", "tail", a, "-n", "100", "--json"]);
+    assert!(ok, "{err}");
+    let responses: Vec<serde_json::Value> = tailed_json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "response")
+        .collect();
+    assert_eq!(responses.len(), 4, "{tailed_json}");
+    assert_eq!(
+        responses[0]["summary"]["Sql"][0]["rows"][0],
+        serde_json::json!(["1", "[redacted]"])
+    );
+    assert_eq!(responses[1]["summary"]["Sql"][0]["error"]["code"], "42P01");
+
+    // An evidence package of the session carries its responses too.
+    let pkg = dir.join("session.tar");
+    let (ok, out, err) = interceptor(&[
+        "audit",
+        "export",
+        a,
+        "--since",
+        "1h",
+        "--session",
+        id,
+        "--out",
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("with 4 recorded responses of their sessions"),
+        "{out}"
+    );
+    let (ok, out, err) = interceptor(&[
+        "audit",
+        "verify",
+        pkg.to_str().unwrap(),
+        "--pubkey",
+        key.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("4 recorded responses of their sessions present and verified"),
+        "{out}"
+    );
+    let package = std::fs::read(&pkg).unwrap();
+    assert!(contains(&package, "[redacted]"));
+    for raw in ["ada@example.com", "grace@example.com"] {
+        assert!(!tailed.contains(raw) && !tailed_json.contains(raw));
+        assert!(!contains(&package, raw), "`{raw}` reached the package");
+    }
 }
 
 #[test]

@@ -78,7 +78,8 @@ pub enum AuditCommand {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
-    /// Print the newest access records, and with -f every new one as it is appended.
+    /// Print the newest access records and recorded responses (as sent to the
+    /// client, after masking), and with -f every new one as it is appended.
     Tail {
         /// The log directory.
         dir: PathBuf,

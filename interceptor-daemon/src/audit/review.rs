@@ -270,6 +270,12 @@ pub fn export(
                 m.last_segment,
                 s.out.display()
             );
+            if !m.responses.is_empty() {
+                stdout.push_str(&format!(
+                    "with {} recorded responses of their sessions\n",
+                    m.responses.len()
+                ));
+            }
             match (&m.manifest_signer, &m.unsigned_reason) {
                 (Some(k), _) => stdout.push_str(&format!("manifest signed by {k}\n")),
                 (None, why) => stdout.push_str(&format!(
@@ -320,6 +326,12 @@ pub fn verify_package(
                 "{} selected records present and verified (exported by {} from node {} at {})\n",
                 m.selected_count, m.exported_by, m.node, m.exported_at
             ));
+            if !m.responses.is_empty() {
+                s.push_str(&format!(
+                    "{} recorded responses of their sessions present and verified\n",
+                    m.responses.len()
+                ));
+            }
             match &r.manifest_signed_by {
                 Some(k) if r.manifest_signer_known => {
                     s.push_str(&format!("manifest signed by {k} (a key of this log)\n"));
@@ -352,9 +364,24 @@ pub fn verify_package(
     }
 }
 
-fn tail_line(h: &Hit, json: bool) -> String {
+/// What `audit tail` prints: access records and recorded responses, in log order.
+enum Tailed {
+    Access(Box<Hit>),
+    Response(query::ResponseHit),
+}
+
+fn tail_line(t: &Tailed, json: bool) -> String {
+    let h = match t {
+        Tailed::Access(h) => h,
+        Tailed::Response(r) if json => return format!("{}\n", query::response_json(r)),
+        Tailed::Response(r) => return query::response_text(&r.record),
+    };
     if json {
-        return format!("{}\n", query::hit_json(h));
+        let mut v = query::hit_json(h);
+        if let Some(m) = v.as_object_mut() {
+            m.insert("kind".into(), "access".into());
+        }
+        return format!("{v}\n");
     }
     let r = &h.record;
     format!(
@@ -371,8 +398,8 @@ fn tail_line(h: &Hit, json: bool) -> String {
     )
 }
 
-/// `audit tail`: the last `lines` access records, then (with `follow`) every new
-/// one as it is appended, until `out` fails (the reader went away).
+/// `audit tail`: the last `lines` access records and recorded responses, then
+/// (with `follow`) every new one as it is appended, until `out` fails (the reader went away).
 pub fn tail(
     dir: &Path,
     follow: bool,
@@ -382,7 +409,7 @@ pub fn tail(
     out: &mut dyn Write,
 ) -> Result<(), String> {
     let segs = list_segments(dir).map_err(|e| e.to_string())?;
-    let mut last: std::collections::VecDeque<Hit> = std::collections::VecDeque::new();
+    let mut last: std::collections::VecDeque<Tailed> = std::collections::VecDeque::new();
     let mut cursor: Option<Cursor> = None;
     let mut prev_head = None;
     for (i, (seq, path)) in segs.iter().enumerate() {
@@ -471,18 +498,26 @@ pub fn tail(
     }
 }
 
-fn hits(entries: &[reader::Entry], path: &Path) -> Result<Vec<Hit>, String> {
+fn hits(entries: &[reader::Entry], path: &Path) -> Result<Vec<Tailed>, String> {
     let name = file_name(path);
     let mut out = Vec::new();
     for e in entries {
-        if let Record::Access(record) = e.decode(&name).map_err(|e| e.to_string())? {
-            out.push(Hit {
+        match e.decode(&name).map_err(|e| e.to_string())? {
+            Record::Access(record) => out.push(Tailed::Access(Box::new(Hit {
                 segment: e.segment,
                 offset: e.offset,
                 seq: e.seq,
                 hash: e.hash,
                 record,
-            });
+            }))),
+            Record::Response(record) => out.push(Tailed::Response(query::ResponseHit {
+                segment: e.segment,
+                offset: e.offset,
+                seq: e.seq,
+                hash: e.hash,
+                record,
+            })),
+            _ => {}
         }
     }
     Ok(out)
@@ -588,5 +623,139 @@ pub fn sessions(cmd: SessionsCommand) -> Output {
                 stderr,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{
+        AuditConfig, AuditLog,
+        record::{sample_access, sample_response},
+    };
+
+    /// A log with a statement and its (masked) response, as the writer leaves it.
+    fn log_with_a_response(dir: &Path) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (log, _) = AuditLog::open(AuditConfig::new(dir, "node-a"))
+                .await
+                .unwrap();
+            log.append(&sample_access(0)).await.unwrap();
+            log.append_response(sample_response(1)).await.unwrap();
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn tail_prints_responses_after_their_statement() {
+        let tmp = tempfile::tempdir().unwrap();
+        log_with_a_response(tmp.path());
+        let mut out = Vec::new();
+        tail(
+            tmp.path(),
+            false,
+            false,
+            10,
+            Duration::from_millis(10),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[0].contains("shop/orders -> orders-db [postgres] allow"),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with(" session sess-0 conn 0  result  SELECT 2  [2 rows]"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2..],
+            [
+                "    | id | email |",
+                "    | 1 | [redacted] |",
+                "    | NULL | NULL |"
+            ]
+        );
+
+        // The newest N counts responses too.
+        let mut out = Vec::new();
+        tail(
+            tmp.path(),
+            false,
+            true,
+            1,
+            Duration::from_millis(10),
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["kind"], "response");
+        assert_eq!(v["session_id"], "sess-0");
+        assert_eq!(v["connection_id"], 0);
+        let sql = &v["summary"]["Sql"][0];
+        assert_eq!(sql["columns"], serde_json::json!(["id", "email"]));
+        assert_eq!(sql["rows"][0], serde_json::json!(["1", "[redacted]"]));
+        assert_eq!(sql["tag"], "SELECT 2");
+        assert!(v["hash"].as_str().is_some_and(|h| h.len() == 64), "{v}");
+    }
+
+    #[test]
+    fn export_lists_the_responses_of_the_selected_sessions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        log_with_a_response(&dir);
+        let out = tmp.path().join("p.tar");
+        let f = FilterArgs {
+            identity: None,
+            target: None,
+            session: Some("sess-0".into()),
+            decision: None,
+        };
+        let o = export(&dir, "2020-01-01", None, &f, &out, None);
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(
+            o.stdout
+                .contains("with 1 recorded responses of their sessions"),
+            "{}",
+            o.stdout
+        );
+        let o = verify_package(&out, None, String::new());
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(
+            o.stdout
+                .contains("1 recorded responses of their sessions present and verified"),
+            "{}",
+            o.stdout
+        );
+        // records.jsonl: the statement, then what the client received.
+        let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
+        let mut jsonl = String::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().to_str() == Some("records.jsonl") {
+                std::io::Read::read_to_string(&mut e, &mut jsonl).unwrap();
+            }
+        }
+        let kinds: Vec<serde_json::Value> = jsonl
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].clone())
+            .collect();
+        assert_eq!(kinds, ["access", "response"], "{jsonl}");
+        assert!(jsonl.contains("[redacted]"), "{jsonl}");
+
+        // Another session's package carries none of them.
+        let f = FilterArgs {
+            session: Some("sess-9".into()),
+            ..f
+        };
+        let o = export(&dir, "2020-01-01", None, &f, &out, None);
+        assert_eq!(o.code, 1, "{o:?}");
     }
 }
