@@ -518,6 +518,72 @@ mod tests {
         assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"drop"}"#).is_err());
     }
 
+    async fn ask(path: &Path, line: &str) -> AdminResponse {
+        let mut s = UnixStream::connect(path).await.unwrap();
+        s.write_all(line.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        serde_json::from_str(&answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn rotates_the_audit_key_of_the_log_it_serves() {
+        // This test's user is allowed whoever runs it.
+        let me = unsafe { libc::geteuid() };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let log_dir = dir.path().join("audit");
+        let (log, opened) =
+            crate::audit::AuditLog::open(crate::audit::AuditConfig::new(&log_dir, "n"))
+                .await
+                .unwrap();
+        let start = |audit| {
+            let stop = CancellationToken::new();
+            let state = Arc::new(AdminSocket {
+                approvals: None,
+                allowed_uids: vec![me],
+                policy: None,
+                live: None,
+                audit,
+            });
+            let task = tokio::spawn(serve(
+                bind(&path).unwrap(),
+                path.clone(),
+                state,
+                stop.clone(),
+            ));
+            (stop, task)
+        };
+        let (stop, task) = start(None);
+        let r = ask(&path, "{\"op\":\"audit_rotate_key\"}\n").await;
+        assert_eq!(
+            r.error.as_deref(),
+            Some("this daemon writes no audit log (no `audit` section)")
+        );
+        stop.cancel();
+        task.await.unwrap();
+
+        let (stop, task) = start(Some(log.clone()));
+        let r = ask(
+            &path,
+            "{\"op\":\"audit_rotate_key\",\"as_name\":\"alice\"}\n",
+        )
+        .await;
+        assert!(r.ok, "{r:?}");
+        let key = r.public_key.unwrap();
+        let on_disk = crate::audit::keys::load(&log_dir.join("node.key")).unwrap();
+        assert_eq!(
+            key,
+            crate::audit::keys::public_text(&on_disk.verifying_key())
+        );
+        assert_ne!(key, crate::audit::keys::public_text(&opened.public_key));
+        stop.cancel();
+        task.await.unwrap();
+        log.close().await.unwrap();
+        let report = crate::audit::verify_dir(&log_dir, Some(&opened.public_key)).unwrap();
+        assert_eq!(report.key_rotations, 1);
+    }
+
     #[tokio::test]
     async fn serves_over_the_socket_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();

@@ -688,12 +688,19 @@ mod tests {
     const EOF: &[u8] = &[0xfe, 0, 0, 2, 0];
 
     async fn recorded(f: impl FnOnce(&mut MysqlRecorder, &Asked)) -> Vec<Vec<SqlResult>> {
+        recorded_with(0, f).await
+    }
+
+    async fn recorded_with(
+        caps: u32,
+        f: impl FnOnce(&mut MysqlRecorder, &Asked),
+    ) -> Vec<Vec<SqlResult>> {
         let tmp = tempfile::tempdir().unwrap();
         let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
             .await
             .unwrap();
         let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s-1", 3, 2);
-        let (asked, r) = for_session(Some(rec), 0);
+        let (asked, r) = for_session(Some(rec), caps);
         let (asked, mut r) = (asked.unwrap(), r.unwrap());
         f(&mut r, &asked);
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -826,5 +833,46 @@ mod tests {
             ]
         );
         assert_eq!(x.tag.as_deref(), Some("2 rows in set"));
+    }
+
+    /// With CLIENT_DEPRECATE_EOF no EOF follows the definitions and an OK
+    /// (0xFE) ends the rows; a CALL's result sets and final OK are one answer.
+    #[tokio::test]
+    async fn deprecate_eof_and_several_result_sets_make_one_record() {
+        let got = recorded_with(CLIENT_DEPRECATE_EOF, |r, asked| {
+            asked.forwarded(COM_QUERY, b"\x03CALL report()");
+            r.on_packet(&[1]);
+            r.on_packet(&def("n", 8, 0));
+            r.on_packet(&text(&[Some("7")]));
+            // OK-as-EOF: 0 affected, 0 id, status MORE_RESULTS, 0 warnings.
+            r.on_packet(&[0xfe, 0, 0, 0x08, 0, 0, 0]);
+            r.on_packet(&[1]);
+            r.on_packet(&def("name", 253, 0));
+            r.on_packet(&text(&[Some("[redacted]")]));
+            r.on_packet(&text(&[None]));
+            r.on_packet(&[0xfe, 0, 0, 0x08, 0, 0, 0]);
+            r.on_packet(&[0, 0, 0, 2, 0, 0, 0]);
+            // The next statement starts a new record.
+            asked.forwarded(COM_QUERY, b"\x03SELECT 1");
+            r.on_packet(&[1]);
+            r.on_packet(&def("1", 8, 0));
+            r.on_packet(&text(&[Some("1")]));
+            r.on_packet(&[0xfe, 0, 0, 2, 0, 0, 0]);
+        })
+        .await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        let call = &got[0];
+        assert_eq!(call.len(), 3, "{call:?}");
+        assert_eq!(
+            (call[0].columns.as_slice(), call[0].row_count),
+            (&["n".to_string()][..], 1)
+        );
+        assert_eq!(
+            call[1].rows,
+            [vec![Some("[redacted]".to_string())], vec![None]]
+        );
+        assert_eq!(call[1].tag.as_deref(), Some("2 rows in set"));
+        assert_eq!(call[2].tag.as_deref(), Some("OK, 0 rows affected"));
+        assert_eq!(got[1][0].rows, [vec![Some("1".to_string())]]);
     }
 }
