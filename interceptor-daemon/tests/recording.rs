@@ -213,10 +213,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
         pkg.to_str().unwrap(),
     ]);
     assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("with 4 recorded responses of their sessions"),
-        "{out}"
-    );
+    assert!(out.contains("with 4 recorded responses to them"), "{out}");
     let (ok, out, err) = interceptor(&[
         "audit",
         "verify",
@@ -226,7 +223,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     ]);
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("4 recorded responses of their sessions present and verified"),
+        out.contains("4 recorded responses to them present and verified"),
         "{out}"
     );
     let package = std::fs::read(&pkg).unwrap();

@@ -6,8 +6,8 @@
 //! ```text
 //! manifest.json          what was selected and from where, every other file's SHA-256
 //! manifest.sig           Ed25519 signature of manifest.json by the node key (if readable)
-//! records.jsonl          the selected records and the responses recorded for their
-//!                        sessions, one JSON object a line (`kind`: access|response)
+//! records.jsonl          the selected records and the responses recorded for them,
+//!                        one JSON object a line (`kind`: access|response)
 //! keys/signers.txt       the public keys that signed the included checkpoints, in order
 //! segments/seg-N.audit   the log segments that hold the selected records
 //! ```
@@ -102,8 +102,8 @@ pub struct Manifest {
     pub public_keys: Vec<String>,
     pub selected_count: u64,
     pub selected: Vec<Selected>,
-    /// The recorded responses (what the client received, as recorded: masked)
-    /// of the selected records' sessions within the included segments.
+    /// The recorded responses to the selected records (what the client
+    /// received, as recorded: masked) within the included segments.
     /// Packages of earlier versions have none.
     #[serde(default)]
     pub responses: Vec<Selected>,
@@ -153,26 +153,38 @@ pub fn export(
     let mut checkpoint_ends: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut seg_end: BTreeMap<u64, u64> = BTreeMap::new();
     let mut hits = Vec::new();
+    // A response answers its session's latest statement before it (a client
+    // hears the answer before it sends the next one): it goes with that
+    // statement when the statement is selected.
     let mut responses = Vec::new();
+    let mut answering: BTreeMap<String, bool> = BTreeMap::new();
     for e in &entries {
         let end = e.offset + frame_len(e);
         seg_end.insert(e.segment, end);
         match e.decode(&name_of(e.segment))? {
             Record::Checkpoint(_) => checkpoint_ends.entry(e.segment).or_default().push(end),
-            Record::Access(a) if filter.matches(&a) => hits.push(Hit {
-                segment: e.segment,
-                offset: e.offset,
-                seq: e.seq,
-                hash: e.hash,
-                record: a,
-            }),
-            Record::Response(r) => responses.push(query::ResponseHit {
-                segment: e.segment,
-                offset: e.offset,
-                seq: e.seq,
-                hash: e.hash,
-                record: r,
-            }),
+            Record::Access(a) => {
+                let selected = filter.matches(&a);
+                answering.insert(a.session_id.clone(), selected);
+                if selected {
+                    hits.push(Hit {
+                        segment: e.segment,
+                        offset: e.offset,
+                        seq: e.seq,
+                        hash: e.hash,
+                        record: a,
+                    });
+                }
+            }
+            Record::Response(r) if answering.get(&r.session_id) == Some(&true) => {
+                responses.push(query::ResponseHit {
+                    segment: e.segment,
+                    offset: e.offset,
+                    seq: e.seq,
+                    hash: e.hash,
+                    record: r,
+                });
+            }
             _ => {}
         }
     }
@@ -204,12 +216,9 @@ pub fn export(
         .filter_map(covering)
         .max()
         .unwrap_or(0);
-    // What the selected sessions received, where the package holds it.
-    let sessions: BTreeSet<&str> = hits.iter().map(|h| h.record.session_id.as_str()).collect();
+    // The answers to the selected statements, where the package holds them.
     responses.retain(|r| {
-        sessions.contains(r.record.session_id.as_str())
-            && (first..=last).contains(&r.segment)
-            && (r.segment < last || r.offset < last_cut)
+        (first..=last).contains(&r.segment) && (r.segment < last || r.offset < last_cut)
     });
 
     // The files of the package.

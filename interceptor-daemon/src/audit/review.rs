@@ -272,7 +272,7 @@ pub fn export(
             );
             if !m.responses.is_empty() {
                 stdout.push_str(&format!(
-                    "with {} recorded responses of their sessions\n",
+                    "with {} recorded responses to them\n",
                     m.responses.len()
                 ));
             }
@@ -328,7 +328,7 @@ pub fn verify_package(
             ));
             if !m.responses.is_empty() {
                 s.push_str(&format!(
-                    "{} recorded responses of their sessions present and verified\n",
+                    "{} recorded responses to them present and verified\n",
                     m.responses.len()
                 ));
             }
@@ -635,7 +635,7 @@ mod tests {
     };
 
     /// A log with a statement and its (masked) response, as the writer leaves it.
-    fn log_with_a_response(dir: &Path) {
+    fn log_with_a_response(dir: &Path, denied: bool) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -646,6 +646,22 @@ mod tests {
                 .unwrap();
             log.append(&sample_access(0)).await.unwrap();
             log.append_response(sample_response(1)).await.unwrap();
+            if denied {
+                let mut a = sample_access(2);
+                a.decision = crate::audit::Decision::Deny;
+                log.append(&a).await.unwrap();
+                let mut r = sample_response(3);
+                r.summary = crate::audit::record::ResponseSummary::Sql(vec![
+                    crate::audit::record::SqlResult {
+                        error: Some(crate::audit::record::SqlError {
+                            code: "42501".into(),
+                            message: "denied".into(),
+                        }),
+                        ..Default::default()
+                    },
+                ]);
+                log.append_response(r).await.unwrap();
+            }
             log.close().await.unwrap();
         });
     }
@@ -653,7 +669,7 @@ mod tests {
     #[test]
     fn tail_prints_responses_after_their_statement() {
         let tmp = tempfile::tempdir().unwrap();
-        log_with_a_response(tmp.path());
+        log_with_a_response(tmp.path(), false);
         let mut out = Vec::new();
         tail(
             tmp.path(),
@@ -707,10 +723,10 @@ mod tests {
     }
 
     #[test]
-    fn export_lists_the_responses_of_the_selected_sessions() {
+    fn export_lists_the_responses_to_the_selected_statements() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("log");
-        log_with_a_response(&dir);
+        log_with_a_response(&dir, true);
         let out = tmp.path().join("p.tar");
         let f = FilterArgs {
             identity: None,
@@ -718,11 +734,30 @@ mod tests {
             session: Some("sess-0".into()),
             decision: None,
         };
+        let records_jsonl = |out: &Path| {
+            let mut ar = tar::Archive::new(std::fs::File::open(out).unwrap());
+            let mut jsonl = String::new();
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                if e.path().unwrap().to_str() == Some("records.jsonl") {
+                    std::io::Read::read_to_string(&mut e, &mut jsonl).unwrap();
+                }
+            }
+            jsonl
+        };
+        let kinds = |jsonl: &str| -> Vec<String> {
+            jsonl
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["kind"].as_str().unwrap().to_string()
+                })
+                .collect()
+        };
         let o = export(&dir, "2020-01-01", None, &f, &out, None);
         assert_eq!(o.code, 0, "{o:?}");
         assert!(
-            o.stdout
-                .contains("with 1 recorded responses of their sessions"),
+            o.stdout.contains("with 2 recorded responses to them"),
             "{}",
             o.stdout
         );
@@ -730,25 +765,36 @@ mod tests {
         assert_eq!(o.code, 0, "{o:?}");
         assert!(
             o.stdout
-                .contains("1 recorded responses of their sessions present and verified"),
+                .contains("2 recorded responses to them present and verified"),
             "{}",
             o.stdout
         );
-        // records.jsonl: the statement, then what the client received.
-        let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
-        let mut jsonl = String::new();
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            if e.path().unwrap().to_str() == Some("records.jsonl") {
-                std::io::Read::read_to_string(&mut e, &mut jsonl).unwrap();
-            }
-        }
-        let kinds: Vec<serde_json::Value> = jsonl
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].clone())
-            .collect();
-        assert_eq!(kinds, ["access", "response"], "{jsonl}");
+        // records.jsonl: each statement, then what the client received.
+        let jsonl = records_jsonl(&out);
+        assert_eq!(
+            kinds(&jsonl),
+            ["access", "response", "access", "response"],
+            "{jsonl}"
+        );
         assert!(jsonl.contains("[redacted]"), "{jsonl}");
+
+        // Only the denied statement: only its answer, not the rows before it.
+        let deny = FilterArgs {
+            decision: Some(DecisionFilter::Deny),
+            ..f.clone()
+        };
+        let o = export(&dir, "2020-01-01", None, &deny, &out, None);
+        assert!(
+            o.stdout.contains("with 1 recorded responses to them"),
+            "{o:?}"
+        );
+        let jsonl = records_jsonl(&out);
+        assert_eq!(kinds(&jsonl), ["access", "response"], "{jsonl}");
+        assert!(
+            jsonl.contains("\"code\":\"42501\"") && !jsonl.contains("[redacted]"),
+            "{jsonl}"
+        );
+        assert_eq!(verify_package(&out, None, String::new()).code, 0);
 
         // Another session's package carries none of them.
         let f = FilterArgs {
