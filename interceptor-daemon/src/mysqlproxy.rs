@@ -15,6 +15,9 @@
 //! * With `action: mask` rules for the session, result rows are rewritten
 //!   ([`crate::masking::mysql`]): the client half queues what each forwarded
 //!   command expects, the server half follows the answers.
+//! * With `audit.record_responses`, each statement's answer as written to
+//!   the client (after masking, the proxy's denials included) is recorded
+//!   the same way ([`crate::recording::mysql`]).
 //! * A prepared statement is decided at prepare time; executing it needs no
 //!   new decision. `COM_INIT_DB` (`USE db`) passes; tables are matched as
 //!   written in the statement.
