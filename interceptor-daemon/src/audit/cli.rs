@@ -44,6 +44,10 @@ pub enum AuditCommand {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// With each record, what the client received in answer (its recorded
+        /// responses, as sent: masked); in JSON a `responses` array.
+        #[arg(long)]
+        responses: bool,
         #[command(flatten)]
         index: super::review::IndexArgs,
     },
@@ -192,6 +196,7 @@ pub fn run(cmd: AuditCommand) -> u8 {
             filter,
             limit,
             json,
+            responses,
             index,
         } => super::review::query(
             &dir,
@@ -199,7 +204,7 @@ pub fn run(cmd: AuditCommand) -> u8 {
             until.as_deref(),
             &filter,
             limit,
-            json,
+            super::review::Shape { json, responses },
             &index,
         ),
         AuditCommand::Report {

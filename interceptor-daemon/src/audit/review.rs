@@ -19,7 +19,7 @@ use super::{
     index::{self, Index},
     query::{self, DecisionFilter, Filter, Hit, IdentityFilter},
     reader::{self, Cursor},
-    record::Record,
+    record::{Record, ResponseRecord},
     writer::{file_name, list_segments},
 };
 
@@ -143,7 +143,7 @@ pub fn select(
     index::scan_query(dir, f, limit).map_err(|e| e.to_string())
 }
 
-type SessionRecords = (Vec<Hit>, Vec<crate::audit::record::ResponseRecord>);
+type SessionRecords = (Vec<Hit>, Vec<ResponseRecord>);
 
 /// A session's access records and recorded responses, from the index when possible.
 fn select_session(
@@ -177,6 +177,44 @@ fn select_session(
     Ok((hits, responses))
 }
 
+/// How `audit query` prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    pub json: bool,
+    /// Each record with the responses recorded in answer to it.
+    pub responses: bool,
+}
+
+/// The recorded responses answering each of `hits` (by place in the log): a
+/// response answers its session's latest statement before it.
+fn answers(
+    dir: &Path,
+    ix: &IndexArgs,
+    hits: &[Hit],
+    stderr: &mut String,
+) -> Result<std::collections::HashMap<(u64, u64), Vec<ResponseRecord>>, String> {
+    let sessions: std::collections::BTreeSet<&str> =
+        hits.iter().map(|h| h.record.session_id.as_str()).collect();
+    let mut out: std::collections::HashMap<(u64, u64), Vec<ResponseRecord>> =
+        std::collections::HashMap::new();
+    for s in sessions {
+        let f = Filter {
+            session: Some(s.to_string()),
+            ..Filter::default()
+        };
+        // Every statement of the session (in time order), not only the
+        // selected ones: a response belongs to the one just before it.
+        let (all, responses) = select_session(dir, ix, &f, s, stderr)?;
+        for r in responses {
+            let before = all.partition_point(|h| h.record.time_ns <= r.time_ns);
+            if let Some(h) = before.checked_sub(1).and_then(|i| all.get(i)) {
+                out.entry((h.segment, h.offset)).or_default().push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `audit query`.
 pub fn query(
     dir: &Path,
@@ -184,7 +222,7 @@ pub fn query(
     until: Option<&str>,
     f: &FilterArgs,
     limit: Option<usize>,
-    json: bool,
+    shape: Shape,
     ix: &IndexArgs,
 ) -> Output {
     let flt = match filter(since, until, Some(f)) {
@@ -196,12 +234,54 @@ pub fn query(
         Ok(h) => h,
         Err(e) => return fail(e),
     };
-    let stdout = if json {
+    let mut answered = if shape.responses {
+        match answers(dir, ix, &hits, &mut stderr) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        }
+    } else {
+        std::collections::HashMap::new()
+    };
+    let mut answers_of = |h: &Hit| answered.remove(&(h.segment, h.offset)).unwrap_or_default();
+    let stdout = if shape.json {
         hits.iter()
-            .map(|h| format!("{}\n", query::hit_json(h)))
+            .map(|h| {
+                let mut v = query::hit_json(h);
+                if shape.responses
+                    && let Some(m) = v.as_object_mut()
+                {
+                    let rs: Vec<serde_json::Value> = answers_of(h)
+                        .iter()
+                        .map(|r| {
+                            let mut j = serde_json::to_value(r).unwrap_or_default();
+                            if let Some(o) = j.as_object_mut() {
+                                o.insert("time".into(), query::format_time(r.time_ns).into());
+                            }
+                            j
+                        })
+                        .collect();
+                    m.insert("responses".into(), rs.into());
+                }
+                format!("{v}\n")
+            })
             .collect()
     } else {
-        let mut s = query::hits_table(&hits);
+        let table = query::hits_table(&hits);
+        let mut s = String::new();
+        let mut lines = table.lines();
+        if let Some(header) = lines.next() {
+            s.push_str(header);
+            s.push('\n');
+        }
+        for (line, h) in lines.zip(&hits) {
+            s.push_str(line);
+            s.push('\n');
+            for r in answers_of(h) {
+                for l in query::response_lines("", &r) {
+                    s.push_str(&format!("  {l}\n"));
+                }
+            }
+        }
         s.push_str(&format!("{} records\n", hits.len()));
         s
     };
@@ -803,5 +883,74 @@ mod tests {
         };
         let o = export(&dir, "2020-01-01", None, &f, &out, None);
         assert_eq!(o.code, 1, "{o:?}");
+    }
+
+    #[test]
+    fn query_shows_each_record_with_its_answer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        log_with_a_response(&dir, true);
+        let ix = IndexArgs {
+            index: None,
+            no_index: false,
+        };
+        let all = FilterArgs {
+            identity: None,
+            target: None,
+            session: None,
+            decision: None,
+        };
+        let with = Shape {
+            json: true,
+            responses: true,
+        };
+        for ix in [
+            ix.clone(),
+            IndexArgs {
+                no_index: true,
+                ..ix.clone()
+            },
+        ] {
+            let o = query(&dir, None, None, &all, None, with, &ix);
+            assert_eq!(o.code, 0, "{o:?}");
+            let v: Vec<serde_json::Value> = o
+                .stdout
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(v.len(), 2, "{}", o.stdout);
+            assert_eq!(v[0]["responses"][0]["summary"]["Sql"][0]["tag"], "SELECT 2");
+            assert_eq!(v[0]["responses"].as_array().unwrap().len(), 1);
+            assert_eq!(v[1]["decision"], "Deny");
+            assert_eq!(
+                v[1]["responses"][0]["summary"]["Sql"][0]["error"]["code"],
+                "42501"
+            );
+        }
+        // Only the denied one selected: still its own answer, not the rows before it.
+        let deny = FilterArgs {
+            decision: Some(DecisionFilter::Deny),
+            ..all.clone()
+        };
+        let o = query(
+            &dir,
+            None,
+            None,
+            &deny,
+            None,
+            Shape {
+                json: false,
+                responses: true,
+            },
+            &ix,
+        );
+        let lines: Vec<&str> = o.stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "{}", o.stdout);
+        assert!(lines[1].contains("deny"), "{}", o.stdout);
+        assert_eq!(lines[2], "    result  ERROR 42501 denied");
+        assert_eq!(lines[3], "1 records");
+        // Without --responses the output is as before.
+        let o = query(&dir, None, None, &all, None, Shape::default(), &ix);
+        assert!(!o.stdout.contains("result"), "{}", o.stdout);
     }
 }
