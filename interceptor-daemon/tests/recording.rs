@@ -199,6 +199,28 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     );
     assert_eq!(responses[1]["summary"]["Sql"][0]["error"]["code"], "42P01");
 
+    // `audit query --responses`: each statement with its answer.
+    let (ok, queried, err) = interceptor(&[
+        "audit",
+        "query",
+        a,
+        "--session",
+        id,
+        "--responses",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let first: serde_json::Value = serde_json::from_str(queried.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["operation"],
+        "SELECT id, email FROM customers ORDER BY id"
+    );
+    assert_eq!(
+        first["responses"][0]["summary"]["Sql"][0]["rows"][1],
+        serde_json::json!(["2", "[redacted]"])
+    );
+    assert!(!queried.contains("example.com"), "{queried}");
+
     // An evidence package of the session carries its responses too.
     let pkg = dir.join("session.tar");
     let (ok, out, err) = interceptor(&[
