@@ -111,7 +111,7 @@ pub struct AuditConfig {
     /// Record a bounded summary of every response (as sent, after masking).
     #[serde(default = "default_true")]
     pub record_responses: bool,
-    /// Rows (PostgreSQL) or values (Redis) recorded per response; 0: none.
+    /// Rows (PostgreSQL, MySQL) or values (Redis) recorded per response; 0: none.
     #[serde(default = "default_record_rows")]
     pub record_rows: usize,
 }

@@ -131,7 +131,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let stats = Arc::new(handles.stats);
     if let Some(path) = cfg.admin_socket() {
         let l = crate::admin_socket::bind(&path)?;
-        info!(path = %path.display(), "admin socket (approvals, policy, status; root only)");
+        info!(path = %path.display(), "admin socket (approvals, policy, status, audit key; root only)");
         let state = Arc::new(crate::admin_socket::AdminSocket {
             approvals: approvals.clone(),
             allowed_uids: cfg
@@ -141,6 +141,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             policy: Some(control.clone()),
             live: Some(live.clone()),
+            audit: audit.clone(),
         });
         tokio::spawn(crate::admin_socket::serve(
             l,

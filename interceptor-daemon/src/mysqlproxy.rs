@@ -15,6 +15,9 @@
 //! * With `action: mask` rules for the session, result rows are rewritten
 //!   ([`crate::masking::mysql`]): the client half queues what each forwarded
 //!   command expects, the server half follows the answers.
+//! * With `audit.record_responses`, each statement's answer as written to
+//!   the client (after masking, the proxy's denials included) is recorded
+//!   the same way ([`crate::recording::mysql`]).
 //! * A prepared statement is decided at prepare time; executing it needs no
 //!   new decision. `COM_INIT_DB` (`USE db`) passes; tables are matched as
 //!   written in the statement.
@@ -75,10 +78,20 @@ fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Queues what the server's answer to a forwarded command will be (masking).
-fn expect(pending: Option<&masking::mysql::Pending>, cmd: u8, payload: &[u8]) {
+/// What the server half must know of each forwarded command: its answer's
+/// shape, for masking and for recording.
+struct Expects {
+    mask: Option<masking::mysql::Pending>,
+    record: Option<crate::recording::mysql::Asked>,
+}
+
+/// Queues what the server's answer to a forwarded command will be.
+fn expect(e: &Expects, cmd: u8, payload: &[u8]) {
     use masking::mysql::{Expect, Masker};
-    let Some(pending) = pending else {
+    if let Some(r) = &e.record {
+        r.forwarded(cmd, payload);
+    }
+    let Some(pending) = e.mask.as_ref() else {
         return;
     };
     let sql = || String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
@@ -149,13 +162,19 @@ pub async fn run(
         let est = crate::mysqlauth::establish(&mut client, upstream, &inj, ctx.identity.as_deref())
             .await?;
         let (pending, masker) = masking(&ctx, mask_key, est.caps);
+        let (asked, recorder) =
+            crate::recording::mysql::for_session(ctx.recorder.clone(), est.caps);
+        let expects = Expects {
+            mask: pending,
+            record: asked,
+        };
         let (authed_tx, authed) = watch::channel(true);
         let (tx, rx) = mpsc::channel(64);
         let (cr, cw) = client.into_split();
         let (ur, uw) = tokio::io::split(est.stream);
         let (a, b) = tokio::join!(
-            client_to_server(cr, uw, est.client_buf, tx, authed, &ctx, pending),
-            server_to_client(ur, cw, est.server_buf, rx, authed_tx, masker)
+            client_to_server(cr, uw, est.client_buf, tx, authed, &ctx, expects),
+            server_to_client(ur, cw, est.server_buf, rx, authed_tx, (masker, recorder))
         );
         return Ok(Transferred {
             up: est.up + a?,
@@ -214,13 +233,18 @@ pub async fn run(
         }
     }
     let (pending, masker) = masking(&ctx, mask_key, caps);
+    let (asked, recorder) = crate::recording::mysql::for_session(ctx.recorder.clone(), caps);
+    let expects = Expects {
+        mask: pending,
+        record: asked,
+    };
     let (authed_tx, authed) = watch::channel(false);
     let (tx, rx) = mpsc::channel(64);
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
     let (a, b) = tokio::join!(
-        client_to_server(cr, uw, cbuf, tx, authed, &ctx, pending),
-        server_to_client(ur, cw, sbuf, rx, authed_tx, masker)
+        client_to_server(cr, uw, cbuf, tx, authed, &ctx, expects),
+        server_to_client(ur, cw, sbuf, rx, authed_tx, (masker, recorder))
     );
     up += a?;
     down += b?;
@@ -288,7 +312,7 @@ async fn client_to_server(
     tx: mpsc::Sender<Vec<u8>>,
     mut authed: watch::Receiver<bool>,
     ctx: &SessionCtx,
-    pending: Option<masking::mysql::Pending>,
+    expects: Expects,
 ) -> Result<u64, SessionError> {
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut total = 0u64;
@@ -373,12 +397,12 @@ async fn client_to_server(
                             return Ok(total);
                         }
                     } else {
-                        expect(pending.as_ref(), cmd, p.payload);
+                        expect(&expects, cmd, p.payload);
                         out.extend_from_slice(&buf[..len]);
                     }
                 }
                 None => {
-                    expect(pending.as_ref(), cmd, p.payload);
+                    expect(&expects, cmd, p.payload);
                     out.extend_from_slice(&buf[..len]);
                 }
             }
@@ -405,7 +429,10 @@ async fn server_to_client(
     mut buf: BytesMut,
     mut rx: mpsc::Receiver<Vec<u8>>,
     authed: watch::Sender<bool>,
-    mut masker: Option<masking::mysql::Masker>,
+    (mut masker, mut recorder): (
+        Option<masking::mysql::Masker>,
+        Option<crate::recording::mysql::MysqlRecorder>,
+    ),
 ) -> Result<u64, SessionError> {
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut total = 0u64;
@@ -414,7 +441,8 @@ async fn server_to_client(
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
             // The OK that ends authentication: commands may follow.
-            if !*authed.borrow() {
+            let command_phase = *authed.borrow();
+            if !command_phase {
                 if p.payload.first() == Some(&0x00) {
                     authed.send_replace(true);
                 }
@@ -422,6 +450,9 @@ async fn server_to_client(
                 match m.on_packet(p.payload) {
                     Ok(None) => {}
                     Ok(Some(new)) => {
+                        if let Some(r) = recorder.as_mut() {
+                            r.on_packet(&new);
+                        }
                         out.extend_from_slice(&packet(p.seq, &new));
                         buf.advance(len);
                         continue;
@@ -442,6 +473,10 @@ async fn server_to_client(
                     }
                 }
             }
+            // What the client receives is what is recorded.
+            if command_phase && let Some(r) = recorder.as_mut() {
+                r.on_packet(p.payload);
+            }
             out.extend_from_slice(&buf[..len]);
             buf.advance(len);
         }
@@ -454,6 +489,9 @@ async fn server_to_client(
             e = rx.recv(), if rx_open => match e {
                 // Only whole packets were written: this is a boundary.
                 Some(err) => {
+                    if let Some(r) = &recorder {
+                        r.on_injected(err.get(4..).unwrap_or_default());
+                    }
                     cw.write_all(&err).await?;
                     total += err.len() as u64;
                 }
@@ -471,6 +509,9 @@ async fn server_to_client(
                 };
                 if n == 0 {
                     while let Ok(err) = rx.try_recv() {
+                        if let Some(r) = &recorder {
+                            r.on_injected(err.get(4..).unwrap_or_default());
+                        }
                         cw.write_all(&err).await?;
                     }
                     let _ = cw.shutdown().await;

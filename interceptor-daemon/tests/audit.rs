@@ -306,3 +306,118 @@ fn pubkey_of_a_missing_key_fails() {
     assert_eq!(code, 1);
     assert!(stdout.starts_with("FAILED: no audit segments"), "{stdout}");
 }
+
+/// `audit rotate-key --dir` when no daemon answers on the admin socket: the
+/// new key is printed and becomes the node key, the log verifies with either
+/// key, an export across the rotation verifies, and a log another writer
+/// holds is refused.
+#[test]
+fn rotate_key_offline_keeps_the_log_verifiable_with_either_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let no_daemon = tmp.path().join("no-daemon.sock");
+    let rt = runtime();
+    rt.block_on(write_log(&dir, 60, true));
+    let old = pubkey_file(&dir, &tmp.path().join("old.pub"));
+
+    // Without --dir, no daemon means nothing to do.
+    let (code, _, stderr) = interceptor(&["audit", "rotate-key", "--socket", s(&no_daemon)]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("not running") && stderr.contains("give --dir DIR"),
+        "{stderr}"
+    );
+
+    // A log another process writes is refused, and keeps its key.
+    let (log, _) = rt.block_on(AuditLog::open(cfg(&dir))).unwrap();
+    let (code, stdout, stderr) = interceptor(&[
+        "audit",
+        "rotate-key",
+        "--socket",
+        s(&no_daemon),
+        "--dir",
+        s(&dir),
+    ]);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert!(
+        stderr.contains("another process is writing this audit log"),
+        "{stderr}"
+    );
+    rt.block_on(async {
+        for i in 60..80 {
+            log.append(&record(i)).await.unwrap();
+        }
+        log.close().await.unwrap();
+    });
+    drop(log);
+    assert_eq!(pubkey_file(&dir, &tmp.path().join("same.pub")), old);
+
+    let (code, stdout, stderr) = interceptor(&[
+        "audit",
+        "rotate-key",
+        "--socket",
+        s(&no_daemon),
+        "--dir",
+        s(&dir),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("rotated the key of"), "{stderr}");
+    let new = stdout.trim().to_string();
+    assert!(new.starts_with("ed25519:") && new != old, "{stdout}");
+    assert_eq!(pubkey_file(&dir, &tmp.path().join("new.pub")), new);
+
+    // The log goes on under the new key.
+    rt.block_on(async {
+        let (log, rep) = AuditLog::open(cfg(&dir)).await.unwrap();
+        assert_eq!(keys::public_text(&rep.public_key), new);
+        for i in 80..120 {
+            log.append(&record(i)).await.unwrap();
+        }
+        log.close().await.unwrap();
+    });
+    for key in ["old.pub", "new.pub"] {
+        let k = tmp.path().join(key);
+        let (code, stdout, stderr) = interceptor(&["audit", "verify", s(&dir), "--pubkey", s(&k)]);
+        assert_eq!(code, 0, "{key}: {stdout}{stderr}");
+        assert!(stdout.contains("1 key rotations"), "{stdout}");
+        assert!(
+            stdout.contains(&format!("signed by {old} -> {new}")),
+            "{stdout}"
+        );
+    }
+    let stranger = tmp.path().join("stranger.pub");
+    fs::write(
+        &stranger,
+        keys::public_text(&keys::generate().unwrap().verifying_key()),
+    )
+    .unwrap();
+    let (code, stdout, _) = interceptor(&["audit", "verify", s(&dir), "--pubkey", s(&stranger)]);
+    assert_eq!(code, 1, "{stdout}");
+
+    // An evidence package across the rotation verifies with either key.
+    let pkg = tmp.path().join("evidence.tar");
+    let (code, stdout, stderr) = interceptor(&[
+        "audit",
+        "export",
+        s(&dir),
+        "--since",
+        "2020-01-01",
+        "--out",
+        s(&pkg),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("manifest signed by {new}")),
+        "{stdout}"
+    );
+    for key in ["old.pub", "new.pub"] {
+        let k = tmp.path().join(key);
+        let (code, stdout, stderr) = interceptor(&["audit", "verify", s(&pkg), "--pubkey", s(&k)]);
+        assert_eq!(code, 0, "{key}: {stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("signed by {old} -> {new}")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("120 selected records"), "{stdout}");
+    }
+}

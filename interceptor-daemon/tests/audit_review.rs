@@ -448,6 +448,27 @@ fn tail_follows_appends_across_segments() {
         let (log, _) = AuditLog::open(cfg(dir)).await.unwrap();
         for i in 5..100 {
             log.append(&record(i)).await.unwrap();
+            if i == 50 {
+                // What the client received is followed too.
+                use interceptor_daemon::audit::record::{
+                    RedisReply, ResponseRecord, ResponseSummary,
+                };
+                let r = record(i);
+                log.append_response(ResponseRecord {
+                    time_ns: r.time_ns,
+                    session_id: r.session_id,
+                    connection_id: r.connection_id,
+                    duration_ns: 0,
+                    summary: ResponseSummary::Redis(RedisReply {
+                        kind: "integer".into(),
+                        value: Some("7".into()),
+                        elements: None,
+                        truncated: false,
+                    }),
+                })
+                .await
+                .unwrap();
+            }
         }
         log.close().await.unwrap();
     });
@@ -455,6 +476,13 @@ fn tail_follows_appends_across_segments() {
     for i in 5..100 {
         let v = next(&rx);
         assert_eq!(t(&v), i);
+        assert_eq!(v["kind"], "access");
+        if i == 50 {
+            let v = next(&rx);
+            assert_eq!((v["kind"].as_str(), t(&v)), (Some("response"), 50), "{v}");
+            assert_eq!(v["summary"]["Redis"]["value"], "7", "{v}");
+            assert_eq!(v["session_id"], record(50).session_id.as_str());
+        }
     }
     child.kill().unwrap();
     child.wait().unwrap();

@@ -56,6 +56,10 @@ struct Setup {
 }
 
 fn setup(test: &str) -> Setup {
+    setup_with(test, POLICY)
+}
+
+fn setup_with(test: &str, policy: &str) -> Setup {
     let dir = scratch(test);
     let mut lab = Lab::new().unwrap();
     let pod = lab.add_pod("app", "pods/app").unwrap();
@@ -79,7 +83,7 @@ fn setup(test: &str) -> Setup {
     let opts = DaemonOpts {
         destinations: vec![format!("{}:9", lab.node_v4(6))],
         extra_targets: format!(
-            "  - name: shop-db\n    protocol: mysql\n    destinations: [\"{addr}\"]\n{POLICY}audit:\n  dir: {}\n  checkpoint_every: 5\n",
+            "  - name: shop-db\n    protocol: mysql\n    destinations: [\"{addr}\"]\n{policy}audit:\n  dir: {}\n  checkpoint_every: 5\n",
             audit_dir.display()
         ),
         identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
@@ -222,5 +226,150 @@ fn mysql_statements_are_decided_on_the_wire() {
             && line.contains("\"protocol\":\"Mysql\""),
         "{line}"
     );
-    assert!(!shown.contains("Grace"), "a literal reached the audit log");
+    // Statements are recorded without their literals (what the client
+    // received is recorded apart, as responses).
+    assert!(
+        !shown
+            .lines()
+            .filter(|l| l.contains("\"Access\""))
+            .any(|l| l.contains("Grace")),
+        "a literal reached the audit log"
+    );
+}
+
+/// Every file under `dir` (segments, cut tails, the sled index), concatenated.
+fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+fn interceptor(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(DAEMON).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A MariaDB session is recorded with what the client received: the masked
+/// value (never the stored one, anywhere in the audit directory), server
+/// errors, the proxy's own denial, OK packets with their affected rows; and
+/// `sessions replay` shows statements and responses in order.
+#[test]
+fn mysql_sessions_replay_with_their_masked_responses() {
+    if !privileged("mysql_sessions_replay_with_their_masked_responses") {
+        return;
+    }
+    let policy = format!(
+        "{POLICY}    - id: mask-email\n      targets: [\"shop-db\"]\n      action: mask\n      mask: {{ columns: [\"customers.email\"], strategy: redact }}\n"
+    );
+    let mut s = setup_with("mysql-recording", &policy);
+    s.db.admin(
+        "ALTER TABLE shop.customers ADD email text;
+         UPDATE shop.customers SET email = concat(lower(name), '@example.com');",
+    )
+    .unwrap();
+
+    // One session: a masked read, a server error, a denial, a write, a count.
+    let mut child = s
+        .pod
+        .command("mariadb")
+        .unwrap()
+        .args(client_args(s.db.addr))
+        .args(["--force", "shop"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(
+                b"SELECT id, email FROM customers ORDER BY id;\n\
+                  SELECT nosuchcol FROM customers;\n\
+                  DELETE FROM customers WHERE id = 2;\n\
+                  INSERT INTO orders VALUES (1, 1), (2, 1);\n\
+                  SELECT count(*) FROM orders;\n",
+            )
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "1\t[redacted]\n2\t[redacted]\n2\n", "stderr: {err}");
+    assert!(
+        err.contains("ERROR 1054 (42S22)") && err.contains("ERROR 1142 (42000)"),
+        "{err}"
+    );
+    assert_eq!(s.daemon.stop(), Some(0));
+
+    let a = s.audit_dir.to_str().unwrap();
+    let (ok, list, err) = interceptor(&[
+        "sessions",
+        "list",
+        a,
+        "--json",
+        "--identity",
+        "shop/orders-api",
+    ]);
+    assert!(ok, "{err}");
+    let sessions: Vec<serde_json::Value> = list
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{list}");
+    let id = sessions[0]["session_id"].as_str().unwrap();
+    let (ok, replay, err) = interceptor(&["sessions", "replay", a, id]);
+    assert!(ok, "{err}");
+    // In this order (the client may send statements of its own in between).
+    let expect = [
+        "query read on [customers]",
+        "result  2 rows in set  [2 rows]",
+        "| id | email |",
+        "| 1 | [redacted] |",
+        "| 2 | [redacted] |",
+        "query read on [customers]",
+        "result  ERROR 1054/42S22 Unknown column 'nosuchcol'",
+        "deny    query write on [customers]",
+        "result  ERROR 1142/42000 interceptor: statement denied by rule `no-customer-changes`",
+        "query write on [orders]",
+        "result  OK, 2 rows affected",
+        "query read on [orders]",
+        "result  1 rows in set  [1 rows]",
+        "| count(*) |",
+        "| 2 |",
+    ];
+    let lines: Vec<&str> = replay.lines().collect();
+    let mut at = 0;
+    for want in expect {
+        match lines[at..].iter().position(|l| l.contains(want)) {
+            Some(i) => at += i + 1,
+            None => panic!("`{want}` expected after line {at} of:\n{replay}"),
+        }
+    }
+    assert!(!replay.contains("note: no responses"), "{replay}");
+
+    // The stored values appear nowhere: not in the segments, not in the index.
+    let bytes = all_bytes(&s.audit_dir);
+    let has = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("[redacted]"), "the masked rows are recorded");
+    for raw in ["ada@example.com", "grace@example.com"] {
+        assert!(!has(raw), "`{raw}` reached the audit directory");
+    }
+    let (ok, verified, err) = interceptor(&["audit", "verify", a]);
+    assert!(ok, "{verified}{err}");
+    assert!(verified.contains("recorded responses"), "{verified}");
 }

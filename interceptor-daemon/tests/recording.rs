@@ -172,6 +172,88 @@ fn postgres_sessions_replay_with_their_masked_responses() {
         interceptor(&["audit", "verify", a, "--pubkey", key.to_str().unwrap()]);
     assert!(ok, "{verified}{err}");
     assert!(verified.contains("4 recorded responses"), "{verified}");
+
+    // `audit tail` shows what the client received, masked as it was sent.
+    let (ok, tailed, err) = interceptor(&["audit", "tail", a, "-n", "100"]);
+    assert!(ok, "{err}");
+    for want in [
+        format!("session {id} conn "),
+        "result  SELECT 2  [2 rows]".to_string(),
+        "| id | email |".to_string(),
+        "| 2 | [redacted] |".to_string(),
+        "result  ERROR 42501 interceptor: statement denied by rule `default`".to_string(),
+    ] {
+        assert!(tailed.contains(&want), "`{want}` expected in:\n{tailed}");
+    }
+    let (ok, tailed_json, err) = interceptor(&["audit", "tail", a, "-n", "100", "--json"]);
+    assert!(ok, "{err}");
+    let responses: Vec<serde_json::Value> = tailed_json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "response")
+        .collect();
+    assert_eq!(responses.len(), 4, "{tailed_json}");
+    assert_eq!(
+        responses[0]["summary"]["Sql"][0]["rows"][0],
+        serde_json::json!(["1", "[redacted]"])
+    );
+    assert_eq!(responses[1]["summary"]["Sql"][0]["error"]["code"], "42P01");
+
+    // `audit query --responses`: each statement with its answer.
+    let (ok, queried, err) = interceptor(&[
+        "audit",
+        "query",
+        a,
+        "--session",
+        id,
+        "--responses",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let first: serde_json::Value = serde_json::from_str(queried.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["operation"],
+        "SELECT id, email FROM customers ORDER BY id"
+    );
+    assert_eq!(
+        first["responses"][0]["summary"]["Sql"][0]["rows"][1],
+        serde_json::json!(["2", "[redacted]"])
+    );
+    assert!(!queried.contains("example.com"), "{queried}");
+
+    // An evidence package of the session carries its responses too.
+    let pkg = dir.join("session.tar");
+    let (ok, out, err) = interceptor(&[
+        "audit",
+        "export",
+        a,
+        "--since",
+        "1h",
+        "--session",
+        id,
+        "--out",
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("with 4 recorded responses to them"), "{out}");
+    let (ok, out, err) = interceptor(&[
+        "audit",
+        "verify",
+        pkg.to_str().unwrap(),
+        "--pubkey",
+        key.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("4 recorded responses to them present and verified"),
+        "{out}"
+    );
+    let package = std::fs::read(&pkg).unwrap();
+    assert!(contains(&package, "[redacted]"));
+    for raw in ["ada@example.com", "grace@example.com"] {
+        assert!(!tailed.contains(raw) && !tailed_json.contains(raw));
+        assert!(!contains(&package, raw), "`{raw}` reached the package");
+    }
 }
 
 #[test]
@@ -348,4 +430,130 @@ fn audit_prune_removes_old_segments_offline_with_a_signed_record() {
     let (ok, replay, err) = interceptor(&["sessions", "replay", a, "node-1-7"]);
     assert!(ok, "{err}");
     assert!(replay.contains("result  SELECT 1"), "{replay}");
+}
+
+/// `interceptor audit rotate-key` against the running daemon (admin socket):
+/// statements before and after the rotation, the new key printed and in
+/// force, who asked in the daemon's log, and the log and an evidence package
+/// across the rotation verifying with the old key and with the new one.
+#[test]
+fn audit_key_rotation_through_the_running_daemon() {
+    if !privileged("audit_key_rotation_through_the_running_daemon") {
+        return;
+    }
+    let dir = scratch("rotate-key");
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
+    pg.admin_sql(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
+         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com');",
+    )
+    .unwrap();
+    let audit_dir = dir.join("audit");
+    let socket = dir.join("run/admin.sock");
+    let opts = DaemonOpts {
+        destinations: vec![format!("{}:9", lab.node_v4(6))],
+        extra_targets: format!(
+            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}audit:\n  dir: {}\n  checkpoint_every: 5\n",
+            audit_dir.display()
+        ),
+        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
+        ..Default::default()
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let admin = format!("admin:\n  address: {}\n", admin_addr(&lab));
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains(&admin));
+    let text = text.replace(&admin, &format!("{admin}  socket: {}\n", socket.display()));
+    std::fs::write(&cfg, text).unwrap();
+    let mut daemon = Daemon::start(&cfg, &dir);
+    let host = pg_addr.ip().to_string();
+    let psql = |sql: &str| {
+        let out = pod
+            .command(pg.bin.join("psql"))
+            .unwrap()
+            .args(["-X", "-At", "-h", &host, "-U", "postgres", "-d", "postgres"])
+            .args(["-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(psql("SELECT name FROM customers"), "Ada\n");
+
+    let a = audit_dir.to_str().unwrap();
+    let s = socket.to_str().unwrap();
+    let (ok, old, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    assert!(ok, "{err}");
+    let (ok, new, err) = interceptor(&["audit", "rotate-key", "--socket", s, "--as", "alice"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("the running daemon rotated its audit key"),
+        "{err}"
+    );
+    assert!(
+        new.starts_with("ed25519:") && new.ends_with('\n') && new != old,
+        "{new}"
+    );
+    // The new key is the node key from now on, and who asked is logged.
+    let (ok, current, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    assert!(ok, "{err}");
+    assert_eq!(current, new);
+    let logged = daemon
+        .lines()
+        .into_iter()
+        .find(|l| l["message"] == "admin socket: audit key rotated")
+        .unwrap_or_else(|| panic!("{}", daemon.raw_log()));
+    assert_eq!(logged["actor"], "alice (uid 0 root)");
+    assert_eq!(logged["public_key"], new.trim());
+
+    // Traffic goes on, signed by the new key.
+    assert_eq!(psql("SELECT count(*) FROM customers"), "1\n");
+    assert_eq!(daemon.stop(), Some(0));
+
+    let old_key = dir.join("old.pub");
+    let new_key = dir.join("new.pub");
+    std::fs::write(&old_key, &old).unwrap();
+    std::fs::write(&new_key, &new).unwrap();
+    let chain = format!("signed by {} -> {}", old.trim(), new.trim());
+    for k in [&old_key, &new_key] {
+        let (ok, out, err) = interceptor(&["audit", "verify", a, "--pubkey", k.to_str().unwrap()]);
+        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains("1 key rotations") && out.contains(&chain),
+            "{out}"
+        );
+    }
+    let pkg = dir.join("evidence.tar");
+    let (ok, out, err) = interceptor(&[
+        "audit",
+        "export",
+        a,
+        "--since",
+        "1h",
+        "--identity",
+        "shop/orders-api",
+        "--out",
+        pkg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    for k in [&old_key, &new_key] {
+        let (ok, out, err) = interceptor(&[
+            "audit",
+            "verify",
+            pkg.to_str().unwrap(),
+            "--pubkey",
+            k.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}{err}");
+        assert!(out.contains(&chain), "{out}");
+    }
 }

@@ -44,6 +44,10 @@ pub enum AuditCommand {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+        /// With each record, what the client received in answer (its recorded
+        /// responses, as sent: masked); in JSON a `responses` array.
+        #[arg(long)]
+        responses: bool,
         #[command(flatten)]
         index: super::review::IndexArgs,
     },
@@ -78,7 +82,8 @@ pub enum AuditCommand {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
-    /// Print the newest access records, and with -f every new one as it is appended.
+    /// Print the newest access records and recorded responses (as sent to the
+    /// client, after masking), and with -f every new one as it is appended.
     Tail {
         /// The log directory.
         dir: PathBuf,
@@ -116,6 +121,29 @@ pub enum AuditCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Replace the node's audit key: the running daemon records a key
+    /// rotation signed by the old key and signs from then on with the new one.
+    /// Prints the new public key (as `pubkey` does). Asks the daemon through
+    /// its admin socket (root only); when no daemon answers there, `--dir`
+    /// rotates the key of a log no daemon is writing.
+    RotateKey {
+        /// The daemon's admin socket.
+        #[arg(long, default_value = crate::admin_socket::DEFAULT_PATH)]
+        socket: PathBuf,
+        /// The human the rotation is logged for, e.g. `--as alice`.
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// Offline: the log directory, used only when no daemon answers on the
+        /// socket. Refused while another process writes the log.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Offline: the key file, when it is not `DIR/node.key`.
+        #[arg(long, requires = "dir")]
+        key_file: Option<PathBuf>,
+        /// Offline: the node name for a new segment header (default: this host's name).
+        #[arg(long, requires = "dir")]
+        node: Option<String>,
+    },
     /// Print the node's audit public key.
     Pubkey {
         /// The log directory of the node.
@@ -141,6 +169,13 @@ pub fn run(cmd: AuditCommand) -> u8 {
         AuditCommand::Verify { dir, pubkey } => verify(&dir, pubkey.as_deref()),
         AuditCommand::Pubkey { dir, key_file } => pubkey(&dir, key_file.as_deref()),
         AuditCommand::Show { dir } => show(&dir),
+        AuditCommand::RotateKey {
+            socket,
+            as_name,
+            dir,
+            key_file,
+            node,
+        } => rotate_key(&socket, as_name, dir.as_deref(), key_file.as_deref(), node),
         AuditCommand::Prune {
             dir,
             max_age,
@@ -161,6 +196,7 @@ pub fn run(cmd: AuditCommand) -> u8 {
             filter,
             limit,
             json,
+            responses,
             index,
         } => super::review::query(
             &dir,
@@ -168,7 +204,7 @@ pub fn run(cmd: AuditCommand) -> u8 {
             until.as_deref(),
             &filter,
             limit,
-            json,
+            super::review::Shape { json, responses },
             &index,
         ),
         AuditCommand::Report {
@@ -344,11 +380,7 @@ pub fn prune(
         Ok(s) if !s.is_empty() => {}
         _ => return fail(format!("no audit segments in {}", dir.display())),
     }
-    let node = node.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    });
+    let node = node.unwrap_or_else(host_name);
     let mut cfg = AuditConfig::new(dir, node);
     cfg.key_file = key_file.map(Path::to_path_buf);
     if let Some(a) = max_age {
@@ -383,6 +415,69 @@ pub fn prune(
                 stderr: String::new(),
             }
         }
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `audit rotate-key`: through the running daemon, or offline on `dir` when
+/// no daemon answers on `socket`. Prints the new public key like `pubkey`.
+pub fn rotate_key(
+    socket: &Path,
+    as_name: Option<String>,
+    dir: Option<&Path>,
+    key_file: Option<&Path>,
+    node: Option<String>,
+) -> Output {
+    use crate::approvals::cli::{ClientError, call};
+    let fail = |e: String| Output {
+        code: 1,
+        stdout: String::new(),
+        stderr: format!("interceptor: error: {e}\n"),
+    };
+    let req = crate::admin_socket::AdminRequest::AuditRotateKey { as_name };
+    let e = match call(socket, &req) {
+        Ok(r) => {
+            return match r.public_key {
+                Some(k) => Output {
+                    code: 0,
+                    stdout: format!("{k}\n"),
+                    stderr: "the running daemon rotated its audit key (recorded in the log, signed by the old key)\n".into(),
+                },
+                None => fail("the daemon answered without a public key".into()),
+            };
+        }
+        Err(e) => e,
+    };
+    let (ClientError::NotRunning(_), Some(dir)) = (&e, dir) else {
+        return match e {
+            ClientError::NotRunning(_) => fail(format!(
+                "{e}; to rotate the key of a log no daemon is writing, give --dir DIR"
+            )),
+            e => fail(e.to_string()),
+        };
+    };
+    match super::writer::list_segments(dir) {
+        Ok(s) if !s.is_empty() => {}
+        _ => return fail(format!("no audit segments in {}", dir.display())),
+    }
+    let mut cfg = AuditConfig::new(dir, node.unwrap_or_else(host_name));
+    cfg.key_file = key_file.map(Path::to_path_buf);
+    match super::writer::rotate_key_offline(cfg) {
+        Ok(k) => Output {
+            code: 0,
+            stdout: format!("{}\n", keys::public_text(&k)),
+            stderr: format!(
+                "no daemon answers on {}: rotated the key of {} offline (recorded in the log, signed by the old key)\n",
+                socket.display(),
+                dir.display()
+            ),
+        },
         Err(e) => fail(e.to_string()),
     }
 }

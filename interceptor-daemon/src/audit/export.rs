@@ -6,7 +6,8 @@
 //! ```text
 //! manifest.json          what was selected and from where, every other file's SHA-256
 //! manifest.sig           Ed25519 signature of manifest.json by the node key (if readable)
-//! records.jsonl          the selected records, one JSON object a line (for reading)
+//! records.jsonl          the selected records and the responses recorded for them,
+//!                        one JSON object a line (`kind`: access|response)
 //! keys/signers.txt       the public keys that signed the included checkpoints, in order
 //! segments/seg-N.audit   the log segments that hold the selected records
 //! ```
@@ -101,6 +102,11 @@ pub struct Manifest {
     pub public_keys: Vec<String>,
     pub selected_count: u64,
     pub selected: Vec<Selected>,
+    /// The recorded responses to the selected records (what the client
+    /// received, as recorded: masked) within the included segments.
+    /// Packages of earlier versions have none.
+    #[serde(default)]
+    pub responses: Vec<Selected>,
     /// Matching records left out because no checkpoint covered them yet.
     pub left_out_unsigned: u64,
     /// The key that signed `manifest.sig`; none when the package is unsigned.
@@ -147,18 +153,38 @@ pub fn export(
     let mut checkpoint_ends: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut seg_end: BTreeMap<u64, u64> = BTreeMap::new();
     let mut hits = Vec::new();
+    // A response answers its session's latest statement before it (a client
+    // hears the answer before it sends the next one): it goes with that
+    // statement when the statement is selected.
+    let mut responses = Vec::new();
+    let mut answering: BTreeMap<String, bool> = BTreeMap::new();
     for e in &entries {
         let end = e.offset + frame_len(e);
         seg_end.insert(e.segment, end);
         match e.decode(&name_of(e.segment))? {
             Record::Checkpoint(_) => checkpoint_ends.entry(e.segment).or_default().push(end),
-            Record::Access(a) if filter.matches(&a) => hits.push(Hit {
-                segment: e.segment,
-                offset: e.offset,
-                seq: e.seq,
-                hash: e.hash,
-                record: a,
-            }),
+            Record::Access(a) => {
+                let selected = filter.matches(&a);
+                answering.insert(a.session_id.clone(), selected);
+                if selected {
+                    hits.push(Hit {
+                        segment: e.segment,
+                        offset: e.offset,
+                        seq: e.seq,
+                        hash: e.hash,
+                        record: a,
+                    });
+                }
+            }
+            Record::Response(r) if answering.get(&r.session_id) == Some(&true) => {
+                responses.push(query::ResponseHit {
+                    segment: e.segment,
+                    offset: e.offset,
+                    seq: e.seq,
+                    hash: e.hash,
+                    record: r,
+                });
+            }
             _ => {}
         }
     }
@@ -190,6 +216,10 @@ pub fn export(
         .filter_map(covering)
         .max()
         .unwrap_or(0);
+    // The answers to the selected statements, where the package holds them.
+    responses.retain(|r| {
+        (first..=last).contains(&r.segment) && (r.segment < last || r.offset < last_cut)
+    });
 
     // The files of the package.
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
@@ -233,9 +263,28 @@ pub fn export(
     let report = verify::verify_excerpt(&seg_dir, None)?;
     let public_keys: Vec<String> = report.signers.iter().map(keys::public_text_bytes).collect();
 
+    // Access records and responses in time order (a statement before the
+    // response of the same instant).
+    let mut lines: Vec<((u64, u64, u64), String)> = hits
+        .iter()
+        .map(|h| {
+            let mut v = query::hit_json(h);
+            if let Some(m) = v.as_object_mut() {
+                m.insert("kind".into(), "access".into());
+            }
+            ((h.record.time_ns, h.segment, h.offset), v.to_string())
+        })
+        .collect();
+    lines.extend(responses.iter().map(|r| {
+        (
+            (r.record.time_ns, r.segment, r.offset),
+            query::response_json(r).to_string(),
+        )
+    }));
+    lines.sort_by_key(|(k, _)| *k);
     let mut records_jsonl = String::new();
-    for h in &hits {
-        records_jsonl.push_str(&query::hit_json(h).to_string());
+    for (_, l) in &lines {
+        records_jsonl.push_str(l);
         records_jsonl.push('\n');
     }
     files.push(("records.jsonl".into(), records_jsonl.into_bytes()));
@@ -268,6 +317,15 @@ pub fn export(
                 offset: h.offset,
                 seq: h.seq,
                 hash: hex(&h.hash),
+            })
+            .collect(),
+        responses: responses
+            .iter()
+            .map(|r| Selected {
+                segment: r.segment,
+                offset: r.offset,
+                seq: r.seq,
+                hash: hex(&r.hash),
             })
             .collect(),
         left_out_unsigned: left_out,
@@ -534,11 +592,30 @@ pub fn verify_package(
 
     // The selection: exactly the matching records of the included segments.
     let mut matching = BTreeMap::new();
+    let mut recorded = BTreeMap::new();
     for e in reader::read_all(&seg_dir)? {
-        if let Record::Access(a) = e.decode(&format::segment_name(e.segment))?
-            && manifest.query.matches(&a)
-        {
-            matching.insert((e.segment, e.offset), (e.seq, hex(&e.hash)));
+        match e.decode(&format::segment_name(e.segment))? {
+            Record::Access(a) if manifest.query.matches(&a) => {
+                matching.insert((e.segment, e.offset), (e.seq, hex(&e.hash)));
+            }
+            Record::Response(_) => {
+                recorded.insert((e.segment, e.offset), (e.seq, hex(&e.hash)));
+            }
+            _ => {}
+        }
+    }
+    for s in &manifest.responses {
+        match recorded.get(&(s.segment, s.offset)) {
+            Some((seq, hash)) if *seq == s.seq && *hash == s.hash => {}
+            _ => {
+                return Err(pkg_err(
+                    format::segment_name(s.segment),
+                    format!(
+                        "listed response {} at byte {} is not a recorded response of the package",
+                        s.seq, s.offset
+                    ),
+                ));
+            }
         }
     }
     let mut seen = BTreeSet::new();

@@ -142,6 +142,51 @@ pub struct Hit {
     pub record: AccessRecord,
 }
 
+/// A recorded response and its place in the log.
+#[derive(Debug, Clone)]
+pub struct ResponseHit {
+    pub segment: u64,
+    pub offset: u64,
+    pub seq: u64,
+    pub hash: Hash,
+    pub record: ResponseRecord,
+}
+
+/// One JSON object per response: the record's fields (session, connection,
+/// summary as recorded, i.e. already masked), `"kind":"response"`, its time
+/// and its place in the log.
+pub fn response_json(h: &ResponseHit) -> serde_json::Value {
+    let mut v = serde_json::to_value(&h.record).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("kind".into(), "response".into());
+        m.insert("time".into(), format_time(h.record.time_ns).into());
+        m.insert("segment".into(), h.segment.into());
+        m.insert("offset".into(), h.offset.into());
+        m.insert("seq".into(), h.seq.into());
+        m.insert("hash".into(), hex(&h.hash).into());
+    }
+    v
+}
+
+/// A response as `audit tail` prints it: time, session and connection, then
+/// the summary lines of a replay (result/reply/response, columns, rows).
+pub fn response_text(r: &ResponseRecord) -> String {
+    let mut s = format!(
+        "{} session {} conn {}",
+        format_time(r.time_ns),
+        r.session_id,
+        r.connection_id
+    );
+    for (i, l) in response_lines("", r).iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        s.push_str(l);
+    }
+    s.push('\n');
+    s
+}
+
 /// Order hits by time, then by position in the log, and keep the newest `limit`.
 pub fn finish(mut hits: Vec<Hit>, limit: Option<usize>) -> Vec<Hit> {
     hits.sort_by_key(|h| (h.record.time_ns, h.segment, h.offset));

@@ -19,7 +19,7 @@ use super::{
     index::{self, Index},
     query::{self, DecisionFilter, Filter, Hit, IdentityFilter},
     reader::{self, Cursor},
-    record::Record,
+    record::{Record, ResponseRecord},
     writer::{file_name, list_segments},
 };
 
@@ -143,7 +143,7 @@ pub fn select(
     index::scan_query(dir, f, limit).map_err(|e| e.to_string())
 }
 
-type SessionRecords = (Vec<Hit>, Vec<crate::audit::record::ResponseRecord>);
+type SessionRecords = (Vec<Hit>, Vec<ResponseRecord>);
 
 /// A session's access records and recorded responses, from the index when possible.
 fn select_session(
@@ -177,6 +177,44 @@ fn select_session(
     Ok((hits, responses))
 }
 
+/// How `audit query` prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    pub json: bool,
+    /// Each record with the responses recorded in answer to it.
+    pub responses: bool,
+}
+
+/// The recorded responses answering each of `hits` (by place in the log): a
+/// response answers its session's latest statement before it.
+fn answers(
+    dir: &Path,
+    ix: &IndexArgs,
+    hits: &[Hit],
+    stderr: &mut String,
+) -> Result<std::collections::HashMap<(u64, u64), Vec<ResponseRecord>>, String> {
+    let sessions: std::collections::BTreeSet<&str> =
+        hits.iter().map(|h| h.record.session_id.as_str()).collect();
+    let mut out: std::collections::HashMap<(u64, u64), Vec<ResponseRecord>> =
+        std::collections::HashMap::new();
+    for s in sessions {
+        let f = Filter {
+            session: Some(s.to_string()),
+            ..Filter::default()
+        };
+        // Every statement of the session (in time order), not only the
+        // selected ones: a response belongs to the one just before it.
+        let (all, responses) = select_session(dir, ix, &f, s, stderr)?;
+        for r in responses {
+            let before = all.partition_point(|h| h.record.time_ns <= r.time_ns);
+            if let Some(h) = before.checked_sub(1).and_then(|i| all.get(i)) {
+                out.entry((h.segment, h.offset)).or_default().push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `audit query`.
 pub fn query(
     dir: &Path,
@@ -184,7 +222,7 @@ pub fn query(
     until: Option<&str>,
     f: &FilterArgs,
     limit: Option<usize>,
-    json: bool,
+    shape: Shape,
     ix: &IndexArgs,
 ) -> Output {
     let flt = match filter(since, until, Some(f)) {
@@ -196,12 +234,54 @@ pub fn query(
         Ok(h) => h,
         Err(e) => return fail(e),
     };
-    let stdout = if json {
+    let mut answered = if shape.responses {
+        match answers(dir, ix, &hits, &mut stderr) {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        }
+    } else {
+        std::collections::HashMap::new()
+    };
+    let mut answers_of = |h: &Hit| answered.remove(&(h.segment, h.offset)).unwrap_or_default();
+    let stdout = if shape.json {
         hits.iter()
-            .map(|h| format!("{}\n", query::hit_json(h)))
+            .map(|h| {
+                let mut v = query::hit_json(h);
+                if shape.responses
+                    && let Some(m) = v.as_object_mut()
+                {
+                    let rs: Vec<serde_json::Value> = answers_of(h)
+                        .iter()
+                        .map(|r| {
+                            let mut j = serde_json::to_value(r).unwrap_or_default();
+                            if let Some(o) = j.as_object_mut() {
+                                o.insert("time".into(), query::format_time(r.time_ns).into());
+                            }
+                            j
+                        })
+                        .collect();
+                    m.insert("responses".into(), rs.into());
+                }
+                format!("{v}\n")
+            })
             .collect()
     } else {
-        let mut s = query::hits_table(&hits);
+        let table = query::hits_table(&hits);
+        let mut s = String::new();
+        let mut lines = table.lines();
+        if let Some(header) = lines.next() {
+            s.push_str(header);
+            s.push('\n');
+        }
+        for (line, h) in lines.zip(&hits) {
+            s.push_str(line);
+            s.push('\n');
+            for r in answers_of(h) {
+                for l in query::response_lines("", &r) {
+                    s.push_str(&format!("  {l}\n"));
+                }
+            }
+        }
         s.push_str(&format!("{} records\n", hits.len()));
         s
     };
@@ -270,6 +350,12 @@ pub fn export(
                 m.last_segment,
                 s.out.display()
             );
+            if !m.responses.is_empty() {
+                stdout.push_str(&format!(
+                    "with {} recorded responses to them\n",
+                    m.responses.len()
+                ));
+            }
             match (&m.manifest_signer, &m.unsigned_reason) {
                 (Some(k), _) => stdout.push_str(&format!("manifest signed by {k}\n")),
                 (None, why) => stdout.push_str(&format!(
@@ -320,6 +406,12 @@ pub fn verify_package(
                 "{} selected records present and verified (exported by {} from node {} at {})\n",
                 m.selected_count, m.exported_by, m.node, m.exported_at
             ));
+            if !m.responses.is_empty() {
+                s.push_str(&format!(
+                    "{} recorded responses to them present and verified\n",
+                    m.responses.len()
+                ));
+            }
             match &r.manifest_signed_by {
                 Some(k) if r.manifest_signer_known => {
                     s.push_str(&format!("manifest signed by {k} (a key of this log)\n"));
@@ -352,9 +444,24 @@ pub fn verify_package(
     }
 }
 
-fn tail_line(h: &Hit, json: bool) -> String {
+/// What `audit tail` prints: access records and recorded responses, in log order.
+enum Tailed {
+    Access(Box<Hit>),
+    Response(query::ResponseHit),
+}
+
+fn tail_line(t: &Tailed, json: bool) -> String {
+    let h = match t {
+        Tailed::Access(h) => h,
+        Tailed::Response(r) if json => return format!("{}\n", query::response_json(r)),
+        Tailed::Response(r) => return query::response_text(&r.record),
+    };
     if json {
-        return format!("{}\n", query::hit_json(h));
+        let mut v = query::hit_json(h);
+        if let Some(m) = v.as_object_mut() {
+            m.insert("kind".into(), "access".into());
+        }
+        return format!("{v}\n");
     }
     let r = &h.record;
     format!(
@@ -371,8 +478,8 @@ fn tail_line(h: &Hit, json: bool) -> String {
     )
 }
 
-/// `audit tail`: the last `lines` access records, then (with `follow`) every new
-/// one as it is appended, until `out` fails (the reader went away).
+/// `audit tail`: the last `lines` access records and recorded responses, then
+/// (with `follow`) every new one as it is appended, until `out` fails (the reader went away).
 pub fn tail(
     dir: &Path,
     follow: bool,
@@ -382,7 +489,7 @@ pub fn tail(
     out: &mut dyn Write,
 ) -> Result<(), String> {
     let segs = list_segments(dir).map_err(|e| e.to_string())?;
-    let mut last: std::collections::VecDeque<Hit> = std::collections::VecDeque::new();
+    let mut last: std::collections::VecDeque<Tailed> = std::collections::VecDeque::new();
     let mut cursor: Option<Cursor> = None;
     let mut prev_head = None;
     for (i, (seq, path)) in segs.iter().enumerate() {
@@ -471,18 +578,26 @@ pub fn tail(
     }
 }
 
-fn hits(entries: &[reader::Entry], path: &Path) -> Result<Vec<Hit>, String> {
+fn hits(entries: &[reader::Entry], path: &Path) -> Result<Vec<Tailed>, String> {
     let name = file_name(path);
     let mut out = Vec::new();
     for e in entries {
-        if let Record::Access(record) = e.decode(&name).map_err(|e| e.to_string())? {
-            out.push(Hit {
+        match e.decode(&name).map_err(|e| e.to_string())? {
+            Record::Access(record) => out.push(Tailed::Access(Box::new(Hit {
                 segment: e.segment,
                 offset: e.offset,
                 seq: e.seq,
                 hash: e.hash,
                 record,
-            });
+            }))),
+            Record::Response(record) => out.push(Tailed::Response(query::ResponseHit {
+                segment: e.segment,
+                offset: e.offset,
+                seq: e.seq,
+                hash: e.hash,
+                record,
+            })),
+            _ => {}
         }
     }
     Ok(out)
@@ -588,5 +703,254 @@ pub fn sessions(cmd: SessionsCommand) -> Output {
                 stderr,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{
+        AuditConfig, AuditLog,
+        record::{sample_access, sample_response},
+    };
+
+    /// A log with a statement and its (masked) response, as the writer leaves it.
+    fn log_with_a_response(dir: &Path, denied: bool) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (log, _) = AuditLog::open(AuditConfig::new(dir, "node-a"))
+                .await
+                .unwrap();
+            log.append(&sample_access(0)).await.unwrap();
+            log.append_response(sample_response(1)).await.unwrap();
+            if denied {
+                let mut a = sample_access(2);
+                a.decision = crate::audit::Decision::Deny;
+                log.append(&a).await.unwrap();
+                let mut r = sample_response(3);
+                r.summary = crate::audit::record::ResponseSummary::Sql(vec![
+                    crate::audit::record::SqlResult {
+                        error: Some(crate::audit::record::SqlError {
+                            code: "42501".into(),
+                            message: "denied".into(),
+                        }),
+                        ..Default::default()
+                    },
+                ]);
+                log.append_response(r).await.unwrap();
+            }
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn tail_prints_responses_after_their_statement() {
+        let tmp = tempfile::tempdir().unwrap();
+        log_with_a_response(tmp.path(), false);
+        let mut out = Vec::new();
+        tail(
+            tmp.path(),
+            false,
+            false,
+            10,
+            Duration::from_millis(10),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[0].contains("shop/orders -> orders-db [postgres] allow"),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with(" session sess-0 conn 0  result  SELECT 2  [2 rows]"),
+            "{text}"
+        );
+        assert_eq!(
+            lines[2..],
+            [
+                "    | id | email |",
+                "    | 1 | [redacted] |",
+                "    | NULL | NULL |"
+            ]
+        );
+
+        // The newest N counts responses too.
+        let mut out = Vec::new();
+        tail(
+            tmp.path(),
+            false,
+            true,
+            1,
+            Duration::from_millis(10),
+            &mut out,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["kind"], "response");
+        assert_eq!(v["session_id"], "sess-0");
+        assert_eq!(v["connection_id"], 0);
+        let sql = &v["summary"]["Sql"][0];
+        assert_eq!(sql["columns"], serde_json::json!(["id", "email"]));
+        assert_eq!(sql["rows"][0], serde_json::json!(["1", "[redacted]"]));
+        assert_eq!(sql["tag"], "SELECT 2");
+        assert!(v["hash"].as_str().is_some_and(|h| h.len() == 64), "{v}");
+    }
+
+    #[test]
+    fn export_lists_the_responses_to_the_selected_statements() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        log_with_a_response(&dir, true);
+        let out = tmp.path().join("p.tar");
+        let f = FilterArgs {
+            identity: None,
+            target: None,
+            session: Some("sess-0".into()),
+            decision: None,
+        };
+        let records_jsonl = |out: &Path| {
+            let mut ar = tar::Archive::new(std::fs::File::open(out).unwrap());
+            let mut jsonl = String::new();
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                if e.path().unwrap().to_str() == Some("records.jsonl") {
+                    std::io::Read::read_to_string(&mut e, &mut jsonl).unwrap();
+                }
+            }
+            jsonl
+        };
+        let kinds = |jsonl: &str| -> Vec<String> {
+            jsonl
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["kind"].as_str().unwrap().to_string()
+                })
+                .collect()
+        };
+        let o = export(&dir, "2020-01-01", None, &f, &out, None);
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(
+            o.stdout.contains("with 2 recorded responses to them"),
+            "{}",
+            o.stdout
+        );
+        let o = verify_package(&out, None, String::new());
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(
+            o.stdout
+                .contains("2 recorded responses to them present and verified"),
+            "{}",
+            o.stdout
+        );
+        // records.jsonl: each statement, then what the client received.
+        let jsonl = records_jsonl(&out);
+        assert_eq!(
+            kinds(&jsonl),
+            ["access", "response", "access", "response"],
+            "{jsonl}"
+        );
+        assert!(jsonl.contains("[redacted]"), "{jsonl}");
+
+        // Only the denied statement: only its answer, not the rows before it.
+        let deny = FilterArgs {
+            decision: Some(DecisionFilter::Deny),
+            ..f.clone()
+        };
+        let o = export(&dir, "2020-01-01", None, &deny, &out, None);
+        assert!(
+            o.stdout.contains("with 1 recorded responses to them"),
+            "{o:?}"
+        );
+        let jsonl = records_jsonl(&out);
+        assert_eq!(kinds(&jsonl), ["access", "response"], "{jsonl}");
+        assert!(
+            jsonl.contains("\"code\":\"42501\"") && !jsonl.contains("[redacted]"),
+            "{jsonl}"
+        );
+        assert_eq!(verify_package(&out, None, String::new()).code, 0);
+
+        // Another session's package carries none of them.
+        let f = FilterArgs {
+            session: Some("sess-9".into()),
+            ..f
+        };
+        let o = export(&dir, "2020-01-01", None, &f, &out, None);
+        assert_eq!(o.code, 1, "{o:?}");
+    }
+
+    #[test]
+    fn query_shows_each_record_with_its_answer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("log");
+        log_with_a_response(&dir, true);
+        let ix = IndexArgs {
+            index: None,
+            no_index: false,
+        };
+        let all = FilterArgs {
+            identity: None,
+            target: None,
+            session: None,
+            decision: None,
+        };
+        let with = Shape {
+            json: true,
+            responses: true,
+        };
+        for ix in [
+            ix.clone(),
+            IndexArgs {
+                no_index: true,
+                ..ix.clone()
+            },
+        ] {
+            let o = query(&dir, None, None, &all, None, with, &ix);
+            assert_eq!(o.code, 0, "{o:?}");
+            let v: Vec<serde_json::Value> = o
+                .stdout
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(v.len(), 2, "{}", o.stdout);
+            assert_eq!(v[0]["responses"][0]["summary"]["Sql"][0]["tag"], "SELECT 2");
+            assert_eq!(v[0]["responses"].as_array().unwrap().len(), 1);
+            assert_eq!(v[1]["decision"], "Deny");
+            assert_eq!(
+                v[1]["responses"][0]["summary"]["Sql"][0]["error"]["code"],
+                "42501"
+            );
+        }
+        // Only the denied one selected: still its own answer, not the rows before it.
+        let deny = FilterArgs {
+            decision: Some(DecisionFilter::Deny),
+            ..all.clone()
+        };
+        let o = query(
+            &dir,
+            None,
+            None,
+            &deny,
+            None,
+            Shape {
+                json: false,
+                responses: true,
+            },
+            &ix,
+        );
+        let lines: Vec<&str> = o.stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "{}", o.stdout);
+        assert!(lines[1].contains("deny"), "{}", o.stdout);
+        assert_eq!(lines[2], "    result  ERROR 42501 denied");
+        assert_eq!(lines[3], "1 records");
+        // Without --responses the output is as before.
+        let o = query(&dir, None, None, &all, None, Shape::default(), &ix);
+        assert!(!o.stdout.contains("result"), "{}", o.stdout);
     }
 }

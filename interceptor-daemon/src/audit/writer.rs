@@ -813,6 +813,19 @@ pub fn prune(cfg: AuditConfig) -> Result<Option<Retention>, AuditError> {
     Ok(removed)
 }
 
+/// Rotate the node key of a log no daemon is writing (`interceptor audit
+/// rotate-key --dir`): opens the log as its writer (refused while another
+/// writer holds the lock), records the rotation signed by the old key, seals
+/// it with a checkpoint by the new key and closes. Returns the new public key.
+pub fn rotate_key_offline(cfg: AuditConfig) -> Result<VerifyingKey, AuditError> {
+    let (mut w, _) = Writer::open(cfg)?;
+    let key = w.rotate_key()?;
+    w.seal()?;
+    w.flush_sync()?;
+    w.closed = true;
+    Ok(key)
+}
+
 /// Name of the lock file a writer holds in the log directory.
 pub const LOCK_FILE: &str = "writer.lock";
 

@@ -16,6 +16,7 @@
 //! record follows the response to the client.
 
 pub mod http;
+pub mod mysql;
 pub mod pg;
 pub mod redis;
 
