@@ -35,7 +35,7 @@ use super::{
     MaskKey, MaskPlan, Strategy, Treatment, detect,
     lineage::{Facts, Sensitivity},
 };
-use crate::protocol::mysql::MAX_PAYLOAD;
+use crate::protocol::mysql::{MAX_PAYLOAD, lenenc, lenenc_str, put_lenenc};
 
 /// Status flag: another result set follows.
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
@@ -135,50 +135,6 @@ struct ColumnDef {
     name: String,
     org_name: String,
     ty: u8,
-}
-
-/// A length-encoded integer at the start of `b`: (value, bytes used).
-fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
-    let first = *b.first()?;
-    let n = match first {
-        0..=0xfa => return Some((u64::from(first), 1)),
-        0xfc => 2,
-        0xfd => 3,
-        0xfe => 8,
-        _ => return None,
-    };
-    let bytes = b.get(1..1 + n)?;
-    let mut v = 0u64;
-    for (i, x) in bytes.iter().enumerate() {
-        v |= u64::from(*x) << (8 * i);
-    }
-    Some((v, 1 + n))
-}
-
-fn put_lenenc(out: &mut Vec<u8>, v: usize) {
-    let v = v as u64;
-    if v < 0xfb {
-        out.push(v as u8);
-    } else if v < 1 << 16 {
-        out.push(0xfc);
-        out.extend_from_slice(&v.to_le_bytes()[..2]);
-    } else if v < 1 << 24 {
-        out.push(0xfd);
-        out.extend_from_slice(&v.to_le_bytes()[..3]);
-    } else {
-        out.push(0xfe);
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// A length-encoded string at `*at`, advancing it.
-fn lenenc_str<'a>(b: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-    let (n, used) = lenenc(b.get(*at..)?)?;
-    let start = *at + used;
-    let end = start.checked_add(usize::try_from(n).ok()?)?;
-    let s = b.get(start..end)?;
-    *at = end;
-    Some(s)
 }
 
 impl ColumnDef {

@@ -23,6 +23,7 @@ use crate::{
     protocol::mysql::{
         CLIENT_DEPRECATE_EOF, COM_FIELD_LIST, COM_QUERY, COM_QUIT, COM_STMT_CLOSE,
         COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_SEND_LONG_DATA, MAX_PAYLOAD,
+        lenenc, lenenc_str,
     },
 };
 
@@ -434,34 +435,6 @@ fn is_eof(p: &[u8]) -> bool {
     p.first() == Some(&0xfe) && p.len() < MAX_PAYLOAD
 }
 
-/// A length-encoded integer at the start of `b`: (value, bytes used).
-fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
-    let first = *b.first()?;
-    let n = match first {
-        0..=0xfa => return Some((u64::from(first), 1)),
-        0xfc => 2,
-        0xfd => 3,
-        0xfe => 8,
-        _ => return None,
-    };
-    let bytes = b.get(1..1 + n)?;
-    let mut v = 0u64;
-    for (i, x) in bytes.iter().enumerate() {
-        v |= u64::from(*x) << (8 * i);
-    }
-    Some((v, 1 + n))
-}
-
-/// A length-encoded string at `*at`, advancing it.
-fn lenenc_str<'a>(b: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-    let (n, used) = lenenc(b.get(*at..)?)?;
-    let start = *at + used;
-    let end = start.checked_add(usize::try_from(n).ok()?)?;
-    let s = b.get(start..end)?;
-    *at = end;
-    Some(s)
-}
-
 /// An ERR packet's `errno/SQLSTATE` and message.
 fn err(p: &[u8]) -> SqlError {
     let code = p.get(1..3).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
@@ -651,12 +624,8 @@ mod tests {
     use crate::{
         audit::{AuditConfig, AuditLog, reader, record::Record},
         metrics::Metrics,
+        protocol::mysql::put_lenenc,
     };
-
-    fn put_lenenc(out: &mut Vec<u8>, v: usize) {
-        assert!(v < 0xfb);
-        out.push(v as u8);
-    }
 
     fn def(name: &str, ty: u8, flags: u16) -> Vec<u8> {
         let mut p = Vec::new();
