@@ -6,6 +6,8 @@ use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::bufpool;
+
 /// Connects to the original destination. The socket carries `mark` before it
 /// connects, so the kernel programs never redirect the daemon's own connection.
 pub async fn connect_upstream(
@@ -44,10 +46,8 @@ pub struct Transferred {
 /// direction has one bounded buffer and writes before it reads again.
 ///
 /// An idle connection holds no buffer: each direction waits for its socket to
-/// become readable first and only then takes a buffer from a per-thread pool,
-/// giving it back once the bytes are written. A node carries many mostly idle
-/// pooled connections, and two fixed 64 KiB buffers each would cost more than
-/// everything else about them (`interceptor-lab idle` measures it).
+/// become readable first and only then takes a buffer from
+/// [`crate::bufpool`], giving it back once the bytes are written.
 pub async fn pump(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
@@ -69,63 +69,29 @@ async fn one_way(
     let mut total = 0u64;
     loop {
         from.readable().await?;
-        let mut buf = pool::take(size);
-        let n = match from.try_read(&mut buf) {
+        let mut buf = bufpool::vec(size);
+        let n = match from.try_read_buf(&mut buf) {
             Ok(n) => n,
             // Readiness can be spurious.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                pool::give(buf);
+                bufpool::give_vec(buf);
                 continue;
             }
             Err(e) => {
-                pool::give(buf);
+                bufpool::give_vec(buf);
                 return Err(e);
             }
         };
         if n == 0 {
-            pool::give(buf);
+            bufpool::give_vec(buf);
             // Half-close: the other direction keeps flowing.
             to.shutdown().await?;
             return Ok(total);
         }
-        let written = to.write_all(&buf[..n]).await;
-        pool::give(buf);
+        let written = to.write_all(&buf).await;
+        bufpool::give_vec(buf);
         written?;
         total += n as u64;
-    }
-}
-
-/// Per-thread free lists of copy buffers, so a busy connection does not
-/// allocate per read and an idle one holds none.
-mod pool {
-    use std::cell::RefCell;
-
-    /// Buffers kept per thread and size; more are freed.
-    const KEEP: usize = 64;
-
-    thread_local! {
-        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) fn take(size: usize) -> Box<[u8]> {
-        FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            match f.iter().rposition(|b| b.len() == size) {
-                Some(i) => f.swap_remove(i),
-                None => vec![0u8; size].into_boxed_slice(),
-            }
-        })
-    }
-
-    /// The buffer may come back on another thread (the task moved): it joins
-    /// that thread's list.
-    pub(super) fn give(buf: Box<[u8]>) {
-        FREE.with(|f| {
-            let mut f = f.borrow_mut();
-            if f.len() < KEEP {
-                f.push(buf);
-            }
-        });
     }
 }
 

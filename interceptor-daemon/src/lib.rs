@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_socket;
 pub mod approvals;
 pub mod audit;
+pub mod bufpool;
 pub mod cgroups;
 pub mod config;
 pub mod daemon;

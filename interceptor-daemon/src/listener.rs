@@ -387,7 +387,12 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
     });
     let result = match meta.protocol {
         Protocol::Tcp | Protocol::Auto => {
-            forward::pump(&mut client, &mut upstream, shared.cfg.proxy.buffer_bytes).await
+            Box::pin(forward::pump(
+                &mut client,
+                &mut upstream,
+                shared.cfg.proxy.buffer_bytes,
+            ))
+            .await
         }
         Protocol::Postgres => {
             let ctx = SessionCtx {
@@ -423,7 +428,9 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                 }),
                 recorder: crate::recording::Recorder::for_connection(shared, meta),
             };
-            pgproxy::run(client, upstream, ctx)
+            // Boxed, as every handler: the connection's future would otherwise
+            // be as large as the largest protocol's state, idle or not.
+            Box::pin(pgproxy::run(client, upstream, ctx))
                 .await
                 .map_err(|e| match e {
                     pgproxy::SessionError::Io(e) => e,
@@ -432,33 +439,33 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
                     }
                 })
         }
-        Protocol::Redis => redisproxy::run(
+        Protocol::Redis => Box::pin(redisproxy::run(
             client,
             upstream,
             crate::session::SessionCtx::new(shared, meta),
-        )
+        ))
         .await
         .map_err(|e| match e {
             redisproxy::SessionError::Io(e) => e,
             other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
         }),
-        Protocol::Mysql => mysqlproxy::run(
+        Protocol::Mysql => Box::pin(mysqlproxy::run(
             client,
             upstream,
             crate::session::SessionCtx::new(shared, meta),
             crate::mysqlauth::Injection::for_target(&shared.cfg, &meta.target, meta.orig_dst),
             shared.mask_key.clone(),
-        )
+        ))
         .await
         .map_err(|e| match e {
             mysqlproxy::SessionError::Io(e) => e,
             other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
         }),
-        Protocol::Http => httpproxy::run(
+        Protocol::Http => Box::pin(httpproxy::run(
             client,
             upstream,
             crate::session::SessionCtx::new(shared, meta),
-        )
+        ))
         .await
         .map_err(|e| match e {
             httpproxy::SessionError::Io(e) => e,

@@ -45,7 +45,7 @@ use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpStream, tcp::OwnedReadHalf},
 };
 use tokio_util::either::Either;
 use tracing::{info, warn};
@@ -57,6 +57,7 @@ use hold::Held;
 use crate::{
     approvals::Approvals,
     audit::{self, AccessRecord, AuditLog},
+    bufpool,
     forward::Transferred,
     masking::{
         MaskKey,
@@ -182,7 +183,12 @@ pub async fn run(
             }
             StartupPacket::CancelRequest { .. } => {
                 // The key belongs to the backend behind this same destination.
-                pgauth::forward_cancel(upstream, &cbuf[..packet_len], ctx.inject.as_ref()).await?;
+                Box::pin(pgauth::forward_cancel(
+                    upstream,
+                    &cbuf[..packet_len],
+                    ctx.inject.as_ref(),
+                ))
+                .await?;
                 return Ok(Transferred {
                     up: packet_len as u64,
                     down: 0,
@@ -195,7 +201,10 @@ pub async fn run(
                     cbuf.advance(packet_len);
                     break;
                 };
-                let est = pgauth::establish(
+                // Boxed, like the other one-off and rare steps here: the
+                // session's future holds the largest state of any await in it,
+                // for its whole life.
+                let est = Box::pin(pgauth::establish(
                     &mut client,
                     upstream,
                     version,
@@ -203,7 +212,7 @@ pub async fn run(
                     inj,
                     ctx.identity.as_deref(),
                     &cbuf[packet_len..],
-                )
+                ))
                 .await?;
                 match est.client_rest {
                     // Read past the client's password message.
@@ -242,7 +251,7 @@ pub async fn run(
 /// already read from the client/server.
 async fn relay(
     client: TcpStream,
-    ur: impl AsyncRead + Unpin,
+    ur: impl AsyncRead + Unpin + WaitReadable,
     uw: impl AsyncWrite + Unpin,
     cbuf: BytesMut,
     sbuf: BytesMut,
@@ -456,7 +465,7 @@ impl<'c> Decider<'c> {
 }
 
 async fn client_to_server(
-    mut cr: impl AsyncRead + Unpin,
+    mut cr: OwnedReadHalf,
     mut uw: impl AsyncWrite + Unpin,
     mut buf: BytesMut,
     pending: Pending,
@@ -516,7 +525,7 @@ async fn client_to_server(
                             }
                             let gone = client_gone(&mut cr, &mut held_input);
                             let (d, held) =
-                                decider.hold(sql, &v.decision, &v.operation, gone).await;
+                                Box::pin(decider.hold(sql, &v.decision, &v.operation, gone)).await;
                             (Cow::Owned(d), held)
                         } else {
                             (Cow::Borrowed(&v.decision), None)
@@ -598,9 +607,13 @@ async fn client_to_server(
                                             out.clear();
                                         }
                                         let gone = client_gone(&mut cr, &mut held_input);
-                                        let (d, held) = decider
-                                            .hold(&p.sql, &v.decision, &v.operation, gone)
-                                            .await;
+                                        let (d, held) = Box::pin(decider.hold(
+                                            &p.sql,
+                                            &v.decision,
+                                            &v.operation,
+                                            gone,
+                                        ))
+                                        .await;
                                         (Cow::Owned(d), held)
                                     } else {
                                         (Cow::Borrowed(&v.decision), None)
@@ -643,6 +656,14 @@ async fn client_to_server(
             total += out.len() as u64;
             out.clear();
         }
+        if buf.is_empty() {
+            // No partial message kept: wait for the client holding no buffer.
+            bufpool::give_bytes(std::mem::take(&mut buf));
+            bufpool::give_vec(std::mem::take(&mut out));
+            cr.readable().await?;
+            buf = bufpool::bytes(READ_BUFFER);
+            out = bufpool::vec(0);
+        }
         if crate::session::fill(&mut cr, &mut buf).await? == 0 {
             if !buf.is_empty() {
                 warn!(
@@ -653,6 +674,30 @@ async fn client_to_server(
             let _ = uw.shutdown().await;
             return Ok(total);
         }
+    }
+}
+
+/// Room taken for each read (the framer needs a whole message; larger ones
+/// grow the buffer).
+const READ_BUFFER: usize = 16 * 1024;
+
+/// An upstream read half the relay can wait on while holding no buffer.
+trait WaitReadable {
+    /// Waits until a read would not block; `None` for a stream that buffers
+    /// on its own (TLS: decrypted bytes may already wait inside it), whose
+    /// relay keeps its buffers.
+    fn readable_unbuffered(&self) -> Option<impl Future<Output = io::Result<()>> + Send + '_>;
+}
+
+impl WaitReadable for OwnedReadHalf {
+    fn readable_unbuffered(&self) -> Option<impl Future<Output = io::Result<()>> + Send + '_> {
+        Some(self.readable())
+    }
+}
+
+impl<T> WaitReadable for tokio::io::ReadHalf<T> {
+    fn readable_unbuffered(&self) -> Option<impl Future<Output = io::Result<()>> + Send + '_> {
+        None::<std::future::Ready<io::Result<()>>>
     }
 }
 
@@ -667,7 +712,7 @@ fn end_batch(feed: &mut Option<Feed>) {
 }
 
 async fn server_to_client(
-    mut ur: impl AsyncRead + Unpin,
+    mut ur: impl AsyncRead + Unpin + WaitReadable,
     mut cw: impl AsyncWrite + Unpin,
     pending: Pending,
     mut masker: Option<ResultMasker>,
@@ -737,6 +782,15 @@ async fn server_to_client(
             cw.write_all(&out).await?;
             total += out.len() as u64;
             out.clear();
+        }
+        if buf.is_empty()
+            && let Some(ready) = ur.readable_unbuffered()
+        {
+            bufpool::give_bytes(std::mem::take(&mut buf));
+            bufpool::give_vec(std::mem::take(&mut out));
+            ready.await?;
+            buf = bufpool::bytes(READ_BUFFER);
+            out = bufpool::vec(0);
         }
         if crate::session::fill(&mut ur, &mut buf).await? == 0 {
             let _ = cw.shutdown().await;
