@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod forward;
 pub mod httpproxy;
 pub mod identity;
+pub mod kv;
 pub mod listener;
 pub mod live;
 pub mod masking;

@@ -326,7 +326,7 @@ impl Approvals {
                 .create(&cfg.dir)
                 .map_err(dir_err)?;
         }
-        let db = sled::Config::new().path(&cfg.dir).open()?;
+        let db = crate::kv::open(&sled::Config::new().path(&cfg.dir))?;
         let now = audit::record::now_ns();
         let keep_ns = cfg.keep_days.saturating_mul(86_400 * 1_000_000_000);
         let mut grants = Vec::new();

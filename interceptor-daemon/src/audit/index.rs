@@ -122,10 +122,7 @@ impl Index {
         };
         // The index holds the records themselves: as private as the log.
         super::keys::create_private_dir(&path)?;
-        let db = sled::Config::new()
-            .path(&path)
-            .mode(sled::Mode::LowSpace)
-            .open()
+        let db = crate::kv::open(&sled::Config::new().path(&path).mode(sled::Mode::LowSpace))
             .map_err(db_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(db_err);
         Ok(Index {

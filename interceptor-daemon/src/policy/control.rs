@@ -181,7 +181,7 @@ impl PolicyControl {
         on_change: Box<dyn Fn(u64) + Send + Sync>,
     ) -> Result<Arc<Self>, ControlError> {
         let db = match store_dir {
-            Some(d) => Some(sled::Config::new().path(d).open()?),
+            Some(d) => Some(crate::kv::open(&sled::Config::new().path(d))?),
             None => None,
         };
         let base_digest = store::digest(&base.text);
