@@ -237,29 +237,6 @@ fn mysql_statements_are_decided_on_the_wire() {
     );
 }
 
-/// Every file under `dir` (segments, cut tails, the sled index), concatenated.
-fn all_bytes(dir: &std::path::Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(all_bytes(&p));
-        } else {
-            out.extend(std::fs::read(&p).unwrap());
-        }
-    }
-    out
-}
-
-fn interceptor(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(DAEMON).args(args).output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 /// A MariaDB session is recorded with what the client received: the masked
 /// value (never the stored one, anywhere in the audit directory), server
 /// errors, the proxy's own denial, OK packets with their affected rows; and
@@ -317,7 +294,7 @@ fn mysql_sessions_replay_with_their_masked_responses() {
     assert_eq!(s.daemon.stop(), Some(0));
 
     let a = s.audit_dir.to_str().unwrap();
-    let (ok, list, err) = interceptor(&[
+    let (ok, list, err) = cli(&[
         "sessions",
         "list",
         a,
@@ -332,7 +309,7 @@ fn mysql_sessions_replay_with_their_masked_responses() {
         .collect();
     assert_eq!(sessions.len(), 1, "{list}");
     let id = sessions[0]["session_id"].as_str().unwrap();
-    let (ok, replay, err) = interceptor(&["sessions", "replay", a, id]);
+    let (ok, replay, err) = cli(&["sessions", "replay", a, id]);
     assert!(ok, "{err}");
     // In this order (the client may send statements of its own in between).
     let expect = [
@@ -369,7 +346,7 @@ fn mysql_sessions_replay_with_their_masked_responses() {
     for raw in ["ada@example.com", "grace@example.com"] {
         assert!(!has(raw), "`{raw}` reached the audit directory");
     }
-    let (ok, verified, err) = interceptor(&["audit", "verify", a]);
+    let (ok, verified, err) = cli(&["audit", "verify", a]);
     assert!(ok, "{verified}{err}");
     assert!(verified.contains("recorded responses"), "{verified}");
 }

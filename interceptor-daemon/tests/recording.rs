@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::{net::SocketAddr, path::Path, process::Command};
+use std::{net::SocketAddr, path::PathBuf};
 
 use common::*;
-use interceptor_daemon::testbed::{Lab, Postgres};
+use interceptor_daemon::testbed::{Lab, Pod, Postgres};
 
 const POLICY: &str = r#"policy:
   default: deny
@@ -24,31 +24,50 @@ const POLICY: &str = r#"policy:
       mask: { columns: ["customers.email"], strategy: redact }
 "#;
 
-/// Every file under `dir` (segments, cut tails, the sled index), concatenated.
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(all_bytes(&p));
-        } else {
-            out.extend(std::fs::read(&p).unwrap());
-        }
+/// A lab pod, a PostgreSQL on the node with a `customers` table (`rows`
+/// inserted), and daemon options for it with the audit log in `<dir>/audit`
+/// (`audit` adds lines to its section).
+struct Setup {
+    dir: PathBuf,
+    lab: Lab,
+    pod: Pod,
+    pg: Postgres,
+    pg_addr: SocketAddr,
+    audit_dir: PathBuf,
+    opts: DaemonOpts,
+}
+
+fn setup(test: &str, rows: &str, audit: &str) -> Setup {
+    let dir = scratch(test);
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
+    pg.admin_sql(&format!(
+        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);{rows}"
+    ))
+    .unwrap();
+    let audit_dir = dir.join("audit");
+    let opts = DaemonOpts {
+        destinations: vec![format!("{}:9", lab.node_v4(6))],
+        extra_targets: format!(
+            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}audit:\n  dir: {}\n{audit}",
+            audit_dir.display()
+        ),
+        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
+        ..Default::default()
+    };
+    Setup {
+        dir,
+        lab,
+        pod,
+        pg,
+        pg_addr,
+        audit_dir,
+        opts,
     }
-    out
-}
-
-fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-fn interceptor(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(DAEMON).args(args).output().unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -56,28 +75,19 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     if !privileged("postgres_sessions_replay_with_their_masked_responses") {
         return;
     }
-    let dir = scratch("recording");
-    let mut lab = Lab::new().unwrap();
-    let pod = lab.add_pod("app", "pods/app").unwrap();
-    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).unwrap();
-    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
-    pg.admin_sql(
-        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
-         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');",
-    )
-    .unwrap();
-    let audit_dir = dir.join("audit");
-    let opts = DaemonOpts {
-        destinations: vec![format!("{}:9", lab.node_v4(6))],
-        extra_targets: format!(
-            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}audit:\n  dir: {}\n  checkpoint_every: 5\n  record_rows: 20\n",
-            audit_dir.display()
-        ),
-        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
-        ..Default::default()
-    };
+    let Setup {
+        dir,
+        lab,
+        pod,
+        pg,
+        pg_addr,
+        audit_dir,
+        opts,
+    } = setup(
+        "recording",
+        "INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com'), (2, 'Grace', 'grace@example.com');",
+        "  checkpoint_every: 5\n  record_rows: 20\n",
+    );
     let cfg = write_config(&lab, &dir, &opts);
     let mut daemon = Daemon::start(&cfg, &dir);
 
@@ -103,7 +113,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     assert_eq!(daemon.stop(), Some(0));
 
     let a = audit_dir.to_str().unwrap();
-    let (ok, list, err) = interceptor(&[
+    let (ok, list, err) = cli(&[
         "sessions",
         "list",
         a,
@@ -119,7 +129,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     assert_eq!(sessions.len(), 1, "{list}");
     let id = sessions[0]["session_id"].as_str().unwrap();
 
-    let (ok, replay, err) = interceptor(&["sessions", "replay", a, id]);
+    let (ok, replay, err) = cli(&["sessions", "replay", a, id]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = replay.lines().collect();
     // Statements and responses alternate, in order, with relative times.
@@ -153,28 +163,27 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     // The stored values appear nowhere: not in the segments, not in the index.
     let bytes = all_bytes(&audit_dir);
     assert!(
-        contains(&bytes, "[redacted]"),
+        contains_bytes(&bytes, "[redacted]"),
         "the masked rows are recorded"
     );
     for raw in ["ada@example.com", "grace@example.com"] {
         assert!(
-            !contains(&bytes, raw),
+            !contains_bytes(&bytes, raw),
             "`{raw}` reached the audit directory"
         );
     }
 
     // Responses are part of the signed chain.
-    let (ok, pubkey, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    let (ok, pubkey, err) = cli(&["audit", "pubkey", "--dir", a]);
     assert!(ok, "{err}");
     let key = dir.join("node.pub");
     std::fs::write(&key, pubkey).unwrap();
-    let (ok, verified, err) =
-        interceptor(&["audit", "verify", a, "--pubkey", key.to_str().unwrap()]);
+    let (ok, verified, err) = cli(&["audit", "verify", a, "--pubkey", key.to_str().unwrap()]);
     assert!(ok, "{verified}{err}");
     assert!(verified.contains("4 recorded responses"), "{verified}");
 
     // `audit tail` shows what the client received, masked as it was sent.
-    let (ok, tailed, err) = interceptor(&["audit", "tail", a, "-n", "100"]);
+    let (ok, tailed, err) = cli(&["audit", "tail", a, "-n", "100"]);
     assert!(ok, "{err}");
     for want in [
         format!("session {id} conn "),
@@ -185,7 +194,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     ] {
         assert!(tailed.contains(&want), "`{want}` expected in:\n{tailed}");
     }
-    let (ok, tailed_json, err) = interceptor(&["audit", "tail", a, "-n", "100", "--json"]);
+    let (ok, tailed_json, err) = cli(&["audit", "tail", a, "-n", "100", "--json"]);
     assert!(ok, "{err}");
     let responses: Vec<serde_json::Value> = tailed_json
         .lines()
@@ -200,7 +209,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     assert_eq!(responses[1]["summary"]["Sql"][0]["error"]["code"], "42P01");
 
     // `audit query --responses`: each statement with its answer.
-    let (ok, queried, err) = interceptor(&[
+    let (ok, queried, err) = cli(&[
         "audit",
         "query",
         a,
@@ -223,7 +232,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
 
     // An evidence package of the session carries its responses too.
     let pkg = dir.join("session.tar");
-    let (ok, out, err) = interceptor(&[
+    let (ok, out, err) = cli(&[
         "audit",
         "export",
         a,
@@ -236,7 +245,7 @@ fn postgres_sessions_replay_with_their_masked_responses() {
     ]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("with 4 recorded responses to them"), "{out}");
-    let (ok, out, err) = interceptor(&[
+    let (ok, out, err) = cli(&[
         "audit",
         "verify",
         pkg.to_str().unwrap(),
@@ -249,10 +258,13 @@ fn postgres_sessions_replay_with_their_masked_responses() {
         "{out}"
     );
     let package = std::fs::read(&pkg).unwrap();
-    assert!(contains(&package, "[redacted]"));
+    assert!(contains_bytes(&package, "[redacted]"));
     for raw in ["ada@example.com", "grace@example.com"] {
         assert!(!tailed.contains(raw) && !tailed_json.contains(raw));
-        assert!(!contains(&package, raw), "`{raw}` reached the package");
+        assert!(
+            !contains_bytes(&package, raw),
+            "`{raw}` reached the package"
+        );
     }
 }
 
@@ -261,25 +273,19 @@ fn the_daemon_applies_retention_and_the_log_still_verifies() {
     if !privileged("the_daemon_applies_retention_and_the_log_still_verifies") {
         return;
     }
-    let dir = scratch("retention");
-    let mut lab = Lab::new().unwrap();
-    let pod = lab.add_pod("app", "pods/app").unwrap();
-    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).unwrap();
-    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
-    pg.admin_sql("CREATE TABLE customers (id int PRIMARY KEY, name text, email text);")
-        .unwrap();
-    let audit_dir = dir.join("audit");
-    let opts = DaemonOpts {
-        destinations: vec![format!("{}:9", lab.node_v4(6))],
-        extra_targets: format!(
-            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}audit:\n  dir: {}\n  segment_max_bytes: 4096\n  retention: {{ max_bytes: 16KiB }}\n",
-            audit_dir.display()
-        ),
-        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
-        ..Default::default()
-    };
+    let Setup {
+        dir,
+        lab,
+        pod,
+        pg,
+        pg_addr,
+        audit_dir,
+        opts,
+    } = setup(
+        "retention",
+        "",
+        "  segment_max_bytes: 4096\n  retention: { max_bytes: 16KiB }\n",
+    );
     let cfg = write_config(&lab, &dir, &opts);
     let mut daemon = Daemon::start(&cfg, &dir);
     let script = dir.join("many.sql");
@@ -326,12 +332,12 @@ fn the_daemon_applies_retention_and_the_log_still_verifies() {
     assert_eq!(daemon.stop(), Some(0));
 
     let a = audit_dir.to_str().unwrap();
-    let (ok, pubkey, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    let (ok, pubkey, err) = cli(&["audit", "pubkey", "--dir", a]);
     assert!(ok, "{err}");
     let key = dir.join("node.pub");
     std::fs::write(&key, pubkey).unwrap();
     let k = key.to_str().unwrap();
-    let (ok, verified, err) = interceptor(&["audit", "verify", a, "--pubkey", k]);
+    let (ok, verified, err) = cli(&["audit", "verify", a, "--pubkey", k]);
     assert!(ok, "{verified}{err}");
     assert!(
         verified.contains(&format!(
@@ -340,7 +346,7 @@ fn the_daemon_applies_retention_and_the_log_still_verifies() {
         )),
         "{verified}"
     );
-    let (_, shown, _) = interceptor(&["audit", "show", a]);
+    let (_, shown, _) = cli(&["audit", "show", a]);
     assert!(shown.contains("\"Retention\""), "{shown}");
     assert!(shown.contains("retention limit reached (size)"), "{shown}");
 
@@ -352,7 +358,7 @@ fn the_daemon_applies_retention_and_the_log_still_verifies() {
     let at = bytes.len() - 40;
     bytes[at] ^= 0x20;
     std::fs::write(&victim, bytes).unwrap();
-    let (ok, out, _) = interceptor(&["audit", "verify", a, "--pubkey", k]);
+    let (ok, out, _) = cli(&["audit", "verify", a, "--pubkey", k]);
     assert!(!ok && out.starts_with("FAILED: seg-"), "{out}");
 }
 
@@ -405,21 +411,21 @@ fn audit_prune_removes_old_segments_offline_with_a_signed_record() {
     });
     drop(rt);
     let a = log_dir.to_str().unwrap();
-    let (ok, _, err) = interceptor(&["audit", "prune", "--dir", a]);
+    let (ok, _, err) = cli(&["audit", "prune", "--dir", a]);
     assert!(
         !ok && err.contains("give --max-age and/or --max-bytes"),
         "{err}"
     );
-    let (ok, out, err) = interceptor(&["audit", "prune", "--dir", a, "--max-age", "1h"]);
+    let (ok, out, err) = cli(&["audit", "prune", "--dir", a, "--max-age", "1h"]);
     assert!(ok && out.starts_with("nothing to remove"), "{out}{err}");
-    let (ok, out, err) = interceptor(&["audit", "prune", "--dir", a, "--max-bytes", "24KiB"]);
+    let (ok, out, err) = cli(&["audit", "prune", "--dir", a, "--max-bytes", "24KiB"]);
     assert!(ok, "{err}");
     assert!(
         out.starts_with("removed ") && out.contains("recorded as a signed retention record"),
         "{out}"
     );
     assert!(!log_dir.join("seg-00000000000000000000.audit").exists());
-    let (ok, verified, err) = interceptor(&["audit", "verify", a]);
+    let (ok, verified, err) = cli(&["audit", "verify", a]);
     assert!(ok, "{verified}{err}");
     assert!(
         verified.contains("were removed by signed retention records"),
@@ -427,7 +433,7 @@ fn audit_prune_removes_old_segments_offline_with_a_signed_record() {
     );
     assert!(verified.contains("1 retention events"), "{verified}");
     // Replay still reads what remains, responses included.
-    let (ok, replay, err) = interceptor(&["sessions", "replay", a, "node-1-7"]);
+    let (ok, replay, err) = cli(&["sessions", "replay", a, "node-1-7"]);
     assert!(ok, "{err}");
     assert!(replay.contains("result  SELECT 1"), "{replay}");
 }
@@ -441,29 +447,20 @@ fn audit_key_rotation_through_the_running_daemon() {
     if !privileged("audit_key_rotation_through_the_running_daemon") {
         return;
     }
-    let dir = scratch("rotate-key");
-    let mut lab = Lab::new().unwrap();
-    let pod = lab.add_pod("app", "pods/app").unwrap();
-    let pg_addr: SocketAddr = (lab.node_v4(2), 5432).into();
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).unwrap();
-    let pg = Postgres::start(pg_addr, &pg_dir).unwrap();
-    pg.admin_sql(
-        "CREATE TABLE customers (id int PRIMARY KEY, name text, email text);
-         INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com');",
-    )
-    .unwrap();
-    let audit_dir = dir.join("audit");
+    let Setup {
+        dir,
+        lab,
+        pod,
+        pg,
+        pg_addr,
+        audit_dir,
+        opts,
+    } = setup(
+        "rotate-key",
+        "INSERT INTO customers VALUES (1, 'Ada', 'ada@example.com');",
+        "  checkpoint_every: 5\n",
+    );
     let socket = dir.join("run/admin.sock");
-    let opts = DaemonOpts {
-        destinations: vec![format!("{}:9", lab.node_v4(6))],
-        extra_targets: format!(
-            "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}audit:\n  dir: {}\n  checkpoint_every: 5\n",
-            audit_dir.display()
-        ),
-        identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
-        ..Default::default()
-    };
     let cfg = write_config(&lab, &dir, &opts);
     let admin = format!("admin:\n  address: {}\n", admin_addr(&lab));
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -491,9 +488,9 @@ fn audit_key_rotation_through_the_running_daemon() {
 
     let a = audit_dir.to_str().unwrap();
     let s = socket.to_str().unwrap();
-    let (ok, old, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    let (ok, old, err) = cli(&["audit", "pubkey", "--dir", a]);
     assert!(ok, "{err}");
-    let (ok, new, err) = interceptor(&["audit", "rotate-key", "--socket", s, "--as", "alice"]);
+    let (ok, new, err) = cli(&["audit", "rotate-key", "--socket", s, "--as", "alice"]);
     assert!(ok, "{err}");
     assert!(
         err.contains("the running daemon rotated its audit key"),
@@ -504,7 +501,7 @@ fn audit_key_rotation_through_the_running_daemon() {
         "{new}"
     );
     // The new key is the node key from now on, and who asked is logged.
-    let (ok, current, err) = interceptor(&["audit", "pubkey", "--dir", a]);
+    let (ok, current, err) = cli(&["audit", "pubkey", "--dir", a]);
     assert!(ok, "{err}");
     assert_eq!(current, new);
     let logged = daemon
@@ -525,7 +522,7 @@ fn audit_key_rotation_through_the_running_daemon() {
     std::fs::write(&new_key, &new).unwrap();
     let chain = format!("signed by {} -> {}", old.trim(), new.trim());
     for k in [&old_key, &new_key] {
-        let (ok, out, err) = interceptor(&["audit", "verify", a, "--pubkey", k.to_str().unwrap()]);
+        let (ok, out, err) = cli(&["audit", "verify", a, "--pubkey", k.to_str().unwrap()]);
         assert!(ok, "{out}{err}");
         assert!(
             out.contains("1 key rotations") && out.contains(&chain),
@@ -533,7 +530,7 @@ fn audit_key_rotation_through_the_running_daemon() {
         );
     }
     let pkg = dir.join("evidence.tar");
-    let (ok, out, err) = interceptor(&[
+    let (ok, out, err) = cli(&[
         "audit",
         "export",
         a,
@@ -546,7 +543,7 @@ fn audit_key_rotation_through_the_running_daemon() {
     ]);
     assert!(ok, "{out}{err}");
     for k in [&old_key, &new_key] {
-        let (ok, out, err) = interceptor(&[
+        let (ok, out, err) = cli(&[
             "audit",
             "verify",
             pkg.to_str().unwrap(),

@@ -413,3 +413,31 @@ pub fn record_for<'a>(records: &'a [Value], orig_dst: &str) -> Vec<&'a Value> {
         .filter(|r| r["orig_dst"] == orig_dst)
         .collect()
 }
+
+/// Every byte of every file under `dir` (to search for what must not be there).
+pub fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else {
+            out.extend(fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+pub fn contains_bytes(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Runs the `interceptor` CLI: (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(DAEMON).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
