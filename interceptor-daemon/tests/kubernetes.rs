@@ -197,6 +197,83 @@ async fn pod_index_lists_watches_resumes_and_relists() {
     task.abort();
 }
 
+/// Tokens clients present as passwords (one per connection): an accepted
+/// review is reused for the configured time, per audience set, never past
+/// the token's expiry; rejections are asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presented_tokens_are_reviewed_once_per_remembering_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start(dir.path());
+    let metrics = Arc::new(Metrics::new());
+    let good = jwt("good", in_an_hour());
+    api.add_token(&good, "shop", "orders", Some(("orders-1", U1)));
+    let v = TokenVerifier::new(
+        client(&api, None).await,
+        vec![],
+        Duration::from_millis(500),
+        metrics.clone(),
+    )
+    .remembering(Duration::from_secs(60));
+
+    let before = api.reviews();
+    for _ in 0..5 {
+        assert_eq!(
+            v.verify_presented(&good).await.unwrap().name(),
+            "shop/orders"
+        );
+    }
+    assert_eq!(api.reviews() - before, 1, "five connections, one review");
+    // The pod path (verify_token) always asks.
+    v.verify_token(&good).await.unwrap();
+    assert_eq!(api.reviews() - before, 2);
+    // Other audiences are another review, kept apart.
+    let aud = v.with_audiences(vec!["https://kubernetes.default.svc".into()]);
+    aud.verify_presented(&good).await.unwrap();
+    aud.verify_presented(&good).await.unwrap();
+    assert_eq!(api.reviews() - before, 3);
+
+    // A rejection is not kept.
+    let revoked = jwt("revoked", in_an_hour());
+    api.reject_token(&revoked, "token has been invalidated");
+    for _ in 0..2 {
+        assert!(
+            v.verify_presented(&revoked)
+                .await
+                .unwrap_err()
+                .is_rejection()
+        );
+    }
+    assert_eq!(api.reviews() - before, 5);
+
+    // Nor is an acceptance past the token's expiry.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let short = jwt("short", now + 1);
+    api.add_token(&short, "shop", "orders", Some(("orders-1", U1)));
+    v.verify_presented(&short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let _ = v.verify_presented(&short).await;
+    assert_eq!(
+        api.reviews() - before,
+        7,
+        "an expired token is reviewed again"
+    );
+
+    // Remembering nothing: every connection asks.
+    let every = TokenVerifier::new(
+        client(&api, None).await,
+        vec![],
+        Duration::from_millis(500),
+        metrics,
+    );
+    let before = api.reviews();
+    every.verify_presented(&good).await.unwrap();
+    every.verify_presented(&good).await.unwrap();
+    assert_eq!(api.reviews() - before, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_review_outcomes_and_metrics() {
     let dir = tempfile::tempdir().unwrap();

@@ -281,16 +281,19 @@ impl TokenAuth {
         if token.expose().is_empty() {
             return Err((TokenAuthError::Empty, None));
         }
-        let v = verifier.verify_token(token.expose()).await.map_err(|e| {
-            let err = match &e {
-                ReviewError::Unauthenticated(_) | ReviewError::NotServiceAccount(_) => {
-                    TokenAuthError::Rejected(e.to_string())
-                }
-                ReviewError::Mismatch(m) => TokenAuthError::Mismatch(m.clone()),
-                _ => TokenAuthError::Unverifiable(e.to_string()),
-            };
-            (err, None)
-        })?;
+        let v = verifier
+            .verify_presented(token.expose())
+            .await
+            .map_err(|e| {
+                let err = match &e {
+                    ReviewError::Unauthenticated(_) | ReviewError::NotServiceAccount(_) => {
+                        TokenAuthError::Rejected(e.to_string())
+                    }
+                    ReviewError::Mismatch(m) => TokenAuthError::Mismatch(m.clone()),
+                    _ => TokenAuthError::Unverifiable(e.to_string()),
+                };
+                (err, None)
+            })?;
         if let Err(why) = check_binding(&v, self.expected.as_ref()) {
             self.metrics
                 .token_review_failures

@@ -74,8 +74,9 @@ pub struct KubernetesConfig {
     /// the watch to deliver it (a pod started a moment ago).
     #[serde(default = "default_pod_wait_ms")]
     pub pod_wait_ms: u64,
-    /// A cached verification is repeated after this long (revocation is
-    /// noticed), even if the token has not changed.
+    /// A cached verification (of a pod's projected token, or of a token a
+    /// client presents as its password) is repeated after this long
+    /// (revocation is noticed), even if the token has not changed.
     #[serde(default = "default_reverify_after_s")]
     pub reverify_after_s: u64,
 }
@@ -216,12 +217,15 @@ impl KubeSource {
         let node = cfg.node_name.as_deref().unwrap_or(default_node).to_string();
         let index = Arc::new(PodIndex::new(metrics.clone()));
         let watch = tokio::spawn(index.clone().run(client.clone(), node));
-        let verifier = Arc::new(TokenVerifier::new(
-            client,
-            cfg.audiences.clone(),
-            Duration::from_millis(cfg.review_timeout_ms.max(1)),
-            metrics.clone(),
-        ));
+        let verifier = Arc::new(
+            TokenVerifier::new(
+                client,
+                cfg.audiences.clone(),
+                Duration::from_millis(cfg.review_timeout_ms.max(1)),
+                metrics.clone(),
+            )
+            .remembering(Duration::from_secs(cfg.reverify_after_s)),
+        );
         Ok(Self {
             index,
             verifier,

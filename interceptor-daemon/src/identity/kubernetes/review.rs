@@ -7,8 +7,8 @@
 //! the answer may be reused.
 
 use std::{
-    collections::BTreeMap,
-    sync::Arc,
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -154,7 +154,23 @@ pub struct TokenVerifier {
     audiences: Vec<String>,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Accepted tokens that clients presented ([`verify_presented`]), shared
+    /// with the verifiers made for other audiences.
+    ///
+    /// [`verify_presented`]: TokenVerifier::verify_presented
+    remembered: Arc<Mutex<HashMap<[u8; 32], Remembered>>>,
+    remember_for: Duration,
 }
+
+/// An accepted review, kept under a digest of the audiences and the token
+/// (the token itself is not kept).
+struct Remembered {
+    verified: VerifiedIdentity,
+    at: Instant,
+}
+
+/// Accepted reviews kept at most; beyond it expired ones are dropped, then all.
+const REMEMBERED_MAX: usize = 10_000;
 
 impl TokenVerifier {
     pub fn new(
@@ -168,7 +184,16 @@ impl TokenVerifier {
             audiences,
             timeout,
             metrics,
+            remembered: Arc::default(),
+            remember_for: Duration::ZERO,
         }
+    }
+
+    /// Keeps accepted reviews of presented tokens for `d` (never past a
+    /// token's expiry); zero asks the API server every time.
+    pub fn remembering(mut self, d: Duration) -> Self {
+        self.remember_for = d;
+        self
     }
 
     /// The same API client reviewing for other audiences (a target that
@@ -179,7 +204,61 @@ impl TokenVerifier {
             audiences,
             timeout: self.timeout,
             metrics: self.metrics.clone(),
+            remembered: self.remembered.clone(),
+            remember_for: self.remember_for,
         }
+    }
+
+    /// [`verify_token`](Self::verify_token) for a token a client presents
+    /// on every connection (its database password): an accepted review is
+    /// reused for the [`remembering`](Self::remembering) time, so a
+    /// connection storm is not a TokenReview storm. Rejections and failures
+    /// are not kept: the next attempt asks again. A revoked token keeps
+    /// working until its review is that old, as with the pod's own token.
+    pub async fn verify_presented(&self, token: &str) -> Result<VerifiedIdentity, ReviewError> {
+        if self.remember_for.is_zero() {
+            return self.verify_token(token).await;
+        }
+        let key = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            for a in &self.audiences {
+                h.update(a.as_bytes());
+                h.update([0]);
+            }
+            h.update([0xff]);
+            h.update(token.as_bytes());
+            <[u8; 32]>::from(h.finalize())
+        };
+        let fresh = |r: &Remembered, now: Instant, wall: SystemTime| {
+            now.duration_since(r.at) < self.remember_for
+                && r.verified.expires_at.is_none_or(|e| wall < e)
+        };
+        {
+            let kept = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = kept.get(&key)
+                && fresh(r, Instant::now(), SystemTime::now())
+            {
+                return Ok(r.verified.clone());
+            }
+        }
+        let verified = self.verify_token(token).await?;
+        let mut kept = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= REMEMBERED_MAX {
+            let (now, wall) = (Instant::now(), SystemTime::now());
+            kept.retain(|_, r| fresh(r, now, wall));
+            if kept.len() >= REMEMBERED_MAX {
+                kept.clear();
+            }
+        }
+        kept.insert(
+            key,
+            Remembered {
+                verified: verified.clone(),
+                at: Instant::now(),
+            },
+        );
+        Ok(verified)
     }
 
     /// Asks the API server who `token` belongs to. Only service-account
