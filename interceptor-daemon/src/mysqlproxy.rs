@@ -43,8 +43,8 @@ use crate::{
     masking::{self, MaskKey},
     policy::{Action, Decision},
     protocol::mysql::{
-        CLIENT_DEPRECATE_EOF, COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING, COM_QUERY,
-        COM_QUIT, COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE,
+        Answer, CLIENT_DEPRECATE_EOF, COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING,
+        COM_QUERY, COM_QUIT, COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE,
         COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET,
         COM_STMT_SEND_LONG_DATA, ClientHello, ER_TABLEACCESS_DENIED, MysqlError, STRIPPED,
         err_packet, frame, rewrite_client_response, rewrite_server_handshake,
@@ -95,21 +95,16 @@ fn expect(e: &Expects, cmd: u8, payload: &[u8]) {
         return;
     };
     let sql = || String::from_utf8_lossy(payload.get(1..).unwrap_or_default());
-    let id = || {
-        payload
-            .get(1..5)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .unwrap_or(u32::MAX)
+    let Some(answer) = Answer::to(cmd, payload) else {
+        return;
     };
-    let e = match cmd {
-        // No answer.
-        COM_QUIT | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => return,
-        COM_QUERY => Expect::Query(Masker::facts(&sql())),
-        COM_STMT_PREPARE => Expect::Prepare(Masker::facts(&sql())),
-        COM_STMT_EXECUTE => Expect::Execute(id()),
-        COM_STMT_FETCH => Expect::Fetch(id()),
-        COM_FIELD_LIST => Expect::FieldList,
-        _ => Expect::Single,
+    let e = match answer {
+        Answer::Query => Expect::Query(Masker::facts(&sql())),
+        Answer::Prepare => Expect::Prepare(Masker::facts(&sql())),
+        Answer::Execute(id) => Expect::Execute(id),
+        Answer::Fetch(id) => Expect::Fetch(id),
+        Answer::FieldList => Expect::FieldList,
+        Answer::Single => Expect::Single,
     };
     pending
         .lock()

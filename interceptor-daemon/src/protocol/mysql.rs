@@ -78,6 +78,45 @@ impl Packet<'_> {
     }
 }
 
+/// The answer a command forwarded to the server gets: what the response
+/// parsers (masking, recording) must expect next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Result set(s), OK or ERR.
+    Query,
+    /// Statement OK with parameter and column definitions, or ERR.
+    Prepare,
+    /// Binary result set(s) of the statement with this id, OK or ERR.
+    Execute(u32),
+    /// More rows of this statement's cursor.
+    Fetch(u32),
+    /// Column definitions until EOF (COM_FIELD_LIST).
+    FieldList,
+    /// One packet (OK, ERR, a string).
+    Single,
+}
+
+impl Answer {
+    /// The answer to `cmd` (with its whole `payload`); `None` when the
+    /// server does not answer it.
+    pub fn to(cmd: u8, payload: &[u8]) -> Option<Answer> {
+        let id = || {
+            payload
+                .get(1..5)
+                .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        Some(match cmd {
+            COM_QUIT | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => return None,
+            COM_QUERY => Answer::Query,
+            COM_STMT_PREPARE => Answer::Prepare,
+            COM_STMT_EXECUTE => Answer::Execute(id()),
+            COM_STMT_FETCH => Answer::Fetch(id()),
+            COM_FIELD_LIST => Answer::FieldList,
+            _ => Answer::Single,
+        })
+    }
+}
+
 /// A length-encoded integer at the start of `b`: (value, bytes used).
 pub fn lenenc(b: &[u8]) -> Option<(u64, usize)> {
     let first = *b.first()?;

@@ -20,11 +20,7 @@ use std::{
 use super::{MAX_COLUMNS, MAX_RESPONSE_BYTES, MAX_RESULTS, MAX_VALUE_CHARS, Recorder, clip};
 use crate::{
     audit::record::{ResponseSummary, SqlError, SqlResult},
-    protocol::mysql::{
-        CLIENT_DEPRECATE_EOF, COM_FIELD_LIST, COM_QUERY, COM_QUIT, COM_STMT_CLOSE,
-        COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_SEND_LONG_DATA, MAX_PAYLOAD,
-        lenenc, lenenc_str,
-    },
+    protocol::mysql::{Answer as Ask, CLIENT_DEPRECATE_EOF, MAX_PAYLOAD, lenenc, lenenc_str},
 };
 
 /// Status flag: another result set follows.
@@ -34,39 +30,6 @@ const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
 /// Column flag: an unsigned number.
 const UNSIGNED_FLAG: u16 = 0x0020;
 
-/// What a forwarded command's answer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ask {
-    Query,
-    Prepare,
-    Execute(u32),
-    Fetch(u32),
-    /// Definitions until EOF (COM_FIELD_LIST): followed, not recorded.
-    FieldList,
-    /// One packet (OK, ERR, a string): followed, not recorded.
-    Single,
-}
-
-impl Ask {
-    /// The answer a command forwarded to the server gets; `None` when it gets none.
-    pub fn of(cmd: u8, payload: &[u8]) -> Option<Ask> {
-        let id = || {
-            payload
-                .get(1..5)
-                .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        Some(match cmd {
-            COM_QUIT | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => return None,
-            COM_QUERY => Ask::Query,
-            COM_STMT_PREPARE => Ask::Prepare,
-            COM_STMT_EXECUTE => Ask::Execute(id()),
-            COM_STMT_FETCH => Ask::Fetch(id()),
-            COM_FIELD_LIST => Ask::FieldList,
-            _ => Ask::Single,
-        })
-    }
-}
-
 /// The queue both halves of a session share: the client half pushes what
 /// each forwarded command expects, the recorder pops one per answer.
 #[derive(Debug, Clone, Default)]
@@ -75,7 +38,7 @@ pub struct Asked(Arc<Mutex<VecDeque<Ask>>>);
 impl Asked {
     /// A command was forwarded to the server.
     pub fn forwarded(&self, cmd: u8, payload: &[u8]) {
-        if let Some(a) = Ask::of(cmd, payload) {
+        if let Some(a) = Ask::to(cmd, payload) {
             self.0
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -624,7 +587,9 @@ mod tests {
     use crate::{
         audit::{AuditConfig, AuditLog, reader, record::Record},
         metrics::Metrics,
-        protocol::mysql::put_lenenc,
+        protocol::mysql::{
+            COM_QUERY, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, put_lenenc,
+        },
     };
 
     fn def(name: &str, ty: u8, flags: u16) -> Vec<u8> {
