@@ -163,6 +163,17 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl Output {
+    /// Status 1 and `interceptor: error: …` on stderr.
+    fn error(e: impl std::fmt::Display) -> Output {
+        Output {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("interceptor: error: {e}\n"),
+        }
+    }
+}
+
 /// Run a command and print its output; returns the exit status.
 pub fn run(cmd: AuditCommand) -> u8 {
     let out = match cmd {
@@ -246,11 +257,7 @@ pub fn run(cmd: AuditCommand) -> u8 {
                 &mut stdout.lock(),
             ) {
                 Ok(()) => return 0,
-                Err(e) => Output {
-                    code: 1,
-                    stdout: String::new(),
-                    stderr: format!("interceptor: error: {e}\n"),
-                },
+                Err(e) => Output::error(e),
             }
         }
     };
@@ -270,11 +277,7 @@ pub fn verify(dir: &Path, pubkey_file: Option<&Path>) -> Output {
         {
             Ok(k) => Some(k),
             Err(e) => {
-                return Output {
-                    code: 1,
-                    stdout: String::new(),
-                    stderr: format!("interceptor: error: {e}\n"),
-                };
+                return Output::error(e);
             }
         },
         None => {
@@ -368,17 +371,12 @@ pub fn prune(
     key_file: Option<&Path>,
     node: Option<String>,
 ) -> Output {
-    let fail = |e: String| Output {
-        code: 1,
-        stdout: String::new(),
-        stderr: format!("interceptor: error: {e}\n"),
-    };
     if max_age.is_none() && max_bytes.is_none() {
-        return fail("give --max-age and/or --max-bytes".into());
+        return Output::error("give --max-age and/or --max-bytes");
     }
     match super::writer::list_segments(dir) {
         Ok(s) if !s.is_empty() => {}
-        _ => return fail(format!("no audit segments in {}", dir.display())),
+        _ => return Output::error(format!("no audit segments in {}", dir.display())),
     }
     let node = node.unwrap_or_else(host_name);
     let mut cfg = AuditConfig::new(dir, node);
@@ -386,13 +384,13 @@ pub fn prune(
     if let Some(a) = max_age {
         match humantime::parse_duration(a) {
             Ok(d) => cfg.retention_max_age = Some(d),
-            Err(e) => return fail(format!("--max-age `{a}`: {e}")),
+            Err(e) => return Output::error(format!("--max-age `{a}`: {e}")),
         }
     }
     if let Some(b) = max_bytes {
         match parse_bytes(b) {
             Ok(n) => cfg.retention_max_bytes = Some(n),
-            Err(e) => return fail(format!("--max-bytes: {e}")),
+            Err(e) => return Output::error(format!("--max-bytes: {e}")),
         }
     }
     match super::writer::prune(cfg) {
@@ -415,7 +413,7 @@ pub fn prune(
                 stderr: String::new(),
             }
         }
-        Err(e) => fail(e.to_string()),
+        Err(e) => Output::error(e),
     }
 }
 
@@ -435,11 +433,6 @@ pub fn rotate_key(
     node: Option<String>,
 ) -> Output {
     use crate::approvals::cli::{ClientError, call};
-    let fail = |e: String| Output {
-        code: 1,
-        stdout: String::new(),
-        stderr: format!("interceptor: error: {e}\n"),
-    };
     let req = crate::admin_socket::AdminRequest::AuditRotateKey { as_name };
     let e = match call(socket, &req) {
         Ok(r) => {
@@ -449,22 +442,22 @@ pub fn rotate_key(
                     stdout: format!("{k}\n"),
                     stderr: "the running daemon rotated its audit key (recorded in the log, signed by the old key)\n".into(),
                 },
-                None => fail("the daemon answered without a public key".into()),
+                None => Output::error("the daemon answered without a public key"),
             };
         }
         Err(e) => e,
     };
     let (ClientError::NotRunning(_), Some(dir)) = (&e, dir) else {
         return match e {
-            ClientError::NotRunning(_) => fail(format!(
+            ClientError::NotRunning(_) => Output::error(format!(
                 "{e}; to rotate the key of a log no daemon is writing, give --dir DIR"
             )),
-            e => fail(e.to_string()),
+            e => Output::error(e),
         };
     };
     match super::writer::list_segments(dir) {
         Ok(s) if !s.is_empty() => {}
-        _ => return fail(format!("no audit segments in {}", dir.display())),
+        _ => return Output::error(format!("no audit segments in {}", dir.display())),
     }
     let mut cfg = AuditConfig::new(dir, node.unwrap_or_else(host_name));
     cfg.key_file = key_file.map(Path::to_path_buf);
@@ -478,7 +471,7 @@ pub fn rotate_key(
                 dir.display()
             ),
         },
-        Err(e) => fail(e.to_string()),
+        Err(e) => Output::error(e),
     }
 }
 
@@ -492,11 +485,7 @@ pub fn pubkey(dir: &Path, key_file: Option<&Path>) -> Output {
             stdout: format!("{}\n", keys::public_text(&k.verifying_key())),
             stderr: String::new(),
         },
-        Err(e) => Output {
-            code: 1,
-            stdout: String::new(),
-            stderr: format!("interceptor: error: {e}\n"),
-        },
+        Err(e) => Output::error(e),
     }
 }
 
