@@ -656,13 +656,10 @@ async fn client_to_server(
             total += out.len() as u64;
             out.clear();
         }
-        if buf.is_empty() {
-            // No partial message kept: wait for the client holding no buffer.
-            bufpool::give_bytes(std::mem::take(&mut buf));
-            bufpool::give_vec(std::mem::take(&mut out));
-            cr.readable().await?;
-            buf = bufpool::bytes(READ_BUFFER);
-            out = bufpool::vec(0);
+        if buf.is_empty()
+            && let Some(ready) = cr.readable_unbuffered()
+        {
+            wait_unbuffered(&mut buf, &mut out, ready).await?;
         }
         if crate::session::fill(&mut cr, &mut buf).await? == 0 {
             if !buf.is_empty() {
@@ -699,6 +696,21 @@ impl<T> WaitReadable for tokio::io::ReadHalf<T> {
     fn readable_unbuffered(&self) -> Option<impl Future<Output = io::Result<()>> + Send + '_> {
         None::<std::future::Ready<io::Result<()>>>
     }
+}
+
+/// With no partial message kept: gives the direction's buffers back while
+/// `ready` waits for its socket, then takes fresh ones.
+async fn wait_unbuffered(
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    ready: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    bufpool::give_bytes(std::mem::take(buf));
+    bufpool::give_vec(std::mem::take(out));
+    ready.await?;
+    *buf = bufpool::bytes(READ_BUFFER);
+    *out = bufpool::vec(0);
+    Ok(())
 }
 
 fn push(p: &Pending, i: Inject) {
@@ -786,11 +798,7 @@ async fn server_to_client(
         if buf.is_empty()
             && let Some(ready) = ur.readable_unbuffered()
         {
-            bufpool::give_bytes(std::mem::take(&mut buf));
-            bufpool::give_vec(std::mem::take(&mut out));
-            ready.await?;
-            buf = bufpool::bytes(READ_BUFFER);
-            out = bufpool::vec(0);
+            wait_unbuffered(&mut buf, &mut out, ready).await?;
         }
         if crate::session::fill(&mut ur, &mut buf).await? == 0 {
             let _ = cw.shutdown().await;
