@@ -112,6 +112,27 @@ fn sql(s: &Setup, extra: &[&str], script: &str) -> Output {
         .unwrap()
 }
 
+/// A script on the client's stdin with `--force` (`-e` disables it), so the
+/// session goes on after an error or a denial.
+fn script(s: &Setup, statements: &[u8]) -> Output {
+    let mut child = s
+        .pod
+        .command("mariadb")
+        .unwrap()
+        .args(client_args(s.db.addr))
+        .args(["--force", "shop"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(statements).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn customers(s: &Setup) -> String {
     s.db.admin("SELECT count(*) FROM shop.customers")
         .unwrap()
@@ -146,27 +167,7 @@ fn mysql_statements_are_decided_on_the_wire() {
 
     // The session stays usable after a denial (a script on stdin: `-e`
     // disables --force).
-    let mut child = s
-        .pod
-        .command("mariadb")
-        .unwrap()
-        .args(client_args(s.db.addr))
-        .args(["--force", "shop"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"DELETE FROM customers;\nSELECT 40 + 2;\nINSERT INTO orders VALUES (1, 1);\nSELECT count(*) FROM orders;\n")
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = script(&s, b"DELETE FROM customers;\nSELECT 40 + 2;\nINSERT INTO orders VALUES (1, 1);\nSELECT count(*) FROM orders;\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stdout, "42\n1\n", "stderr: {err}");
@@ -257,33 +258,14 @@ fn mysql_sessions_replay_with_their_masked_responses() {
     .unwrap();
 
     // One session: a masked read, a server error, a denial, a write, a count.
-    let mut child = s
-        .pod
-        .command("mariadb")
-        .unwrap()
-        .args(client_args(s.db.addr))
-        .args(["--force", "shop"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(
-                b"SELECT id, email FROM customers ORDER BY id;\n\
+    let out = script(
+        &s,
+        b"SELECT id, email FROM customers ORDER BY id;\n\
                   SELECT nosuchcol FROM customers;\n\
                   DELETE FROM customers WHERE id = 2;\n\
                   INSERT INTO orders VALUES (1, 1), (2, 1);\n\
                   SELECT count(*) FROM orders;\n",
-            )
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stdout, "1\t[redacted]\n2\t[redacted]\n2\n", "stderr: {err}");
