@@ -396,10 +396,7 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         }
         Protocol::Postgres => {
             let ctx = SessionCtx {
-                audit: shared
-                    .audit
-                    .clone()
-                    .map(|log| (log, meta.audit_base(&shared.node))),
+                audit: crate::session::audit_of(shared, meta),
                 identity: meta.identity.as_ref().map(Identity::name),
                 target: meta.target.clone(),
                 policy: shared.policy.clone(),

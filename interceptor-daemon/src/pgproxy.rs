@@ -78,7 +78,7 @@ use crate::{
 pub struct SessionCtx {
     /// Where decisions are recorded, and the record every entry starts from
     /// (node, identity, target, connection).
-    pub audit: Option<(AuditLog, AccessRecord)>,
+    pub audit: Option<(AuditLog, audit::encode::AccessBase)>,
     pub identity: Option<String>,
     pub target: String,
     /// Read on every decision, so a reload applies to open sessions.
@@ -438,29 +438,26 @@ impl<'c> Decider<'c> {
         let Some((log, base)) = &self.ctx.audit else {
             return;
         };
-        let mut rec = AccessRecord {
-            time_ns: audit::record::now_ns(),
-            operation: v.operation.clone(),
-            decision: match d.action {
-                // Mask rules never decide; a decision is allow or deny.
-                Action::Allow | Action::Mask => audit::Decision::Allow,
-                Action::Deny => audit::Decision::Deny,
-                Action::RequireApproval => audit::Decision::RequireApproval,
-            },
-            rule_id: Some(d.rule.clone()),
-            ..base.clone()
+        let decision = match d.action {
+            // Mask rules never decide; a decision is allow or deny.
+            Action::Allow | Action::Mask => audit::Decision::Allow,
+            Action::Deny => audit::Decision::Deny,
+            Action::RequireApproval => audit::Decision::RequireApproval,
         };
-        if let Some(h) = held {
-            rec.decision = h.decision;
-            rec.approval_ref = Some(h.approval_ref);
-            rec.outcome = h.outcome;
+        let mut entry = audit::encode::AccessEntry {
+            operation: &v.operation,
+            decision: &decision,
+            rule_id: Some(&d.rule),
+            ..audit::encode::AccessEntry::now()
+        };
+        if let Some(h) = &held {
+            entry.decision = &h.decision;
+            entry.approval_ref = Some(&h.approval_ref);
+            entry.outcome = h.outcome.as_ref();
         }
-        if d.action == Action::Deny {
-            crate::session::append(&self.ctx.metrics, log, rec).await;
-        } else {
-            // Allowed statements do not wait for the disk; the record follows.
-            crate::session::submit(&self.ctx.metrics, log, rec).await;
-        }
+        // Allowed statements do not wait for the disk; the record follows.
+        let durable = d.action == Action::Deny;
+        crate::session::record_entry(&self.ctx.metrics, log, base, &entry, durable).await;
     }
 }
 

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 use crate::{
-    audit::{self, AccessRecord, AuditLog},
+    audit::{
+        self, AccessRecord, AuditLog,
+        encode::{AccessBase, AccessEntry},
+    },
     metrics::{DecisionLabels, Metrics},
     policy::{Action, Context, Decision, store::PolicyHandle},
 };
 
 pub struct SessionCtx {
-    /// Where decisions are recorded, and the record every entry starts from
-    /// (node, identity, target, protocol, connection).
-    pub audit: Option<(AuditLog, AccessRecord)>,
+    /// Where decisions are recorded, and what every entry shares (node,
+    /// identity, target, protocol, connection), encoded once.
+    pub audit: Option<(AuditLog, AccessBase)>,
     pub identity: Option<String>,
     pub target: String,
     /// Read on every decision, so a reload applies to open sessions.
@@ -72,23 +75,38 @@ impl SessionCtx {
         let Some((log, base)) = &self.audit else {
             return;
         };
-        let rec = AccessRecord {
-            time_ns: audit::record::now_ns(),
-            operation,
-            decision: match d.action {
+        let entry = AccessEntry {
+            operation: &operation,
+            decision: &match d.action {
                 Action::Allow | Action::Mask => audit::Decision::Allow,
                 // decide_redis/decide_http never return RequireApproval.
                 Action::Deny | Action::RequireApproval => audit::Decision::Deny,
             },
-            rule_id: Some(d.rule.clone()),
-            ..base.clone()
+            rule_id: Some(&d.rule),
+            ..AccessEntry::now()
         };
-        if d.action != Action::Allow {
-            append(&self.metrics, log, rec).await;
-        } else {
-            // Allowed operations do not wait for the disk; the record follows.
-            submit(&self.metrics, log, rec).await;
-        }
+        // Allowed operations do not wait for the disk; the record follows.
+        record_entry(&self.metrics, log, base, &entry, d.action != Action::Allow).await;
+    }
+}
+
+/// Audits one entry of a connection: `durable` waits until it is on disk (a
+/// denial, before the client hears of it), otherwise it is only queued.
+pub(crate) async fn record_entry(
+    metrics: &Metrics,
+    log: &AuditLog,
+    base: &AccessBase,
+    entry: &AccessEntry<'_>,
+    durable: bool,
+) {
+    let res = match base.encode(entry) {
+        Ok(body) if durable => log.append_encoded(body).await.map(drop),
+        Ok(body) => log.submit_encoded(body).await,
+        Err(e) => Err(crate::audit::AuditError::Record(e.to_string())),
+    };
+    if let Err(e) = res {
+        closed(metrics, &e);
+        warn!(error = %e, "audit record failed");
     }
 }
 
@@ -117,6 +135,15 @@ fn closed(metrics: &Metrics, e: &crate::audit::AuditError) {
     }
 }
 
+/// The log a connection's decisions go to, with the connection's encoded base.
+pub fn audit_of(
+    shared: &crate::listener::Shared,
+    meta: &crate::listener::ConnMeta,
+) -> Option<(AuditLog, AccessBase)> {
+    let log = shared.audit.clone()?;
+    Some((log, AccessBase::new(meta.audit_base(&shared.node))))
+}
+
 /// Feeds the audit metrics from the writer: time from queueing to durable,
 /// and records the writer failed to make durable.
 pub fn observer(metrics: std::sync::Arc<Metrics>) -> crate::audit::Observer {
@@ -132,10 +159,7 @@ impl SessionCtx {
     /// The context for one redirected connection.
     pub fn new(shared: &crate::listener::Shared, meta: &crate::listener::ConnMeta) -> SessionCtx {
         SessionCtx {
-            audit: shared
-                .audit
-                .clone()
-                .map(|log| (log, meta.audit_base(&shared.node))),
+            audit: audit_of(shared, meta),
             identity: meta.identity.as_ref().map(crate::identity::Identity::name),
             target: meta.target.clone(),
             policy: shared.policy.clone(),

@@ -35,6 +35,7 @@
 //! carry whole segments so they verify like the log itself.
 
 pub mod cli;
+pub mod encode;
 pub mod export;
 pub mod format;
 pub mod index;

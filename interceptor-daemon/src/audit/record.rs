@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use bincode::error::EncodeError;
+
 /// Largest encoded record accepted by the reader and the writer.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 

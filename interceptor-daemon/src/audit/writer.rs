@@ -136,10 +136,29 @@ impl AuditLog {
 
     /// Queue what a client received without waiting for the disk, from
     /// synchronous code (the relay's write path): durable with its group, like
-    /// [`submit`](AuditLog::submit). When the queue is full the record waits
-    /// for room in a task of its own rather than blocking the relay.
+    /// [`submit`](AuditLog::submit).
     pub fn submit_response(&self, rec: ResponseRecord) -> Result<(), AuditError> {
-        match self.tx.try_send(queued(encode_response(rec)?, None)) {
+        self.queue_encoded(encode_response(rec)?)
+    }
+
+    /// [`append`](AuditLog::append) of a record body made by [`super::encode`].
+    pub async fn append_encoded(&self, body: Vec<u8>) -> Result<Receipt, AuditError> {
+        self.durable(body).await
+    }
+
+    /// [`submit`](AuditLog::submit) of a record body made by [`super::encode`].
+    pub async fn submit_encoded(&self, body: Vec<u8>) -> Result<(), AuditError> {
+        self.tx
+            .send(queued(body, None))
+            .await
+            .map_err(|_| AuditError::Closed)
+    }
+
+    /// Queue a record body made by [`super::encode`] from synchronous code:
+    /// when the queue is full the record waits for room in a task of its own
+    /// rather than blocking the caller.
+    pub fn queue_encoded(&self, body: Vec<u8>) -> Result<(), AuditError> {
+        match self.tx.try_send(queued(body, None)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(AuditError::Closed),
             Err(mpsc::error::TrySendError::Full(msg)) => {

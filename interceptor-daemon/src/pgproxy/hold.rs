@@ -160,7 +160,7 @@ impl Decider<'_> {
             rule_id: Some(d.rule.clone()),
             approval_ref: Some(approval_ref.to_string()),
             outcome: note.map(|n| audit::Outcome::Error(n.to_string())),
-            ..base.clone()
+            ..base.record().clone()
         };
         crate::session::append(&self.ctx.metrics, log, rec).await;
     }

@@ -20,7 +20,7 @@ pub mod mysql;
 pub mod pg;
 pub mod redis;
 
-use std::{sync::Arc, time::Instant};
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use serde::Deserialize;
 use tracing::warn;
@@ -130,6 +130,20 @@ impl Recorder {
         }
     }
 
+    /// Queues the record of the SQL results in `r` (none: nothing), a
+    /// response that began at `started`; `r` is ready for the next one.
+    pub fn emit_sql(&self, started: Instant, r: &mut crate::audit::encode::SqlResponse) {
+        let duration_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let Some(body) = r.finish(now_ns(), &self.session_id, self.connection_id, duration_ns)
+        else {
+            return;
+        };
+        if let Err(e) = self.log.queue_encoded(body) {
+            self.metrics.audit_append_failures.inc();
+            warn!(error = %e, "audit append (response) failed");
+        }
+    }
+
     /// Queues the record of one response that began at `started`.
     pub fn emit(&self, started: Instant, summary: ResponseSummary) {
         let rec = ResponseRecord {
@@ -151,25 +165,46 @@ impl Recorder {
 /// A value as recorded: UTF-8 text cut to [`MAX_VALUE_CHARS`] characters, other
 /// bytes as `\x` hex (cut likewise). Returns the text and whether it was cut.
 pub fn render_value(v: &[u8]) -> (String, bool) {
+    let (s, cut) = rendered(v);
+    (s.into_owned(), cut)
+}
+
+/// [`render_value`], borrowing the text when it needs no rendering.
+pub fn rendered(v: &[u8]) -> (Cow<'_, str>, bool) {
     match std::str::from_utf8(v) {
-        Ok(s) => clip(s, MAX_VALUE_CHARS),
+        Ok(s) => {
+            let (s, cut) = clipped(s, MAX_VALUE_CHARS);
+            (Cow::Borrowed(s), cut)
+        }
         Err(_) => {
+            use std::fmt::Write;
             let n = v.len().min(MAX_VALUE_CHARS / 2);
             let mut s = String::with_capacity(2 + 2 * n);
             s.push_str("\\x");
             for b in &v[..n] {
-                s.push_str(&format!("{b:02x}"));
+                let _ = write!(s, "{b:02x}");
             }
-            (s, n < v.len())
+            (Cow::Owned(s), n < v.len())
         }
     }
 }
 
 /// `s` cut to at most `max` characters.
 pub fn clip(s: &str, max: usize) -> (String, bool) {
+    let (s, cut) = clipped(s, max);
+    (s.to_string(), cut)
+}
+
+/// [`clip`] without a copy.
+pub fn clipped(s: &str, max: usize) -> (&str, bool) {
+    // At most `max` characters take at most 4 * max bytes: a short string
+    // needs no walk over its characters.
+    if s.len() <= max {
+        return (s, false);
+    }
     match s.char_indices().nth(max) {
-        Some((i, _)) => (s[..i].to_string(), true),
-        None => (s.to_string(), false),
+        Some((i, _)) => (&s[..i], true),
+        None => (s, false),
     }
 }
 

@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use super::{MAX_COLUMNS, MAX_RESPONSE_BYTES, MAX_RESULTS, Recorder, clip, render_value};
+use super::{MAX_COLUMNS, MAX_RESPONSE_BYTES, MAX_RESULTS, Recorder, clipped, rendered};
 use crate::{
-    audit::record::{ResponseSummary, SqlError, SqlResult},
+    audit::encode::SqlResponse,
     protocol::postgres::{BackendMessage, Direction, Framer, Progress},
 };
 
@@ -18,12 +18,22 @@ pub struct PgRecorder {
     /// The ReadyForQuery that ends the startup phase was seen: responses follow.
     ready: bool,
     started: Option<Instant>,
-    results: Vec<SqlResult>,
-    current: Option<SqlResult>,
+    /// The record being written, its buffers kept from one response to the next.
+    response: SqlResponse,
+    current: Current,
     /// Bytes of names and values recorded in this response.
     bytes: usize,
     /// Results left out of this response (beyond [`MAX_RESULTS`]).
     dropped: bool,
+}
+
+/// The result the next messages belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    None,
+    Recording,
+    /// Beyond [`MAX_RESULTS`]: only skipped.
+    Skipping,
 }
 
 impl PgRecorder {
@@ -33,8 +43,8 @@ impl PgRecorder {
             framer: Framer::new(Direction::Backend),
             ready: false,
             started: None,
-            results: Vec::new(),
-            current: None,
+            response: SqlResponse::default(),
+            current: Current::None,
             bytes: 0,
             dropped: false,
         }
@@ -71,75 +81,82 @@ impl PgRecorder {
         match msg {
             BackendMessage::RowDescription(fields) => {
                 self.finish_current();
-                let mut r = SqlResult::default();
-                for f in fields.iter().take(MAX_COLUMNS) {
-                    let (name, cut) = clip(f.name, super::MAX_VALUE_CHARS);
-                    self.bytes += name.len();
-                    r.truncated |= cut;
-                    r.columns.push(name);
-                }
-                r.truncated |= fields.len() > MAX_COLUMNS;
-                self.current = Some(r);
-            }
-            BackendMessage::DataRow(values) => {
-                let budget_left = self.bytes < MAX_RESPONSE_BYTES;
-                let rows = self.rec.rows;
-                let r = self.current.get_or_insert_with(SqlResult::default);
-                r.row_count += 1;
-                if r.rows.len() >= rows || !budget_left {
-                    // Counted only: no allocation for rows that are not recorded.
-                    r.truncated |= rows > 0;
+                if !self.recording() {
                     return;
                 }
-                let mut row = Vec::with_capacity(values.len().min(MAX_COLUMNS));
-                for v in values.iter().take(MAX_COLUMNS) {
-                    row.push(v.map(|b| {
-                        let (s, cut) = render_value(b);
-                        r.truncated |= cut;
-                        self.bytes += s.len();
-                        s
-                    }));
+                let r = &mut self.response;
+                for f in fields.iter().take(MAX_COLUMNS) {
+                    let (name, cut) = clipped(f.name, super::MAX_VALUE_CHARS);
+                    self.bytes += name.len();
+                    if cut {
+                        r.mark_truncated();
+                    }
+                    r.column(name);
                 }
-                r.truncated |= values.len() > MAX_COLUMNS;
-                r.rows.push(row);
+                if fields.len() > MAX_COLUMNS {
+                    r.mark_truncated();
+                }
+            }
+            BackendMessage::DataRow(values) => {
+                if !self.recording() {
+                    return;
+                }
+                let rows = self.rec.rows;
+                let r = &mut self.response;
+                if r.recorded_rows() >= rows as u64 || self.bytes >= MAX_RESPONSE_BYTES {
+                    // Counted only: nothing recorded for rows beyond the limits.
+                    r.count_row();
+                    if rows > 0 {
+                        r.mark_truncated();
+                    }
+                    return;
+                }
+                r.row(values.len().min(MAX_COLUMNS));
+                for v in values.iter().take(MAX_COLUMNS) {
+                    match v {
+                        None => r.value(None),
+                        Some(b) => {
+                            let (s, cut) = rendered(b);
+                            if cut {
+                                r.mark_truncated();
+                            }
+                            self.bytes += s.len();
+                            r.value(Some(&s));
+                        }
+                    }
+                }
+                if values.len() > MAX_COLUMNS {
+                    r.mark_truncated();
+                }
             }
             BackendMessage::CommandComplete { tag } => {
-                let mut r = self.current.take().unwrap_or_default();
-                r.tag = Some(clip(tag, super::MAX_VALUE_CHARS).0);
-                self.push(r);
+                if self.recording() {
+                    let (tag, _) = clipped(tag, super::MAX_VALUE_CHARS);
+                    self.response.end_result(Some(tag), None);
+                }
+                self.current = Current::None;
             }
-            BackendMessage::EmptyQueryResponse => {
-                let r = self.current.take().unwrap_or_default();
-                self.push(r);
-            }
+            BackendMessage::EmptyQueryResponse => self.end(None),
             BackendMessage::ErrorResponse(e) => {
-                let mut r = self.current.take().unwrap_or_default();
-                let (message, cut) = clip(e.message().unwrap_or(""), super::MAX_VALUE_CHARS);
-                r.truncated |= cut;
-                self.bytes += message.len();
-                r.error = Some(SqlError {
-                    code: e.code().unwrap_or("").to_string(),
-                    message,
-                });
-                self.push(r);
+                if self.recording() {
+                    let (message, cut) = clipped(e.message().unwrap_or(""), super::MAX_VALUE_CHARS);
+                    if cut {
+                        self.response.mark_truncated();
+                    }
+                    self.bytes += message.len();
+                    let code = e.code().unwrap_or("");
+                    self.response.end_result(None, Some((code, message)));
+                }
+                self.current = Current::None;
             }
-            BackendMessage::PortalSuspended => {
-                let mut r = self.current.take().unwrap_or_default();
-                r.tag = Some("(portal suspended)".into());
-                self.push(r);
-            }
+            BackendMessage::PortalSuspended => self.end(Some("(portal suspended)")),
             BackendMessage::ReadyForQuery(_) => {
                 self.finish_current();
                 let started = self.started.take().unwrap_or_else(Instant::now);
-                if !self.results.is_empty() {
-                    let mut results = std::mem::take(&mut self.results);
-                    if self.dropped
-                        && let Some(last) = results.last_mut()
-                    {
-                        last.truncated = true;
-                    }
-                    self.rec.emit(started, ResponseSummary::Sql(results));
+                if self.dropped {
+                    self.response.truncate_last();
                 }
+                self.rec.emit_sql(started, &mut self.response);
                 self.bytes = 0;
                 self.dropped = false;
             }
@@ -148,19 +165,34 @@ impl PgRecorder {
         }
     }
 
-    /// A result without its CommandComplete (the next one began, or the cycle ended).
-    fn finish_current(&mut self) {
-        if let Some(r) = self.current.take() {
-            self.push(r);
+    /// Whether the current result is recorded; begins one if none is open
+    /// (a DataRow or CommandComplete without a RowDescription).
+    fn recording(&mut self) -> bool {
+        if self.current == Current::None {
+            self.current = if self.response.result_count() >= MAX_RESULTS as u64 {
+                self.dropped = true;
+                Current::Skipping
+            } else {
+                Current::Recording
+            };
         }
+        self.current == Current::Recording
     }
 
-    fn push(&mut self, r: SqlResult) {
-        if self.results.len() < MAX_RESULTS {
-            self.results.push(r);
-        } else {
-            self.dropped = true;
+    /// The current result (or an empty one) ends with `tag`.
+    fn end(&mut self, tag: Option<&str>) {
+        if self.recording() {
+            self.response.end_result(tag, None);
         }
+        self.current = Current::None;
+    }
+
+    /// A result without its CommandComplete (the next one began, or the cycle ended).
+    fn finish_current(&mut self) {
+        if self.current == Current::Recording {
+            self.response.end_result(None, None);
+        }
+        self.current = Current::None;
     }
 }
 
@@ -170,7 +202,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        audit::{AuditConfig, AuditLog, reader, record::Record},
+        audit::{
+            AuditConfig, AuditLog, reader,
+            record::{Record, ResponseSummary, SqlResult},
+        },
         metrics::Metrics,
         protocol::postgres::{
             FieldDescription, TransactionStatus,
@@ -292,6 +327,77 @@ mod tests {
         assert!(
             all.windows(8).any(|w| w == b"SELECT 1"),
             "the summary is there"
+        );
+    }
+
+    #[tokio::test]
+    async fn results_beyond_the_limit_are_left_out_and_the_next_cycle_starts_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
+            .await
+            .unwrap();
+        let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s", 1, 5);
+        let mut r = PgRecorder::new(rec);
+        let mut out = Vec::new();
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        // One simple Query of MAX_RESULTS + 8 statements; a skipped one has rows.
+        for i in 0..MAX_RESULTS + 8 {
+            if i == MAX_RESULTS + 2 {
+                build::row_description(&mut out, [field("skipped")]).unwrap();
+                build::data_row(&mut out, [Some(&b"not recorded"[..])]).unwrap();
+                build::command_complete(&mut out, "SELECT 1").unwrap();
+            } else {
+                build::command_complete(&mut out, &format!("UPDATE {i}")).unwrap();
+            }
+        }
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        // The next cycle: one small result, nothing of the first one in it.
+        build::row_description(&mut out, [field("n")]).unwrap();
+        build::data_row(&mut out, [Some(&b"7"[..])]).unwrap();
+        build::command_complete(&mut out, "SELECT 1").unwrap();
+        build::ready_for_query(&mut out, TransactionStatus::Idle);
+        r.observe(&out);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log.close().await.unwrap();
+
+        let responses: Vec<Vec<SqlResult>> = reader::read_all(tmp.path())
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e.decode("") {
+                Ok(Record::Response(x)) => match x.summary {
+                    ResponseSummary::Sql(v) => Some(v),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(responses.len(), 2);
+        let first = &responses[0];
+        assert_eq!(first.len(), MAX_RESULTS);
+        assert!(first[..MAX_RESULTS - 1].iter().all(|x| !x.truncated));
+        assert!(
+            first[MAX_RESULTS - 1].truncated,
+            "results were left out after it"
+        );
+        assert_eq!(
+            first[MAX_RESULTS - 1].tag.as_deref(),
+            Some(&*format!("UPDATE {}", MAX_RESULTS - 1))
+        );
+        assert!(
+            first
+                .iter()
+                .all(|x| x.columns.is_empty() && x.rows.is_empty())
+        );
+        assert_eq!(
+            responses[1],
+            [SqlResult {
+                columns: vec!["n".into()],
+                rows: vec![vec![Some("7".into())]],
+                row_count: 1,
+                tag: Some("SELECT 1".into()),
+                error: None,
+                truncated: false,
+            }]
         );
     }
 }
