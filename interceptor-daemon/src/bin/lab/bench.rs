@@ -27,6 +27,8 @@ use crate::Daemon;
 pub struct Options {
     pub bin_dir: PathBuf,
     pub seconds: u32,
+    /// Runs of every path per mode and client count, interleaved.
+    pub rounds: u32,
     pub clients: Vec<u32>,
     pub scale: u32,
     pub out: Option<PathBuf>,
@@ -40,6 +42,7 @@ pub struct Options {
 
 #[derive(Debug, Clone)]
 struct Sample {
+    round: u32,
     path: &'static str,
     mode: &'static str,
     clients: u32,
@@ -242,6 +245,7 @@ fn pgbench(
     lat.sort_unstable();
     let _ = fs::remove_dir_all(&logdir);
     Ok(Sample {
+        round: 0,
         path,
         mode,
         clients,
@@ -343,10 +347,14 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             continue;
         }
         for &c in &o.clients {
-            for (name, addr) in paths {
-                if name != "direct" && !o.paths.iter().any(|p| p == name) {
-                    continue;
-                }
+            let measured: Vec<(&'static str, SocketAddr)> = paths
+                .into_iter()
+                .filter(|(name, _)| *name == "direct" || o.paths.iter().any(|p| p == name))
+                .collect();
+            // Every round runs every path, starting one further each time: the
+            // machine's drift over minutes falls on all paths alike.
+            for (round, i) in (0..o.rounds).flat_map(|r| (0..measured.len()).map(move |i| (r, i))) {
+                let (name, addr) = measured[(i + round as usize) % measured.len()];
                 let pid = match name {
                     "interceptor" => daemon.pid(),
                     "pgbouncer" => Some(bouncer_proc.pid()),
@@ -355,12 +363,14 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 };
                 let cpu_before = pid.map(cpu_us).transpose()?;
                 let mut s = pgbench(&pod, &pgbench_bin, addr, mode, c, o.seconds, &work, name)?;
+                s.round = round;
                 if let (Some(pid), Some(before)) = (pid, cpu_before) {
                     let used = cpu_us(pid)? - before;
                     s.cpu_us_per_tx = Some(used / (s.tps * f64::from(o.seconds)).max(1.0));
                 }
                 eprintln!(
-                    "bench: {:<11} {:<8} c={:<3} {:>9.0} tps  p50 {:.3} ms  p99 {:.3} ms  cpu {} us/tx",
+                    "bench: round {} {:<11} {:<8} c={:<3} {:>9.0} tps  p50 {:.3} ms  p99 {:.3} ms  cpu {} us/tx",
+                    s.round + 1,
                     s.path,
                     s.mode,
                     s.clients,
@@ -403,11 +413,57 @@ pub(crate) fn machine() -> String {
     format!("{cores} cores, {cpu}, kernel {}", kernel.trim())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median of the per-round ratios of `x` to `of` (same mode, clients and
+/// round: runs minutes apart are not compared), with their range.
+fn ratio(samples: &[Sample], x: &Sample, of: &str) -> Option<(f64, f64, f64)> {
+    let rs: Vec<f64> = samples
+        .iter()
+        .filter(|a| a.path == x.path && a.mode == x.mode && a.clients == x.clients)
+        .filter_map(|a| {
+            samples
+                .iter()
+                .find(|b| {
+                    b.path == of && b.mode == a.mode && b.clients == a.clients && b.round == a.round
+                })
+                .map(|b| a.tps / b.tps)
+        })
+        .collect();
+    if rs.is_empty() {
+        return None;
+    }
+    let lo = rs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some((median(rs), lo, hi))
+}
+
+fn fmt_ratio(r: Option<(f64, f64, f64)>, rounds: u32) -> String {
+    match r {
+        None => "-".into(),
+        Some((m, ..)) if rounds == 1 => format!("{m:.2}"),
+        Some((m, lo, hi)) => format!("{m:.2} ({lo:.2}–{hi:.2})"),
+    }
+}
+
 fn report(samples: &[Sample], o: &Options) -> String {
     let mut s = format!(
-        "pgbench -S (select-only), scale {}, {} s per run, from a lab pod (netns + veth + cgroup)\nmachine: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
+        "pgbench -S (select-only), scale {}, {} s per run, {} round(s) per row: every path once per round, in rotating order; medians, with the range of the per-round ratios\nfrom a lab pod (netns + veth + cgroup)\nmachine: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
         o.scale,
         o.seconds,
+        o.rounds,
         machine(),
         if o.no_audit {
             "; audit OFF for this run"
@@ -415,24 +471,108 @@ fn report(samples: &[Sample], o: &Options) -> String {
             ""
         }
     );
-    s.push_str("| mode | clients | path | TPS | × direct | p50 ms | p99 ms | proxy CPU µs/tx |\n|---|---:|---|---:|---:|---:|---:|---:|\n");
+    s.push_str("| mode | clients | path | TPS | × direct | × pgbouncer | p50 ms | p99 ms | proxy CPU µs/tx |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    let mut done: Vec<(&str, &str, u32)> = Vec::new();
     for x in samples {
-        let direct = samples
+        let key = (x.path, x.mode, x.clients);
+        if done.contains(&key) {
+            continue;
+        }
+        done.push(key);
+        let same: Vec<&Sample> = samples
             .iter()
-            .find(|d| d.path == "direct" && d.mode == x.mode && d.clients == x.clients)
-            .map(|d| d.tps)
-            .unwrap_or(f64::NAN);
+            .filter(|a| (a.path, a.mode, a.clients) == key)
+            .collect();
+        let med =
+            |f: &dyn Fn(&Sample) -> Option<f64>| median(same.iter().filter_map(|a| f(a)).collect());
+        let cpu = med(&|a| a.cpu_us_per_tx);
+        let vs_bouncer = if x.path == "direct" || x.path == "pgbouncer" {
+            None
+        } else {
+            ratio(samples, x, "pgbouncer")
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.3} | {:.3} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} |\n",
             x.mode,
             x.clients,
             x.path,
-            x.tps,
-            x.tps / direct,
-            x.p50_ms,
-            x.p99_ms,
-            x.cpu_us_per_tx.map_or("-".into(), |v| format!("{v:.1}"))
+            med(&|a| Some(a.tps)),
+            fmt_ratio(ratio(samples, x, "direct"), o.rounds),
+            fmt_ratio(vs_bouncer, o.rounds),
+            med(&|a| Some(a.p50_ms)),
+            med(&|a| Some(a.p99_ms)),
+            if cpu.is_nan() {
+                "-".into()
+            } else {
+                format!("{cpu:.1}")
+            }
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(round: u32, path: &'static str, tps: f64) -> Sample {
+        Sample {
+            round,
+            path,
+            mode: "simple",
+            clients: 16,
+            tps,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            cpu_us_per_tx: (path != "direct").then_some(20.0),
+        }
+    }
+
+    #[test]
+    fn ratios_pair_runs_of_the_same_round_and_report_the_median() {
+        // The machine slows down in round 2: same-round ratios stay steady.
+        let s = [
+            sample(0, "direct", 1000.0),
+            sample(0, "interceptor", 800.0),
+            sample(0, "pgbouncer", 900.0),
+            sample(1, "interceptor", 400.0),
+            sample(1, "pgbouncer", 450.0),
+            sample(1, "direct", 500.0),
+            sample(2, "pgbouncer", 1000.0),
+            sample(2, "direct", 1100.0),
+            sample(2, "interceptor", 1000.0),
+        ];
+        let (m, lo, hi) = ratio(&s, &s[1], "direct").unwrap();
+        assert!(
+            (m - 0.8).abs() < 1e-9 && (lo - 0.8).abs() < 1e-9,
+            "{m} {lo}"
+        );
+        assert!((hi - 1000.0 / 1100.0).abs() < 1e-9);
+        let (m, ..) = ratio(&s, &s[1], "pgbouncer").unwrap();
+        assert!((m - 800.0 / 900.0).abs() < 1e-9, "{m}");
+        assert_eq!(median(vec![3.0, 1.0, 2.0, f64::NAN]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+
+        let o = Options {
+            bin_dir: PathBuf::new(),
+            seconds: 1,
+            rounds: 3,
+            clients: vec![16],
+            scale: 1,
+            out: None,
+            paths: vec![],
+            modes: vec![],
+            no_audit: false,
+        };
+        let r = report(&s, &o);
+        assert!(
+            r.contains("| simple | 16 | interceptor | 800 | 0.80 (0.80–0.91) | 0.89 (0.89–1.00) |"),
+            "{r}"
+        );
+        assert!(
+            r.contains("| simple | 16 | direct | 1000 | 1.00 (1.00–1.00) | - |"),
+            "{r}"
+        );
+    }
 }

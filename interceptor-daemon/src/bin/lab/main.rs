@@ -46,6 +46,11 @@ enum Cmd {
         /// Seconds per pgbench run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Rounds per mode and client count: every path runs once per round,
+        /// in a rotating order, and the report gives medians (the spread of
+        /// the per-round ratios shows how noisy the machine was).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
         /// Client counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         clients: Vec<u32>,
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
         Cmd::Bench {
             bin_dir,
             seconds,
+            rounds,
             clients,
             scale,
             out,
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
             bench::run(bench::Options {
                 bin_dir,
                 seconds,
+                rounds,
                 clients,
                 scale,
                 out,
