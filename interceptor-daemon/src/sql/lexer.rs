@@ -193,7 +193,9 @@ pub(crate) fn fingerprint(sql: &str) -> Option<String> {
                     }
                     ([b'u' | b'U'], Some(b'&')) => return None,
                     _ => {
-                        out.push_str(&String::from_utf8_lossy(word).to_ascii_lowercase());
+                        // Words end at an ASCII byte: `i..end` is whole characters.
+                        let word = sql.get(i..end)?;
+                        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
                         end
                     }
                 }
