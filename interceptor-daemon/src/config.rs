@@ -103,6 +103,7 @@ pub struct AuditConfig {
     /// How long records of allowed operations (which nobody waits for) may
     /// gather before one write + fsync makes them durable together. 0 writes
     /// each group as soon as it is queued. Denials never wait for it.
+    /// Default 20: what a crash can lose of allowed operations' records.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
     /// Old segments removed by size/age, each removal a signed record.
@@ -122,8 +123,12 @@ fn default_true() -> bool {
 fn default_record_rows() -> usize {
     20
 }
+/// An fsync costs the node far more CPU than the records it covers (about
+/// 160 µs on the reference VM); 20 ms bounds that to 50 per second whatever the
+/// load, like PostgreSQL's asynchronous commit (`wal_writer_delay`, 200 ms)
+/// but ten times tighter. What a client waits for never lingers.
 fn default_linger_ms() -> u64 {
-    5
+    20
 }
 
 fn default_checkpoint_every() -> u64 {

@@ -148,7 +148,7 @@ impl AuditConfig {
             retention_max_age: None,
             queue_capacity: 65_536,
             max_batch: 32_768,
-            linger: Duration::from_millis(5),
+            linger: Duration::from_millis(20),
             observer: None,
             write_version: format::FORMAT_VERSION,
         }
