@@ -369,6 +369,11 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// The postmaster's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The newest installed server's bin directory.
     pub fn bin_dir() -> io::Result<PathBuf> {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?

@@ -41,7 +41,9 @@ enum Cmd {
     /// redirected connection, explained as it runs. Needs root.
     Demo,
     /// Side-by-side benchmark: pgbench direct, through the interceptor,
-    /// pgbouncer and HAProxy, in one run; writes bench/RESULTS.md. Needs root.
+    /// pgbouncer and HAProxy, in one run; writes bench/RESULTS.md, then
+    /// bench/RESULTS-SPLIT.md (proxies on a CPU of their own) and
+    /// bench/IDLE.md. Needs root.
     Bench {
         /// Arguments for `interceptor-lab bench` (e.g. --seconds 5 --clients 1,16).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -287,6 +289,24 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             .arg(&bin)
             .arg("--out")
             .arg(dir.join("RESULTS.md"))
+            .args(args),
+    )?;
+    // The same with the proxies on a CPU of their own, as when the database
+    // runs elsewhere: what the proxy adds when it does not compete with it.
+    status(
+        Command::new(bin.join("interceptor-lab"))
+            .arg("bench")
+            .arg("--bin-dir")
+            .arg(&bin)
+            .arg("--split-cpus")
+            .args(
+                (!args.iter().any(|a| a.starts_with("--clients")))
+                    .then_some(["--clients", "16,64"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .arg("--out")
+            .arg(dir.join("RESULTS-SPLIT.md"))
             .args(args),
     )?;
     // Memory per idle connection, same proxies, 10k connections (or as many

@@ -29,6 +29,8 @@ pub struct Options {
     pub seconds: u32,
     /// Runs of every path per mode and client count, interleaved.
     pub rounds: u32,
+    /// Proxies on the last CPU, PostgreSQL and pgbench on the others.
+    pub split_cpus: bool,
     pub clients: Vec<u32>,
     pub scale: u32,
     pub out: Option<PathBuf>,
@@ -180,6 +182,96 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
+/// Which CPUs the proxies and the rest (PostgreSQL, pgbench) may use.
+#[derive(Debug, Clone)]
+struct Layout {
+    proxies: Vec<usize>,
+    rest: Vec<usize>,
+}
+
+impl Layout {
+    fn new(split: bool) -> anyhow::Result<Option<Layout>> {
+        if !split {
+            return Ok(None);
+        }
+        let cpus = allowed_cpus()?;
+        let Some((&last, rest)) = cpus.split_last() else {
+            bail!("no CPU to run on");
+        };
+        if rest.is_empty() {
+            bail!("--split-cpus needs at least two CPUs; this process may use only CPU {last}");
+        }
+        Ok(Some(Layout {
+            proxies: vec![last],
+            rest: rest.to_vec(),
+        }))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "proxies on CPU {:?}, PostgreSQL and pgbench on CPU {:?} (every path, direct included)",
+            self.proxies, self.rest
+        )
+    }
+}
+
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: CPU_SET bounds-checks against the set's size.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    set
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: all zeroes is a valid empty set, filled by the kernel.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the size passed is the set's own.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    // SAFETY: CPU_ISSET bounds-checks against the set's size.
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Confines every thread of `pid` and of its descendants to `cpus`
+/// (processes and threads they start later inherit it).
+fn pin_tree(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    let set = cpu_set(cpus);
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for t in fs::read_dir(format!("/proc/{p}/task"))
+            .with_context(|| format!("listing the threads of {p}"))?
+            .flatten()
+        {
+            let Ok(tid) = t.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // SAFETY: the set and its size are our own; a thread that exited
+            // meanwhile only makes the call fail.
+            if unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(e).with_context(|| format!("pinning thread {tid} of {p}"));
+                }
+            }
+            if let Ok(children) = fs::read_to_string(format!("/proc/{p}/task/{tid}/children")) {
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn pgbench(
     pod: &Pod,
@@ -190,12 +282,25 @@ fn pgbench(
     seconds: u32,
     work: &Path,
     path: &'static str,
+    layout: Option<&Layout>,
 ) -> anyhow::Result<Sample> {
     let logdir = work.join(format!("log-{path}-{mode}-{clients}"));
     let _ = fs::remove_dir_all(&logdir);
     fs::create_dir_all(&logdir)?;
-    let out = pod
-        .command(pgbench)?
+    let mut cmd = pod.command(pgbench)?;
+    if let Some(l) = layout {
+        let set = cpu_set(&l.rest);
+        // SAFETY: sched_setaffinity on the child itself, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let out = cmd
         .args([
             "-n",
             "-S",
@@ -271,6 +376,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     {
         bail!("unknown mode `{m}`: simple or prepared");
     }
+    let layout = Layout::new(o.split_cpus)?;
     let work = std::env::temp_dir().join(format!("interceptor-bench-{}", std::process::id()));
     fs::create_dir_all(&work)?;
     let mut lab = Lab::new().context("creating the lab")?;
@@ -334,6 +440,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         log,
         Some("warn,interceptor_daemon::daemon=info"),
     )?;
+    if let Some(l) = &layout {
+        pin_tree(pg.pid(), &l.rest)?;
+        for pid in [
+            Some(bouncer_proc.pid()),
+            Some(haproxy_proc.pid()),
+            daemon.pid(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            pin_tree(pid, &l.proxies)?;
+        }
+        eprintln!("bench: {}", l.describe());
+    }
 
     let paths: [(&'static str, SocketAddr); 4] = [
         ("direct", direct),
@@ -362,7 +482,17 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     _ => None,
                 };
                 let cpu_before = pid.map(cpu_us).transpose()?;
-                let mut s = pgbench(&pod, &pgbench_bin, addr, mode, c, o.seconds, &work, name)?;
+                let mut s = pgbench(
+                    &pod,
+                    &pgbench_bin,
+                    addr,
+                    mode,
+                    c,
+                    o.seconds,
+                    &work,
+                    name,
+                    layout.as_ref(),
+                )?;
                 s.round = round;
                 if let (Some(pid), Some(before)) = (pid, cpu_before) {
                     let used = cpu_us(pid)? - before;
@@ -385,7 +515,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     daemon.stop();
 
-    let report = report(&samples, &o);
+    let report = report(&samples, &o, layout.as_ref());
     println!("{report}");
     if let Some(out) = &o.out {
         fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
@@ -458,13 +588,17 @@ fn fmt_ratio(r: Option<(f64, f64, f64)>, rounds: u32) -> String {
     }
 }
 
-fn report(samples: &[Sample], o: &Options) -> String {
+fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
     let mut s = format!(
-        "pgbench -S (select-only), scale {}, {} s per run, {} round(s) per row: every path once per round, in rotating order; medians, with the range of the per-round ratios\nfrom a lab pod (netns + veth + cgroup)\nmachine: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
+        "pgbench -S (select-only), scale {}, {} s per run, {} round(s) per row: every path once per round, in rotating order; medians, with the range of the per-round ratios\nfrom a lab pod (netns + veth + cgroup)\nmachine: {}\nCPUs: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
         o.scale,
         o.seconds,
         o.rounds,
         machine(),
+        layout.map_or_else(
+            || "shared: PostgreSQL, pgbench and the proxy compete for every CPU".to_string(),
+            Layout::describe
+        ),
         if o.no_audit {
             "; audit OFF for this run"
         } else {
@@ -558,6 +692,7 @@ mod tests {
             bin_dir: PathBuf::new(),
             seconds: 1,
             rounds: 3,
+            split_cpus: false,
             clients: vec![16],
             scale: 1,
             out: None,
@@ -565,7 +700,7 @@ mod tests {
             modes: vec![],
             no_audit: false,
         };
-        let r = report(&s, &o);
+        let r = report(&s, &o, None);
         assert!(
             r.contains("| simple | 16 | interceptor | 800 | 0.80 (0.80–0.91) | 0.89 (0.89–1.00) |"),
             "{r}"
@@ -574,5 +709,39 @@ mod tests {
             r.contains("| simple | 16 | direct | 1000 | 1.00 (1.00–1.00) | - |"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_pinned_tree_runs_only_on_its_cpus() {
+        let cpus = allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        // A shell with a child: both end up on the first CPU only.
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 2 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        std::thread::sleep(Duration::from_millis(200));
+        pin_tree(pid, &cpus[..1]).unwrap();
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        let mut pids = vec![pid];
+        pids.extend(
+            children
+                .split_whitespace()
+                .map(|c| c.parse::<u32>().unwrap()),
+        );
+        assert_eq!(pids.len(), 2, "the shell and its sleep");
+        for p in pids {
+            let status = fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            assert_eq!(allowed, cpus[0].to_string(), "process {p}");
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
     }
 }

@@ -51,6 +51,11 @@ enum Cmd {
         /// the per-round ratios shows how noisy the machine was).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
         rounds: u32,
+        /// Give the proxies the last CPU and PostgreSQL and pgbench the others
+        /// (every path, direct included), as on a node where the database runs
+        /// elsewhere, instead of all of them sharing every CPU.
+        #[arg(long)]
+        split_cpus: bool,
         /// Client counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         clients: Vec<u32>,
@@ -135,6 +140,7 @@ fn main() -> ExitCode {
             bin_dir,
             seconds,
             rounds,
+            split_cpus,
             clients,
             scale,
             out,
@@ -149,6 +155,7 @@ fn main() -> ExitCode {
                 bin_dir,
                 seconds,
                 rounds,
+                split_cpus,
                 clients,
                 scale,
                 out,
