@@ -51,6 +51,17 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// `Option<&str>`: a 0 byte, or a 1 byte and the string.
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_str(out, s);
+        }
+    }
+}
+
 fn put_serde<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), record::EncodeError> {
     bincode::serde::encode_into_std_write(v, out, record::CONFIG).map(drop)
 }
@@ -231,13 +242,7 @@ impl SqlResponse {
 
     /// One value of the row begun last; `None` is SQL NULL.
     pub fn value(&mut self, v: Option<&str>) {
-        match v {
-            None => self.rows.push(0),
-            Some(s) => {
-                self.rows.push(1);
-                put_str(&mut self.rows, s);
-            }
-        }
+        put_opt_str(&mut self.rows, v);
     }
 
     /// Ends the open result (or an empty one) with its tag or error.
@@ -248,13 +253,7 @@ impl SqlResponse {
         put_u64(r, self.recorded_rows);
         r.extend_from_slice(&self.rows);
         put_u64(r, self.row_count);
-        match tag {
-            None => r.push(0),
-            Some(t) => {
-                r.push(1);
-                put_str(r, t);
-            }
-        }
+        put_opt_str(r, tag);
         match error {
             None => r.push(0),
             Some((code, message)) => {
@@ -265,6 +264,11 @@ impl SqlResponse {
         }
         r.push(u8::from(self.truncated));
         self.result_count += 1;
+        self.clear_result();
+    }
+
+    /// Forgets the open result, keeping its buffers.
+    fn clear_result(&mut self) {
         self.columns.clear();
         self.rows.clear();
         self.column_count = 0;
@@ -292,29 +296,21 @@ impl SqlResponse {
         connection_id: u64,
         duration_ns: u64,
     ) -> Option<Vec<u8>> {
-        let results = std::mem::take(&mut self.results);
-        let count = std::mem::take(&mut self.result_count);
-        let mut keep = results;
-        let body = (count > 0).then(|| {
-            let mut out = Vec::with_capacity(keep.len() + session_id.len() + 40);
+        let body = (self.result_count > 0).then(|| {
+            let mut out = Vec::with_capacity(self.results.len() + session_id.len() + 40);
             put_u64(&mut out, RESPONSE_VARIANT);
             put_u64(&mut out, time_ns);
             put_str(&mut out, session_id);
             put_u64(&mut out, connection_id);
             put_u64(&mut out, duration_ns);
             put_u64(&mut out, SQL_SUMMARY_VARIANT);
-            put_u64(&mut out, count);
-            out.extend_from_slice(&keep);
+            put_u64(&mut out, self.result_count);
+            out.extend_from_slice(&self.results);
             out
         });
-        keep.clear();
-        self.results = keep;
-        self.columns.clear();
-        self.rows.clear();
-        self.column_count = 0;
-        self.recorded_rows = 0;
-        self.row_count = 0;
-        self.truncated = false;
+        self.results.clear();
+        self.result_count = 0;
+        self.clear_result();
         body
     }
 }

@@ -115,7 +115,7 @@ impl AuditLog {
 
     /// Append a record; resolves once it is on disk (fsynced).
     pub async fn append(&self, rec: &AccessRecord) -> Result<Receipt, AuditError> {
-        self.durable(encode(rec)?).await
+        self.append_encoded(encode(rec)?).await
     }
 
     /// Queue a record without waiting for the disk: it is written and fsynced
@@ -126,15 +126,12 @@ impl AuditLog {
     ///
     /// [`append`]: AuditLog::append
     pub async fn submit(&self, rec: &AccessRecord) -> Result<(), AuditError> {
-        self.tx
-            .send(queued(encode(rec)?, None))
-            .await
-            .map_err(|_| AuditError::Closed)
+        self.submit_encoded(encode(rec)?).await
     }
 
     /// Append what a client received (see [`ResponseRecord`]); resolves once durable.
     pub async fn append_response(&self, rec: ResponseRecord) -> Result<Receipt, AuditError> {
-        self.durable(encode_response(rec)?).await
+        self.append_encoded(encode_response(rec)?).await
     }
 
     /// Queue what a client received without waiting for the disk, from
@@ -142,11 +139,6 @@ impl AuditLog {
     /// [`submit`](AuditLog::submit).
     pub fn submit_response(&self, rec: ResponseRecord) -> Result<(), AuditError> {
         self.queue_encoded(encode_response(rec)?)
-    }
-
-    /// [`append`](AuditLog::append) of a record body made by [`super::encode`].
-    pub async fn append_encoded(&self, body: Vec<u8>) -> Result<Receipt, AuditError> {
-        self.durable(body).await
     }
 
     /// [`submit`](AuditLog::submit) of a record body made by [`super::encode`].
@@ -173,8 +165,9 @@ impl AuditLog {
         }
     }
 
-    /// Queues an encoded record and waits until it is durable.
-    async fn durable(&self, body: Vec<u8>) -> Result<Receipt, AuditError> {
+    /// [`append`](AuditLog::append) of a record body made by [`super::encode`]:
+    /// queued, then waits until it is durable.
+    pub async fn append_encoded(&self, body: Vec<u8>) -> Result<Receipt, AuditError> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(queued(body, Some(ack)))

@@ -209,6 +209,58 @@ pub fn clipped(s: &str, max: usize) -> (&str, bool) {
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::audit::{
+        AuditConfig, reader,
+        record::{Record, SqlResult},
+    };
+
+    /// Runs `f` with a recorder (session `s-1`, connection `connection`, `rows`
+    /// rows per result) into a fresh log, closes the log, and returns its
+    /// directory with the response records in it, in order.
+    pub(crate) async fn record(
+        connection: u64,
+        rows: usize,
+        f: impl FnOnce(Recorder),
+    ) -> (tempfile::TempDir, Vec<ResponseRecord>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
+            .await
+            .unwrap();
+        f(Recorder::new(
+            log.clone(),
+            Arc::new(Metrics::new()),
+            "s-1",
+            connection,
+            rows,
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        log.close().await.unwrap();
+        let responses = reader::read_all(tmp.path())
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e.decode("") {
+                Ok(Record::Response(x)) => Some(x),
+                _ => None,
+            })
+            .collect();
+        (tmp, responses)
+    }
+
+    /// The SQL results of each response.
+    pub(crate) fn sql(responses: Vec<ResponseRecord>) -> Vec<Vec<SqlResult>> {
+        responses
+            .into_iter()
+            .filter_map(|x| match x.summary {
+                ResponseSummary::Sql(v) => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -583,13 +583,9 @@ fn time(b: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::{
-        audit::{AuditConfig, AuditLog, reader, record::Record},
-        metrics::Metrics,
-        protocol::mysql::{
-            COM_QUERY, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, put_lenenc,
-        },
+    use super::{super::testing, *};
+    use crate::protocol::mysql::{
+        COM_QUERY, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, put_lenenc,
     };
 
     fn def(name: &str, ty: u8, flags: u16) -> Vec<u8> {
@@ -629,27 +625,13 @@ mod tests {
         caps: u32,
         f: impl FnOnce(&mut MysqlRecorder, &Asked),
     ) -> Vec<Vec<SqlResult>> {
-        let tmp = tempfile::tempdir().unwrap();
-        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
-            .await
-            .unwrap();
-        let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s-1", 3, 2);
-        let (asked, r) = for_session(Some(rec), caps);
-        let (asked, mut r) = (asked.unwrap(), r.unwrap());
-        f(&mut r, &asked);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        log.close().await.unwrap();
-        reader::read_all(tmp.path())
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e.decode("") {
-                Ok(Record::Response(x)) => match x.summary {
-                    ResponseSummary::Sql(r) => Some(r),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
+        let (_dir, responses) = testing::record(3, 2, |rec| {
+            let (asked, r) = for_session(Some(rec), caps);
+            let (asked, mut r) = (asked.unwrap(), r.unwrap());
+            f(&mut r, &asked);
+        })
+        .await;
+        testing::sql(responses)
     }
 
     #[tokio::test]

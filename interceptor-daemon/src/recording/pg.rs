@@ -198,15 +198,9 @@ impl PgRecorder {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use super::*;
+    use super::{super::testing, *};
     use crate::{
-        audit::{
-            AuditConfig, AuditLog, reader,
-            record::{Record, ResponseSummary, SqlResult},
-        },
-        metrics::Metrics,
+        audit::record::{ResponseSummary, SqlResult},
         protocol::postgres::{
             FieldDescription, TransactionStatus,
             build::{self, ErrorSpec},
@@ -227,51 +221,38 @@ mod tests {
 
     #[tokio::test]
     async fn a_cycle_becomes_one_bounded_record_of_what_was_sent() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
-            .await
+        let (_dir, responses) = testing::record(7, 2, |rec| {
+            let mut r = PgRecorder::new(rec);
+            let mut out = Vec::new();
+            // Startup: ignored up to the first ReadyForQuery.
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            r.observe(&out);
+            // One simple Query with two statements: 3 rows (2 recorded) then an error.
+            let mut out = Vec::new();
+            build::row_description(&mut out, [field("id"), field("email")]).unwrap();
+            for i in 0..3u8 {
+                let id = [b'1' + i];
+                build::data_row(&mut out, [Some(&id[..]), Some(&b"[redacted]"[..])]).unwrap();
+            }
+            build::command_complete(&mut out, "SELECT 3").unwrap();
+            build::error_response(
+                &mut out,
+                &ErrorSpec::error("42P01", "relation does not exist"),
+            )
             .unwrap();
-        let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s-1", 7, 2);
-        let mut r = PgRecorder::new(rec);
-        let mut out = Vec::new();
-        // Startup: ignored up to the first ReadyForQuery.
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        r.observe(&out);
-        // One simple Query with two statements: 3 rows (2 recorded) then an error.
-        let mut out = Vec::new();
-        build::row_description(&mut out, [field("id"), field("email")]).unwrap();
-        for i in 0..3u8 {
-            let id = [b'1' + i];
-            build::data_row(&mut out, [Some(&id[..]), Some(&b"[redacted]"[..])]).unwrap();
-        }
-        build::command_complete(&mut out, "SELECT 3").unwrap();
-        build::error_response(
-            &mut out,
-            &ErrorSpec::error("42P01", "relation does not exist"),
-        )
-        .unwrap();
-        // Split mid-cycle: observation keeps its place across writes.
-        r.observe(&out);
-        let mut out = Vec::new();
-        build::data_row(&mut out, [None, Some(&[0xff, 0x00][..])]).unwrap();
-        build::command_complete(&mut out, "SELECT 1").unwrap();
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        r.observe(&out);
-        // A cycle with no results (a Sync alone) records nothing.
-        let mut out = Vec::new();
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        r.observe(&out);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        log.close().await.unwrap();
-
-        let responses: Vec<_> = reader::read_all(tmp.path())
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e.decode("") {
-                Ok(Record::Response(x)) => Some(x),
-                _ => None,
-            })
-            .collect();
+            // Split mid-cycle: observation keeps its place across writes.
+            r.observe(&out);
+            let mut out = Vec::new();
+            build::data_row(&mut out, [None, Some(&[0xff, 0x00][..])]).unwrap();
+            build::command_complete(&mut out, "SELECT 1").unwrap();
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            r.observe(&out);
+            // A cycle with no results (a Sync alone) records nothing.
+            let mut out = Vec::new();
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            r.observe(&out);
+        })
+        .await;
         assert_eq!(responses.len(), 1, "{responses:?}");
         let x = &responses[0];
         assert_eq!((x.session_id.as_str(), x.connection_id), ("s-1", 7));
@@ -302,22 +283,18 @@ mod tests {
 
     #[tokio::test]
     async fn rows_off_counts_without_recording() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
-            .await
-            .unwrap();
-        let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s", 1, 0);
-        let mut r = PgRecorder::new(rec);
-        let mut out = Vec::new();
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        build::row_description(&mut out, [field("secret")]).unwrap();
-        build::data_row(&mut out, [Some(&b"hunter2"[..])]).unwrap();
-        build::command_complete(&mut out, "SELECT 1").unwrap();
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        r.observe(&out);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        log.close().await.unwrap();
-        let all: Vec<u8> = std::fs::read_dir(tmp.path())
+        let (dir, _) = testing::record(1, 0, |rec| {
+            let mut r = PgRecorder::new(rec);
+            let mut out = Vec::new();
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            build::row_description(&mut out, [field("secret")]).unwrap();
+            build::data_row(&mut out, [Some(&b"hunter2"[..])]).unwrap();
+            build::command_complete(&mut out, "SELECT 1").unwrap();
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            r.observe(&out);
+        })
+        .await;
+        let all: Vec<u8> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".audit"))
@@ -332,45 +309,30 @@ mod tests {
 
     #[tokio::test]
     async fn results_beyond_the_limit_are_left_out_and_the_next_cycle_starts_clean() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (log, _) = AuditLog::open(AuditConfig::new(tmp.path(), "n"))
-            .await
-            .unwrap();
-        let rec = Recorder::new(log.clone(), Arc::new(Metrics::new()), "s", 1, 5);
-        let mut r = PgRecorder::new(rec);
-        let mut out = Vec::new();
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        // One simple Query of MAX_RESULTS + 8 statements; a skipped one has rows.
-        for i in 0..MAX_RESULTS + 8 {
-            if i == MAX_RESULTS + 2 {
-                build::row_description(&mut out, [field("skipped")]).unwrap();
-                build::data_row(&mut out, [Some(&b"not recorded"[..])]).unwrap();
-                build::command_complete(&mut out, "SELECT 1").unwrap();
-            } else {
-                build::command_complete(&mut out, &format!("UPDATE {i}")).unwrap();
+        let (_dir, responses) = testing::record(1, 5, |rec| {
+            let mut r = PgRecorder::new(rec);
+            let mut out = Vec::new();
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            // One simple Query of MAX_RESULTS + 8 statements; a skipped one has rows.
+            for i in 0..MAX_RESULTS + 8 {
+                if i == MAX_RESULTS + 2 {
+                    build::row_description(&mut out, [field("skipped")]).unwrap();
+                    build::data_row(&mut out, [Some(&b"not recorded"[..])]).unwrap();
+                    build::command_complete(&mut out, "SELECT 1").unwrap();
+                } else {
+                    build::command_complete(&mut out, &format!("UPDATE {i}")).unwrap();
+                }
             }
-        }
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        // The next cycle: one small result, nothing of the first one in it.
-        build::row_description(&mut out, [field("n")]).unwrap();
-        build::data_row(&mut out, [Some(&b"7"[..])]).unwrap();
-        build::command_complete(&mut out, "SELECT 1").unwrap();
-        build::ready_for_query(&mut out, TransactionStatus::Idle);
-        r.observe(&out);
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        log.close().await.unwrap();
-
-        let responses: Vec<Vec<SqlResult>> = reader::read_all(tmp.path())
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e.decode("") {
-                Ok(Record::Response(x)) => match x.summary {
-                    ResponseSummary::Sql(v) => Some(v),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect();
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            // The next cycle: one small result, nothing of the first one in it.
+            build::row_description(&mut out, [field("n")]).unwrap();
+            build::data_row(&mut out, [Some(&b"7"[..])]).unwrap();
+            build::command_complete(&mut out, "SELECT 1").unwrap();
+            build::ready_for_query(&mut out, TransactionStatus::Idle);
+            r.observe(&out);
+        })
+        .await;
+        let responses = testing::sql(responses);
         assert_eq!(responses.len(), 2);
         let first = &responses[0];
         assert_eq!(first.len(), MAX_RESULTS);
