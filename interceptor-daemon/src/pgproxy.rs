@@ -13,6 +13,13 @@
 //!   server itself does after an error); the Sync is forwarded and our
 //!   ErrorResponse goes in front of the server's ReadyForQuery for it.
 //!
+//! A statement is decided at Parse and enforced at every Execute: each
+//! execution is counted and audited (an allowed Parse runs nothing, so it has
+//! no record of its own), under the Parse-time decision while the policy is
+//! unchanged, or decided again after a reload or a rule's time boundary. An
+//! approval obtained at Parse covers the first execution; later ones ask
+//! again unless a grant covers them.
+//!
 //! Each forwarded Query, Sync and FunctionCall yields exactly one ReadyForQuery,
 //! so a FIFO of pending injections lines the two directions up.
 //!
@@ -318,6 +325,12 @@ struct Ruling {
 /// A named (or the unnamed) prepared statement that was allowed at Parse.
 struct Prepared {
     sql: String,
+    /// The decision every Execute is counted and audited under.
+    ruling: Arc<Ruling>,
+    /// A one-time approval obtained at Parse (the allow it came to and the
+    /// request id): it covers the first Execute; later ones ask again,
+    /// unless a grant covers them.
+    approval: Option<(Decision, String)>,
     /// Policy version and window boundary of the Parse-time decision: an
     /// Execute after a reload or a boundary is decided again.
     version: u64,
@@ -527,16 +540,25 @@ async fn client_to_server(
                         } else {
                             (Cow::Borrowed(&v.decision), None)
                         };
-                        decider.record(&v, &d, held).await;
-                        if let (FrontendMessage::Parse(p), Action::Allow) = (msg, d.action) {
-                            statements.insert(
-                                p.name.to_string(),
-                                Prepared {
-                                    sql: sql.to_string(),
-                                    version: decider.version,
-                                    stale_at: decider.stale_at,
-                                },
-                            );
+                        match (msg, d.action) {
+                            // An allowed Parse runs nothing: each Execute of
+                            // the statement is the audited event.
+                            (FrontendMessage::Parse(p), Action::Allow | Action::Mask) => {
+                                let approval = held
+                                    .filter(|h| h.decision == audit::Decision::Approved)
+                                    .map(|h| (d.clone().into_owned(), h.approval_ref));
+                                statements.insert(
+                                    p.name.to_string(),
+                                    Prepared {
+                                        sql: sql.to_string(),
+                                        ruling: v.clone(),
+                                        approval,
+                                        version: decider.version,
+                                        stale_at: decider.stale_at,
+                                    },
+                                );
+                            }
+                            _ => decider.record(&v, &d, held).await,
                         }
                         match (d.action, frame.tag) {
                             (Action::Allow | Action::Mask, b'Q') => {
@@ -594,7 +616,22 @@ async fn client_to_server(
                             let stmt = portals.get(e.portal).and_then(|s| statements.get_mut(s));
                             if let Some(p) = stmt {
                                 let now = SystemTime::now();
-                                if !p.current(ctx.policy.version(), now) {
+                                let current = p.current(ctx.policy.version(), now);
+                                if current && let Some((d, approval_ref)) = p.approval.take() {
+                                    let held = Held {
+                                        decision: audit::Decision::Approved,
+                                        approval_ref,
+                                        outcome: None,
+                                    };
+                                    decider.record(&p.ruling, &d, Some(held)).await;
+                                } else if current
+                                    && matches!(
+                                        p.ruling.decision.action,
+                                        Action::Allow | Action::Mask
+                                    )
+                                {
+                                    decider.record(&p.ruling, &p.ruling.decision, None).await;
+                                } else {
                                     let v = decider.decide(&p.sql, "execute");
                                     let (d, held) = if v.decision.action == Action::RequireApproval
                                     {
@@ -616,9 +653,10 @@ async fn client_to_server(
                                         (Cow::Borrowed(&v.decision), None)
                                     };
                                     decider.record(&v, &d, held).await;
+                                    p.ruling = v.clone();
                                     p.version = decider.version;
                                     p.stale_at = decider.stale_at;
-                                    if d.action != Action::Allow {
+                                    if !matches!(d.action, Action::Allow | Action::Mask) {
                                         // Fails the batch like a server error would.
                                         skipping = Some(error_bytes(&d, ctx));
                                         forward = false;

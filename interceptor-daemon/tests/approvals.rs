@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{pgwire::PgWire, *};
 use interceptor_daemon::testbed::{Lab, Pod, Postgres};
 use serde_json::Value;
 
@@ -589,4 +589,78 @@ fn the_cli_says_when_no_daemon_is_running() {
     let out = cli_as(&[], &socket, &["approve", "abc", "--scope", "target"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--for"), "{}", text(&out));
+}
+
+#[test]
+fn an_approval_at_parse_covers_one_execution_of_the_prepared_statement() {
+    if !privileged("an_approval_at_parse_covers_one_execution_of_the_prepared_statement") {
+        return;
+    }
+    let mut s = setup("approvalsprepared");
+    let mut pg = PgWire::connect(&s.pod, s.pg_addr, "postgres");
+    let stmt = "UPDATE orders SET total = total + 1 WHERE id = 8";
+    // Held at Parse; approved once, without a grant.
+    let (parsed, id) = std::thread::scope(|t| {
+        let parse = t.spawn(|| pg.prepare("bump", stmt));
+        let id = pending_one(&s)["id"].as_str().unwrap().to_string();
+        assert!(cli(&s, &["approve", &id]).status.success());
+        (parse.join().unwrap(), id)
+    });
+    assert!(parsed.iter().any(|m| m.tag == b'1'), "{parsed:?}");
+    let total = || {
+        s.pg.admin_sql("SELECT total FROM orders WHERE id = 8")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(total(), "80", "the Parse ran the statement");
+    let r = pg.execute("bump");
+    assert!(r.iter().any(|m| m.tag == b'C'), "{r:?}");
+    assert_eq!(total(), "81");
+    // The approval is spent: the next execution asks again.
+    let (r, id2) = std::thread::scope(|t| {
+        let run = t.spawn(|| pg.execute("bump"));
+        let id2 = pending_one(&s)["id"].as_str().unwrap().to_string();
+        assert!(
+            cli(&s, &["deny", &id2, "--reason", "once is enough"])
+                .status
+                .success()
+        );
+        (run.join().unwrap(), id2)
+    });
+    assert_ne!(id, id2);
+    let e = r
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!(e.field(b'C').as_deref(), Some("42501"));
+    assert!(
+        e.field(b'M').unwrap_or_default().contains("once is enough"),
+        "{r:?}"
+    );
+    assert_eq!(r.last().map(|m| m.tag), Some(b'Z'));
+    assert_eq!(total(), "81");
+    drop(pg);
+
+    assert_eq!(s.daemon.stop(), Some(0));
+    let steps: Vec<(String, String)> = audit_access_records(&s.audit_dir)
+        .iter()
+        .filter(|r| r["operation"] == "UPDATE orders SET total = total + $1 WHERE id = $2")
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap_or_default().to_string(),
+                r["approval_ref"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let step = |d: &str, id: &str| (d.to_string(), id.to_string());
+    assert_eq!(
+        steps,
+        [
+            step("RequireApproval", &id),
+            step("Approved", &id),
+            step("RequireApproval", &id2),
+            step("Deny", &id2),
+        ]
+    );
 }

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{orders::*, *};
+use common::{orders::*, pgwire::PgWire, *};
 use interceptor_daemon::testbed::{Lab, Pod, Postgres};
 
 struct Setup {
@@ -102,6 +102,104 @@ fn prepared_statements_are_decided_again_at_execute_after_a_reload() {
         log.contains("\"operation\":\"execute write on [orders]\""),
         "{log}"
     );
+}
+
+#[test]
+fn every_execution_of_a_prepared_statement_is_decided_and_audited() {
+    if !privileged("every_execution_of_a_prepared_statement_is_decided_and_audited") {
+        return;
+    }
+    let name = "executeaudit";
+    let audit_dir = scratch(name).join("audit");
+    let o = orders(name, &format!("audit:\n  dir: {}\n", audit_dir.display()));
+    let mut daemon = Daemon::start(&o.config, &o.dir);
+    let version = || {
+        metric(
+            &http_get(admin_addr(&o.lab), "/metrics").1,
+            "interceptor_policy_version",
+        )
+    };
+    let count = || o.pg.admin_sql("SELECT count(*) FROM orders").unwrap();
+    let mut pg = PgWire::connect(&o.pod, o.pg_addr, "postgres");
+    let r = pg.prepare("ins", "INSERT INTO orders VALUES (7, 1)");
+    assert!(r.iter().any(|m| m.tag == b'1'), "no ParseComplete: {r:?}");
+    for _ in 0..3 {
+        let r = pg.execute("ins");
+        assert!(r.iter().any(|m| m.tag == b'C'), "not executed: {r:?}");
+    }
+    assert_eq!(count().trim(), "3");
+
+    std::fs::write(&o.policy_path, READ_ONLY).unwrap();
+    wait_for("policy version 2", || version() == Some(2.0));
+    // Denied at the first Execute after the reload, and at every later one
+    // on the same connection, which stays usable.
+    for attempt in 0..2 {
+        let r = pg.execute("ins");
+        let e = r
+            .iter()
+            .find(|m| m.tag == b'E')
+            .unwrap_or_else(|| panic!("execute {attempt} after the reload ran: {r:?}"));
+        assert_eq!(e.field(b'C').as_deref(), Some("42501"));
+        assert!(
+            e.field(b'M').unwrap_or_default().contains("`freeze`"),
+            "{r:?}"
+        );
+        assert_eq!(r.last().map(|m| m.tag), Some(b'Z'));
+    }
+    assert_eq!(count().trim(), "3");
+    pg.prepare("n", "SELECT count(*) FROM orders");
+    let r = pg.execute("n");
+    assert!(
+        r.iter().any(|m| m.tag == b'D'),
+        "the session is unusable: {r:?}"
+    );
+    drop(pg);
+
+    let (_, text) = http_get(admin_addr(&o.lab), "/metrics");
+    let counted = |action: &str, rule: &str| {
+        metric(
+            &text,
+            &format!(
+                r#"interceptor_decisions_total{{target="orders-db",action="{action}",rule="{rule}"}}"#
+            ),
+        )
+    };
+    assert_eq!(counted("allow", "orders-write"), Some(3.0), "{text}");
+    assert_eq!(counted("deny", "freeze"), Some(2.0), "{text}");
+    assert_eq!(daemon.stop(), Some(0));
+
+    // One access record per execution, none for the Parse that ran nothing.
+    let records = audit_access_records(&audit_dir);
+    let inserts: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| {
+            r["operation"]
+                .as_str()
+                .is_some_and(|op| op.starts_with("INSERT INTO orders"))
+        })
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap_or_default(),
+                r["rule_id"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        inserts,
+        [
+            ("Allow", "orders-write"),
+            ("Allow", "orders-write"),
+            ("Allow", "orders-write"),
+            ("Deny", "freeze"),
+            ("Deny", "freeze"),
+        ],
+        "{records:#?}"
+    );
+    let selects = records
+        .iter()
+        .filter(|r| r["operation"] == "SELECT count(*) FROM orders")
+        .count();
+    assert_eq!(selects, 1, "{records:#?}");
 }
 
 #[test]

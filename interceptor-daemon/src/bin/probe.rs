@@ -5,7 +5,9 @@
 //! Data sent is a deterministic pseudo-random stream; each side reports the
 //! SHA-256 of what it sent and of what it received, so a caller can check that
 //! transfers through the interceptor are byte-identical in both directions.
-//! Every report is one JSON line on stdout.
+//! Every report is one JSON line on stdout. `talk` instead plays a scripted
+//! conversation (hex lines on stdin, one reply per line), for protocols whose
+//! client tools cannot send a given message sequence.
 
 use std::{
     io::{self, Read, Write},
@@ -62,6 +64,21 @@ enum Cmd {
         /// only arrive if the client's half-close was passed on.
         #[arg(long)]
         after_eof: bool,
+    },
+    /// A scripted conversation: each line on stdin is hex bytes to send; the
+    /// reply is read until it holds `--until-hex` followed by `--then` more
+    /// bytes (or, without a marker, until the peer is quiet for `--quiet-ms`)
+    /// and reported as one JSON line. Ends at the end of stdin or the peer's EOF.
+    Talk {
+        addr: SocketAddr,
+        #[arg(long)]
+        until_hex: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        then: usize,
+        #[arg(long, default_value_t = 300)]
+        quiet_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Open `count` connections one after another, each read to EOF then closed.
     Churn {
@@ -145,8 +162,133 @@ fn reply_after_eof(s: &TcpStream, send: u64, seed: u64) -> io::Result<serde_json
     }))
 }
 
+fn unhex(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    if !s.len().is_multiple_of(2) {
+        return Err(format!("odd number of hex digits in `{s}`"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("not hex: `{s}`"))
+        })
+        .collect()
+}
+
+/// How a `talk` step decides that the reply is complete.
+struct ReplyEnd {
+    marker: Option<Vec<u8>>,
+    then: usize,
+    quiet: Duration,
+    timeout: Duration,
+}
+
+impl ReplyEnd {
+    fn complete(&self, got: &[u8]) -> bool {
+        let Some(m) = self.marker.as_deref().filter(|m| !m.is_empty()) else {
+            return false;
+        };
+        got.windows(m.len())
+            .position(|w| w == m)
+            .is_some_and(|at| got.len() >= at + m.len() + self.then)
+    }
+
+    /// Reads one reply; `true` with it when the peer closed.
+    fn read(&self, mut s: &TcpStream) -> io::Result<(Vec<u8>, bool)> {
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let left = self.timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete reply"));
+            }
+            let wait = if self.marker.is_some() {
+                left
+            } else {
+                self.quiet.min(left)
+            };
+            s.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+            match s.read(&mut buf) {
+                Ok(0) => return Ok((got, true)),
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if self.complete(&got) {
+                        return Ok((got, false));
+                    }
+                }
+                Err(e)
+                    if self.marker.is_none()
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                {
+                    return Ok((got, false));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn talk(addr: SocketAddr, end: &ReplyEnd) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, end.timeout)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_nodelay(true);
+    for (step, line) in io::stdin().lines().enumerate() {
+        let line = line.map_err(|e| format!("stdin: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        s.write_all(&unhex(&line)?)
+            .map_err(|e| format!("step {step}: send: {e}"))?;
+        let (got, closed) = end
+            .read(&s)
+            .map_err(|e| format!("step {step}: read: {e}"))?;
+        println!(
+            "{}",
+            json!({"step": step, "received_hex": hex(&got), "closed": closed})
+        );
+        if closed {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     match Cli::parse().cmd {
+        Cmd::Talk {
+            addr,
+            until_hex,
+            then,
+            quiet_ms,
+            timeout_ms,
+        } => {
+            let marker = match until_hex.as_deref().map(unhex).transpose() {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("interceptor-probe: --until-hex: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let end = ReplyEnd {
+                marker,
+                then,
+                quiet: Duration::from_millis(quiet_ms),
+                timeout: Duration::from_millis(timeout_ms),
+            };
+            match talk(addr, &end) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    println!("{}", json!({"ok": false, "error": e}));
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Connect {
             addr,
             send,

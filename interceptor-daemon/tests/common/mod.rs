@@ -16,6 +16,7 @@ use serde_json::Value;
 
 pub mod mariadb;
 pub mod orders;
+pub mod pgwire;
 pub mod tls;
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_interceptor");
@@ -440,4 +441,23 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// Access records of the audit log in `dir` (`interceptor audit show`).
+pub fn audit_access_records(dir: &Path) -> Vec<Value> {
+    let out = Command::new(DAEMON)
+        .args(["audit", "show"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["record"].get("Access").cloned())
+        .collect()
 }
