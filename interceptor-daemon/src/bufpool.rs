@@ -25,24 +25,53 @@ thread_local! {
     static VECS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// An empty read buffer with room for at least `size` bytes.
-pub fn bytes(size: usize) -> BytesMut {
-    let mut b = BYTES
-        .with(|f| f.borrow_mut().pop())
-        .unwrap_or_else(|| BytesMut::with_capacity(size));
-    // An emptied buffer that was advanced through gets its space back here
+/// What the pools need of a buffer type.
+trait Buffer: Default {
+    fn clear(&mut self);
+    fn capacity(&self) -> usize;
+    fn reserve(&mut self, additional: usize);
+}
+
+impl Buffer for BytesMut {
+    fn clear(&mut self) {
+        BytesMut::clear(self)
+    }
+    fn capacity(&self) -> usize {
+        BytesMut::capacity(self)
+    }
+    fn reserve(&mut self, additional: usize) {
+        BytesMut::reserve(self, additional)
+    }
+}
+
+impl Buffer for Vec<u8> {
+    fn clear(&mut self) {
+        Vec::clear(self)
+    }
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
+    }
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional)
+    }
+}
+
+type Pool<T> = std::thread::LocalKey<RefCell<Vec<T>>>;
+
+fn take<T: Buffer>(pool: &'static Pool<T>, size: usize) -> T {
+    let mut b = pool.with(|f| f.borrow_mut().pop()).unwrap_or_default();
+    // An emptied BytesMut that was advanced through gets its space back here
     // without allocating.
     b.reserve(size);
     b
 }
 
-/// Returns a read buffer; what it still holds is discarded.
-pub fn give_bytes(mut b: BytesMut) {
+fn give<T: Buffer>(pool: &'static Pool<T>, mut b: T) {
     b.clear();
     if b.capacity() == 0 || b.capacity() > MAX_KEPT {
         return;
     }
-    BYTES.with(|f| {
+    pool.with(|f| {
         let mut f = f.borrow_mut();
         if f.len() < KEEP {
             f.push(b);
@@ -50,25 +79,24 @@ pub fn give_bytes(mut b: BytesMut) {
     });
 }
 
+/// An empty read buffer with room for at least `size` bytes.
+pub fn bytes(size: usize) -> BytesMut {
+    take(&BYTES, size)
+}
+
+/// Returns a read buffer; what it still holds is discarded.
+pub fn give_bytes(b: BytesMut) {
+    give(&BYTES, b)
+}
+
 /// An empty output buffer with room for at least `size` bytes.
 pub fn vec(size: usize) -> Vec<u8> {
-    let mut v = VECS.with(|f| f.borrow_mut().pop()).unwrap_or_default();
-    v.reserve(size);
-    v
+    take(&VECS, size)
 }
 
 /// Returns an output buffer; what it still holds is discarded.
-pub fn give_vec(mut v: Vec<u8>) {
-    v.clear();
-    if v.capacity() == 0 || v.capacity() > MAX_KEPT {
-        return;
-    }
-    VECS.with(|f| {
-        let mut f = f.borrow_mut();
-        if f.len() < KEEP {
-            f.push(v);
-        }
-    });
+pub fn give_vec(v: Vec<u8>) {
+    give(&VECS, v)
 }
 
 #[cfg(test)]

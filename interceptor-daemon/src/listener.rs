@@ -89,9 +89,14 @@ impl ConnMeta {
             approval_ref: None,
             outcome: None,
             duration_ns: 0,
-            session_id: format!("{node}-{}", self.id),
+            session_id: self.session_id(node),
             connection_id: self.id,
         }
+    }
+
+    /// The session id every record of this connection carries.
+    pub fn session_id(&self, node: &str) -> String {
+        format!("{node}-{}", self.id)
     }
 }
 

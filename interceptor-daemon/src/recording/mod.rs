@@ -104,12 +104,11 @@ impl Recorder {
         if !cfg.record_responses {
             return None;
         }
-        let base = meta.audit_base(&shared.node);
         Some(Recorder::new(
             shared.audit.clone()?,
             shared.metrics.clone(),
-            &base.session_id,
-            base.connection_id,
+            &meta.session_id(&shared.node),
+            meta.id,
             cfg.record_rows,
         ))
     }
