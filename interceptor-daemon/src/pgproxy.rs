@@ -18,7 +18,9 @@
 //! no record of its own), under the Parse-time decision while the policy is
 //! unchanged, or decided again after a reload or a rule's time boundary. An
 //! approval obtained at Parse covers the first execution; later ones ask
-//! again unless a grant covers them.
+//! again unless a grant covers them. The rest of a suspended portal (an
+//! Execute with a row limit, fetched again) is the same execution: it is
+//! decided again only if the policy changed meanwhile.
 //!
 //! Each forwarded Query, Sync and FunctionCall yields exactly one ReadyForQuery,
 //! so a FIFO of pending injections lines the two directions up.
@@ -322,6 +324,15 @@ struct Ruling {
     counter: Counter,
 }
 
+/// A bound portal: the statement it runs and, once an Execute of it was
+/// forwarded, the policy version and window boundary that allowed it. A later
+/// Execute of the same portal (the rest of a suspended portal) under the same
+/// policy continues that execution: it is neither decided nor audited again.
+struct Portal {
+    statement: String,
+    running: Option<(u64, Option<SystemTime>)>,
+}
+
 /// A named (or the unnamed) prepared statement that was allowed at Parse.
 struct Prepared {
     sql: String,
@@ -487,7 +498,7 @@ async fn client_to_server(
     // Statements allowed at Parse, and which statement each portal runs:
     // Execute re-decides when the policy changed since the Parse.
     let mut statements: HashMap<String, Prepared> = HashMap::new();
-    let mut portals: HashMap<String, String> = HashMap::new();
+    let mut portals: HashMap<String, Portal> = HashMap::new();
     let mut out: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut held_input = BytesMut::new();
     // Set while skipping to Sync after a denied extended-protocol message.
@@ -605,19 +616,39 @@ async fn client_to_server(
                     })?;
                     let mut forward = true;
                     match msg {
-                        // No allocation when a portal keeps its statement
-                        // (the unnamed portal of every pgbench execution).
-                        FrontendMessage::Bind(b)
-                            if portals.get(b.portal).map(String::as_str) != Some(b.statement) =>
-                        {
-                            portals.insert(b.portal.to_string(), b.statement.to_string());
-                        }
+                        FrontendMessage::Bind(b) => match portals.get_mut(b.portal) {
+                            // No allocation when a portal keeps its statement
+                            // (the unnamed portal of every pgbench execution).
+                            Some(p) if p.statement == b.statement => p.running = None,
+                            _ => {
+                                portals.insert(
+                                    b.portal.to_string(),
+                                    Portal {
+                                        statement: b.statement.to_string(),
+                                        running: None,
+                                    },
+                                );
+                            }
+                        },
                         FrontendMessage::Execute(e) => {
-                            let stmt = portals.get(e.portal).and_then(|s| statements.get_mut(s));
+                            let portal = portals.get_mut(e.portal);
+                            let now = SystemTime::now();
+                            let version = ctx.policy.version();
+                            let resumed = portal.as_ref().and_then(|p| p.running).is_some_and(
+                                |(v, stale_at)| v == version && stale_at.is_none_or(|t| now < t),
+                            );
+                            let stmt = match &portal {
+                                Some(p) => statements.get_mut(&p.statement),
+                                None => None,
+                            };
                             if let Some(p) = stmt {
-                                let now = SystemTime::now();
-                                let current = p.current(ctx.policy.version(), now);
-                                if current && let Some((d, approval_ref)) = p.approval.take() {
+                                let current = p.current(version, now);
+                                if resumed {
+                                    // The rest of a suspended portal (a
+                                    // cursor-style fetch): its first Execute
+                                    // was decided and audited, under this policy.
+                                } else if current && let Some((d, approval_ref)) = p.approval.take()
+                                {
                                     let held = Held {
                                         decision: audit::Decision::Approved,
                                         approval_ref,
@@ -661,6 +692,9 @@ async fn client_to_server(
                                         skipping = Some(error_bytes(&d, ctx));
                                         forward = false;
                                     }
+                                }
+                                if let Some(portal) = portal.filter(|_| forward) {
+                                    portal.running = Some((p.version, p.stale_at));
                                 }
                             }
                         }

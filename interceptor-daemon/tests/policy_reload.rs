@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use common::{orders::*, pgwire::PgWire, *};
+use common::{
+    orders::*,
+    pgwire::{self, PgWire},
+    *,
+};
 use interceptor_daemon::testbed::{Lab, Pod, Postgres};
 
 struct Setup {
@@ -128,6 +132,15 @@ fn every_execution_of_a_prepared_statement_is_decided_and_audited() {
         assert!(r.iter().any(|m| m.tag == b'C'), "not executed: {r:?}");
     }
     assert_eq!(count().trim(), "3");
+    // A portal fetched a row at a time (a cursor-style read) is one
+    // execution: decided and audited at its first Execute only.
+    pg.query("BEGIN");
+    pg.prepare("rows", "SELECT id FROM orders");
+    let tags = |r: &[pgwire::Msg]| r.iter().map(|m| m.tag as char).collect::<String>();
+    assert_eq!(tags(&pg.execute_portal("cur", Some("rows"), 1)), "2DsZ");
+    assert_eq!(tags(&pg.execute_portal("cur", None, 1)), "DsZ");
+    assert_eq!(tags(&pg.execute_portal("cur", None, 0)), "DCZ");
+    pg.query("COMMIT");
 
     std::fs::write(&o.policy_path, READ_ONLY).unwrap();
     wait_for("policy version 2", || version() == Some(2.0));
@@ -195,11 +208,10 @@ fn every_execution_of_a_prepared_statement_is_decided_and_audited() {
         ],
         "{records:#?}"
     );
-    let selects = records
-        .iter()
-        .filter(|r| r["operation"] == "SELECT count(*) FROM orders")
-        .count();
-    assert_eq!(selects, 1, "{records:#?}");
+    for read in ["SELECT count(*) FROM orders", "SELECT id FROM orders"] {
+        let n = records.iter().filter(|r| r["operation"] == read).count();
+        assert_eq!(n, 1, "{read}: {records:#?}");
+    }
 }
 
 #[test]

@@ -115,20 +115,35 @@ impl PgWire {
 
     /// Bind (no parameters) + Execute + Sync of a prepared statement.
     pub fn execute(&mut self, name: &str) -> Vec<Msg> {
+        self.execute_portal("", Some(name), 0)
+    }
+
+    /// Execute of `portal` (bound first to `bind`, if given) for at most
+    /// `max_rows` rows (0: all), then Sync.
+    pub fn execute_portal(&mut self, portal: &str, bind: Option<&str>, max_rows: i32) -> Vec<Msg> {
         let mut b = BytesMut::new();
-        frontend::bind(
-            "",
-            name,
-            [],
-            std::iter::empty::<Option<&[u8]>>(),
-            |_, _| Ok(postgres_protocol::IsNull::No),
-            [],
-            &mut b,
-        )
-        .map_err(|_| "bind")
-        .unwrap();
-        frontend::execute("", 0, &mut b).unwrap();
+        if let Some(statement) = bind {
+            frontend::bind(
+                portal,
+                statement,
+                [],
+                std::iter::empty::<Option<&[u8]>>(),
+                |_, _| Ok(postgres_protocol::IsNull::No),
+                [],
+                &mut b,
+            )
+            .map_err(|_| "bind")
+            .unwrap();
+        }
+        frontend::execute(portal, max_rows, &mut b).unwrap();
         frontend::sync(&mut b);
+        self.exchange(&b)
+    }
+
+    /// A simple Query.
+    pub fn query(&mut self, sql: &str) -> Vec<Msg> {
+        let mut b = BytesMut::new();
+        frontend::query(sql, &mut b).unwrap();
         self.exchange(&b)
     }
 }
