@@ -216,6 +216,30 @@ pub struct RedirectConfig {
     /// How often the cgroup tree is rescanned for new and removed cgroups.
     #[serde(default = "default_rescan_ms")]
     pub rescan_interval_ms: u64,
+    /// With `fail_mode: closed` under Kubernetes: on SIGTERM, ask the API
+    /// server (with `identity.kubernetes`'s client settings, or in-cluster)
+    /// whether this daemon's DaemonSet still exists; if it does (a rollout or
+    /// a restart, not an uninstall) the programs stay attached for the next
+    /// daemon, and selected connections are refused meanwhile instead of
+    /// going direct. Unset, or the DaemonSet gone, being deleted or not
+    /// confirmed in time: SIGTERM detaches.
+    #[serde(default)]
+    pub handover: Option<HandoverConfig>,
+}
+
+/// `redirect.handover`: which DaemonSet's existence means "another daemon follows".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoverConfig {
+    pub daemonset: String,
+    pub namespace: String,
+    /// Upper bound of the API call made at SIGTERM.
+    #[serde(default = "default_handover_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_handover_timeout_ms() -> u64 {
+    2000
 }
 
 impl RedirectConfig {
@@ -593,6 +617,12 @@ impl Config {
                 .unwrap_or_default()
         };
         let at = |needle: &str| at_nth(needle, 0);
+        if self.redirect.handover.is_some() && self.redirect.fail_mode != FailMode::Closed {
+            return Err(format!(
+                "{}redirect.handover needs fail_mode: closed (with `open` nothing stays attached)",
+                at("handover")
+            ));
+        }
         if self.targets.is_empty() {
             return Err(format!(
                 "{}targets: at least one target is needed",
@@ -844,6 +874,28 @@ mod tests {
         assert_eq!(c.redirect.fail_mode, FailMode::Closed);
         assert_eq!(c.redirect.socket_mark, 0x4943);
         assert_eq!(c.targets[0].destinations[0].port, Some(5432));
+    }
+
+    #[test]
+    fn handover_needs_fail_closed() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "redirect:\n",
+                &format!("redirect:\n  handover: {{ daemonset: icpt, namespace: sys }}\n{extra}"),
+            )
+        };
+        let c = Config::parse(&with("")).unwrap();
+        let h = c.redirect.handover.unwrap();
+        assert_eq!(
+            (h.daemonset.as_str(), h.namespace.as_str()),
+            ("icpt", "sys")
+        );
+        assert_eq!(h.timeout_ms, 2000);
+        let e = Config::parse(&with("  fail_mode: open\n")).unwrap_err();
+        assert!(
+            e.contains("redirect.handover needs fail_mode: closed") && e.starts_with("line 4"),
+            "{e}"
+        );
     }
 
     #[test]

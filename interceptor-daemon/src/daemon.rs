@@ -224,10 +224,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     };
-    info!(
-        signal = which,
-        "shutting down: detaching programs, draining connections"
-    );
+    info!(signal = which, "shutting down: draining connections");
     stop.cancel();
     for t in accept_tasks {
         let _ = t.await;
@@ -237,9 +234,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = w.await;
     }
     // Detach before draining: from here on new connections are not intercepted,
-    // which is the operator's explicit choice when stopping the daemon.
+    // which is the operator's explicit choice when stopping the daemon. Unless
+    // another daemon follows (a rollout): then they are refused until it runs.
     ready.set_attached(false);
-    redirector.detach();
+    let on_stop = match &cfg.redirect.handover {
+        Some(h) if which == "SIGTERM" => {
+            crate::handover::on_stop(h, cfg.identity.kubernetes.as_ref()).await
+        }
+        Some(_) => crate::handover::OnStop::Detach(format!("{which} is not a rollout")),
+        None => crate::handover::OnStop::Detach("no redirect.handover".into()),
+    };
+    match on_stop {
+        crate::handover::OnStop::Handover => {
+            info!(
+                "handing over: the DaemonSet still exists, so a new daemon follows; selected connections are refused until it runs"
+            );
+            redirector.release();
+        }
+        crate::handover::OnStop::Detach(why) => {
+            if cfg.redirect.handover.is_some() {
+                info!(reason = %why, "detaching: no daemon follows");
+            }
+            redirector.detach();
+        }
+    }
     log_kernel_stats(&stats);
     tasks.close();
     let grace = Duration::from_millis(cfg.proxy.shutdown_grace_ms) + Duration::from_millis(500);

@@ -14,6 +14,7 @@ pub mod cgroups;
 pub mod config;
 pub mod daemon;
 pub mod forward;
+pub mod handover;
 pub mod httpproxy;
 pub mod identity;
 pub mod kv;

@@ -705,3 +705,104 @@ fn kubernetes_identity_end_to_end() {
     );
     assert_eq!(id["claims"]["pod"], "shop/orders-1");
 }
+
+#[test]
+fn a_rollout_keeps_the_programs_attached_and_an_uninstall_detaches() {
+    use common::*;
+    if !privileged("a_rollout_keeps_the_programs_attached_and_an_uninstall_detaches") {
+        return;
+    }
+    let dir = scratch("k8s-handover");
+    let api = FakeApi::start(&dir);
+    let pods_dir = dir.join("kubelet-pods");
+    let mut lab = interceptor_daemon::testbed::Lab::new().unwrap();
+    let pod = lab.add_pod("app", &cgroup_of(U1, 'a')).unwrap();
+    api.add_pod(U1, "shop", "orders-1", "orders", "lab-node");
+    let token = jwt("good", in_an_hour());
+    api.add_token(&token, "shop", "orders", Some(("orders-1", U1)));
+    write_token(&pods_dir, U1, &token);
+    let svc: SocketAddr = (lab.node_v4(2), 7402).into();
+    let server = Server::start(svc, 10, &dir, &[]);
+    let opts = DaemonOpts {
+        select: vec!["kubepods.slice/*/kubepods-*-pod*.slice".into()],
+        destinations: vec![svc.to_string()],
+        identity: format!(
+            "identity:\n  kubernetes:\n{}",
+            api.identity_yaml(&pods_dir, "lab-node", "    ")
+        ),
+        ..Default::default()
+    };
+    let cfg = write_config(&lab, &dir, &opts);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let with_handover = text.replace(
+        "redirect:\n",
+        "redirect:\n  handover: { daemonset: interceptor, namespace: interceptor-system }\n",
+    );
+    assert_ne!(text, with_handover);
+    std::fs::write(&cfg, with_handover).unwrap();
+    let connect = || probe_in_pod(&pod, &["connect", &svc.to_string(), "--timeout-ms", "3000"]).0;
+
+    // A rollout: the DaemonSet is still there, so the programs stay attached
+    // and the pod's connections are refused until the next daemon runs.
+    api.set_daemonset("interceptor-system", "interceptor", Some(false));
+    let mut daemon = Daemon::start(&cfg, &dir);
+    assert_eq!(connect()["ok"], true);
+    assert_eq!(daemon.stop(), Some(0), "{}", daemon.raw_log());
+    assert!(
+        daemon.raw_log().contains("handing over"),
+        "{}",
+        daemon.raw_log()
+    );
+    assert!(
+        pin_dir(&lab).join("links").exists(),
+        "the pins were removed"
+    );
+    let r = connect();
+    assert_eq!(
+        r["kind"], "ConnectionRefused",
+        "not refused between daemons: {r}"
+    );
+    assert_eq!(
+        server.reports(1).len(),
+        1,
+        "the server was reached unchecked"
+    );
+
+    // The next daemon takes the programs over and serves.
+    let mut daemon = Daemon::start(&cfg, &dir);
+    assert!(
+        daemon
+            .raw_log()
+            .contains("taking over programs left attached"),
+        "{}",
+        daemon.raw_log()
+    );
+    assert_eq!(connect()["ok"], true);
+
+    // An uninstall: the DaemonSet is gone, or being deleted (foreground
+    // deletion), so SIGTERM detaches.
+    for (state, says) in [
+        (None, "is gone (uninstalled)"),
+        (Some(true), "is being deleted (uninstalled)"),
+    ] {
+        if state.is_some() {
+            daemon = Daemon::start(&cfg, &dir);
+            assert_eq!(connect()["ok"], true);
+        }
+        api.set_daemonset("interceptor-system", "interceptor", state);
+        assert_eq!(daemon.stop(), Some(0), "{}", daemon.raw_log());
+        assert!(daemon.raw_log().contains(says), "{}", daemon.raw_log());
+        assert!(
+            !pin_dir(&lab).exists(),
+            "pins left behind after an uninstall"
+        );
+    }
+    let r = connect();
+    assert_eq!(r["ok"], true, "{r}");
+    let last: SocketAddr = server.reports(4).last().unwrap()["peer"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(last.ip(), pod.v4, "after the uninstall the pod goes direct");
+}

@@ -245,7 +245,7 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn check_rbac(r: &Rendered) -> anyhow::Result<()> {
+fn check_rbac(r: &Rendered, handover: bool) -> anyhow::Result<()> {
     let role = r.one("ClusterRole")?;
     let rules: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role["rules"]
         .as_sequence()
@@ -292,6 +292,45 @@ fn check_rbac(r: &Rendered) -> anyhow::Result<()> {
     ensure!(subjects[0]["namespace"] == NAMESPACE);
     let ds = r.one("DaemonSet")?;
     ensure!(ds["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]);
+    check_handover_rbac(r, handover, ds, sa)
+}
+
+/// With handover (fail-closed): a Role to `get` exactly this DaemonSet, bound
+/// to the daemon's ServiceAccount, and the config naming it; without: none.
+fn check_handover_rbac(r: &Rendered, handover: bool, ds: &Value, sa: &Value) -> anyhow::Result<()> {
+    let config: Value = serde_yaml::from_str(
+        r.one("ConfigMap")?["data"]["config.yaml"]
+            .as_str()
+            .context("no config.yaml")?,
+    )?;
+    let named = &config["redirect"]["handover"];
+    if !handover {
+        ensure!(r.of_kind("Role").is_empty(), "a Role without handover");
+        ensure!(named.is_null(), "handover configured: {named:?}");
+        return Ok(());
+    }
+    ensure!(named["daemonset"] == ds["metadata"]["name"], "{named:?}");
+    ensure!(named["namespace"] == NAMESPACE, "{named:?}");
+    let role = r.one("Role")?;
+    ensure!(role["metadata"]["namespace"] == NAMESPACE);
+    let rules = role["rules"].as_sequence().context("no rules")?;
+    ensure!(rules.len() == 1, "Role rules: {rules:?}");
+    let rule = &rules[0];
+    ensure!(
+        strings(&rule["apiGroups"]) == ["apps"]
+            && strings(&rule["resources"]) == ["daemonsets"]
+            && strings(&rule["verbs"]) == ["get"]
+            && strings(&rule["resourceNames"]) == [ds["metadata"]["name"].as_str().unwrap_or("")],
+        "Role rule: {rule:?}"
+    );
+    let binding = r.one("RoleBinding")?;
+    ensure!(binding["roleRef"]["kind"] == "Role");
+    ensure!(binding["roleRef"]["name"] == role["metadata"]["name"]);
+    let subjects = binding["subjects"].as_sequence().context("no subjects")?;
+    ensure!(
+        subjects.len() == 1 && subjects[0]["name"] == sa["metadata"]["name"],
+        "subjects: {subjects:?}"
+    );
     Ok(())
 }
 
@@ -605,8 +644,8 @@ fn check_metrics(r: &Rendered, monitor: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_checksums(configs: &[(String, String)]) -> anyhow::Result<()> {
-    ensure!(configs.len() == 3, "not every case rendered");
+fn check_checksums(configs: &[(String, String)], cases: usize) -> anyhow::Result<()> {
+    ensure!(configs.len() == cases, "not every case rendered");
     for (i, (ca, sa)) in configs.iter().enumerate() {
         ensure!(sa.len() == 64, "checksum/config missing: {sa:?}");
         for (cb, sb) in &configs[i + 1..] {
@@ -705,6 +744,8 @@ struct Case<'a> {
     kubelet: bool,
     /// A ServiceMonitor is rendered.
     monitor: bool,
+    /// SIGTERM asks whether a rollout is under way (and may read the DaemonSet).
+    handover: bool,
 }
 
 /// Runs every check; fails unless all pass.
@@ -738,6 +779,7 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
             caps: &["BPF", "PERFMON", "NET_ADMIN", "DAC_READ_SEARCH"],
             kubelet: true,
             monitor: false,
+            handover: true,
         },
         Case {
             name: "full",
@@ -751,6 +793,8 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
             ],
             kubelet: true,
             monitor: true,
+            // failMode: open there: nothing stays attached to hand over.
+            handover: false,
         },
         Case {
             name: "no-kubelet-dir",
@@ -760,8 +804,18 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
             caps: &["BPF", "PERFMON", "NET_ADMIN"],
             kubelet: false,
             monitor: false,
+            handover: true,
+        },
+        Case {
+            name: "no-handover",
+            args: vec!["--set", "redirect.handover=false"],
+            caps: &["BPF", "PERFMON", "NET_ADMIN", "DAC_READ_SEARCH"],
+            kubelet: true,
+            monitor: false,
+            handover: false,
         },
     ];
+    let cases_len = cases.len();
     // (config.yaml, checksum annotation) per case.
     let mut configs: Vec<(String, String)> = Vec::new();
     for Case {
@@ -770,6 +824,7 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
         caps,
         kubelet,
         monitor,
+        handover,
     } in cases
     {
         let r = match render(&chart, &args) {
@@ -786,8 +841,15 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
             validate_schemas(&r, &dir),
         );
         t.check(
-            &format!("{name}: ClusterRole is exactly tokenreviews create + pods get/list/watch"),
-            check_rbac(&r),
+            &format!(
+                "{name}: ClusterRole is exactly tokenreviews create + pods get/list/watch{}",
+                if handover {
+                    "; Role: get this DaemonSet (handover)"
+                } else {
+                    "; no Role (no handover)"
+                }
+            ),
+            check_rbac(&r, handover),
         );
         t.check(
             &format!("{name}: not privileged, hostNetwork, caps drop ALL add {caps:?}, seccomp/AppArmor RuntimeDefault, read-only root"),
@@ -825,7 +887,7 @@ pub fn test(root: &Path, interceptor: &Path) -> anyhow::Result<()> {
     }
     t.check(
         "the pod template changes exactly when the configuration does (rolls the daemons)",
-        check_checksums(&configs),
+        check_checksums(&configs, cases_len),
     );
     t.check(
         "NOTES.txt renders and tells what each fail mode does",

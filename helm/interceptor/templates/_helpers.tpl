@@ -80,6 +80,14 @@ BPF, PERFMON and NET_ADMIN, and shows each of them is needed.
 {{- end }}
 
 {{/*
+Non-empty when SIGTERM asks the API server whether a rollout is under way
+(redirect.handover): fail-closed mode only.
+*/}}
+{{- define "interceptor.handover" -}}
+{{- if and (eq (toString .Values.failMode) "closed") .Values.redirect.handover }}true{{ end }}
+{{- end }}
+
+{{/*
 The daemon's config.yaml. ${NODE_NAME} and ${NODE_IP} are expanded by the
 daemon from the environment the downward API fills in, so one ConfigMap
 serves every node.
@@ -98,6 +106,9 @@ serves every node.
     "rescan_interval_ms" (int .Values.redirect.rescanIntervalMs) }}
 {{- if not (kindIs "invalid" .Values.redirect.skipUid) }}
 {{- $_ := set $redirect "skip_uid" (int .Values.redirect.skipUid) }}
+{{- end }}
+{{- if include "interceptor.handover" . }}
+{{- $_ := set $redirect "handover" (dict "daemonset" (include "interceptor.fullname" .) "namespace" .Release.Namespace) }}
 {{- end }}
 {{- $cfg := dict
     "node_name" "${NODE_NAME}"

@@ -355,6 +355,16 @@ impl Loaded {
 }
 
 impl Redirector {
+    /// Lets go of the links but leaves them pinned: the programs stay attached
+    /// (selected connections are refused) until the next daemon takes them
+    /// over or `interceptor detach` removes them.
+    pub fn release(self) {
+        info!(
+            pin_dir = %self.pin_dir.display(),
+            "eBPF programs left attached for the next daemon"
+        );
+    }
+
     /// Detaches every program and removes every pin (clean shutdown).
     pub fn detach(self) {
         let ids = pinned_link_ids(&self.pin_dir);

@@ -64,6 +64,8 @@ struct St {
     /// resourceVersion of every watch request, in order.
     pub watches: Vec<String>,
     pub reviews: u64,
+    /// DaemonSets by `namespace/name`: `true` once being deleted.
+    daemonsets: HashMap<String, bool>,
 }
 
 pub struct FakeApi {
@@ -396,6 +398,18 @@ impl FakeApi {
         self.with(|s| s.pods_status = code);
     }
 
+    /// A DaemonSet exists (`Some(deleting)`) or not (`None`).
+    pub fn set_daemonset(&self, ns: &str, name: &str, state: Option<bool>) {
+        self.with(|s| match state {
+            Some(deleting) => {
+                s.daemonsets.insert(format!("{ns}/{name}"), deleting);
+            }
+            None => {
+                s.daemonsets.remove(&format!("{ns}/{name}"));
+            }
+        });
+    }
+
     pub fn reviews(&self) -> u64 {
         self.st.lock().unwrap().reviews
     }
@@ -442,11 +456,53 @@ async fn handle(
                 list(&q, &st)
             }
         }
+        ("GET", p) if p.starts_with("/apis/apps/v1/namespaces/") => daemonset(p, &st),
         _ => full(
             StatusCode::NOT_FOUND,
             &status(404, "NotFound", &format!("no route {path}")),
         ),
     }
+}
+
+/// GET /apis/apps/v1/namespaces/{ns}/daemonsets/{name}
+fn daemonset(path: &str, st: &Mutex<St>) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let ["apis", "apps", "v1", "namespaces", ns, "daemonsets", name] = parts[..] else {
+        return full(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", &format!("no route {path}")),
+        );
+    };
+    let Some(deleting) = st
+        .lock()
+        .unwrap()
+        .daemonsets
+        .get(&format!("{ns}/{name}"))
+        .copied()
+    else {
+        return full(
+            StatusCode::NOT_FOUND,
+            &status(
+                404,
+                "NotFound",
+                &format!("daemonsets.apps \"{name}\" not found"),
+            ),
+        );
+    };
+    let ds = k8s_openapi::api::apps::v1::DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            deletion_timestamp: deleting.then(|| {
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                )
+            }),
+            ..ObjectMeta::default()
+        },
+        ..Default::default()
+    };
+    full(StatusCode::OK, &serde_json::to_value(&ds).unwrap())
 }
 
 async fn token_review(body: &[u8], st: &Mutex<St>) -> Response<Body> {
