@@ -18,14 +18,22 @@
 //! * With `audit.record_responses`, each statement's answer as written to
 //!   the client (after masking, the proxy's denials included) is recorded
 //!   the same way ([`crate::recording::mysql`]).
-//! * A prepared statement is decided at prepare time; executing it needs no
-//!   new decision. `COM_INIT_DB` (`USE db`) passes; tables are matched as
+//! * A prepared statement is decided at prepare time, and each
+//!   `COM_STMT_EXECUTE` of it is one audited decision: the prepare-time one
+//!   while the policy is unchanged, a new one after a reload
+//!   ([`statements`]); an allowed prepare runs nothing and leaves no record.
+//!   `COM_STMT_FETCH` (more rows of an execute's cursor) continues that
+//!   execution. `COM_INIT_DB` (`USE db`) passes; tables are matched as
 //!   written in the statement.
+//! * A rule requiring approval denies here (fail closed): only PostgreSQL
+//!   statements can be held for a human.
 //! * The classic protocol is request/response: an injected ERR is written at
 //!   the next packet boundary of the server stream, which for a client that
 //!   waits for each answer (every known client) is exactly its place.
 
-use std::io;
+mod statements;
+
+use std::{io, time::SystemTime};
 
 use bytes::{Buf, BytesMut};
 use tokio::{
@@ -43,14 +51,15 @@ use crate::{
     masking::{self, MaskKey},
     policy::{Action, Decision},
     protocol::mysql::{
-        Answer, CLIENT_DEPRECATE_EOF, COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_PING,
-        COM_QUERY, COM_QUIT, COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS, COM_STMT_CLOSE,
-        COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET,
+        Answer, AnswerTracker, CLIENT_DEPRECATE_EOF, COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB,
+        COM_PING, COM_QUERY, COM_QUIT, COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS,
+        COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET,
         COM_STMT_SEND_LONG_DATA, ClientHello, ER_TABLEACCESS_DENIED, MysqlError, STRIPPED,
         err_packet, frame, rewrite_client_response, rewrite_server_handshake,
     },
     session::SessionCtx,
 };
+use statements::{MAX_STATEMENTS, Statement, Statements};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -79,15 +88,18 @@ fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// What the server half must know of each forwarded command: its answer's
-/// shape, for masking and for recording.
+/// shape, for the statement registry, masking and recording.
 struct Expects {
+    statements: Statements,
     mask: Option<masking::mysql::Pending>,
     record: Option<crate::recording::mysql::Asked>,
 }
 
-/// Queues what the server's answer to a forwarded command will be.
-fn expect(e: &Expects, cmd: u8, payload: &[u8]) {
+/// Queues what the server's answer to a forwarded command will be;
+/// `prepared`: the statement a prepare files under its id.
+fn expect(e: &Expects, cmd: u8, payload: &[u8], prepared: Option<Statement>) {
     use masking::mysql::{Expect, Masker};
+    e.statements.forwarded(cmd, payload, prepared);
     if let Some(r) = &e.record {
         r.forwarded(cmd, payload);
     }
@@ -159,7 +171,10 @@ pub async fn run(
         let (pending, masker) = masking(&ctx, mask_key, est.caps);
         let (asked, recorder) =
             crate::recording::mysql::for_session(ctx.recorder.clone(), est.caps);
+        let statements = Statements::default();
+        let tracker = AnswerTracker::new(est.caps & CLIENT_DEPRECATE_EOF != 0);
         let expects = Expects {
+            statements: statements.clone(),
             mask: pending,
             record: asked,
         };
@@ -169,7 +184,15 @@ pub async fn run(
         let (ur, uw) = tokio::io::split(est.stream);
         let (a, b) = tokio::join!(
             client_to_server(cr, uw, est.client_buf, tx, authed, &ctx, expects),
-            server_to_client(ur, cw, est.server_buf, rx, authed_tx, (masker, recorder))
+            server_to_client(
+                ur,
+                cw,
+                est.server_buf,
+                rx,
+                authed_tx,
+                (statements, tracker),
+                (masker, recorder)
+            )
         );
         return Ok(Transferred {
             up: est.up + a?,
@@ -229,7 +252,10 @@ pub async fn run(
     }
     let (pending, masker) = masking(&ctx, mask_key, caps);
     let (asked, recorder) = crate::recording::mysql::for_session(ctx.recorder.clone(), caps);
+    let statements = Statements::default();
+    let tracker = AnswerTracker::new(caps & CLIENT_DEPRECATE_EOF != 0);
     let expects = Expects {
+        statements: statements.clone(),
         mask: pending,
         record: asked,
     };
@@ -239,7 +265,15 @@ pub async fn run(
     let (ur, uw) = upstream.into_split();
     let (a, b) = tokio::join!(
         client_to_server(cr, uw, cbuf, tx, authed, &ctx, expects),
-        server_to_client(ur, cw, sbuf, rx, authed_tx, (masker, recorder))
+        server_to_client(
+            ur,
+            cw,
+            sbuf,
+            rx,
+            authed_tx,
+            (statements, tracker),
+            (masker, recorder)
+        )
     );
     up += a?;
     down += b?;
@@ -270,6 +304,65 @@ fn protocol_denial(reason: &str) -> Decision {
     }
 }
 
+/// A statement's id in `COM_STMT_EXECUTE`, `CLOSE`, `RESET`, `FETCH`.
+fn statement_id(payload: &[u8]) -> u32 {
+    payload
+        .get(1..5)
+        .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// A `COM_STMT_PREPARE`: the statement to file if it is allowed, else the
+/// denial and its description.
+fn prepare(payload: &[u8], ctx: &SessionCtx) -> Result<Statement, (Decision, String)> {
+    let Ok(sql) = std::str::from_utf8(payload) else {
+        return Err(decide_sql(payload, "prepare", ctx));
+    };
+    let r = decide_text(sql, ctx);
+    if !matches!(r.decision.action, Action::Allow | Action::Mask) {
+        return Err((r.decision, format!("prepare {}", r.description)));
+    }
+    Ok(Statement {
+        sql: sql.into(),
+        decision: r.decision,
+        description: r.description.into(),
+        version: r.version,
+        stale_at: r.stale_at,
+    })
+}
+
+/// A `COM_STMT_EXECUTE`: the decision it runs under, and its description.
+/// The prepare-time decision holds while the policy is the one it was made
+/// under; after a reload or a window boundary the text is decided again.
+fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> (Decision, String) {
+    let id = statement_id(payload);
+    let Some(s) = statements.get(id) else {
+        return (
+            protocol_denial(&format!(
+                "statement {id} was not prepared through the interceptor in this session"
+            )),
+            "execute (unknown statement)".to_string(),
+        );
+    };
+    let now = SystemTime::now();
+    if s.current(ctx.policy.version(), now) {
+        return (s.decision, format!("execute {}", s.description));
+    }
+    let r = decide_text(&s.sql, ctx);
+    let description = format!("execute {}", r.description);
+    let d = r.decision.clone();
+    statements.update(
+        id,
+        Statement {
+            sql: s.sql,
+            decision: r.decision,
+            description: r.description.into(),
+            version: r.version,
+            stale_at: r.stale_at,
+        },
+    );
+    (d, description)
+}
+
 /// Decides one SQL text; returns the decision and a literal-free description.
 fn decide_sql(payload: &[u8], via: &str, ctx: &SessionCtx) -> (Decision, String) {
     let Ok(sql) = std::str::from_utf8(payload) else {
@@ -278,12 +371,28 @@ fn decide_sql(payload: &[u8], via: &str, ctx: &SessionCtx) -> (Decision, String)
             format!("{via} (not UTF-8)"),
         );
     };
+    let r = decide_text(sql, ctx);
+    (r.decision, format!("{via} {}", r.description))
+}
+
+/// A text's decision, its literal-free kinds and tables, and the policy
+/// version and window boundary it was made under.
+struct Ruled {
+    decision: Decision,
+    description: String,
+    version: u64,
+    stale_at: Option<SystemTime>,
+}
+
+fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
     let c = ctx.classifier.classify_mysql(sql);
-    let d = ctx
-        .policy
-        .current()
-        .policy
-        .decide_statements(&ctx.policy_ctx(), &c.statements);
+    let policy = ctx.policy.current();
+    let now = SystemTime::now();
+    let d = without_hold(
+        policy
+            .policy
+            .decide_statements_at(&ctx.policy_ctx(), &c.statements, now),
+    );
     let kinds: Vec<String> = c
         .statements
         .iter()
@@ -294,10 +403,28 @@ fn decide_sql(payload: &[u8], via: &str, ctx: &SessionCtx) -> (Decision, String)
         .iter()
         .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
         .collect();
-    (
-        d,
-        format!("{via} {} on [{}]", kinds.join(","), tables.join(",")),
-    )
+    Ruled {
+        decision: d,
+        description: format!("{} on [{}]", kinds.join(","), tables.join(",")),
+        version: policy.version,
+        stale_at: policy.policy.next_boundary(now),
+    }
+}
+
+/// A rule asking for approval denies (fail closed): a MySQL command cannot
+/// be held for a human here.
+fn without_hold(d: Decision) -> Decision {
+    if d.action != Action::RequireApproval {
+        return d;
+    }
+    Decision {
+        action: Action::Deny,
+        reason: format!(
+            "{} (needs approval; only PostgreSQL statements can be held)",
+            d.reason
+        ),
+        rule: d.rule,
+    }
 }
 
 async fn client_to_server(
@@ -346,13 +473,29 @@ async fn client_to_server(
                 continue;
             }
             let cmd = p.payload.first().copied().unwrap_or(0);
+            let mut prepared = None;
             let verdict = match cmd {
                 COM_QUERY | COM_STMT_PREPARE if p.continued() => Some((
                     protocol_denial("statement larger than 16 MiB cannot be inspected"),
                     "query (oversized)".to_string(),
                 )),
                 COM_QUERY => Some(decide_sql(&p.payload[1..], "query", ctx)),
-                COM_STMT_PREPARE => Some(decide_sql(&p.payload[1..], "prepare", ctx)),
+                COM_STMT_PREPARE if expects.statements.open() >= MAX_STATEMENTS => Some((
+                    protocol_denial(&format!(
+                        "more than {MAX_STATEMENTS} prepared statements open in one session; close some"
+                    )),
+                    "prepare (too many open)".to_string(),
+                )),
+                COM_STMT_PREPARE => match prepare(&p.payload[1..], ctx) {
+                    // An allowed prepare runs nothing: each execute is the
+                    // audited event.
+                    Ok(s) => {
+                        prepared = Some(s);
+                        None
+                    }
+                    Err(denied) => Some(denied),
+                },
+                COM_STMT_EXECUTE => Some(execute(p.payload, &expects.statements, ctx)),
                 COM_SET_OPTION if p.payload.get(1..3) == Some(&[0, 0]) => Some((
                     protocol_denial("multi-statements are not available through the interceptor"),
                     "set option multi-statements on".to_string(),
@@ -368,7 +511,6 @@ async fn client_to_server(
                 | COM_FIELD_LIST
                 | COM_STATISTICS
                 | COM_PING
-                | COM_STMT_EXECUTE
                 | COM_STMT_SEND_LONG_DATA
                 | COM_STMT_CLOSE
                 | COM_STMT_RESET
@@ -392,12 +534,17 @@ async fn client_to_server(
                             return Ok(total);
                         }
                     } else {
-                        expect(&expects, cmd, p.payload);
+                        expect(&expects, cmd, p.payload, None);
                         out.extend_from_slice(&buf[..len]);
                     }
                 }
                 None => {
-                    expect(&expects, cmd, p.payload);
+                    match cmd {
+                        COM_STMT_CLOSE => expects.statements.close(statement_id(p.payload)),
+                        COM_RESET_CONNECTION => expects.statements.reset(),
+                        _ => {}
+                    }
+                    expect(&expects, cmd, p.payload, prepared);
                     out.extend_from_slice(&buf[..len]);
                 }
             }
@@ -424,6 +571,7 @@ async fn server_to_client(
     mut buf: BytesMut,
     mut rx: mpsc::Receiver<Vec<u8>>,
     authed: watch::Sender<bool>,
+    (statements, mut tracker): (Statements, AnswerTracker),
     (mut masker, mut recorder): (
         Option<masking::mysql::Masker>,
         Option<crate::recording::mysql::MysqlRecorder>,
@@ -441,7 +589,10 @@ async fn server_to_client(
                 if p.payload.first() == Some(&0x00) {
                     authed.send_replace(true);
                 }
-            } else if let Some(m) = masker.as_mut() {
+            } else {
+                statements.on_server_packet(&mut tracker, p.payload);
+            }
+            if command_phase && let Some(m) = masker.as_mut() {
                 match m.on_packet(p.payload) {
                     Ok(None) => {}
                     Ok(Some(new)) => {
@@ -552,6 +703,15 @@ mod tests {
     /// Runs a session; the server sends its greeting, waits a moment before
     /// its OK, and records every byte it receives.
     async fn session(client_bytes: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        session_with(
+            "default: allow\nrules:\n  - {id: no-delete, sql: {kinds: [write]}, action: deny}\n",
+            client_bytes,
+        )
+        .await
+    }
+
+    async fn session_with(policy: &str, client_bytes: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        let policy = Policy::parse(policy).unwrap();
         let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (saddr, paddr) = (server.local_addr().unwrap(), proxy.local_addr().unwrap());
@@ -579,12 +739,7 @@ mod tests {
                 audit: None,
                 identity: None,
                 target: "db".into(),
-                policy: crate::policy::store::PolicyHandle::fixed(
-                    Policy::parse(
-                        "default: allow\nrules:\n  - {id: no-delete, sql: {kinds: [write]}, action: deny}\n",
-                    )
-                    .unwrap(),
-                ),
+                policy: crate::policy::store::PolicyHandle::fixed(policy),
                 classifier: Arc::default(),
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
@@ -626,6 +781,36 @@ mod tests {
         let text = String::from_utf8_lossy(&got);
         assert!(
             text.contains("#42000interceptor: statement denied by rule `no-delete`"),
+            "{text}"
+        );
+    }
+
+    /// Nobody can be asked here: a rule requiring approval denies, and the
+    /// command never reaches the server.
+    #[tokio::test]
+    async fn a_rule_requiring_approval_denies() {
+        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
+        resp.resize(40, 0);
+        let mut bytes = packet(1, &resp);
+        bytes.extend(packet(0, b"\x03DELETE FROM customers"));
+        bytes.extend(packet(0, b"\x16DELETE FROM customers"));
+        let (got, seen) = session_with(
+            "default: allow\nrules:\n  - {id: hold-deletes, sql: {kinds: [write]}, action: require_approval}\n",
+            bytes,
+        )
+        .await;
+        assert!(
+            !String::from_utf8_lossy(&seen).contains("DELETE"),
+            "the DELETE reached the server"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(
+            text.matches("denied by rule `hold-deletes`").count(),
+            2,
+            "{text}"
+        );
+        assert!(
+            text.contains("needs approval; only PostgreSQL statements can be held"),
             "{text}"
         );
     }

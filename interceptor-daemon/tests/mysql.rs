@@ -332,3 +332,123 @@ fn mysql_sessions_replay_with_their_masked_responses() {
     assert!(ok, "{verified}{err}");
     assert!(verified.contains("recorded responses"), "{verified}");
 }
+
+/// The binary protocol (what connectors use for parameterised queries):
+/// each `COM_STMT_EXECUTE` is one decision and one audit record, an allowed
+/// prepare none; after a policy reload, a statement prepared under the old
+/// policy is decided again at its next execute (denied here, the session
+/// still usable); an id the proxy never saw prepared is refused.
+#[test]
+fn mysql_every_execution_of_a_prepared_statement_is_decided_and_audited() {
+    use common::{
+        mywire::{MyWire, error},
+        orders::{READ_ONLY, WRITES_ALLOWED, wait_for},
+    };
+    if !privileged("mysql_every_execution_of_a_prepared_statement_is_decided_and_audited") {
+        return;
+    }
+    let policy_path = scratch("mysqlexec-policy").join("policy.yaml");
+    std::fs::write(&policy_path, WRITES_ALLOWED).unwrap();
+    let mut s = setup_with(
+        "mysqlexec",
+        &format!("policy_file: {}\n", policy_path.display()),
+    );
+    let orders = |s: &Setup| {
+        s.db.admin("SELECT count(*) FROM shop.orders")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let mut w = MyWire::connect(&s.pod, s.db.addr, "shop");
+    let ins = w.prepare("INSERT INTO orders VALUES (7, 1)").unwrap();
+    for _ in 0..3 {
+        let r = w.execute(ins);
+        assert_eq!(r.first().and_then(|p| p.first()), Some(&0), "{r:?}");
+    }
+    assert_eq!(orders(&s), "3");
+    let sel = w.prepare("SELECT id FROM orders").unwrap();
+    let r = w.execute(sel);
+    assert_eq!(r.first(), Some(&vec![1]), "not a result set: {r:?}");
+
+    let e = w.prepare("DELETE FROM customers").unwrap_err();
+    assert!(e.contains("statement denied by rule `default`"), "{e}");
+    let e = error(&w.execute(999)).expect("an unknown statement id was executed");
+    assert!(
+        e.contains("statement 999 was not prepared through the interceptor"),
+        "{e}"
+    );
+
+    std::fs::write(&policy_path, READ_ONLY).unwrap();
+    wait_for("policy version 2", || {
+        metric(
+            &http_get(admin_addr(&s.lab), "/metrics").1,
+            "interceptor_policy_version",
+        ) == Some(2.0)
+    });
+    for attempt in 0..2 {
+        let e = error(&w.execute(ins))
+            .unwrap_or_else(|| panic!("execute {attempt} after the reload ran"));
+        assert!(
+            e.contains("denied by rule `freeze`: orders are frozen for the audit"),
+            "{e}"
+        );
+    }
+    assert_eq!(orders(&s), "3");
+    let r = w.execute(sel);
+    assert_eq!(r.first(), Some(&vec![1]), "the session is unusable: {r:?}");
+    w.close(sel);
+    let e = error(&w.execute(sel)).expect("a closed statement was executed");
+    assert!(
+        e.contains("was not prepared through the interceptor"),
+        "{e}"
+    );
+    drop(w);
+
+    let (_, text) = http_get(admin_addr(&s.lab), "/metrics");
+    let counted = |action: &str, rule: &str| {
+        metric(
+            &text,
+            &format!(
+                r#"interceptor_decisions_total{{target="shop-db",action="{action}",rule="{rule}"}}"#
+            ),
+        )
+    };
+    assert_eq!(counted("allow", "orders-write"), Some(3.0), "{text}");
+    assert_eq!(counted("deny", "freeze"), Some(2.0), "{text}");
+    assert_eq!(s.daemon.stop(), Some(0));
+
+    let records = audit_access_records(&s.audit_dir);
+    let on_orders = |prefix: &str| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|r| {
+                r["operation"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with(prefix))
+            })
+            .map(|r| {
+                (
+                    r["decision"].as_str().unwrap_or_default().to_string(),
+                    r["rule_id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |d: &str, r: &str| (d.to_string(), r.to_string());
+    assert_eq!(
+        on_orders("execute write on [orders]"),
+        [
+            pair("Allow", "orders-write"),
+            pair("Allow", "orders-write"),
+            pair("Allow", "orders-write"),
+            pair("Deny", "freeze"),
+            pair("Deny", "freeze"),
+        ]
+    );
+    assert_eq!(on_orders("execute read on [orders]").len(), 2);
+    assert_eq!(
+        on_orders("prepare "),
+        [pair("Deny", "default")],
+        "an allowed prepare runs nothing and leaves no record"
+    );
+}

@@ -65,8 +65,8 @@ enum Cmd {
         #[arg(long)]
         after_eof: bool,
     },
-    /// A scripted conversation: each line on stdin is hex bytes to send; the
-    /// reply is read until it holds `--until-hex` followed by `--then` more
+    /// A scripted conversation: each line on stdin is hex bytes to send (`.`:
+    /// nothing, for a server that speaks first); the reply is read until it holds `--until-hex` followed by `--then` more
     /// bytes (or, without a marker, until the peer is quiet for `--quiet-ms`)
     /// and reported as one JSON line. Ends at the end of stdin or the peer's EOF.
     Talk {
@@ -243,8 +243,10 @@ fn talk(addr: SocketAddr, end: &ReplyEnd) -> Result<(), String> {
         if line.trim().is_empty() {
             continue;
         }
-        s.write_all(&unhex(&line)?)
-            .map_err(|e| format!("step {step}: send: {e}"))?;
+        if line.trim() != "." {
+            s.write_all(&unhex(&line)?)
+                .map_err(|e| format!("step {step}: send: {e}"))?;
+        }
         let (got, closed) = end
             .read(&s)
             .map_err(|e| format!("step {step}: read: {e}"))?;

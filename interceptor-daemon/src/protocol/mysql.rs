@@ -244,6 +244,208 @@ pub fn err_packet(seq: u8, code: u16, sqlstate: &str, message: &str) -> Vec<u8> 
     out
 }
 
+/// Status flag: another result set of the same answer follows.
+pub const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
+/// Status flag: an execute opened a cursor; its rows come with COM_STMT_FETCH.
+pub const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
+
+/// An EOF packet (or, with CLIENT_DEPRECATE_EOF, the OK that replaces it): a
+/// 0xFE header on a packet too short to be a row's first of many.
+pub fn is_eof(p: &[u8]) -> bool {
+    p.first() == Some(&0xfe) && p.len() < MAX_PAYLOAD
+}
+
+/// Status flags of an OK packet (header 0x00, or 0xFE in place of an EOF
+/// with CLIENT_DEPRECATE_EOF): after affected rows and last insert id.
+pub fn ok_status(p: &[u8]) -> u16 {
+    let mut at = 1;
+    for _ in 0..2 {
+        match p.get(at..).and_then(lenenc) {
+            Some((_, used)) => at += used,
+            None => return 0,
+        }
+    }
+    p.get(at..at + 2)
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+}
+
+/// Status flags of an end-of-rows packet: an EOF (warnings, then status), or
+/// the OK that replaces it with CLIENT_DEPRECATE_EOF.
+pub fn eof_status(p: &[u8], deprecate_eof: bool) -> u16 {
+    if p.first() == Some(&0xfe) && !deprecate_eof {
+        return p.get(3..5).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]));
+    }
+    ok_status(p)
+}
+
+/// How the server answered a `COM_STMT_PREPARE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrepareOutcome {
+    /// Prepared under this statement id.
+    Prepared(u32),
+    /// Refused (ERR), or an answer that is not a prepare's OK.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Track {
+    /// Between answers: the next packet starts the next one.
+    Idle,
+    /// The first packet of an answer or of its next result set.
+    Next,
+    Columns(u64),
+    /// The EOF after column definitions (without CLIENT_DEPRECATE_EOF).
+    ColumnsEof,
+    Rows,
+    /// A prepare's parameter and column definitions.
+    Skip(u64),
+    /// Definitions until EOF or ERR (COM_FIELD_LIST).
+    UntilEof,
+}
+
+/// Follows the server's side of the command phase packet by packet, so that
+/// each answer is matched with the command it answers: the classic protocol
+/// does not say (a prepare's OK looks like any OK). Per packet it looks at
+/// the header byte and length only; what it reports is the outcome of each
+/// `COM_STMT_PREPARE`, whose statement id the client then executes by.
+#[derive(Debug, Clone)]
+pub struct AnswerTracker {
+    deprecate_eof: bool,
+    state: Track,
+    ask: Answer,
+    /// Inside a payload longer than one packet.
+    continuing: bool,
+}
+
+impl AnswerTracker {
+    pub fn new(deprecate_eof: bool) -> AnswerTracker {
+        AnswerTracker {
+            deprecate_eof,
+            state: Track::Idle,
+            ask: Answer::Single,
+            continuing: false,
+        }
+    }
+
+    /// Between answers: no packet of one is outstanding.
+    pub fn idle(&self) -> bool {
+        self.state == Track::Idle && !self.continuing
+    }
+
+    /// Follows one server packet (payload); `next` gives what the next
+    /// forwarded command expects when this packet starts a new answer.
+    /// Returns a prepare's outcome on the packet that tells it.
+    pub fn on_packet(
+        &mut self,
+        p: &[u8],
+        next: impl FnOnce() -> Option<Answer>,
+    ) -> Option<PrepareOutcome> {
+        if self.continuing {
+            self.continuing = p.len() >= MAX_PAYLOAD;
+            return None;
+        }
+        if self.state == Track::Idle {
+            // An answer nobody asked for cannot come from a well-behaved
+            // server; read as a query's, it keeps the tracker in step with most.
+            self.ask = next().unwrap_or(Answer::Query);
+            self.state = match self.ask {
+                Answer::Fetch(_) => Track::Rows,
+                _ => Track::Next,
+            };
+        }
+        match self.state {
+            Track::Idle => {}
+            Track::Next => return self.first(p),
+            Track::Columns(left) => {
+                self.state = match left {
+                    2.. => Track::Columns(left - 1),
+                    _ if self.deprecate_eof => Track::Rows,
+                    _ => Track::ColumnsEof,
+                };
+            }
+            Track::ColumnsEof => {
+                let cursor = matches!(self.ask, Answer::Execute(_))
+                    && eof_status(p, self.deprecate_eof) & SERVER_STATUS_CURSOR_EXISTS != 0;
+                self.state = if cursor { Track::Idle } else { Track::Rows };
+            }
+            Track::Rows => {
+                if p.first() == Some(&0xff) {
+                    self.state = Track::Idle;
+                } else if is_eof(p) {
+                    self.after(eof_status(p, self.deprecate_eof));
+                } else {
+                    self.continuing = p.len() >= MAX_PAYLOAD;
+                }
+            }
+            Track::Skip(left) => {
+                self.state = if left > 1 {
+                    Track::Skip(left - 1)
+                } else {
+                    Track::Idle
+                };
+            }
+            Track::UntilEof => {
+                if p.first() == Some(&0xff) || is_eof(p) {
+                    self.state = Track::Idle;
+                }
+            }
+        }
+        None
+    }
+
+    fn first(&mut self, p: &[u8]) -> Option<PrepareOutcome> {
+        self.state = Track::Idle;
+        match (self.ask, p.first()) {
+            (Answer::Single, _) => {}
+            (Answer::FieldList, _) => {
+                if p.first() != Some(&0xff) && !is_eof(p) {
+                    self.state = Track::UntilEof;
+                }
+            }
+            (Answer::Prepare, Some(0x00)) => {
+                // id (4), columns (2), parameters (2), filler, warnings (2).
+                let u16_at = |i: usize| p.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+                let id = p
+                    .get(1..5)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let (Some(id), Some(cols), Some(params)) = (id, u16_at(5), u16_at(7)) else {
+                    return Some(PrepareOutcome::Failed);
+                };
+                let eof = u64::from(!self.deprecate_eof);
+                let left = u64::from(cols)
+                    + u64::from(params)
+                    + if cols > 0 { eof } else { 0 }
+                    + if params > 0 { eof } else { 0 };
+                if left > 0 {
+                    self.state = Track::Skip(left);
+                }
+                return Some(PrepareOutcome::Prepared(id));
+            }
+            (Answer::Prepare, _) => return Some(PrepareOutcome::Failed),
+            (_, Some(0xff)) => {}
+            (_, Some(0x00)) => self.after(ok_status(p)),
+            // LOCAL INFILE: the client sends the file, then the server's OK
+            // or ERR is this answer's end.
+            (_, Some(0xfb)) => self.state = Track::Next,
+            _ => {
+                if let Some((n @ 1.., _)) = lenenc(p) {
+                    self.state = Track::Columns(n);
+                }
+            }
+        }
+        None
+    }
+
+    /// A result set or OK ended with these status flags.
+    fn after(&mut self, status: u16) {
+        self.state = if status & SERVER_MORE_RESULTS_EXISTS != 0 {
+            Track::Next
+        } else {
+            Track::Idle
+        };
+    }
+}
+
 #[doc(hidden)]
 pub mod fuzz {
     //! Fuzzing entry point shared by the cargo-fuzz target (`fuzz/`, target
@@ -283,6 +485,167 @@ mod tests {
         p.extend_from_slice(&[0; 10]);
         p.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
         p
+    }
+
+    fn ok(status: u16) -> Vec<u8> {
+        let mut p = vec![0x00, 0, 0];
+        p.extend_from_slice(&status.to_le_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p
+    }
+
+    fn eof(status: u16) -> Vec<u8> {
+        let mut p = vec![0xfe, 0, 0];
+        p.extend_from_slice(&status.to_le_bytes());
+        p
+    }
+
+    fn prepare_ok(id: u32, cols: u16, params: u16) -> Vec<u8> {
+        let mut p = vec![0x00];
+        p.extend_from_slice(&id.to_le_bytes());
+        p.extend_from_slice(&cols.to_le_bytes());
+        p.extend_from_slice(&params.to_le_bytes());
+        p.extend_from_slice(&[0, 0, 0]);
+        p
+    }
+
+    /// Feeds `answers` (each: what was asked, its packets) and returns the
+    /// prepare outcomes reported, checking the tracker is idle after each.
+    fn follow(deprecate_eof: bool, answers: &[(Answer, Vec<Vec<u8>>)]) -> Vec<PrepareOutcome> {
+        let mut t = AnswerTracker::new(deprecate_eof);
+        let mut asked: std::collections::VecDeque<Answer> =
+            answers.iter().map(|(a, _)| *a).collect();
+        let mut seen = Vec::new();
+        for (i, (a, packets)) in answers.iter().enumerate() {
+            for p in packets {
+                assert!(
+                    !t.idle() || std::ptr::eq(p, &packets[0]),
+                    "answer {i} ({a:?}) ended early"
+                );
+                seen.extend(t.on_packet(p, || asked.pop_front()));
+            }
+            assert!(t.idle(), "answer {i} ({a:?}) did not end");
+        }
+        seen
+    }
+
+    #[test]
+    fn answers_are_matched_with_their_commands() {
+        let col = b"\x03def\x04shop\x01t\x01t\x01a\x01a\x0c\x21\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00".to_vec();
+        let answers = vec![
+            // A result set of 2 columns and 2 rows.
+            (
+                Answer::Query,
+                vec![
+                    vec![2],
+                    col.clone(),
+                    col.clone(),
+                    eof(0),
+                    b"\x011\x012".to_vec(),
+                    b"\x013\xfb".to_vec(),
+                    eof(0),
+                ],
+            ),
+            // An OK that looks like a prepare's (12 bytes, header 0).
+            (
+                Answer::Query,
+                vec![b"\x00\x01\x00\x02\x00\x00\x00\x41\x42\x43\x44\x45".to_vec()],
+            ),
+            // Two results: an OK with "more results", then a result set.
+            (
+                Answer::Query,
+                vec![
+                    ok(SERVER_MORE_RESULTS_EXISTS),
+                    vec![1],
+                    col.clone(),
+                    eof(0),
+                    b"\x01x".to_vec(),
+                    eof(0),
+                ],
+            ),
+            (
+                Answer::Prepare,
+                vec![
+                    prepare_ok(7, 2, 1),
+                    col.clone(),
+                    eof(0),
+                    col.clone(),
+                    col.clone(),
+                    eof(0),
+                ],
+            ),
+            (Answer::Prepare, vec![prepare_ok(8, 0, 0)]),
+            (Answer::Prepare, vec![b"\xff\x28\x04#42000nope".to_vec()]),
+            // A binary result set, then an execute that opens a cursor.
+            (
+                Answer::Execute(7),
+                vec![
+                    vec![1],
+                    col.clone(),
+                    eof(0),
+                    b"\x00\x00\x01\x02".to_vec(),
+                    eof(0),
+                ],
+            ),
+            (
+                Answer::Execute(7),
+                vec![vec![1], col.clone(), eof(SERVER_STATUS_CURSOR_EXISTS)],
+            ),
+            (Answer::Fetch(7), vec![b"\x00\x00\x01\x02".to_vec(), eof(0)]),
+            (Answer::FieldList, vec![col.clone(), col.clone(), eof(0)]),
+            (Answer::Single, vec![b"Uptime: 5  Threads: 1".to_vec()]),
+            // LOCAL INFILE: the request, then (after the client's file) the OK.
+            (Answer::Query, vec![b"\xfb/tmp/x".to_vec(), ok(0)]),
+            (
+                Answer::Prepare,
+                vec![prepare_ok(9, 1, 0), col.clone(), eof(0)],
+            ),
+        ];
+        assert_eq!(
+            follow(false, &answers),
+            [
+                PrepareOutcome::Prepared(7),
+                PrepareOutcome::Prepared(8),
+                PrepareOutcome::Failed,
+                PrepareOutcome::Prepared(9)
+            ]
+        );
+        // With CLIENT_DEPRECATE_EOF: no EOF after definitions, an OK (0xFE)
+        // ends the rows.
+        let end = b"\xfe\x00\x00\x02\x00\x00\x00".to_vec();
+        let answers = vec![
+            (
+                Answer::Query,
+                vec![vec![1], col.clone(), b"\x011".to_vec(), end.clone()],
+            ),
+            (
+                Answer::Prepare,
+                vec![prepare_ok(3, 1, 2), col.clone(), col.clone(), col.clone()],
+            ),
+            (
+                Answer::Execute(3),
+                vec![vec![1], col.clone(), b"\x00\x00\x05".to_vec(), end],
+            ),
+        ];
+        assert_eq!(follow(true, &answers), [PrepareOutcome::Prepared(3)]);
+    }
+
+    #[test]
+    fn a_row_longer_than_a_packet_is_one_row() {
+        let mut t = AnswerTracker::new(false);
+        let mut asked = std::collections::VecDeque::from([Answer::Query, Answer::Prepare]);
+        let big = vec![0xfe; MAX_PAYLOAD];
+        for p in [vec![1], vec![0x0c; 20], eof(0), big.clone(), eof(0)] {
+            assert_eq!(t.on_packet(&p, || asked.pop_front()), None);
+        }
+        // The short packet after the long one continues the row.
+        assert!(!t.idle());
+        assert_eq!(t.on_packet(&eof(0), || asked.pop_front()), None);
+        assert!(t.idle());
+        assert_eq!(
+            t.on_packet(&prepare_ok(4, 0, 0), || asked.pop_front()),
+            Some(PrepareOutcome::Prepared(4))
+        );
     }
 
     #[test]

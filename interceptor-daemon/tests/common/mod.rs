@@ -15,6 +15,7 @@ use interceptor_daemon::testbed::{self, Lab, Pod};
 use serde_json::Value;
 
 pub mod mariadb;
+pub mod mywire;
 pub mod orders;
 pub mod pgwire;
 pub mod tls;
