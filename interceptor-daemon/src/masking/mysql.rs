@@ -35,10 +35,10 @@ use super::{
     MaskKey, MaskPlan, Strategy, Treatment, detect,
     lineage::{Facts, Sensitivity},
 };
-use crate::protocol::mysql::{MAX_PAYLOAD, lenenc, lenenc_str, put_lenenc};
-
-/// Status flag: another result set follows.
-const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
+use crate::protocol::mysql::{
+    MAX_PAYLOAD, SERVER_MORE_RESULTS_EXISTS, SERVER_STATUS_CURSOR_EXISTS, eof_status, is_eof,
+    lenenc, lenenc_str, put_lenenc,
+};
 
 /// What the client asked, in order; the server answers each in turn.
 #[derive(Debug, Clone)]
@@ -324,21 +324,7 @@ impl Masker {
 
     /// Status flags of an OK (0x00 / 0xFE with CLIENT_DEPRECATE_EOF) or EOF packet.
     fn status(&self, p: &[u8]) -> u16 {
-        let at = if p.first() == Some(&0xfe) && !self.deprecate_eof {
-            3
-        } else {
-            let mut at = 1;
-            for _ in 0..2 {
-                match p.get(at..).and_then(lenenc) {
-                    Some((_, used)) => at += used,
-                    None => return 0,
-                }
-            }
-            at
-        };
-        p.get(at..at + 2)
-            .map(|s| u16::from_le_bytes([s[0], s[1]]))
-            .unwrap_or(0)
+        eof_status(p, self.deprecate_eof)
     }
 
     /// The end of a result set or of an answer (OK / ERR / EOF).
@@ -348,10 +334,6 @@ impl Masker {
         } else {
             self.end();
         }
-    }
-
-    fn is_eof(p: &[u8]) -> bool {
-        p.first() == Some(&0xfe) && p.len() < MAX_PAYLOAD
     }
 
     /// Sees one server packet of the command phase. Returns the replacement
@@ -443,7 +425,6 @@ impl Masker {
             }
             State::ColumnsEof => {
                 // A cursor was opened: rows come with COM_STMT_FETCH.
-                const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
                 if self.binary && self.status(p) & SERVER_STATUS_CURSOR_EXISTS != 0 {
                     self.end();
                 } else {
@@ -456,7 +437,7 @@ impl Masker {
                     self.end();
                     return Ok(None);
                 }
-                if Self::is_eof(p) {
+                if is_eof(p) {
                     self.finish(p);
                     return Ok(None);
                 }
@@ -495,7 +476,7 @@ impl Masker {
                 Ok(None)
             }
             State::UntilEof => {
-                if p.first() == Some(&0xff) || Self::is_eof(p) {
+                if p.first() == Some(&0xff) || is_eof(p) {
                     self.end();
                 }
                 Ok(None)

@@ -20,13 +20,12 @@ use std::{
 use super::{MAX_COLUMNS, MAX_RESPONSE_BYTES, MAX_RESULTS, MAX_VALUE_CHARS, Recorder, clip};
 use crate::{
     audit::record::{ResponseSummary, SqlError, SqlResult},
-    protocol::mysql::{Answer as Ask, CLIENT_DEPRECATE_EOF, MAX_PAYLOAD, lenenc, lenenc_str},
+    protocol::mysql::{
+        Answer as Ask, CLIENT_DEPRECATE_EOF, MAX_PAYLOAD, SERVER_MORE_RESULTS_EXISTS,
+        SERVER_STATUS_CURSOR_EXISTS, eof_status, is_eof, lenenc, lenenc_str,
+    },
 };
 
-/// Status flag: another result set follows.
-const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
-/// Status flag: an execute opened a cursor; its rows come with COM_STMT_FETCH.
-const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
 /// Column flag: an unsigned number.
 const UNSIGNED_FLAG: u16 = 0x0020;
 
@@ -340,10 +339,7 @@ impl MysqlRecorder {
 
     /// Status flags of an OK (0x00, or 0xFE with CLIENT_DEPRECATE_EOF) or EOF packet.
     fn status(&self, p: &[u8]) -> u16 {
-        if p.first() == Some(&0xfe) && !self.deprecate_eof {
-            return p.get(3..5).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]));
-        }
-        ok(p).1
+        eof_status(p, self.deprecate_eof)
     }
 
     fn next_or_finish(&mut self, status: u16) {
@@ -392,10 +388,6 @@ impl MysqlRecorder {
         }
         self.finish();
     }
-}
-
-fn is_eof(p: &[u8]) -> bool {
-    p.first() == Some(&0xfe) && p.len() < MAX_PAYLOAD
 }
 
 /// An ERR packet's `errno/SQLSTATE` and message.

@@ -18,6 +18,7 @@ pub mod mariadb;
 pub mod mywire;
 pub mod orders;
 pub mod pgwire;
+pub mod talk;
 pub mod tls;
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_interceptor");

@@ -4,22 +4,13 @@
 //! reply read until the server is quiet. Logs in as `root` without a
 //! password (a server started without grant tables).
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
-    process::{Child, ChildStdin, ChildStdout, Stdio},
-};
+use std::net::SocketAddr;
 
 use interceptor_daemon::testbed::Pod;
-use serde_json::Value;
 
-use super::PROBE;
+use super::talk::Talk;
 
-pub struct MyWire {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+pub struct MyWire(Talk);
 
 /// An answer: its packets' payloads.
 pub type Reply = Vec<Vec<u8>>;
@@ -40,21 +31,7 @@ fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
 impl MyWire {
     /// Connects from `pod` to `addr` and logs in to database `db`.
     pub fn connect(pod: &Pod, addr: SocketAddr, db: &str) -> MyWire {
-        let mut child = pod
-            .command(PROBE)
-            .unwrap()
-            .args(["talk", &addr.to_string(), "--quiet-ms", "200"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut w = MyWire {
-            child,
-            stdin,
-            stdout,
-        };
+        let mut w = MyWire(Talk::spawn(pod, &[&addr.to_string(), "--quiet-ms", "300"]));
         let greeting = w.send(None);
         assert_eq!(
             greeting.first().and_then(|p| p.first()),
@@ -82,23 +59,7 @@ impl MyWire {
 
     /// Sends `bytes` (nothing: `None`) and returns the packets of the reply.
     fn send(&mut self, bytes: Option<&[u8]>) -> Reply {
-        let line = match bytes {
-            Some(b) => b.iter().map(|b| format!("{b:02x}")).collect(),
-            None => ".".to_string(),
-        };
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("probe talk printed `{line}`: {e}"));
-        let hex = v["received_hex"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no reply: {v}"));
-        let raw: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let raw = self.0.send(bytes);
         let mut packets = Vec::new();
         let mut at = 0;
         while at + 4 <= raw.len() {
@@ -152,12 +113,5 @@ impl MyWire {
         p.extend_from_slice(&id.to_le_bytes());
         let r = self.command(&p);
         assert!(r.is_empty(), "an answer to COM_STMT_CLOSE: {r:?}");
-    }
-}
-
-impl Drop for MyWire {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

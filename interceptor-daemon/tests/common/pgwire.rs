@@ -3,24 +3,15 @@
 //! `interceptor-probe talk` carries the bytes, one exchange per batch, each
 //! read up to its ReadyForQuery.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    net::SocketAddr,
-    process::{Child, ChildStdin, ChildStdout, Stdio},
-};
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
 use interceptor_daemon::testbed::Pod;
 use postgres_protocol::message::frontend;
-use serde_json::Value;
 
-use super::PROBE;
+use super::talk::Talk;
 
-pub struct PgWire {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
+pub struct PgWire(Talk);
 
 /// One backend message of a reply.
 #[derive(Debug)]
@@ -42,29 +33,17 @@ impl Msg {
 impl PgWire {
     /// Connects from `pod` to `addr` and logs in as `user` (trust).
     pub fn connect(pod: &Pod, addr: SocketAddr, user: &str) -> PgWire {
-        let mut child = pod
-            .command(PROBE)
-            .unwrap()
-            .args([
-                "talk",
+        let mut w = PgWire(Talk::spawn(
+            pod,
+            &[
                 &addr.to_string(),
                 // ReadyForQuery: 'Z', length 5, then the status byte.
                 "--until-hex",
                 "5a00000005",
                 "--then",
                 "1",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut w = PgWire {
-            child,
-            stdin,
-            stdout,
-        };
+            ],
+        ));
         let mut b = BytesMut::new();
         frontend::startup_message([("user", user), ("database", "postgres")], &mut b).unwrap();
         let reply = w.exchange(&b);
@@ -77,20 +56,7 @@ impl PgWire {
 
     /// Sends `bytes` and returns the reply's messages up to ReadyForQuery.
     pub fn exchange(&mut self, bytes: &[u8]) -> Vec<Msg> {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(self.stdin, "{hex}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("probe talk printed `{line}`: {e}"));
-        let hex = v["received_hex"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no reply: {v}"));
-        let raw: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
+        let raw = self.0.send(Some(bytes));
         let mut msgs = Vec::new();
         let mut at = 0;
         while at + 5 <= raw.len() {
@@ -145,12 +111,5 @@ impl PgWire {
         let mut b = BytesMut::new();
         frontend::query(sql, &mut b).unwrap();
         self.exchange(&b)
-    }
-}
-
-impl Drop for PgWire {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
