@@ -490,14 +490,7 @@ fn fail_closed_when_the_daemon_dies_until_detached() {
     );
 
     // A new daemon takes over the pinned programs and serves again.
-    let mut daemon = Daemon::start(&cfg, &dir);
-    assert!(
-        daemon
-            .raw_log()
-            .contains("taking over programs left attached"),
-        "{}",
-        daemon.raw_log()
-    );
+    let mut daemon = Daemon::start_taking_over(&cfg, &dir);
     let (r, _) = probe_in_pod(&pod, &["connect", &svc.to_string()]);
     assert_eq!(r["ok"], true, "{r}");
     daemon.kill9();

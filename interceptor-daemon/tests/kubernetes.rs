@@ -769,14 +769,7 @@ fn a_rollout_keeps_the_programs_attached_and_an_uninstall_detaches() {
     );
 
     // The next daemon takes the programs over and serves.
-    let mut daemon = Daemon::start(&cfg, &dir);
-    assert!(
-        daemon
-            .raw_log()
-            .contains("taking over programs left attached"),
-        "{}",
-        daemon.raw_log()
-    );
+    let mut daemon = Daemon::start_taking_over(&cfg, &dir);
     assert_eq!(connect()["ok"], true);
 
     // An uninstall: the DaemonSet is gone, or being deleted (foreground

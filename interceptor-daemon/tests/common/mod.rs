@@ -168,6 +168,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a daemon that must take over the programs an earlier one left
+    /// attached (pinned).
+    pub fn start_taking_over(config: &Path, dir: &Path) -> Daemon {
+        let d = Daemon::start(config, dir);
+        assert!(
+            d.raw_log().contains("taking over programs left attached"),
+            "{}",
+            d.raw_log()
+        );
+        d
+    }
+
     pub fn start(config: &Path, dir: &Path) -> Daemon {
         Self::start_with(Command::new(DAEMON), config, dir)
     }
