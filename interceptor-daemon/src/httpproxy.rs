@@ -492,6 +492,7 @@ rules:
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
                 recorder: None,
+                approvals: None,
             };
             run(c, u, ctx).await
         });
@@ -643,6 +644,7 @@ mod upgrade_tests {
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
                 recorder: None,
+                approvals: None,
             };
             run(c, u, ctx).await
         });

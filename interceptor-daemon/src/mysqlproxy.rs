@@ -25,15 +25,17 @@
 //!   `COM_STMT_FETCH` (more rows of an execute's cursor) continues that
 //!   execution. `COM_INIT_DB` (`USE db`) passes; tables are matched as
 //!   written in the statement.
-//! * A rule requiring approval denies here (fail closed): only PostgreSQL
-//!   statements can be held for a human.
+//! * A statement a `require_approval` rule matches (query, prepare, or an
+//!   execute decided again) is held until a human decides
+//!   ([`crate::session::hold`]): the client waits for its answer, as for a
+//!   slow statement. An approval at prepare covers the first execute.
 //! * The classic protocol is request/response: an injected ERR is written at
 //!   the next packet boundary of the server stream, which for a client that
 //!   waits for each answer (every known client) is exactly its place.
 
 mod statements;
 
-use std::{io, time::SystemTime};
+use std::{io, sync::Arc, time::SystemTime};
 
 use bytes::{Buf, BytesMut};
 use tokio::{
@@ -47,6 +49,7 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
+    audit,
     forward::Transferred,
     masking::{self, MaskKey},
     policy::{Action, Decision},
@@ -57,7 +60,10 @@ use crate::{
         COM_STMT_SEND_LONG_DATA, ClientHello, ER_TABLEACCESS_DENIED, MysqlError, STRIPPED,
         err_packet, frame, rewrite_client_response, rewrite_server_handshake,
     },
-    session::SessionCtx,
+    session::{
+        SessionCtx,
+        hold::{Held, client_gone},
+    },
 };
 use statements::{MAX_STATEMENTS, Statement, Statements};
 
@@ -311,68 +317,149 @@ fn statement_id(payload: &[u8]) -> u32 {
         .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// A `COM_STMT_PREPARE`: the statement to file if it is allowed, else the
-/// denial and its description.
-fn prepare(payload: &[u8], ctx: &SessionCtx) -> Result<Statement, (Decision, String)> {
+/// What the client half does with one command.
+enum Step {
+    /// Forward it unrecorded; a prepare's statement, to file under its id.
+    Forward(Option<Statement>),
+    /// Record the decision (and the hold it came from), then forward or refuse.
+    Decided(Decision, String, Option<Held>),
+    /// A `require_approval` decision: the command waits for a human first.
+    Hold(Waiting),
+}
+
+/// A command held for a human.
+struct Waiting {
+    sql: Arc<str>,
+    decision: Decision,
+    description: String,
+    /// A prepare's statement: approved, it is filed with the approval, which
+    /// covers its first execute (later ones ask again, unless a grant covers
+    /// them), as for a PostgreSQL Parse.
+    prepare: Option<Statement>,
+}
+
+impl Waiting {
+    /// What the hold came to.
+    fn resolved(self, d: Decision, held: Option<Held>) -> Step {
+        match (self.prepare, held) {
+            (Some(mut s), Some(h))
+                if matches!(d.action, Action::Allow | Action::Mask)
+                    && h.decision == audit::Decision::Approved =>
+            {
+                s.approval = Some((d, h.approval_ref));
+                Step::Forward(Some(s))
+            }
+            (_, held) => Step::Decided(d, self.description, held),
+        }
+    }
+}
+
+fn not_utf8(via: &str) -> Step {
+    Step::Decided(
+        protocol_denial("statement text is not valid UTF-8"),
+        format!("{via} (not UTF-8)"),
+        None,
+    )
+}
+
+/// A `COM_QUERY`.
+fn query(payload: &[u8], ctx: &SessionCtx) -> Step {
     let Ok(sql) = std::str::from_utf8(payload) else {
-        return Err(decide_sql(payload, "prepare", ctx));
+        return not_utf8("query");
     };
     let r = decide_text(sql, ctx);
-    if !matches!(r.decision.action, Action::Allow | Action::Mask) {
-        return Err((r.decision, format!("prepare {}", r.description)));
+    let description = format!("query {}", r.description);
+    if r.decision.action == Action::RequireApproval {
+        return Step::Hold(Waiting {
+            sql: sql.into(),
+            decision: r.decision,
+            description,
+            prepare: None,
+        });
     }
-    Ok(Statement {
+    Step::Decided(r.decision, description, None)
+}
+
+/// A `COM_STMT_PREPARE`: an allowed one runs nothing and is not recorded
+/// (each execute is the audited event); its statement is filed.
+fn prepare(payload: &[u8], ctx: &SessionCtx) -> Step {
+    let Ok(sql) = std::str::from_utf8(payload) else {
+        return not_utf8("prepare");
+    };
+    let r = decide_text(sql, ctx);
+    let s = Statement {
         sql: sql.into(),
-        decision: r.decision,
+        decision: r.decision.clone(),
         description: r.description.into(),
         version: r.version,
         stale_at: r.stale_at,
-    })
+        approval: None,
+    };
+    let description = format!("prepare {}", s.description);
+    match r.decision.action {
+        Action::Allow | Action::Mask => Step::Forward(Some(s)),
+        Action::RequireApproval => Step::Hold(Waiting {
+            sql: s.sql.clone(),
+            decision: r.decision,
+            description,
+            prepare: Some(s),
+        }),
+        Action::Deny => Step::Decided(r.decision, description, None),
+    }
 }
 
-/// A `COM_STMT_EXECUTE`: the decision it runs under, and its description.
-/// The prepare-time decision holds while the policy is the one it was made
-/// under; after a reload or a window boundary the text is decided again.
-fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> (Decision, String) {
+/// A `COM_STMT_EXECUTE`. The prepare-time decision holds while the policy
+/// is the one it was made under; after a reload or a window boundary the
+/// text is decided again.
+fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> Step {
     let id = statement_id(payload);
-    let Some(s) = statements.get(id) else {
-        return (
+    let Some(mut s) = statements.get(id) else {
+        return Step::Decided(
             protocol_denial(&format!(
                 "statement {id} was not prepared through the interceptor in this session"
             )),
             "execute (unknown statement)".to_string(),
+            None,
         );
     };
-    let now = SystemTime::now();
-    if s.current(ctx.policy.version(), now) {
-        return (s.decision, format!("execute {}", s.description));
+    if s.current(ctx.policy.version(), SystemTime::now()) {
+        if let Some((d, approval_ref)) = s.approval.take() {
+            let description = format!("execute {}", s.description);
+            statements.update(id, s);
+            let held = Held {
+                decision: audit::Decision::Approved,
+                approval_ref,
+                outcome: None,
+            };
+            return Step::Decided(d, description, Some(held));
+        }
+        if matches!(s.decision.action, Action::Allow | Action::Mask) {
+            return Step::Decided(s.decision, format!("execute {}", s.description), None);
+        }
     }
     let r = decide_text(&s.sql, ctx);
     let description = format!("execute {}", r.description);
-    let d = r.decision.clone();
+    let sql = s.sql.clone();
     statements.update(
         id,
         Statement {
             sql: s.sql,
-            decision: r.decision,
+            decision: r.decision.clone(),
             description: r.description.into(),
             version: r.version,
             stale_at: r.stale_at,
+            approval: None,
         },
     );
-    (d, description)
-}
-
-/// Decides one SQL text; returns the decision and a literal-free description.
-fn decide_sql(payload: &[u8], via: &str, ctx: &SessionCtx) -> (Decision, String) {
-    let Ok(sql) = std::str::from_utf8(payload) else {
-        return (
-            protocol_denial("statement text is not valid UTF-8"),
-            format!("{via} (not UTF-8)"),
-        );
-    };
-    let r = decide_text(sql, ctx);
-    (r.decision, format!("{via} {}", r.description))
+    if r.decision.action == Action::RequireApproval {
+        return Step::Hold(Waiting {
+            sql,
+            decision: r.decision,
+            description,
+            prepare: None,
+        });
+    }
+    Step::Decided(r.decision, description, None)
 }
 
 /// A text's decision, its literal-free kinds and tables, and the policy
@@ -388,11 +475,9 @@ fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
     let c = ctx.classifier.classify_mysql(sql);
     let policy = ctx.policy.current();
     let now = SystemTime::now();
-    let d = without_hold(
-        policy
-            .policy
-            .decide_statements_at(&ctx.policy_ctx(), &c.statements, now),
-    );
+    let d = policy
+        .policy
+        .decide_statements_at(&ctx.policy_ctx(), &c.statements, now);
     let kinds: Vec<String> = c
         .statements
         .iter()
@@ -411,22 +496,6 @@ fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
     }
 }
 
-/// A rule asking for approval denies (fail closed): a MySQL command cannot
-/// be held for a human here.
-fn without_hold(d: Decision) -> Decision {
-    if d.action != Action::RequireApproval {
-        return d;
-    }
-    Decision {
-        action: Action::Deny,
-        reason: format!(
-            "{} (needs approval; only PostgreSQL statements can be held)",
-            d.reason
-        ),
-        rule: d.rule,
-    }
-}
-
 async fn client_to_server(
     mut cr: OwnedReadHalf,
     mut uw: impl AsyncWrite + Unpin,
@@ -441,6 +510,7 @@ async fn client_to_server(
     // Inside a payload longer than one packet: forwarding it, or dropping it.
     let mut continuing = false;
     let mut dropping = false;
+    let mut held_input = BytesMut::new();
     loop {
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
@@ -473,39 +543,34 @@ async fn client_to_server(
                 continue;
             }
             let cmd = p.payload.first().copied().unwrap_or(0);
-            let mut prepared = None;
-            let verdict = match cmd {
-                COM_QUERY | COM_STMT_PREPARE if p.continued() => Some((
+            let step = match cmd {
+                COM_QUERY | COM_STMT_PREPARE if p.continued() => Step::Decided(
                     protocol_denial("statement larger than 16 MiB cannot be inspected"),
                     "query (oversized)".to_string(),
-                )),
-                COM_QUERY => Some(decide_sql(&p.payload[1..], "query", ctx)),
-                COM_STMT_PREPARE if expects.statements.open() >= MAX_STATEMENTS => Some((
+                    None,
+                ),
+                COM_QUERY => query(&p.payload[1..], ctx),
+                COM_STMT_PREPARE if expects.statements.open() >= MAX_STATEMENTS => Step::Decided(
                     protocol_denial(&format!(
                         "more than {MAX_STATEMENTS} prepared statements open in one session; close some"
                     )),
                     "prepare (too many open)".to_string(),
-                )),
-                COM_STMT_PREPARE => match prepare(&p.payload[1..], ctx) {
-                    // An allowed prepare runs nothing: each execute is the
-                    // audited event.
-                    Ok(s) => {
-                        prepared = Some(s);
-                        None
-                    }
-                    Err(denied) => Some(denied),
-                },
-                COM_STMT_EXECUTE => Some(execute(p.payload, &expects.statements, ctx)),
-                COM_SET_OPTION if p.payload.get(1..3) == Some(&[0, 0]) => Some((
+                    None,
+                ),
+                COM_STMT_PREPARE => prepare(&p.payload[1..], ctx),
+                COM_STMT_EXECUTE => execute(p.payload, &expects.statements, ctx),
+                COM_SET_OPTION if p.payload.get(1..3) == Some(&[0, 0]) => Step::Decided(
                     protocol_denial("multi-statements are not available through the interceptor"),
                     "set option multi-statements on".to_string(),
-                )),
-                COM_CHANGE_USER => Some((
+                    None,
+                ),
+                COM_CHANGE_USER => Step::Decided(
                     protocol_denial(
                         "changing the user on a connection is not available through the interceptor",
                     ),
                     "change user".to_string(),
-                )),
+                    None,
+                ),
                 COM_QUIT
                 | COM_INIT_DB
                 | COM_FIELD_LIST
@@ -516,29 +581,47 @@ async fn client_to_server(
                 | COM_STMT_RESET
                 | COM_STMT_FETCH
                 | COM_RESET_CONNECTION
-                | COM_SET_OPTION => None,
-                other => Some((
+                | COM_SET_OPTION => Step::Forward(None),
+                other => Step::Decided(
                     protocol_denial(&format!(
                         "command {other:#04x} is not available through the interceptor"
                     )),
                     format!("command {other:#04x}"),
-                )),
+                    None,
+                ),
             };
-            match verdict {
-                Some((d, description)) => {
-                    ctx.record(&d, description).await;
-                    if d.action == Action::Deny {
+            let step = match step {
+                Step::Hold(h) => {
+                    // What came before the held command is not held with it.
+                    if !out.is_empty() {
+                        uw.write_all(&out).await?;
+                        uw.flush().await?;
+                        total += out.len() as u64;
+                        out.clear();
+                    }
+                    let gone = client_gone(&mut cr, &mut held_input);
+                    let (d, held) =
+                        Box::pin(ctx.holder().hold(&h.sql, &h.decision, &h.description, gone))
+                            .await;
+                    h.resolved(d, held)
+                }
+                other => other,
+            };
+            match step {
+                Step::Decided(d, description, held) => {
+                    ctx.record_held(&d, description, held.as_ref()).await;
+                    if matches!(d.action, Action::Allow | Action::Mask) {
+                        expect(&expects, cmd, p.payload, None);
+                        out.extend_from_slice(&buf[..len]);
+                    } else {
                         dropping = p.continued();
                         if tx.send(error_for(&d, ctx)).await.is_err() {
                             let _ = uw.shutdown().await;
                             return Ok(total);
                         }
-                    } else {
-                        expect(&expects, cmd, p.payload, None);
-                        out.extend_from_slice(&buf[..len]);
                     }
                 }
-                None => {
+                Step::Forward(prepared) => {
                     match cmd {
                         COM_STMT_CLOSE => expects.statements.close(statement_id(p.payload)),
                         COM_RESET_CONNECTION => expects.statements.reset(),
@@ -547,9 +630,16 @@ async fn client_to_server(
                     expect(&expects, cmd, p.payload, prepared);
                     out.extend_from_slice(&buf[..len]);
                 }
+                // `resolved` never holds again.
+                Step::Hold(_) => {}
             }
             continuing = p.continued();
             buf.advance(len);
+            if !held_input.is_empty() {
+                // What the client sent while a command was held.
+                buf.extend_from_slice(&held_input);
+                held_input.clear();
+            }
         }
         if !out.is_empty() {
             uw.write_all(&out).await?;
@@ -744,6 +834,7 @@ mod tests {
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
                 recorder: None,
+                approvals: None,
             };
             run(c, u, ctx, None, MaskKey::from_bytes([0; 32])).await
         });
@@ -785,10 +876,10 @@ mod tests {
         );
     }
 
-    /// Nobody can be asked here: a rule requiring approval denies, and the
-    /// command never reaches the server.
+    /// Without an `approvals:` section nobody can be asked: a rule requiring
+    /// approval denies (fail closed), and the command never reaches the server.
     #[tokio::test]
-    async fn a_rule_requiring_approval_denies() {
+    async fn without_approvals_a_rule_requiring_approval_denies() {
         let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
         resp.resize(40, 0);
         let mut bytes = packet(1, &resp);
@@ -805,12 +896,9 @@ mod tests {
         );
         let text = String::from_utf8_lossy(&got);
         assert_eq!(
-            text.matches("denied by rule `hold-deletes`").count(),
+            text.matches("denied by rule `hold-deletes`: approvals are not configured")
+                .count(),
             2,
-            "{text}"
-        );
-        assert!(
-            text.contains("needs approval; only PostgreSQL statements can be held"),
             "{text}"
         );
     }

@@ -53,15 +53,11 @@ use std::{
 use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{TcpStream, tcp::OwnedReadHalf},
 };
 use tokio_util::either::Either;
 use tracing::{info, warn};
-
-mod hold;
-
-use hold::Held;
 
 use crate::{
     approvals::Approvals,
@@ -80,6 +76,7 @@ use crate::{
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
         looks_like_tls_client_hello,
     },
+    session::hold::{Held, Holder, client_gone},
     sql::Classifier,
 };
 
@@ -133,22 +130,7 @@ type Pending = Arc<Mutex<VecDeque<Inject>>>;
 /// Most distinct statements a session remembers decisions for.
 const DECISION_CACHE: usize = 1024;
 
-/// Most bytes read from a client while one of its statements is held.
-const HELD_INPUT_MAX: usize = 1 << 20;
-
 const EMPTY_QUERY: &[u8] = &[b'Q', 0, 0, 0, 5, 0];
-
-/// Resolves when the client disconnects while one of its statements is held;
-/// bytes it sends meanwhile are kept (up to [`HELD_INPUT_MAX`]) for after.
-async fn client_gone(cr: &mut (impl AsyncRead + Unpin), kept: &mut BytesMut) {
-    while kept.len() < HELD_INPUT_MAX {
-        match cr.read_buf(kept).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-    std::future::pending().await
-}
 
 /// Runs the session until both directions are done.
 pub async fn run(
@@ -375,6 +357,16 @@ impl<'c> Decider<'c> {
 
     /// The decision and the literal-free form of the statement(s)
     /// ([`crate::sql::normalize`]), which is what the audit log records.
+    fn holder(&self) -> Holder<'_> {
+        Holder {
+            approvals: self.ctx.approvals.as_ref(),
+            audit: self.ctx.audit.as_ref(),
+            metrics: &self.ctx.metrics,
+            identity: self.ctx.identity.as_deref(),
+            target: &self.ctx.target,
+        }
+    }
+
     fn decide(&mut self, sql: &str, via: &'static str) -> Arc<Ruling> {
         let started = std::time::Instant::now();
         let v = self.decide_uncounted(sql, via);
@@ -545,8 +537,13 @@ async fn client_to_server(
                                 out.clear();
                             }
                             let gone = client_gone(&mut cr, &mut held_input);
-                            let (d, held) =
-                                Box::pin(decider.hold(sql, &v.decision, &v.operation, gone)).await;
+                            let (d, held) = Box::pin(decider.holder().hold(
+                                sql,
+                                &v.decision,
+                                &v.operation,
+                                gone,
+                            ))
+                            .await;
                             (Cow::Owned(d), held)
                         } else {
                             (Cow::Borrowed(&v.decision), None)
@@ -672,7 +669,7 @@ async fn client_to_server(
                                             out.clear();
                                         }
                                         let gone = client_gone(&mut cr, &mut held_input);
-                                        let (d, held) = Box::pin(decider.hold(
+                                        let (d, held) = Box::pin(decider.holder().hold(
                                             &p.sql,
                                             &v.decision,
                                             &v.operation,

@@ -526,6 +526,7 @@ rules:
                 metrics: Arc::new(Metrics::new()),
                 redact_headers: vec![],
                 recorder: None,
+                approvals: None,
             };
             run(c, u, ctx).await
         });

@@ -1,6 +1,8 @@
-//! What a protocol session handler (Redis, HTTP) needs besides its sockets, and
-//! how it records a decision: the per-target decision counter and the signed
-//! audit log, a denial durable before the client hears of it.
+//! What a protocol session handler (Redis, HTTP, MySQL) needs besides its
+//! sockets, and how it records a decision: the per-target decision counter
+//! and the signed audit log, a denial durable before the client hears of it.
+
+pub mod hold;
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub struct SessionCtx {
     pub redact_headers: Vec<String>,
     /// Records what the client receives, if configured.
     pub recorder: Option<crate::recording::Recorder>,
+    /// Where held statements wait (MySQL), and the record requests are made from.
+    pub approvals: Option<(Arc<crate::approvals::Approvals>, AccessRecord)>,
 }
 
 impl SessionCtx {
@@ -45,7 +49,24 @@ impl SessionCtx {
     /// of values that do not belong in a log (literals, query strings,
     /// credentials). Denials are logged at info, allows at debug (a busy cache
     /// sees many thousands per second).
+    /// What holding a statement for approval needs of this session.
+    pub fn holder(&self) -> hold::Holder<'_> {
+        hold::Holder {
+            approvals: self.approvals.as_ref(),
+            audit: self.audit.as_ref(),
+            metrics: &self.metrics,
+            identity: self.identity.as_deref(),
+            target: &self.target,
+        }
+    }
+
     pub async fn record(&self, d: &Decision, operation: String) {
+        self.record_held(d, operation, None).await;
+    }
+
+    /// [`SessionCtx::record`] of a decision a hold came to (its approval
+    /// request and outcome go into the record).
+    pub async fn record_held(&self, d: &Decision, operation: String, held: Option<&hold::Held>) {
         if d.action == Action::Deny {
             info!(
                 action = d.action.as_str(),
@@ -75,16 +96,22 @@ impl SessionCtx {
         let Some((log, base)) = &self.audit else {
             return;
         };
-        let entry = AccessEntry {
+        let decision = match d.action {
+            Action::Allow | Action::Mask => audit::Decision::Allow,
+            // A hold turns every RequireApproval into Allow or Deny.
+            Action::Deny | Action::RequireApproval => audit::Decision::Deny,
+        };
+        let mut entry = AccessEntry {
             operation: &operation,
-            decision: &match d.action {
-                Action::Allow | Action::Mask => audit::Decision::Allow,
-                // decide_redis/decide_http never return RequireApproval.
-                Action::Deny | Action::RequireApproval => audit::Decision::Deny,
-            },
+            decision: &decision,
             rule_id: Some(&d.rule),
             ..AccessEntry::now()
         };
+        if let Some(h) = held {
+            entry.decision = &h.decision;
+            entry.approval_ref = Some(&h.approval_ref);
+            entry.outcome = h.outcome.as_ref();
+        }
         // Allowed operations do not wait for the disk; the record follows.
         record_entry(&self.metrics, log, base, &entry, d.action != Action::Allow).await;
     }
@@ -173,6 +200,10 @@ impl SessionCtx {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             recorder: crate::recording::Recorder::for_connection(shared, meta),
+            approvals: shared
+                .approvals
+                .clone()
+                .map(|a| (a, meta.audit_base(&shared.node))),
         }
     }
 }

@@ -53,6 +53,8 @@ struct Setup {
     db: Mariadb,
     daemon: Daemon,
     audit_dir: std::path::PathBuf,
+    /// The admin socket (`interceptor approvals`).
+    socket: std::path::PathBuf,
 }
 
 fn setup(test: &str) -> Setup {
@@ -90,6 +92,12 @@ fn setup_with(test: &str, policy: &str) -> Setup {
         ..Default::default()
     };
     let cfg = write_config(&lab, &dir, &opts);
+    let socket = dir.join("run/admin.sock");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let admin = format!("admin:\n  address: {}\n", admin_addr(&lab));
+    assert!(text.contains(&admin));
+    let text = text.replace(&admin, &format!("{admin}  socket: {}\n", socket.display()));
+    std::fs::write(&cfg, text).unwrap();
     let daemon = Daemon::start(&cfg, &dir);
     Setup {
         lab,
@@ -97,6 +105,7 @@ fn setup_with(test: &str, policy: &str) -> Setup {
         db,
         daemon,
         audit_dir,
+        socket,
     }
 }
 
@@ -450,5 +459,195 @@ fn mysql_every_execution_of_a_prepared_statement_is_decided_and_audited() {
         on_orders("prepare "),
         [pair("Deny", "default")],
         "an allowed prepare runs nothing and leaves no record"
+    );
+}
+
+/// `interceptor approvals ARGS` over the daemon's admin socket.
+fn approvals(s: &Setup, args: &[&str]) -> Output {
+    Command::new(DAEMON)
+        .arg("approvals")
+        .args(args)
+        .arg("--socket")
+        .arg(&s.socket)
+        .output()
+        .unwrap()
+}
+
+/// Waits until exactly one approval request is pending; returns its id.
+fn pending_request(s: &Setup) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = approvals(s, &["list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let l: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        if let [r] = l.as_slice() {
+            assert_eq!(r["rule"], "order-changes", "{r}");
+            assert_eq!(r["identity"], "shop/orders-api", "{r}");
+            return r["id"].as_str().unwrap().to_string();
+        }
+        assert!(l.is_empty(), "{l:?}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no pending request:\n{}",
+            s.daemon.raw_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `require_approval` holds MySQL statements as it holds PostgreSQL ones:
+/// the client waits, an operator approves or denies with the CLI; an
+/// approval at prepare covers the first execute, the next one asks again.
+#[test]
+fn mysql_statements_wait_for_a_human() {
+    use common::mywire::{MyWire, error};
+    if !privileged("mysql_statements_wait_for_a_human") {
+        return;
+    }
+    let approvals_dir = scratch("mysqlhold-approvals");
+    let policy = format!(
+        r#"policy:
+  default: deny
+  rules:
+    - id: orders-rw
+      identities: ["shop/*"]
+      sql: {{ kinds: [read, write], tables: ["orders"] }}
+      action: allow
+    - id: order-changes
+      identities: ["shop/*"]
+      sql: {{ kinds: [write], tables: ["orders"] }}
+      action: require_approval
+      description: changing orders needs a human
+approvals:
+  dir: {}
+  timeout_secs: 20
+"#,
+        approvals_dir.display()
+    );
+    let mut s = setup_with("mysqlhold", &policy);
+    let orders = |s: &Setup| {
+        s.db.admin("SELECT count(*) FROM shop.orders")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let spawn = |s: &Setup, sql: &str| {
+        s.pod
+            .command("mariadb")
+            .unwrap()
+            .args(client_args(s.db.addr))
+            .args(["shop", "-e", sql])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // Approved: the held INSERT runs.
+    let client = spawn(&s, "INSERT INTO orders VALUES (1, 1)");
+    let id = pending_request(&s);
+    assert_eq!(orders(&s), "0", "the held statement reached the server");
+    let out = approvals(&s, &["approve", &id, "--as", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(orders(&s), "1");
+
+    // Denied: the native error with the rule and the reason.
+    let client = spawn(&s, "INSERT INTO orders VALUES (2, 2)");
+    let id = pending_request(&s);
+    let out = approvals(&s, &["deny", &id, "--reason", "not during the freeze"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = client.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("ERROR 1142 (42000)")
+            && err.contains("denied by rule `order-changes`")
+            && err.contains("not during the freeze"),
+        "{err}"
+    );
+    assert_eq!(orders(&s), "1");
+
+    // Binary protocol: the prepare is held; its approval covers one execute.
+    let mut w = MyWire::connect(&s.pod, s.db.addr, "shop");
+    let mut prepare = vec![0x16];
+    prepare.extend_from_slice(b"INSERT INTO orders VALUES (3, 3)");
+    assert!(w.command(&prepare).is_empty(), "the prepare was not held");
+    let id = pending_request(&s);
+    assert!(approvals(&s, &["approve", &id]).status.success());
+    let ok = w.next_reply();
+    assert_eq!(ok.first().and_then(|p| p.first()), Some(&0), "{ok:?}");
+    let stmt = u32::from_le_bytes([ok[0][1], ok[0][2], ok[0][3], ok[0][4]]);
+    let r = w.execute(stmt);
+    assert_eq!(r.first().and_then(|p| p.first()), Some(&0), "{r:?}");
+    assert_eq!(orders(&s), "2");
+    let mut execute = vec![0x17];
+    execute.extend_from_slice(&stmt.to_le_bytes());
+    execute.extend_from_slice(&[0, 1, 0, 0, 0]);
+    assert!(
+        w.command(&execute).is_empty(),
+        "the second execute was not held"
+    );
+    let id = pending_request(&s);
+    assert!(
+        approvals(&s, &["deny", &id, "--reason", "once is enough"])
+            .status
+            .success()
+    );
+    let e = error(&w.next_reply()).expect("the denied execute ran");
+    assert!(e.contains("once is enough"), "{e}");
+    assert_eq!(orders(&s), "2");
+    drop(w);
+    assert_eq!(s.daemon.stop(), Some(0));
+
+    // The audit log tells each step: requests, approvals, the denials.
+    let records = audit_access_records(&s.audit_dir);
+    let steps: Vec<(String, String)> = records
+        .iter()
+        .filter(|r| r["rule_id"] == "order-changes")
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap_or_default().to_string(),
+                r["decision"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let step = |o: &str, d: &str| (o.to_string(), d.to_string());
+    assert_eq!(
+        steps,
+        [
+            step("query write on [orders]", "RequireApproval"),
+            step("query write on [orders]", "Approved"),
+            step("query write on [orders]", "RequireApproval"),
+            step("query write on [orders]", "Deny"),
+            step("prepare write on [orders]", "RequireApproval"),
+            step("execute write on [orders]", "Approved"),
+            step("execute write on [orders]", "RequireApproval"),
+            step("execute write on [orders]", "Deny"),
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["decision"] == "Approved")
+            .all(|r| r["approval_ref"].is_string()),
+        "{records:?}"
     );
 }

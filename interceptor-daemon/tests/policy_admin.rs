@@ -474,7 +474,7 @@ fn policy_test_decides_http_and_redis_with_exit_codes() {
         &["--http", "GET /v1/orders/7", "--host", "web.shop", "--json"],
     );
     assert_eq!((code, v["action"].as_str()), (Some(1), Some("deny")), "{v}");
-    // As enforced: only PostgreSQL statements can be held, so a
+    // As enforced: only SQL statements can be held, so a
     // require_approval rule denies an HTTP request.
     let (code, v, _) = policy_test(&p, &["--http", "POST /v1/refunds", "--json"]);
     assert_eq!(

@@ -8,7 +8,8 @@
 //! (`approve --for 1h --scope statement|target`) are stored with their request
 //! and reloaded at start; their expiry is checked at decision time.
 //!
-//! Storage only: the wire protocol that holds the statement is in `pgproxy`,
+//! Storage only: holding a statement on the wire is `session::hold` (used by
+//! `pgproxy` and `mysqlproxy`),
 //! the root-only API in `admin_socket`, the operator commands in [`cli`].
 //! Requests carry the literal-free form of the statement, never its text: a
 //! grant of scope `statement` matches on the SHA-256 of the text.

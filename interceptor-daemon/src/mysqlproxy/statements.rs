@@ -39,6 +39,9 @@ pub(super) struct Statement {
     /// Policy version and window boundary the decision was made under.
     pub(super) version: u64,
     pub(super) stale_at: Option<SystemTime>,
+    /// A one-time approval obtained at prepare (the allow it came to and
+    /// the request id): it covers the first execute.
+    pub(super) approval: Option<(Decision, String)>,
 }
 
 impl Statement {
@@ -176,6 +179,7 @@ mod tests {
             description: "read on [t]".into(),
             version: 1,
             stale_at: None,
+            approval: None,
         }
     }
 

@@ -211,13 +211,13 @@ impl Policy {
             }
         }
         if let Some(r) = approval {
-            // Only PostgreSQL statements can be held for a human; elsewhere a
-            // rule asking for approval denies (fail closed).
+            // Only SQL statements (PostgreSQL, MySQL) can be held for a human;
+            // a Redis command or HTTP request a rule holds is denied (fail closed).
             return Decision {
                 action: Action::Deny,
                 rule: r.id.clone(),
                 reason: format!(
-                    "{} (needs approval; only PostgreSQL statements can be held)",
+                    "{} (needs approval; only SQL statements can be held)",
                     r.reason()
                 ),
             };

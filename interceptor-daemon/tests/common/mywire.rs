@@ -78,6 +78,22 @@ impl MyWire {
         self.send(Some(&packet(0, payload)))
     }
 
+    /// The next reply, for a command whose answer did not come at once (a
+    /// held one): read until something arrives, for up to 10 s.
+    pub fn next_reply(&mut self) -> Reply {
+        let start = std::time::Instant::now();
+        loop {
+            let r = self.send(None);
+            if !r.is_empty() {
+                return r;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no reply"
+            );
+        }
+    }
+
     /// `COM_QUERY`.
     pub fn query(&mut self, sql: &str) -> Reply {
         let mut p = vec![0x03];

@@ -1,27 +1,59 @@
-//! Holding a statement for approval: the part of a session that talks to
-//! `crate::approvals` (grants, requests, waiting) and audits each step.
+//! Holding a statement for approval (PostgreSQL, MySQL): the part of a
+//! session that talks to `crate::approvals` (grants, requests, waiting) and
+//! audits each step.
 
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tracing::{info, warn};
 
-use super::Decider;
 use crate::{
-    approvals::{GrantCheck, GrantKey, NewRequest, Resolution},
-    audit::{self, AccessRecord},
+    approvals::{Approvals, GrantCheck, GrantKey, NewRequest, Resolution},
+    audit::{self, AccessRecord, AuditLog, encode::AccessBase},
+    metrics::Metrics,
     policy::{Action, Decision},
 };
 
 /// How a held statement's approval ended, for its audit record.
-pub(super) struct Held {
-    pub(super) decision: audit::Decision,
-    pub(super) approval_ref: String,
-    pub(super) outcome: Option<audit::Outcome>,
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub decision: audit::Decision,
+    pub approval_ref: String,
+    pub outcome: Option<audit::Outcome>,
 }
 
-impl Decider<'_> {
+/// What holding needs of a session.
+pub struct Holder<'a> {
+    /// Where held statements wait, and the record requests are made from.
+    pub approvals: Option<&'a (Arc<Approvals>, AccessRecord)>,
+    pub audit: Option<&'a (AuditLog, AccessBase)>,
+    pub metrics: &'a Metrics,
+    pub identity: Option<&'a str>,
+    pub target: &'a str,
+}
+
+/// Most client bytes kept while a statement is held (a client that pipelines
+/// behind it); beyond that the client is not read until the hold ends.
+pub const HELD_INPUT_MAX: usize = 1 << 20;
+
+/// Resolves when the client disconnects (read EOF or error) while held; the
+/// bytes it sends meanwhile are kept (up to [`HELD_INPUT_MAX`]) for after.
+pub async fn client_gone(cr: &mut (impl AsyncRead + Unpin), kept: &mut BytesMut) {
+    while kept.len() < HELD_INPUT_MAX {
+        match cr.read_buf(kept).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
+
+impl Holder<'_> {
     /// Waits for a human on a statement `d` (a `require_approval` decision)
     /// holds; returns the allow or deny it comes to. `client_gone` resolves
     /// if the client disconnects meanwhile.
-    pub(super) async fn hold(
+    pub async fn hold(
         &self,
         sql: &str,
         d: &Decision,
@@ -33,14 +65,14 @@ impl Decider<'_> {
             rule: d.rule.clone(),
             reason,
         };
-        let Some((approvals, base)) = &self.ctx.approvals else {
+        let Some((approvals, base)) = self.approvals else {
             // Config validation requires `approvals:` for such rules; fail closed anyway.
             return (deny("approvals are not configured".into()), None);
         };
-        let identity = self.ctx.identity.as_deref().unwrap_or("(unidentified)");
+        let identity = self.identity.unwrap_or("(unidentified)");
         let key = GrantKey {
             identity,
-            target: &self.ctx.target,
+            target: self.target,
             rule: &d.rule,
             statement: sql,
         };
@@ -150,7 +182,7 @@ impl Decider<'_> {
         decision: audit::Decision,
         note: Option<&str>,
     ) {
-        let Some((log, base)) = &self.ctx.audit else {
+        let Some((log, base)) = self.audit else {
             return;
         };
         let rec = AccessRecord {
@@ -162,6 +194,6 @@ impl Decider<'_> {
             outcome: note.map(|n| audit::Outcome::Error(n.to_string())),
             ..base.record().clone()
         };
-        crate::session::append(&self.ctx.metrics, log, rec).await;
+        crate::session::append(self.metrics, log, rec).await;
     }
 }
