@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 mod chart;
+mod image;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -49,6 +50,20 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The daemon's container image as an OCI archive (no container engine
+    /// needed): the release binary and the libraries it links, checked by
+    /// running it inside the unpacked image (as root). Part of `test`.
+    Image {
+        /// Where to write it (default: <target>/image/interceptor-<tag>.oci.tar).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Image name for `docker load` / containerd.
+        #[arg(long, default_value = "interceptor")]
+        name: String,
+        /// Image tag (default: the workspace version, the chart's appVersion).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
 }
 
 /// Debian packages: build (LLVM for bpf-linker), lab (iproute2), services
@@ -84,6 +99,9 @@ fn main() -> ExitCode {
         Cmd::Chart => setup().and_then(|()| chart_test()),
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Bench { args } => setup().and_then(|()| bench(&args)),
+        Cmd::Image { out, name, tag } => {
+            setup().and_then(|()| image_build(out, &name, &tag).map(drop))
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -230,9 +248,37 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         );
     }
     let tests = status(&mut cmd);
-    // The chart runs even when a cargo test failed: its result is independent.
+    // The chart and the image run even when a cargo test failed: their
+    // results are independent.
     let chart = chart_test();
-    tests.and(chart)
+    let image = image_build(None, "interceptor", env!("CARGO_PKG_VERSION")).map(drop);
+    tests.and(chart).and(image)
+}
+
+/// Builds and checks the image archive; returns its path.
+fn image_build(out: Option<PathBuf>, name: &str, tag: &str) -> anyhow::Result<PathBuf> {
+    let bin = release_bins()?.join("interceptor");
+    let out = out.unwrap_or_else(|| {
+        target_dir()
+            .join("image")
+            .join(format!("{name}-{tag}.oci.tar"))
+    });
+    image::build(&bin, &out, name, tag)?;
+    let reference = image::check(&out, &bin, is_root())
+        .with_context(|| format!("checking {}", out.display()))?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "image: {reference} written to {} ({:.1} MiB), checked\n  load:  podman load -i {0}   (or docker load -i, Docker 25+; ctr -n k8s.io images import)\n  push:  skopeo copy oci-archive:{0} docker://REGISTRY/{name}:{tag}",
+        out.display(),
+        size as f64 / (1024.0 * 1024.0),
+    );
+    Ok(out)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// The chart test needs the daemon binary to check the rendered configuration.
