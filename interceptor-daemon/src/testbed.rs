@@ -357,6 +357,9 @@ pub struct PgOptions {
     pub hba: Option<String>,
     /// `ssl=on` with this certificate (chain) and key, both PEM.
     pub tls: Option<(String, String)>,
+    /// CA (PEM) client certificates are verified against (`ssl_ca_file`),
+    /// for `cert` authentication.
+    pub client_ca: Option<String>,
 }
 
 /// A real PostgreSQL server (Debian's packages) for the lab, run as the
@@ -481,6 +484,13 @@ impl Postgres {
                 ssl_args.push(format!("{setting}={}", path.display()));
             }
             ssl_args.extend(["-c".to_string(), "ssl=on".to_string()]);
+            if let Some(ca) = &opts.client_ca {
+                let path = dir.join("client-ca.crt");
+                std::fs::write(&path, ca)?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                ssl_args.push("-c".to_string());
+                ssl_args.push(format!("ssl_ca_file={}", path.display()));
+            }
         }
         let log = File::create(dir.join("postgres.log"))?;
         let listen: Vec<String> = std::iter::once(addr.ip())

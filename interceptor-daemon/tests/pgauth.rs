@@ -221,6 +221,7 @@ fn setup_passwords() -> (Lab, Pod, Postgres, PathBuf) {
         &PgOptions {
             hba: Some(hba.into()),
             tls: None,
+            client_ca: None,
         },
     );
     pg.admin_sql(&format!(
@@ -378,6 +379,7 @@ fn upstream_tls_require_and_verify_full() {
         &PgOptions {
             hba: Some(hba.into()),
             tls: Some((cert, key)),
+            client_ca: None,
         },
     )
     .unwrap();
@@ -465,4 +467,110 @@ fn upstream_tls_require_and_verify_full() {
         &s,
         &[&verified, &by_ip, &required, &wrong_name, &wrong_ca, &still],
     );
+}
+
+/// `verify-ca` checks the chain but not the name (a server reached by an
+/// address its certificate does not carry), and a client certificate logs
+/// the daemon in where the server authenticates by certificate (`hostssl …
+/// cert`): no password anywhere. Without the certificate the server refuses.
+#[test]
+fn upstream_tls_verify_ca_and_client_certificates() {
+    if !privileged("upstream_tls_verify_ca_and_client_certificates") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let dir = scratch("pgauth-clientcert");
+    // The server certificate names db.internal and address 2 only.
+    let (ca, cert, key, (client_cert, client_key)) =
+        certificates_and_client(&[lab.node_v4(2)], "app");
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let also: Vec<std::net::IpAddr> = (3..=5).map(|h| lab.node_v4(h).into()).collect();
+    let hba = "hostssl all all 10.77.0.0/16 cert\nhostnossl all all 10.77.0.0/16 reject\n";
+    let pg = Postgres::start_with(
+        (lab.node_v4(2), 5432).into(),
+        &also,
+        &pg_dir,
+        &PgOptions {
+            hba: Some(hba.into()),
+            tls: Some((cert, key)),
+            client_ca: Some(ca.clone()),
+        },
+    )
+    .unwrap();
+    pg.admin_sql("CREATE ROLE app LOGIN").unwrap();
+    pg.admin_sql("CREATE DATABASE shop").unwrap();
+    let write = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    };
+    let ca_file = write("ca.pem", &ca);
+    let cert_file = write("client.pem", &client_cert);
+    let key_file = write("client.key", &client_key);
+    let port = |h| SocketAddr::from((lab.node_v4(h), 5432));
+    let creds = "        user: app\n        database: shop\n";
+    let client = format!(
+        "client_cert_file: {}, client_key_file: {}",
+        cert_file.display(),
+        key_file.display()
+    );
+    let targets = [
+        // Address 3 is not in the certificate: verify-ca does not mind.
+        target(
+            "ca-db",
+            port(3),
+            &format!(
+                "{creds}        tls: {{ mode: verify-ca, ca_file: {}, {client} }}\n",
+                ca_file.display()
+            ),
+        ),
+        // verify-full does.
+        target(
+            "full-db",
+            port(4),
+            &format!(
+                "{creds}        tls: {{ mode: verify-full, ca_file: {}, {client} }}\n",
+                ca_file.display()
+            ),
+        ),
+        target(
+            "no-cert-db",
+            port(5),
+            &format!(
+                "{creds}        tls: {{ mode: verify-ca, ca_file: {} }}\n",
+                ca_file.display()
+            ),
+        ),
+    ]
+    .concat();
+    let daemon = start_daemon(&lab, &dir, &targets, &[]);
+    let s = Setup {
+        lab,
+        pod,
+        pg,
+        daemon,
+        dir,
+    };
+
+    let ok = psql(&s, node(&s, 3), None, "x", WHO);
+    assert_ok(&ok, "app|shop|pod-app|true");
+    let full = psql(&s, node(&s, 4), None, "x", WHO);
+    assert_fails_with(&full, &["FATAL", "`full-db`", "TLS handshake"]);
+    let no_cert = psql(&s, node(&s, 5), None, "x", WHO);
+    assert_fails_with(&no_cert, &["FATAL", "certificate"]);
+    // A CA that did not sign the server's certificate fails verify-ca too.
+    std::fs::write(s.dir.join("ca.pem"), other_ca()).unwrap();
+    let wrong_ca = psql(&s, node(&s, 3), None, "x", WHO);
+    assert_fails_with(
+        &wrong_ca,
+        &[
+            "FATAL",
+            "`ca-db`",
+            "TLS handshake",
+            "invalid peer certificate",
+        ],
+    );
+    assert_no_secret(&s, &[&ok, &full, &no_cert, &wrong_ca]);
 }

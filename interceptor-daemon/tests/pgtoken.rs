@@ -139,6 +139,7 @@ fn service_account_token_as_the_password() {
         &PgOptions {
             hba: Some("host all all 10.77.0.0/16 scram-sha-256\n".into()),
             tls: None,
+            client_ca: None,
         },
     )
     .unwrap();

@@ -631,8 +631,20 @@ mod tests {
             ("upstream: { user: \"\" }", "user must be a non-empty"),
             ("upstream: { tls: { mode: verify-full } }", "ca_file"),
             (
+                "upstream: { tls: { mode: verify-ca } }",
+                "mode verify-ca needs ca_file",
+            ),
+            (
                 "upstream: { tls: { mode: require, ca_file: /ca.pem } }",
-                "only used with verify-full",
+                "only used with verify-ca and verify-full",
+            ),
+            (
+                "upstream: { tls: { mode: require, client_cert_file: /c.pem } }",
+                "client_cert_file and client_key_file go together",
+            ),
+            (
+                "upstream: { tls: { client_cert_file: /c.pem, client_key_file: /k.pem } }",
+                "a client certificate needs TLS",
             ),
             (
                 "upstream: { tls: { mode: prefer } }",

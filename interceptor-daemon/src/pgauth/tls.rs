@@ -5,24 +5,33 @@
 //! * `require`: encrypted, the certificate is not checked (the handshake
 //!   signature still is: it proves the peer holds the key of the certificate
 //!   it sent, which keeps a passive observer out but not an active MITM);
+//! * `verify-ca`: the chain must lead to `ca_file`; the name is not checked
+//!   (a server reached by an address its certificate does not list);
 //! * `verify-full`: the chain must lead to `ca_file` and the certificate must
 //!   name `server_name` (default: the destination IP).
+//!
+//! With `client_cert_file` and `client_key_file` the daemon presents that
+//! certificate (libpq's `sslcert`/`sslkey`), for servers that authenticate
+//! clients by certificate (`hostssl … cert`) or require one (`clientcert=`).
 //!
 //! A server answering `N` to the SSLRequest fails both encrypted modes: there
 //! is no silent fallback to plaintext. Exactly one byte is read before the
 //! handshake, so plaintext a server (or a MITM) sends after its `S` cannot be
 //! mistaken for data of the encrypted session (CVE-2021-23222).
 //!
-//! The CA file is read at every connection, so a rotated CA applies without a
-//! restart. Provider: ring, chosen explicitly (never a process-wide default).
+//! The CA and client certificate files are read at every connection, so
+//! rotated ones apply without a restart. Provider: ring, chosen explicitly (never a process-wide default).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
     crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
 };
 use serde::Deserialize;
 use tokio::{
@@ -43,7 +52,19 @@ pub enum TlsMode {
     #[default]
     Disable,
     Require,
+    VerifyCa,
     VerifyFull,
+}
+
+impl TlsMode {
+    fn name(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// `targets[].postgres.upstream.tls` (also `targets[].mysql.upstream.tls`).
@@ -53,24 +74,47 @@ pub struct TlsConfig {
     #[serde(default)]
     pub mode: TlsMode,
     /// PEM file of the CA certificate(s) the server's chain must lead to
-    /// (`verify-full` only).
+    /// (`verify-ca`, `verify-full`).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Name the certificate must carry (DNS name or IP); default: the
     /// destination's IP address.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// PEM certificate (chain) the daemon presents to the server.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl TlsConfig {
     pub(super) fn validate(&self) -> Result<(), String> {
         match (self.mode, &self.ca_file) {
-            (TlsMode::VerifyFull, None) => {
-                return Err("upstream.tls: mode verify-full needs ca_file".into());
+            (TlsMode::VerifyCa | TlsMode::VerifyFull, None) => {
+                return Err(format!(
+                    "upstream.tls: mode {} needs ca_file",
+                    self.mode.name()
+                ));
             }
             (TlsMode::Disable | TlsMode::Require, Some(_)) => {
                 return Err(
-                    "upstream.tls: ca_file is only used with verify-full (require does not check the certificate)"
+                    "upstream.tls: ca_file is only used with verify-ca and verify-full (require does not check the certificate)"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "upstream.tls: client_cert_file and client_key_file go together".into(),
+                );
+            }
+            (Some(_), Some(_)) if self.mode == TlsMode::Disable => {
+                return Err(
+                    "upstream.tls: a client certificate needs TLS (mode require, verify-ca or verify-full)"
                         .into(),
                 );
             }
@@ -95,6 +139,8 @@ pub enum TlsError {
     BadAnswer { dst: SocketAddr, byte: u8 },
     #[error("ca_file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
+    #[error("client certificate {path}: {reason}")]
+    ClientCert { path: PathBuf, reason: String },
     #[error("TLS setup: {0}")]
     Config(#[from] rustls::Error),
     #[error("TLS handshake with {dst} failed: {source}")]
@@ -163,6 +209,75 @@ impl ServerCertVerifier for NoCertificateVerification {
     }
 }
 
+/// Verifies the chain to the configured CA but not the name (mode
+/// `verify-ca`): the name check is the last of webpki's, so a name error
+/// means everything else passed.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The client certificate chain and key.
+fn load_client_cert(
+    cert: &PathBuf,
+    key: &PathBuf,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let err = |path: &PathBuf, reason: String| TlsError::ClientCert {
+        path: path.clone(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| err(cert, e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err(cert, "no PEM certificate in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, e.to_string()))?;
+    Ok((certs, key_der))
+}
+
 fn load_roots(path: &PathBuf) -> Result<RootCertStore, TlsError> {
     let err = |reason: String| TlsError::CaFile {
         path: path.clone(),
@@ -199,21 +314,44 @@ pub fn base_config(cfg: &TlsConfig) -> Result<Option<ClientConfig>, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
-    let config = match (cfg.mode, &cfg.ca_file) {
+    let builder = match (cfg.mode, &cfg.ca_file) {
         (TlsMode::Disable, _) => return Ok(None),
         (TlsMode::Require, _) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification(provider)))
-            .with_no_client_auth(),
-        (TlsMode::VerifyFull, Some(ca)) => builder
-            .with_root_certificates(load_roots(ca)?)
-            .with_no_client_auth(),
-        (TlsMode::VerifyFull, None) => {
+            .with_custom_certificate_verifier(Arc::new(NoCertificateVerification(
+                provider.clone(),
+            ))),
+        (TlsMode::VerifyCa, Some(ca)) => {
+            let chain =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(load_roots(ca)?), provider)
+                    .build()
+                    .map_err(|e| TlsError::CaFile {
+                        path: ca.clone(),
+                        reason: e.to_string(),
+                    })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+        }
+        (TlsMode::VerifyFull, Some(ca)) => builder.with_root_certificates(load_roots(ca)?),
+        (mode @ (TlsMode::VerifyCa | TlsMode::VerifyFull), None) => {
             return Err(TlsError::CaFile {
                 path: PathBuf::new(),
-                reason: "verify-full needs ca_file".into(),
+                reason: format!("{} needs ca_file", mode.name()),
             });
         }
+    };
+    let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let (chain, key_der) = load_client_cert(cert, key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| TlsError::ClientCert {
+                    path: cert.clone(),
+                    reason: e.to_string(),
+                })?
+        }
+        _ => builder.with_no_client_auth(),
     };
     Ok(Some(config))
 }
@@ -290,7 +428,7 @@ mod tests {
         let missing = TlsConfig {
             mode: TlsMode::VerifyFull,
             ca_file: Some("/nonexistent/ca.pem".into()),
-            server_name: None,
+            ..Default::default()
         };
         let e = client_config(&missing).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
@@ -304,6 +442,19 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("no PEM certificate"), "{e}");
+        // A client certificate that cannot be read is named.
+        let e = client_config(&TlsConfig {
+            mode: TlsMode::Require,
+            client_cert_file: Some(dir.path().join("client.pem")),
+            client_key_file: Some(dir.path().join("client.key")),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("client certificate") && e.contains("client.pem"),
+            "{e}"
+        );
     }
 
     #[test]
