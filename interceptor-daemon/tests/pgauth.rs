@@ -574,3 +574,150 @@ fn upstream_tls_verify_ca_and_client_certificates() {
     );
     assert_no_secret(&s, &[&ok, &full, &no_cert, &wrong_ca]);
 }
+
+/// A relay in the middle that terminates TLS with a certificate of its own
+/// and opens its own TLS session to the server (what `require`, which does
+/// not check certificates, cannot notice), relaying the login in between.
+/// Runs on its own thread until the returned guard is dropped (its address
+/// may serve another test's lab after this one).
+fn tls_relay(listen: SocketAddr, server: SocketAddr, server_ca: &str) -> RelayGuard {
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_, cert, key) = certificates(&[Ipv4Addr::new(127, 0, 0, 1)]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let accept = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let connect = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(accept));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(connect));
+    let listener = std::net::TcpListener::bind(listen).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let mut c = tokio::select! {
+                    a = listener.accept() => match a {
+                        Ok((c, _)) => c,
+                        Err(_) => return,
+                    },
+                    _ = &mut stopped => return,
+                };
+                let (acceptor, connector) = (acceptor.clone(), connector.clone());
+                tokio::spawn(async move {
+                    // SSLRequest from the daemon: yes.
+                    let mut req = [0u8; 8];
+                    c.read_exact(&mut req).await?;
+                    c.write_all(b"S").await?;
+                    let mut c = acceptor.accept(c).await?;
+                    let mut s = tokio::net::TcpStream::connect(server).await?;
+                    s.write_all(&req).await?;
+                    let mut answer = [0u8; 1];
+                    s.read_exact(&mut answer).await?;
+                    let name = rustls_pki_types::ServerName::try_from("db.internal").unwrap();
+                    let mut s = connector.connect(name, s).await?;
+                    tokio::io::copy_bidirectional(&mut c, &mut s).await?;
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+    });
+    RelayGuard(Some((stop, thread)))
+}
+
+/// Stops the relay (its runtime and every relayed connection) when dropped.
+struct RelayGuard(
+    Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
+);
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.0.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Over TLS the daemon's SCRAM login is bound to the TLS session
+/// (SCRAM-SHA-256-PLUS, `tls-server-end-point`): a relay in the middle that
+/// holds its own certificate cannot pass the login on, even in `require`
+/// mode; the same target without the relay logs in.
+#[test]
+fn scram_is_bound_to_the_tls_session() {
+    if !privileged("scram_is_bound_to_the_tls_session") {
+        return;
+    }
+    let mut lab = Lab::new().unwrap();
+    let pod = lab.add_pod("app", "pods/app").unwrap();
+    let dir = scratch("pgauth-binding");
+    let (ca, cert, key) = certificates(&[lab.node_v4(2)]);
+    let pg_dir = dir.join("pg");
+    std::fs::create_dir_all(&pg_dir).unwrap();
+    let hba = "hostssl all all 10.77.0.0/16 scram-sha-256\nhostnossl all all 10.77.0.0/16 reject\n";
+    let pg = Postgres::start_with(
+        (lab.node_v4(2), 5432).into(),
+        &[],
+        &pg_dir,
+        &PgOptions {
+            hba: Some(hba.into()),
+            tls: Some((cert, key)),
+            client_ca: None,
+        },
+    )
+    .unwrap();
+    pg.admin_sql(&format!("CREATE ROLE app LOGIN PASSWORD '{SECRET}'"))
+        .unwrap();
+    pg.admin_sql("CREATE DATABASE shop").unwrap();
+    let relay = SocketAddr::from((lab.node_v4(5), 5432));
+    let _relay = tls_relay(relay, (lab.node_v4(2), 5432).into(), &ca);
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let upstream = format!(
+        "        user: app\n        database: shop\n        password_file: {}\n        tls: {{ mode: require }}\n",
+        secret_file.display()
+    );
+    let targets = [
+        target("direct-db", (lab.node_v4(2), 5432).into(), &upstream),
+        target("relayed-db", relay, &upstream),
+    ]
+    .concat();
+    let daemon = start_daemon(&lab, &dir, &targets, &[]);
+    let s = Setup {
+        lab,
+        pod,
+        pg,
+        daemon,
+        dir,
+    };
+    let direct = psql(&s, node(&s, 2), None, "x", WHO);
+    assert_ok(&direct, "app|shop|pod-app|true");
+    let relayed = psql(&s, node(&s, 5), None, "x", WHO);
+    assert_fails_with(&relayed, &["FATAL", "channel binding"]);
+    assert_no_secret(&s, &[&direct, &relayed]);
+}

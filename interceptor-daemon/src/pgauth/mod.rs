@@ -431,7 +431,11 @@ pub async fn establish(
             None => None,
         };
         let stream = tls::negotiate(upstream, &inj.upstream.tls, inj.dst).await?;
-        let mut auth = UpstreamAuth::new(user.clone(), password);
+        let binding = match &stream {
+            tokio_util::either::Either::Right(tls) => tls::channel_binding(tls),
+            tokio_util::either::Either::Left(_) => None,
+        };
+        let mut auth = UpstreamAuth::new(user.clone(), password).with_channel_binding(binding);
         let (stream, server_buf, up, to_client) = login(stream, &startup, &mut auth).await?;
         client.write_all(&to_client).await?;
         Ok::<_, InjectError>(Established {

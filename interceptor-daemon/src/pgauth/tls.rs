@@ -356,6 +356,35 @@ pub fn base_config(cfg: &TlsConfig) -> Result<Option<ClientConfig>, TlsError> {
     Ok(Some(config))
 }
 
+/// The `tls-server-end-point` channel binding data of a TLS session (RFC
+/// 5929): the server certificate hashed with its signature's hash (SHA-256
+/// for MD5 and SHA-1). `None` when there is no certificate or its signature
+/// names no single hash (RSASSA-PSS, Ed25519): SCRAM then goes without
+/// channel binding, as libpq does.
+pub fn channel_binding(tls: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    let der = tls.get_ref().1.peer_certificates()?.first()?;
+    end_point(der)
+}
+
+fn end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::{Digest, Sha256, Sha384, Sha512};
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    Some(match oid.as_str() {
+        // md5, sha1, sha224(RSA), sha256 with RSA; ecdsa with sha1, sha224, sha256.
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.113549.1.1.14"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.10045.4.3.1"
+        | "1.2.840.10045.4.3.2" => Sha256::digest(der).to_vec(),
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => Sha384::digest(der).to_vec(),
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => Sha512::digest(der).to_vec(),
+        _ => return None,
+    })
+}
+
 fn server_name(cfg: &TlsConfig, dst: SocketAddr) -> Result<ServerName<'static>, TlsError> {
     match &cfg.server_name {
         Some(n) => ServerName::try_from(n.clone()).map_err(|_| {
@@ -414,6 +443,28 @@ pub async fn handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `tls-server-end-point` hashes with the certificate's signature hash;
+    /// a signature without one (Ed25519) gives no binding.
+    #[test]
+    fn end_point_follows_the_signature_hash() {
+        use rcgen13::{
+            CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384,
+            PKCS_ED25519,
+        };
+        use sha2::{Digest, Sha256, Sha384};
+        let der = |alg| {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let p = CertificateParams::new(vec!["db.internal".to_string()]).unwrap();
+            p.self_signed(&key).unwrap().der().to_vec()
+        };
+        let p256 = der(&PKCS_ECDSA_P256_SHA256);
+        assert_eq!(end_point(&p256), Some(Sha256::digest(&p256).to_vec()));
+        let p384 = der(&PKCS_ECDSA_P384_SHA384);
+        assert_eq!(end_point(&p384), Some(Sha384::digest(&p384).to_vec()));
+        assert_eq!(end_point(&der(&PKCS_ED25519)), None);
+        assert_eq!(end_point(b"not a certificate"), None);
+    }
 
     #[test]
     fn configs_build() {

@@ -7,16 +7,20 @@
 //! The cryptography is the `postgres-protocol` crate's (SCRAM-SHA-256 with
 //! SASLprep, md5), never hand-written.
 //!
-//! Channel binding (SCRAM-SHA-256-PLUS) is not offered: the GS2 header says
-//! `n` ("client does not support it"), which a server accepts with or without
-//! TLS. A server that ends a SCRAM exchange with AuthenticationOk before
+//! Over TLS, given the server certificate's `tls-server-end-point` data
+//! (RFC 5929), the exchange is SCRAM-SHA-256-PLUS when the server offers it:
+//! the proof then covers the TLS session, so a man in the middle that
+//! terminated TLS (possible in `require` mode, which does not check the
+//! certificate) cannot relay the login. A TLS session whose server offers no
+//! PLUS says `y` in the GS2 header, so that a server that does support it
+//! sees the downgrade; without TLS the header says `n`. A server that ends a SCRAM exchange with AuthenticationOk before
 //! proving, in SASLFinal, that it knows the password is refused: skipping
 //! that proof is how an impostor would collect a session.
 
 use postgres_protocol::{
     authentication::{
         md5_hash,
-        sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256},
+        sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256},
     },
     message::frontend,
 };
@@ -94,6 +98,8 @@ enum State {
 pub struct UpstreamAuth {
     user: String,
     password: Option<Secret>,
+    /// The server certificate's `tls-server-end-point` data, over TLS.
+    binding: Option<Vec<u8>>,
     state: State,
 }
 
@@ -102,8 +108,16 @@ impl UpstreamAuth {
         Self {
             user: user.into(),
             password,
+            binding: None,
             state: State::Start,
         }
+    }
+
+    /// Binds SCRAM to the TLS session whose server certificate gives `data`
+    /// (`tls-server-end-point`).
+    pub fn with_channel_binding(mut self, data: Option<Vec<u8>>) -> Self {
+        self.binding = data;
+        self
     }
 
     fn password(&self) -> Result<&str, AuthError> {
@@ -134,14 +148,24 @@ impl UpstreamAuth {
                 Ok(AuthStep::Reply(out))
             }
             (Authentication::Sasl(mechanisms), State::Start) => {
-                if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-                    let offered: Vec<&str> = mechanisms.iter().collect();
-                    return Err(AuthError::NoMechanism(offered.join(", ")));
-                }
-                let scram =
-                    ScramSha256::new(self.password()?.as_bytes(), ChannelBinding::unsupported());
+                let offers = |name: &str| mechanisms.iter().any(|m| m == name);
+                let (mechanism, binding) = match &self.binding {
+                    Some(data) if offers(SCRAM_SHA_256_PLUS) => (
+                        SCRAM_SHA_256_PLUS,
+                        ChannelBinding::tls_server_end_point(data.clone()),
+                    ),
+                    Some(_) if offers(SCRAM_SHA_256) => {
+                        (SCRAM_SHA_256, ChannelBinding::unrequested())
+                    }
+                    None if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    _ => {
+                        let offered: Vec<&str> = mechanisms.iter().collect();
+                        return Err(AuthError::NoMechanism(offered.join(", ")));
+                    }
+                };
+                let scram = ScramSha256::new(self.password()?.as_bytes(), binding);
                 let mut out = bytes::BytesMut::new();
-                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut out)
+                frontend::sasl_initial_response(mechanism, scram.message(), &mut out)
                     .map_err(|_| ProtocolError::TooLong)?;
                 self.state = State::Scram(Box::new(scram));
                 Ok(AuthStep::Reply(out.to_vec()))
@@ -386,6 +410,51 @@ mod tests {
         assert!(matches!(e, AuthError::Scram(_)), "{e}");
         let e = scram_exchange("correct horse", "correct horse", true).unwrap_err();
         assert!(matches!(e, AuthError::Scram(_)), "{e}");
+    }
+
+    /// Over TLS the proof covers the server certificate: SCRAM-SHA-256-PLUS
+    /// when offered, else the `y` flag that lets a PLUS server see a downgrade.
+    #[test]
+    fn channel_binding_over_tls() {
+        let first = |binding: Option<Vec<u8>>, offer: &[u8]| {
+            let mut a = UpstreamAuth::new("app", pw("x")).with_channel_binding(binding);
+            match feed(&mut a, &auth_msg(10, offer)) {
+                Ok(AuthStep::Reply(out)) => {
+                    let init = SaslInitialResponse::parse(client_body(&out)).unwrap();
+                    let data = String::from_utf8(init.data.unwrap().to_vec()).unwrap();
+                    Ok((init.mechanism.to_string(), data, a))
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let both = b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0";
+        let (mech, data, mut a) = first(Some(vec![7; 32]), both).unwrap();
+        assert_eq!(mech, "SCRAM-SHA-256-PLUS");
+        let bare = data.strip_prefix("p=tls-server-end-point,,").expect(&data);
+        let nonce = format!("{}S", bare.split(",r=").nth(1).unwrap());
+        let server_first = format!("r={nonce},s={},i=4096", b64(b"salt"));
+        let AuthStep::Reply(second) = feed(&mut a, &auth_msg(11, server_first.as_bytes())).unwrap()
+        else {
+            panic!()
+        };
+        // c= carries the GS2 header and the certificate's hash.
+        let mut cbind = b"p=tls-server-end-point,,".to_vec();
+        cbind.extend_from_slice(&[7; 32]);
+        let client_final = String::from_utf8(client_body(&second).to_vec()).unwrap();
+        assert!(
+            client_final.starts_with(&format!("c={},r={nonce},p=", b64(&cbind))),
+            "{client_final}"
+        );
+
+        let (mech, data, _) = first(Some(vec![7; 32]), b"SCRAM-SHA-256\0\0").unwrap();
+        assert_eq!((mech.as_str(), &data[..3]), ("SCRAM-SHA-256", "y,,"));
+        let (mech, data, _) = first(None, both).unwrap();
+        assert_eq!((mech.as_str(), &data[..3]), ("SCRAM-SHA-256", "n,,"));
+        assert!(matches!(
+            first(None, b"SCRAM-SHA-256-PLUS\0\0"),
+            Err(AuthError::NoMechanism(_))
+        ));
     }
 
     #[test]
