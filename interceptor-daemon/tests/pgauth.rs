@@ -357,21 +357,36 @@ fn passwords_are_injected_scram_md5_trust() {
     let _ = &s.dir;
 }
 
-#[test]
-fn upstream_tls_require_and_verify_full() {
-    if !privileged("upstream_tls_require_and_verify_full") {
-        return;
-    }
+/// A lab with PostgreSQL on node address 2 (and `also`) with `ssl=on`: a
+/// certificate for db.internal and the node addresses `cert_hosts`, `hba`,
+/// a role `app` with password [`SECRET`], a database `shop`. With
+/// `client_cn`, the server checks client certificates against its CA and
+/// `client` holds one for that name (PEM certificate and key).
+struct TlsLab {
+    lab: Lab,
+    pod: Pod,
+    pg: Postgres,
+    dir: PathBuf,
+    ca: String,
+    client: (String, String),
+}
+
+fn tls_lab(
+    test: &str,
+    cert_hosts: &[u8],
+    also: &[u8],
+    hba: &str,
+    client_cn: Option<&str>,
+) -> TlsLab {
     // The lab slot decides the addresses, so the certificate is made after it.
     let mut lab = Lab::new().unwrap();
     let pod = lab.add_pod("app", "pods/app").unwrap();
-    let dir = scratch("pgauth-tls");
-    let (ca, cert, key) = certificates(&[lab.node_v4(2), lab.node_v4(3)]);
+    let dir = scratch(test);
+    let ips: Vec<Ipv4Addr> = cert_hosts.iter().map(|h| lab.node_v4(*h)).collect();
+    let (ca, cert, key, client) = certificates_and_client(&ips, client_cn.unwrap_or("app"));
     let pg_dir = dir.join("pg");
     std::fs::create_dir_all(&pg_dir).unwrap();
-    let also: Vec<std::net::IpAddr> = (3..=5).map(|h| lab.node_v4(h).into()).collect();
-    // Plaintext sessions are refused by the server itself.
-    let hba = "hostssl all all 10.77.0.0/16 scram-sha-256\nhostnossl all all 10.77.0.0/16 reject\n";
+    let also: Vec<std::net::IpAddr> = also.iter().map(|h| lab.node_v4(*h).into()).collect();
     let pg = Postgres::start_with(
         (lab.node_v4(2), 5432).into(),
         &also,
@@ -379,18 +394,59 @@ fn upstream_tls_require_and_verify_full() {
         &PgOptions {
             hba: Some(hba.into()),
             tls: Some((cert, key)),
-            client_ca: None,
+            client_ca: client_cn.map(|_| ca.clone()),
         },
     )
     .unwrap();
     pg.admin_sql(&format!("CREATE ROLE app LOGIN PASSWORD '{SECRET}'"))
         .unwrap();
     pg.admin_sql("CREATE DATABASE shop").unwrap();
-    let secret_file = dir.join("secret");
-    std::fs::write(&secret_file, SECRET).unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, &ca).unwrap();
-    let port = |h| SocketAddr::from((lab.node_v4(h), 5432));
+    TlsLab {
+        lab,
+        pod,
+        pg,
+        dir,
+        ca,
+        client,
+    }
+}
+
+impl TlsLab {
+    /// Writes `pem` to a file of the scratch directory.
+    fn file(&self, name: &str, pem: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p
+    }
+
+    fn port(&self, h: u8) -> SocketAddr {
+        (self.lab.node_v4(h), 5432).into()
+    }
+
+    /// Starts the daemon with `targets`.
+    fn start(self, targets: &str) -> Setup {
+        let daemon = start_daemon(&self.lab, &self.dir, targets, &[]);
+        Setup {
+            lab: self.lab,
+            pod: self.pod,
+            pg: self.pg,
+            daemon,
+            dir: self.dir,
+        }
+    }
+}
+
+#[test]
+fn upstream_tls_require_and_verify_full() {
+    if !privileged("upstream_tls_require_and_verify_full") {
+        return;
+    }
+    // Plaintext sessions are refused by the server itself.
+    let hba = "hostssl all all 10.77.0.0/16 scram-sha-256\nhostnossl all all 10.77.0.0/16 reject\n";
+    let t = tls_lab("pgauth-tls", &[2, 3], &[3, 4, 5], hba, None);
+    let secret_file = t.file("secret", SECRET);
+    let ca_file = t.file("ca.pem", &t.ca);
+    let port = |h| t.port(h);
     let creds = format!(
         "        user: app\n        database: shop\n        password_file: {}\n",
         secret_file.display()
@@ -428,14 +484,7 @@ fn upstream_tls_require_and_verify_full() {
         ),
     ]
     .concat();
-    let daemon = start_daemon(&lab, &dir, &targets, &[]);
-    let s = Setup {
-        lab,
-        pod,
-        pg,
-        daemon,
-        dir,
-    };
+    let s = t.start(&targets);
 
     // (d) verify-full and require work, and the server sees TLS sessions.
     let verified = psql(&s, node(&s, 2), None, "x", WHO);
@@ -478,38 +527,13 @@ fn upstream_tls_verify_ca_and_client_certificates() {
     if !privileged("upstream_tls_verify_ca_and_client_certificates") {
         return;
     }
-    let mut lab = Lab::new().unwrap();
-    let pod = lab.add_pod("app", "pods/app").unwrap();
-    let dir = scratch("pgauth-clientcert");
     // The server certificate names db.internal and address 2 only.
-    let (ca, cert, key, (client_cert, client_key)) =
-        certificates_and_client(&[lab.node_v4(2)], "app");
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).unwrap();
-    let also: Vec<std::net::IpAddr> = (3..=5).map(|h| lab.node_v4(h).into()).collect();
     let hba = "hostssl all all 10.77.0.0/16 cert\nhostnossl all all 10.77.0.0/16 reject\n";
-    let pg = Postgres::start_with(
-        (lab.node_v4(2), 5432).into(),
-        &also,
-        &pg_dir,
-        &PgOptions {
-            hba: Some(hba.into()),
-            tls: Some((cert, key)),
-            client_ca: Some(ca.clone()),
-        },
-    )
-    .unwrap();
-    pg.admin_sql("CREATE ROLE app LOGIN").unwrap();
-    pg.admin_sql("CREATE DATABASE shop").unwrap();
-    let write = |name: &str, pem: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).unwrap();
-        p
-    };
-    let ca_file = write("ca.pem", &ca);
-    let cert_file = write("client.pem", &client_cert);
-    let key_file = write("client.key", &client_key);
-    let port = |h| SocketAddr::from((lab.node_v4(h), 5432));
+    let t = tls_lab("pgauth-clientcert", &[2], &[3, 4, 5], hba, Some("app"));
+    let ca_file = t.file("ca.pem", &t.ca);
+    let cert_file = t.file("client.pem", &t.client.0);
+    let key_file = t.file("client.key", &t.client.1);
+    let port = |h| t.port(h);
     let creds = "        user: app\n        database: shop\n";
     let client = format!(
         "client_cert_file: {}, client_key_file: {}",
@@ -545,14 +569,7 @@ fn upstream_tls_verify_ca_and_client_certificates() {
         ),
     ]
     .concat();
-    let daemon = start_daemon(&lab, &dir, &targets, &[]);
-    let s = Setup {
-        lab,
-        pod,
-        pg,
-        daemon,
-        dir,
-    };
+    let s = t.start(&targets);
 
     let ok = psql(&s, node(&s, 3), None, "x", WHO);
     assert_ok(&ok, "app|shop|pod-app|true");
@@ -673,48 +690,21 @@ fn scram_is_bound_to_the_tls_session() {
     if !privileged("scram_is_bound_to_the_tls_session") {
         return;
     }
-    let mut lab = Lab::new().unwrap();
-    let pod = lab.add_pod("app", "pods/app").unwrap();
-    let dir = scratch("pgauth-binding");
-    let (ca, cert, key) = certificates(&[lab.node_v4(2)]);
-    let pg_dir = dir.join("pg");
-    std::fs::create_dir_all(&pg_dir).unwrap();
     let hba = "hostssl all all 10.77.0.0/16 scram-sha-256\nhostnossl all all 10.77.0.0/16 reject\n";
-    let pg = Postgres::start_with(
-        (lab.node_v4(2), 5432).into(),
-        &[],
-        &pg_dir,
-        &PgOptions {
-            hba: Some(hba.into()),
-            tls: Some((cert, key)),
-            client_ca: None,
-        },
-    )
-    .unwrap();
-    pg.admin_sql(&format!("CREATE ROLE app LOGIN PASSWORD '{SECRET}'"))
-        .unwrap();
-    pg.admin_sql("CREATE DATABASE shop").unwrap();
-    let relay = SocketAddr::from((lab.node_v4(5), 5432));
-    let _relay = tls_relay(relay, (lab.node_v4(2), 5432).into(), &ca);
-    let secret_file = dir.join("secret");
-    std::fs::write(&secret_file, SECRET).unwrap();
+    let t = tls_lab("pgauth-binding", &[2], &[], hba, None);
+    let relay = t.port(5);
+    let _relay = tls_relay(relay, t.port(2), &t.ca);
+    let secret_file = t.file("secret", SECRET);
     let upstream = format!(
         "        user: app\n        database: shop\n        password_file: {}\n        tls: {{ mode: require }}\n",
         secret_file.display()
     );
     let targets = [
-        target("direct-db", (lab.node_v4(2), 5432).into(), &upstream),
+        target("direct-db", t.port(2), &upstream),
         target("relayed-db", relay, &upstream),
     ]
     .concat();
-    let daemon = start_daemon(&lab, &dir, &targets, &[]);
-    let s = Setup {
-        lab,
-        pod,
-        pg,
-        daemon,
-        dir,
-    };
+    let s = t.start(&targets);
     let direct = psql(&s, node(&s, 2), None, "x", WHO);
     assert_ok(&direct, "app|shop|pod-app|true");
     let relayed = psql(&s, node(&s, 5), None, "x", WHO);
