@@ -373,11 +373,17 @@ fn query(payload: &[u8], ctx: &SessionCtx) -> Step {
         return Step::Hold(Waiting {
             sql: sql.into(),
             decision: r.decision,
-            description,
+            description: held_description(&description, sql),
             prepare: None,
         });
     }
     Step::Decided(r.decision, description, None)
+}
+
+/// What a held command's approval request and audit records say: its kinds
+/// and tables and, for the approver, its literal-free text.
+fn held_description(description: &str, sql: &str) -> String {
+    format!("{description}: {}", crate::sql::normalize_mysql(sql))
 }
 
 /// A `COM_STMT_PREPARE`: an allowed one runs nothing and is not recorded
@@ -401,7 +407,7 @@ fn prepare(payload: &[u8], ctx: &SessionCtx) -> Step {
         Action::RequireApproval => Step::Hold(Waiting {
             sql: s.sql.clone(),
             decision: r.decision,
-            description,
+            description: held_description(&description, sql),
             prepare: Some(s),
         }),
         Action::Deny => Step::Decided(r.decision, description, None),
@@ -453,9 +459,9 @@ fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> Step {
     );
     if r.decision.action == Action::RequireApproval {
         return Step::Hold(Waiting {
+            description: held_description(&description, &sql),
             sql,
             decision: r.decision,
-            description,
             prepare: None,
         });
     }

@@ -582,6 +582,12 @@ approvals:
     let client = spawn(&s, "INSERT INTO orders VALUES (1, 1)");
     let id = pending_request(&s);
     assert_eq!(orders(&s), "0", "the held statement reached the server");
+    let listed = approvals(&s, &["list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("INSERT INTO orders VALUES (?, ?)") && !listed.contains("(1, 1)"),
+        "the approver does not see the statement's shape, or sees its values: {listed}"
+    );
     let out = approvals(&s, &["approve", &id, "--as", "alice"]);
     assert!(
         out.status.success(),
@@ -661,17 +667,24 @@ approvals:
         })
         .collect();
     let step = |o: &str, d: &str| (o.to_string(), d.to_string());
+    // Held commands carry their literal-free text, for the approver.
+    let query = "query write on [orders]: INSERT INTO orders VALUES (?, ?)".to_string();
+    let execute = "execute write on [orders]: INSERT INTO orders VALUES (?, ?)".to_string();
     assert_eq!(
         steps,
         [
-            step("query write on [orders]", "RequireApproval"),
-            step("query write on [orders]", "Approved"),
-            step("query write on [orders]", "RequireApproval"),
-            step("query write on [orders]", "Deny"),
-            step("prepare write on [orders]", "RequireApproval"),
+            step(&query, "RequireApproval"),
+            step(&query, "Approved"),
+            step(&query, "RequireApproval"),
+            step(&query, "Deny"),
+            step(
+                "prepare write on [orders]: INSERT INTO orders VALUES (?, ?)",
+                "RequireApproval"
+            ),
+            // The approval obtained at prepare, consumed by the first execute.
             step("execute write on [orders]", "Approved"),
-            step("execute write on [orders]", "RequireApproval"),
-            step("execute write on [orders]", "Deny"),
+            step(&execute, "RequireApproval"),
+            step(&execute, "Deny"),
         ]
     );
     assert!(

@@ -13,7 +13,7 @@ use std::ops::ControlFlow;
 
 use sqlparser::{
     ast::{Expr, Value, visit_expressions, visit_expressions_mut},
-    dialect::PostgreSqlDialect,
+    dialect::{MySqlDialect, PostgreSqlDialect},
     parser::Parser,
 };
 
@@ -78,9 +78,61 @@ fn normalize_one(text: &str) -> Option<String> {
     Some(s)
 }
 
+/// The literal-free form of one MySQL statement (a MySQL session runs one
+/// per query): every constant becomes `?`, MySQL's placeholder.
+pub fn normalize_mysql(sql: &str) -> String {
+    normalize_mysql_one(sql).unwrap_or_else(|| OPAQUE.to_string())
+}
+
+fn normalize_mysql_one(sql: &str) -> Option<String> {
+    let mut stmts = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
+    let [stmt] = stmts.as_mut_slice() else {
+        return None;
+    };
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Expr::Value(v) = e
+            && !matches!(
+                v.value,
+                Value::Null | Value::Boolean(_) | Value::Placeholder(_)
+            )
+        {
+            v.value = Value::Placeholder("?".into());
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let s = stmt.to_string();
+    // Strings outside expressions are not visited; MySQL quotes strings
+    // with either quote by default.
+    if s.contains('\'') || s.contains('"') {
+        return None;
+    }
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mysql_literals_become_question_marks() {
+        for (sql, want) in [
+            (
+                "insert into orders values (7, 'ada@example.com', NULL)",
+                "INSERT INTO orders VALUES (?, ?, NULL)",
+            ),
+            (
+                "UPDATE `orders` SET note = \"hunter2\" WHERE id = 3",
+                "UPDATE `orders` SET note = ? WHERE id = ?",
+            ),
+            ("SELECT * FROM t WHERE a = ?", "SELECT * FROM t WHERE a = ?"),
+            ("SELEKT 'hunter2'", "<unparsable statement>"),
+            ("SELECT 1; SELECT 2", "<unparsable statement>"),
+        ] {
+            let n = normalize_mysql(sql);
+            assert!(!n.contains("hunter2"), "{sql} -> {n}");
+            assert_eq!(n, want, "{sql}");
+        }
+    }
 
     #[test]
     fn literals_become_placeholders() {
