@@ -355,8 +355,7 @@ impl<'c> Decider<'c> {
         }
     }
 
-    /// The decision and the literal-free form of the statement(s)
-    /// ([`crate::sql::normalize`]), which is what the audit log records.
+    /// What holding a statement for approval needs of this session.
     fn holder(&self) -> Holder<'_> {
         Holder {
             approvals: self.ctx.approvals.as_ref(),
@@ -367,6 +366,8 @@ impl<'c> Decider<'c> {
         }
     }
 
+    /// The decision and the literal-free form of the statement(s)
+    /// ([`crate::sql::normalize`]), which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> Arc<Ruling> {
         let started = std::time::Instant::now();
         let v = self.decide_uncounted(sql, via);
@@ -467,9 +468,7 @@ impl<'c> Decider<'c> {
             ..audit::encode::AccessEntry::now()
         };
         if let Some(h) = &held {
-            entry.decision = &h.decision;
-            entry.approval_ref = Some(&h.approval_ref);
-            entry.outcome = h.outcome.as_ref();
+            h.mark(&mut entry);
         }
         // Allowed statements do not wait for the disk; the record follows.
         let durable = d.action == Action::Deny;

@@ -45,10 +45,6 @@ impl SessionCtx {
         }
     }
 
-    /// Logs, counts and audits one decision. `operation` must already be free
-    /// of values that do not belong in a log (literals, query strings,
-    /// credentials). Denials are logged at info, allows at debug (a busy cache
-    /// sees many thousands per second).
     /// What holding a statement for approval needs of this session.
     pub fn holder(&self) -> hold::Holder<'_> {
         hold::Holder {
@@ -60,6 +56,10 @@ impl SessionCtx {
         }
     }
 
+    /// Logs, counts and audits one decision. `operation` must already be free
+    /// of values that do not belong in a log (literals, query strings,
+    /// credentials). Denials are logged at info, allows at debug (a busy cache
+    /// sees many thousands per second).
     pub async fn record(&self, d: &Decision, operation: String) {
         self.record_held(d, operation, None).await;
     }
@@ -108,9 +108,7 @@ impl SessionCtx {
             ..AccessEntry::now()
         };
         if let Some(h) = held {
-            entry.decision = &h.decision;
-            entry.approval_ref = Some(&h.approval_ref);
-            entry.outcome = h.outcome.as_ref();
+            h.mark(&mut entry);
         }
         // Allowed operations do not wait for the disk; the record follows.
         record_entry(&self.metrics, log, base, &entry, d.action != Action::Allow).await;

@@ -23,6 +23,15 @@ pub struct Held {
     pub outcome: Option<audit::Outcome>,
 }
 
+impl Held {
+    /// Puts the hold's verdict, request id and outcome into `entry`.
+    pub fn mark<'a>(&'a self, entry: &mut audit::encode::AccessEntry<'a>) {
+        entry.decision = &self.decision;
+        entry.approval_ref = Some(&self.approval_ref);
+        entry.outcome = self.outcome.as_ref();
+    }
+}
+
 /// What holding needs of a session.
 pub struct Holder<'a> {
     /// Where held statements wait, and the record requests are made from.
