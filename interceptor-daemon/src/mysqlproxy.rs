@@ -58,7 +58,7 @@ use crate::{
         COM_PING, COM_QUERY, COM_QUIT, COM_RESET_CONNECTION, COM_SET_OPTION, COM_STATISTICS,
         COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET,
         COM_STMT_SEND_LONG_DATA, ClientHello, ER_TABLEACCESS_DENIED, MysqlError, STRIPPED,
-        err_packet, frame, rewrite_client_response, rewrite_server_handshake,
+        err_packet, frame, rewrite_client_response, rewrite_server_handshake, statement_id,
     },
     session::{
         SessionCtx,
@@ -308,13 +308,6 @@ fn protocol_denial(reason: &str) -> Decision {
         rule: "protocol".into(),
         reason: reason.into(),
     }
-}
-
-/// A statement's id in `COM_STMT_EXECUTE`, `CLOSE`, `RESET`, `FETCH`.
-fn statement_id(payload: &[u8]) -> u32 {
-    payload
-        .get(1..5)
-        .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// What the client half does with one command.

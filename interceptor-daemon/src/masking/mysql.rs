@@ -36,8 +36,8 @@ use super::{
     lineage::{Facts, Sensitivity},
 };
 use crate::protocol::mysql::{
-    MAX_PAYLOAD, SERVER_MORE_RESULTS_EXISTS, SERVER_STATUS_CURSOR_EXISTS, eof_status, is_eof,
-    lenenc, lenenc_str, put_lenenc,
+    MAX_PAYLOAD, PrepareOk, SERVER_MORE_RESULTS_EXISTS, SERVER_STATUS_CURSOR_EXISTS, eof_status,
+    is_eof, lenenc, lenenc_str, put_lenenc,
 };
 
 /// What the client asked, in order; the server answers each in turn.
@@ -359,26 +359,15 @@ impl Masker {
                         return self.on_packet(p);
                     }
                     (Some(Expect::Prepare(f)), Some(0x00)) => {
-                        // stmt id (4), columns (2), params (2)
-                        let id = p
-                            .get(1..5)
-                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                        let cols = p.get(5..7).map(|b| u16::from_le_bytes([b[0], b[1]]));
-                        let params = p.get(7..9).map(|b| u16::from_le_bytes([b[0], b[1]]));
-                        let (Some(id), Some(cols), Some(params)) = (id, cols, params) else {
-                            return Err(MaskError::Malformed("prepare answer"));
-                        };
+                        let ok =
+                            PrepareOk::parse(p).ok_or(MaskError::Malformed("prepare answer"))?;
                         if self.prepared.len() >= MAX_STATEMENTS {
                             self.prepared.clear();
                             self.layouts.clear();
                         }
-                        self.prepared.insert(id, f.clone());
-                        self.layouts.remove(&id);
-                        let eofs = if self.deprecate_eof { 0 } else { 2 };
-                        let left = u64::from(cols)
-                            + u64::from(params)
-                            + if cols > 0 { eofs / 2 } else { 0 }
-                            + if params > 0 { eofs / 2 } else { 0 };
+                        self.prepared.insert(ok.id, f.clone());
+                        self.layouts.remove(&ok.id);
+                        let left = ok.definitions(self.deprecate_eof);
                         if left == 0 {
                             self.end();
                         } else {

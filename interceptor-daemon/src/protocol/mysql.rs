@@ -96,15 +96,50 @@ pub enum Answer {
     Single,
 }
 
+/// The statement id of a `COM_STMT_EXECUTE`, `FETCH`, `CLOSE`, `RESET` or
+/// `SEND_LONG_DATA` payload (`u32::MAX`, never a server's id, when cut short).
+pub fn statement_id(payload: &[u8]) -> u32 {
+    payload
+        .get(1..5)
+        .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// A `COM_STMT_PREPARE`'s OK: id (4), columns (2), parameters (2), filler,
+/// warnings (2) after the 0x00 header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrepareOk {
+    pub id: u32,
+    pub columns: u16,
+    pub params: u16,
+}
+
+impl PrepareOk {
+    pub fn parse(p: &[u8]) -> Option<PrepareOk> {
+        let u16_at = |i: usize| p.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let id = p.get(1..5)?;
+        Some(PrepareOk {
+            id: u32::from_le_bytes([id[0], id[1], id[2], id[3]]),
+            columns: u16_at(5)?,
+            params: u16_at(7)?,
+        })
+    }
+
+    /// Packets that follow it: the parameter then column definitions, each
+    /// group ended by an EOF unless CLIENT_DEPRECATE_EOF.
+    pub fn definitions(&self, deprecate_eof: bool) -> u64 {
+        let group = |n: u16| match n {
+            0 => 0,
+            n => u64::from(n) + u64::from(!deprecate_eof),
+        };
+        group(self.columns) + group(self.params)
+    }
+}
+
 impl Answer {
     /// The answer to `cmd` (with its whole `payload`); `None` when the
     /// server does not answer it.
     pub fn to(cmd: u8, payload: &[u8]) -> Option<Answer> {
-        let id = || {
-            payload
-                .get(1..5)
-                .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
+        let id = || statement_id(payload);
         Some(match cmd {
             COM_QUIT | COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => return None,
             COM_QUERY => Answer::Query,
@@ -403,23 +438,14 @@ impl AnswerTracker {
                 }
             }
             (Answer::Prepare, Some(0x00)) => {
-                // id (4), columns (2), parameters (2), filler, warnings (2).
-                let u16_at = |i: usize| p.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-                let id = p
-                    .get(1..5)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                let (Some(id), Some(cols), Some(params)) = (id, u16_at(5), u16_at(7)) else {
+                let Some(ok) = PrepareOk::parse(p) else {
                     return Some(PrepareOutcome::Failed);
                 };
-                let eof = u64::from(!self.deprecate_eof);
-                let left = u64::from(cols)
-                    + u64::from(params)
-                    + if cols > 0 { eof } else { 0 }
-                    + if params > 0 { eof } else { 0 };
+                let left = ok.definitions(self.deprecate_eof);
                 if left > 0 {
                     self.state = Track::Skip(left);
                 }
-                return Some(PrepareOutcome::Prepared(id));
+                return Some(PrepareOutcome::Prepared(ok.id));
             }
             (Answer::Prepare, _) => return Some(PrepareOutcome::Failed),
             (_, Some(0xff)) => {}

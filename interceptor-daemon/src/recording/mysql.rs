@@ -21,7 +21,7 @@ use super::{MAX_COLUMNS, MAX_RESPONSE_BYTES, MAX_RESULTS, MAX_VALUE_CHARS, Recor
 use crate::{
     audit::record::{ResponseSummary, SqlError, SqlResult},
     protocol::mysql::{
-        Answer as Ask, CLIENT_DEPRECATE_EOF, MAX_PAYLOAD, SERVER_MORE_RESULTS_EXISTS,
+        Answer as Ask, CLIENT_DEPRECATE_EOF, MAX_PAYLOAD, PrepareOk, SERVER_MORE_RESULTS_EXISTS,
         SERVER_STATUS_CURSOR_EXISTS, eof_status, is_eof, lenenc, lenenc_str,
     },
 };
@@ -247,22 +247,15 @@ impl MysqlRecorder {
                 self.finish();
             }
             (Ask::Prepare, Some(0x00)) => {
-                let u16_at = |i: usize| p.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-                let id = p
-                    .get(1..5)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                let (Some(id), Some(cols), Some(params)) = (id, u16_at(5), u16_at(7)) else {
+                let Some(ok) = PrepareOk::parse(p) else {
                     return self.abandon();
                 };
                 self.current.tag = Some(format!(
-                    "prepared statement {id}: {cols} columns, {params} parameters"
+                    "prepared statement {}: {} columns, {} parameters",
+                    ok.id, ok.columns, ok.params
                 ));
                 self.push();
-                let eof = u64::from(!self.deprecate_eof);
-                let left = u64::from(cols)
-                    + u64::from(params)
-                    + if cols > 0 { eof } else { 0 }
-                    + if params > 0 { eof } else { 0 };
+                let left = ok.definitions(self.deprecate_eof);
                 if left == 0 {
                     self.finish();
                 } else {
