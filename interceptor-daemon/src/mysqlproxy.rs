@@ -385,25 +385,17 @@ fn prepare(payload: &[u8], ctx: &SessionCtx) -> Step {
     let Ok(sql) = std::str::from_utf8(payload) else {
         return not_utf8("prepare");
     };
-    let r = decide_text(sql, ctx);
-    let s = Statement {
-        sql: sql.into(),
-        decision: r.decision.clone(),
-        description: r.description.into(),
-        version: r.version,
-        stale_at: r.stale_at,
-        approval: None,
-    };
+    let s = decide_text(sql, ctx).into_statement(sql.into());
     let description = format!("prepare {}", s.description);
-    match r.decision.action {
+    match s.decision.action {
         Action::Allow | Action::Mask => Step::Forward(Some(s)),
         Action::RequireApproval => Step::Hold(Waiting {
             sql: s.sql.clone(),
-            decision: r.decision,
+            decision: s.decision.clone(),
             description: held_description(&description, sql),
             prepare: Some(s),
         }),
-        Action::Deny => Step::Decided(r.decision, description, None),
+        Action::Deny => Step::Decided(s.decision, description, None),
     }
 }
 
@@ -436,47 +428,52 @@ fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> Step {
             return Step::Decided(s.decision, format!("execute {}", s.description), None);
         }
     }
-    let r = decide_text(&s.sql, ctx);
-    let description = format!("execute {}", r.description);
-    let sql = s.sql.clone();
-    statements.update(
-        id,
-        Statement {
-            sql: s.sql,
-            decision: r.decision.clone(),
-            description: r.description.into(),
-            version: r.version,
-            stale_at: r.stale_at,
-            approval: None,
-        },
-    );
-    if r.decision.action == Action::RequireApproval {
+    let fresh = decide_text(&s.sql, ctx).into_statement(s.sql);
+    let description = format!("execute {}", fresh.description);
+    let (sql, decision) = (fresh.sql.clone(), fresh.decision.clone());
+    statements.update(id, fresh);
+    if decision.action == Action::RequireApproval {
         return Step::Hold(Waiting {
             description: held_description(&description, &sql),
             sql,
-            decision: r.decision,
+            decision,
             prepare: None,
         });
     }
-    Step::Decided(r.decision, description, None)
+    Step::Decided(decision, description, None)
 }
 
-/// A text's decision, its literal-free kinds and tables, and the policy
-/// version and window boundary it was made under.
+/// A text's decision, its literal-free kinds and tables, and the policy and
+/// time it was made under.
 struct Ruled {
     decision: Decision,
     description: String,
-    version: u64,
-    stale_at: Option<SystemTime>,
+    policy: Arc<crate::policy::store::Versioned>,
+    at: SystemTime,
+}
+
+impl Ruled {
+    /// The statement to file for `sql` under this decision. The next window
+    /// boundary is looked up here, not for every query.
+    fn into_statement(self, sql: Arc<str>) -> Statement {
+        Statement {
+            sql,
+            decision: self.decision,
+            description: self.description.into(),
+            version: self.policy.version,
+            stale_at: self.policy.policy.next_boundary(self.at),
+            approval: None,
+        }
+    }
 }
 
 fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
     let c = ctx.classifier.classify_mysql(sql);
     let policy = ctx.policy.current();
-    let now = SystemTime::now();
+    let at = SystemTime::now();
     let d = policy
         .policy
-        .decide_statements_at(&ctx.policy_ctx(), &c.statements, now);
+        .decide_statements_at(&ctx.policy_ctx(), &c.statements, at);
     let kinds: Vec<String> = c
         .statements
         .iter()
@@ -490,8 +487,8 @@ fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
     Ruled {
         decision: d,
         description: format!("{} on [{}]", kinds.join(","), tables.join(",")),
-        version: policy.version,
-        stale_at: policy.policy.next_boundary(now),
+        policy,
+        at,
     }
 }
 
