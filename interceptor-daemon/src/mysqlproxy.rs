@@ -777,6 +777,13 @@ mod tests {
         v
     }
 
+    /// The client's handshake response (protocol 4.1, nothing else).
+    fn handshake_response() -> Vec<u8> {
+        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
+        resp.resize(40, 0);
+        packet(1, &resp)
+    }
+
     fn greeting() -> Vec<u8> {
         let mut p = vec![10];
         p.extend_from_slice(b"11.4.2-MariaDB\0\x01\0\0\0abcdefgh\0");
@@ -853,9 +860,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_sent_before_the_ok_is_still_decided() {
-        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
-        resp.resize(40, 0);
-        let mut bytes = packet(1, &resp);
+        let mut bytes = handshake_response();
         bytes.extend(packet(0, b"\x03DELETE FROM customers"));
         let (got, seen) = session(bytes).await;
         // The greeting reached the client without SSL.
@@ -876,9 +881,7 @@ mod tests {
     /// approval denies (fail closed), and the command never reaches the server.
     #[tokio::test]
     async fn without_approvals_a_rule_requiring_approval_denies() {
-        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
-        resp.resize(40, 0);
-        let mut bytes = packet(1, &resp);
+        let mut bytes = handshake_response();
         bytes.extend(packet(0, b"\x03DELETE FROM customers"));
         bytes.extend(packet(0, b"\x16DELETE FROM customers"));
         let (got, seen) = session_with(
@@ -903,9 +906,7 @@ mod tests {
     /// never reaches the server (the same relay serves injected sessions).
     #[tokio::test]
     async fn change_user_is_refused() {
-        let mut resp = CLIENT_PROTOCOL_41.to_le_bytes().to_vec();
-        resp.resize(40, 0);
-        let mut bytes = packet(1, &resp);
+        let mut bytes = handshake_response();
         bytes.extend(packet(0, b"\x11root\0\0"));
         let (got, seen) = session(bytes).await;
         assert!(

@@ -445,14 +445,7 @@ fn mysql_every_execution_of_a_prepared_statement_is_decided_and_audited() {
     drop(w);
 
     let (_, text) = http_get(admin_addr(&s.lab), "/metrics");
-    let counted = |action: &str, rule: &str| {
-        metric(
-            &text,
-            &format!(
-                r#"interceptor_decisions_total{{target="shop-db",action="{action}",rule="{rule}"}}"#
-            ),
-        )
-    };
+    let counted = |action: &str, rule: &str| decisions(&text, "shop-db", action, rule);
     assert_eq!(counted("allow", "orders-write"), Some(3.0), "{text}");
     assert_eq!(counted("deny", "freeze"), Some(2.0), "{text}");
     assert_eq!(s.daemon.stop(), Some(0));

@@ -135,6 +135,17 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// `interceptor_decisions_total` of one target, action and rule in a
+/// metrics page.
+pub fn decisions(text: &str, target: &str, action: &str, rule: &str) -> Option<f64> {
+    metric(
+        text,
+        &format!(
+            r#"interceptor_decisions_total{{target="{target}",action="{action}",rule="{rule}"}}"#
+        ),
+    )
+}
+
 pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
     let v6 = if o.with_v6 {
         format!("  address_v6: \"[{}]:15001\"\n", lab.node_v6(1))

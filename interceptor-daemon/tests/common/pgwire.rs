@@ -30,6 +30,20 @@ impl Msg {
     }
 }
 
+/// Asserts that `reply` holds the interceptor's denial (an ErrorResponse with
+/// SQLSTATE 42501) whose message says `says`; `what` names the statement.
+pub fn assert_denied(reply: &[Msg], says: &str, what: &str) {
+    let e = reply
+        .iter()
+        .find(|m| m.tag == b'E')
+        .unwrap_or_else(|| panic!("{what} ran: {reply:?}"));
+    assert_eq!(e.field(b'C').as_deref(), Some("42501"), "{reply:?}");
+    assert!(
+        e.field(b'M').unwrap_or_default().contains(says),
+        "{reply:?}"
+    );
+}
+
 impl PgWire {
     /// Connects from `pod` to `addr` and logs in as `user` (trust).
     pub fn connect(pod: &Pod, addr: SocketAddr, user: &str) -> PgWire {
