@@ -225,6 +225,18 @@ impl ServerCertVerifier for Lenient {
     }
 }
 
+/// The PEM certificates of `path`, at least one.
+fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in the file".into());
+    }
+    Ok(certs)
+}
+
 /// The client certificate chain and key.
 fn load_client_cert(
     cert: &PathBuf,
@@ -234,13 +246,7 @@ fn load_client_cert(
         path: path.clone(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| err(cert, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err(cert, "no PEM certificate in the file".into()));
-    }
+    let certs = read_certs(cert).map_err(|e| err(cert, e))?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, e.to_string()))?;
     Ok((certs, key_der))
 }
@@ -250,15 +256,8 @@ fn load_roots(path: &PathBuf) -> Result<RootCertStore, TlsError> {
         path: path.clone(),
         reason,
     };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no PEM certificate in the file".into()));
-    }
     let mut roots = RootCertStore::empty();
-    for c in certs {
+    for c in read_certs(path).map_err(err)? {
         roots.add(c).map_err(|e| err(e.to_string()))?;
     }
     Ok(roots)
