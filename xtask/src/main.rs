@@ -99,9 +99,7 @@ fn main() -> ExitCode {
         Cmd::Chart => setup().and_then(|()| chart_test()),
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Bench { args } => setup().and_then(|()| bench(&args)),
-        Cmd::Image { out, name, tag } => {
-            setup().and_then(|()| image_build(out, &name, &tag).map(drop))
-        }
+        Cmd::Image { out, name, tag } => setup().and_then(|()| image_build(out, &name, &tag)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,12 +249,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The chart and the image run even when a cargo test failed: their
     // results are independent.
     let chart = chart_test();
-    let image = image_build(None, "interceptor", env!("CARGO_PKG_VERSION")).map(drop);
+    let image = image_build(None, "interceptor", env!("CARGO_PKG_VERSION"));
     tests.and(chart).and(image)
 }
 
-/// Builds and checks the image archive; returns its path.
-fn image_build(out: Option<PathBuf>, name: &str, tag: &str) -> anyhow::Result<PathBuf> {
+/// Builds and checks the image archive (at `out`, or in the target directory).
+fn image_build(out: Option<PathBuf>, name: &str, tag: &str) -> anyhow::Result<()> {
     let bin = release_bins()?.join("interceptor");
     let out = out.unwrap_or_else(|| {
         target_dir()
@@ -272,9 +270,10 @@ fn image_build(out: Option<PathBuf>, name: &str, tag: &str) -> anyhow::Result<Pa
         out.display(),
         size as f64 / (1024.0 * 1024.0),
     );
-    Ok(out)
+    Ok(())
 }
 
+/// Cargo's target directory (CI points it at a cache outside the clone).
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -291,18 +290,15 @@ fn chart_test() -> anyhow::Result<()> {
         "--bin",
         "interceptor",
     ]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    chart::test(&workspace_root(), &target.join("debug").join("interceptor"))
+    chart::test(
+        &workspace_root(),
+        &target_dir().join("debug").join("interceptor"),
+    )
 }
 
 fn release_bins() -> anyhow::Result<PathBuf> {
     status(cargo().args(["build", "--release", "-p", "interceptor-daemon", "--bins"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    Ok(target.join("release"))
+    Ok(target_dir().join("release"))
 }
 
 fn demo() -> anyhow::Result<()> {
