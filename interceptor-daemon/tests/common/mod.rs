@@ -61,12 +61,65 @@ fn assert_bpffs() {
     );
 }
 
-/// Scratch directory for one test's files.
+/// Scratch directory for one test's files (database clusters, logs, audit
+/// logs: a MariaDB data directory alone is over 100 MB). Removed when the
+/// test binary exits, unless a test of it failed: then they are kept for
+/// a look, and their paths printed.
 pub fn scratch(test: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("interceptor-test-{}-{test}", std::process::id()));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d).unwrap();
+    scratch_cleanup::register(d.clone());
     d
+}
+
+mod scratch_cleanup {
+    use std::{
+        path::PathBuf,
+        sync::{
+            Mutex, Once,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    static INSTALL: Once = Once::new();
+
+    pub fn register(dir: PathBuf) {
+        INSTALL.call_once(|| {
+            // A failing test panics: remember it, then report as before.
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                FAILED.store(true, Ordering::SeqCst);
+                previous(info)
+            }));
+            // libtest's main returns through exit(3), which runs this after
+            // every test (and every server a test started) is done.
+            // SAFETY: registers a function taking and returning nothing.
+            unsafe { libc::atexit(at_exit) };
+        });
+        DIRS.lock().unwrap_or_else(|e| e.into_inner()).push(dir);
+    }
+
+    extern "C" fn at_exit() {
+        let dirs = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+        if FAILED.load(Ordering::SeqCst) {
+            let msg = format!(
+                "kept the scratch directories of this test binary (a test failed):\n{}\n",
+                dirs.iter()
+                    .map(|d| format!("  {}", d.display()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            // SAFETY: write(2) of an owned buffer to fd 2.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            return;
+        }
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 pub struct DaemonOpts {
