@@ -366,17 +366,11 @@ fn query(payload: &[u8], ctx: &SessionCtx) -> Step {
         return Step::Hold(Waiting {
             sql: sql.into(),
             decision: r.decision,
-            description: held_description(&description, sql),
+            description,
             prepare: None,
         });
     }
     Step::Decided(r.decision, description, None)
-}
-
-/// What a held command's approval request and audit records say: its kinds
-/// and tables and, for the approver, its literal-free text.
-fn held_description(description: &str, sql: &str) -> String {
-    format!("{description}: {}", crate::sql::normalize_mysql(sql))
 }
 
 /// A `COM_STMT_PREPARE`: an allowed one runs nothing and is not recorded
@@ -392,7 +386,7 @@ fn prepare(payload: &[u8], ctx: &SessionCtx) -> Step {
         Action::RequireApproval => Step::Hold(Waiting {
             sql: s.sql.clone(),
             decision: s.decision.clone(),
-            description: held_description(&description, sql),
+            description,
             prepare: Some(s),
         }),
         Action::Deny => Step::Decided(s.decision, description, None),
@@ -434,7 +428,7 @@ fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> Step {
     statements.update(id, fresh);
     if decision.action == Action::RequireApproval {
         return Step::Hold(Waiting {
-            description: held_description(&description, &sql),
+            description,
             sql,
             decision,
             prepare: None,
@@ -443,8 +437,9 @@ fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> Step {
     Step::Decided(decision, description, None)
 }
 
-/// A text's decision, its literal-free kinds and tables, and the policy and
-/// time it was made under.
+/// A text's decision, its description (kinds, tables and literal-free
+/// text: `write on [orders]: INSERT INTO orders VALUES (?, ?)`), and the
+/// policy and time it was made under.
 struct Ruled {
     decision: Decision,
     description: String,
@@ -468,7 +463,7 @@ impl Ruled {
 }
 
 fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
-    let c = ctx.classifier.classify_mysql(sql);
+    let (c, text) = ctx.classifier.classify_mysql_text(sql);
     let policy = ctx.policy.current();
     let at = SystemTime::now();
     let d = policy
@@ -486,7 +481,7 @@ fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
         .collect();
     Ruled {
         decision: d,
-        description: format!("{} on [{}]", kinds.join(","), tables.join(",")),
+        description: format!("{} on [{}]: {text}", kinds.join(","), tables.join(",")),
         policy,
         at,
     }

@@ -228,7 +228,7 @@ fn mysql_statements_are_decided_on_the_wire() {
     let shown = String::from_utf8_lossy(&shown.stdout);
     let line = shown
         .lines()
-        .find(|l| l.contains("\"operation\":\"query write on [customers]\""))
+        .find(|l| l.contains("\"operation\":\"query write on [customers]: DELETE FROM customers\""))
         .unwrap_or_else(|| panic!("no record of the DELETE: {shown}"));
     assert!(
         line.contains("\"decision\":\"Deny\"")
@@ -244,6 +244,69 @@ fn mysql_statements_are_decided_on_the_wire() {
             .filter(|l| l.contains("\"Access\""))
             .any(|l| l.contains("Grace")),
         "a literal reached the audit log"
+    );
+
+    // The recorded text is what `policy learn` and `policy simulate` re-read,
+    // with the MySQL grammar.
+    let policy = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new(DAEMON)
+            .arg("policy")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let scratch = s.audit_dir.parent().unwrap().to_path_buf();
+    let learned = policy(&[
+        "learn".as_ref(),
+        "--audit".as_ref(),
+        s.audit_dir.as_os_str(),
+    ]);
+    assert!(
+        learned.contains("- shop/orders-api")
+            && learned.contains("- shop-db")
+            && learned.contains("- orders"),
+        "{learned}"
+    );
+    let simulate = |file: &std::path::Path| -> serde_json::Value {
+        let out = policy(&[
+            "simulate".as_ref(),
+            "--json".as_ref(),
+            "--policy".as_ref(),
+            file.as_os_str(),
+            "--audit".as_ref(),
+            s.audit_dir.as_os_str(),
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let learned_file = scratch.join("learned.yaml");
+    std::fs::write(&learned_file, &learned).unwrap();
+    let v = simulate(&learned_file);
+    assert_eq!(
+        (v["newly_denied"].as_u64(), v["newly_allowed"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}\n{learned}"
+    );
+    // Without the orders-write rule, the recorded INSERT would be denied.
+    let candidate = scratch.join("candidate.yaml");
+    let text: String = POLICY
+        .lines()
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect::<String>()
+        .replace("  - id: orders-write\n    identities: [\"shop/*\"]\n    sql: { kinds: [write], tables: [\"orders\"] }\n    action: allow\n", "");
+    assert!(!text.contains("orders-write"), "{text}");
+    std::fs::write(&candidate, text).unwrap();
+    let v = simulate(&candidate);
+    assert_eq!(v["newly_denied"].as_u64(), Some(1), "{v}");
+    assert_eq!(
+        v["changes"][0]["operation"], "query write on [orders]: INSERT INTO orders VALUES (?, ?)",
+        "{v}"
     );
 }
 
@@ -342,9 +405,9 @@ fn mysql_sessions_replay_with_their_masked_responses() {
         "| 2 | [redacted] |",
         "query read on [customers]",
         "result  ERROR 1054/42S22 Unknown column 'nosuchcol'",
-        "deny    query write on [customers]",
+        "deny    query write on [customers]: DELETE FROM customers WHERE id = ?",
         "result  ERROR 1142/42000 interceptor: statement denied by rule `no-customer-changes`",
-        "query write on [orders]",
+        "query write on [orders]: INSERT INTO orders VALUES (?, ?), (?, ?)",
         "result  OK, 2 rows affected",
         "query read on [orders]",
         "result  1 rows in set  [1 rows]",
@@ -660,7 +723,8 @@ approvals:
         })
         .collect();
     let step = |o: &str, d: &str| (o.to_string(), d.to_string());
-    // Held commands carry their literal-free text, for the approver.
+    // Every record carries the command's literal-free text (the approver
+    // sees it too).
     let query = "query write on [orders]: INSERT INTO orders VALUES (?, ?)".to_string();
     let execute = "execute write on [orders]: INSERT INTO orders VALUES (?, ?)".to_string();
     assert_eq!(
@@ -675,7 +739,7 @@ approvals:
                 "RequireApproval"
             ),
             // The approval obtained at prepare, consumed by the first execute.
-            step("execute write on [orders]", "Approved"),
+            step(&execute, "Approved"),
             step(&execute, "RequireApproval"),
             step(&execute, "Deny"),
         ]

@@ -34,7 +34,7 @@ pub(super) const MAX_STATEMENTS: usize = 16_384;
 pub(super) struct Statement {
     pub(super) sql: Arc<str>,
     pub(super) decision: Decision,
-    /// Literal-free kinds and tables (`read on [customers]`).
+    /// Kinds, tables and literal-free text (`read on [customers]: SELECT * FROM customers WHERE id = ?`).
     pub(super) description: Arc<str>,
     /// Policy version and window boundary the decision was made under.
     pub(super) version: u64,

@@ -397,7 +397,7 @@ pub fn parse_since(s: &str) -> Result<SystemTime, String> {
         .ok_or_else(|| format!("--since `{s}`: too far back"))
 }
 
-/// PostgreSQL statement decisions recorded in an audit log directory.
+/// PostgreSQL and MySQL statement decisions recorded in an audit log directory.
 fn observed(dir: &Path, since: Option<&str>) -> Result<Vec<replay::Observed>, String> {
     use crate::audit::{Decision as Recorded, Protocol, Record};
     let since_ns = match since {
@@ -417,11 +417,20 @@ fn observed(dir: &Path, since: Option<&str>) -> Result<Vec<replay::Observed>, St
         })
         .filter(|r| {
             r.time_ns >= since_ns
-                && r.protocol == Protocol::Postgres
+                && matches!(r.protocol, Protocol::Postgres | Protocol::Mysql)
                 && !r.operation.starts_with("connection to ")
         })
         .filter_map(|r| {
             let rule = r.rule_id.clone()?;
+            // Refusals no policy decides (a MySQL command the proxy cannot
+            // vouch for) are not statements to replay.
+            if rule == "protocol" {
+                return None;
+            }
+            let dialect = match r.protocol {
+                Protocol::Mysql => replay::Dialect::Mysql,
+                _ => replay::Dialect::Postgres,
+            };
             let identity = (!r.identity.namespace.is_empty()
                 || !r.identity.service_account.is_empty())
             .then(|| format!("{}/{}", r.identity.namespace, r.identity.service_account));
@@ -429,6 +438,7 @@ fn observed(dir: &Path, since: Option<&str>) -> Result<Vec<replay::Observed>, St
                 identity,
                 target: r.target,
                 operation: r.operation,
+                dialect,
                 ran: matches!(
                     r.decision,
                     Recorded::Allow | Recorded::AllowMasked | Recorded::Approved

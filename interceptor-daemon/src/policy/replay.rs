@@ -3,9 +3,11 @@
 //! exactly what each identity was seen doing).
 //!
 //! Both read statement decisions from the audit log, whose operations are
-//! literal-free statements ([`crate::sql::normalize`]) that re-classify as the
-//! originals did. Policy code still knows nothing of storage: the CLI reads the
-//! log and hands in [`Observed`] statements.
+//! literal-free statements that re-classify as the originals did: PostgreSQL
+//! operations are the statement ([`crate::sql::normalize`]); MySQL ones
+//! describe it, then give its text (`query write on [orders]: INSERT INTO
+//! orders VALUES (?, ?)`). Policy code still knows nothing of storage: the
+//! CLI reads the log and hands in [`Observed`] statements.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,9 +26,35 @@ pub struct Observed {
     pub identity: Option<String>,
     pub target: String,
     pub operation: String,
+    /// Whose grammar the statement is in.
+    pub dialect: Dialect,
     /// Whether the statement ran (allowed, masked or approved).
     pub ran: bool,
     pub rule: String,
+}
+
+/// The SQL dialect of an observed statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Mysql,
+}
+
+impl Observed {
+    /// The statement classified as its server read it.
+    fn classification(&self) -> sql::Classification {
+        match self.dialect {
+            Dialect::Postgres => sql::classify(&self.operation),
+            // The text follows the tables' closing bracket. An operation
+            // without one (or a table name holding `]: `) classifies as
+            // unparsable: denied by simulate, left to a human by learn.
+            Dialect::Mysql => sql::classify_mysql(
+                self.operation
+                    .split_once("]: ")
+                    .map_or(self.operation.as_str(), |(_, text)| text),
+            ),
+        }
+    }
 }
 
 /// One kind of change a candidate policy makes, with how often it happened.
@@ -61,7 +89,7 @@ pub fn simulate(candidate: &Policy, observed: &[Observed], now: SystemTime) -> S
     let mut changes: BTreeMap<(Option<String>, String, String, bool), Change> = BTreeMap::new();
     for o in observed {
         sim.statements += 1;
-        let c = sql::classify(&o.operation);
+        let c = o.classification();
         let d = candidate.decide_statements_at(
             &Context {
                 identity: o.identity.as_deref(),
@@ -161,7 +189,7 @@ pub fn learn(observed: &[Observed]) -> String {
             ));
             continue;
         };
-        for s in sql::classify(&o.operation).statements {
+        for s in o.classification().statements {
             if s.kind == Kind::Unparsable || s.flags.iter().any(super::is_risky) {
                 left_out.insert(format!("{identity} on {}: {}", o.target, o.operation));
                 continue;
@@ -222,6 +250,7 @@ mod tests {
             identity: Some(identity.into()),
             target: "db".into(),
             operation: sql::normalize(sql),
+            dialect: Dialect::Postgres,
             ran,
             rule: rule.into(),
         }
@@ -292,5 +321,63 @@ mod tests {
         );
         let allowed = sim.changes.iter().find(|c| c.now == "allow").unwrap();
         assert_eq!(allowed.now_rule, "deletes");
+    }
+
+    /// A MySQL record as the proxy writes it: description, then the text.
+    fn mysql(identity: &str, operation: &str, ran: bool) -> Observed {
+        Observed {
+            identity: Some(identity.into()),
+            target: "shop-db".into(),
+            operation: operation.into(),
+            dialect: Dialect::Mysql,
+            ran,
+            rule: "r".into(),
+        }
+    }
+
+    #[test]
+    fn mysql_statements_are_replayed_and_learned_in_their_own_grammar() {
+        let traffic = vec![
+            mysql(
+                "shop/api",
+                "execute write on [orders]: INSERT INTO orders VALUES (?, ?)",
+                true,
+            ),
+            // Backtick-quoted names read as MySQL reads them.
+            mysql(
+                "shop/api",
+                "query read on [customers]: SELECT `name` FROM `customers` WHERE id = ?",
+                true,
+            ),
+            mysql(
+                "shop/api",
+                "query read on []: <unparsable statement>",
+                false,
+            ),
+        ];
+        let yaml = learn(&traffic);
+        let p = Policy::parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert!(
+            yaml.contains("- orders") && yaml.contains("- customers"),
+            "{yaml}"
+        );
+        let sim = simulate(&p, &traffic, SystemTime::now());
+        assert_eq!((sim.newly_denied, sim.newly_allowed), (0, 0), "{yaml}");
+
+        let reads_only = Policy::parse(
+            "rules:\n  - {id: reads, identities: [\"shop/*\"], sql: {kinds: [read]}, action: allow}\n",
+        )
+        .unwrap();
+        let sim = simulate(&reads_only, &traffic, SystemTime::now());
+        assert_eq!((sim.newly_denied, sim.newly_allowed), (1, 0));
+        assert_eq!(
+            sim.changes[0].operation,
+            "execute write on [orders]: INSERT INTO orders VALUES (?, ?)"
+        );
+        // Read as PostgreSQL, the backticks would make it unparsable.
+        assert_eq!(
+            sql::classify("SELECT `name` FROM `customers`").statements[0].kind,
+            Kind::Unparsable
+        );
     }
 }

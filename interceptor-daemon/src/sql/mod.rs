@@ -425,7 +425,7 @@ impl Default for SqlConfig {
 static DEFAULT: LazyLock<Classifier> = LazyLock::new(Classifier::default);
 
 /// Classifies a simple-query string with the built-in dangerous-function list.
-pub use normalize::{normalize, normalize_mysql};
+pub use normalize::normalize;
 
 /// Decision-cache key: the statement with its constants hidden where they
 /// cannot change a classification (see the lexer); `None` if it does not lex.
@@ -435,6 +435,11 @@ pub fn fingerprint(sql: &str) -> Option<String> {
 
 pub fn classify(sql: &str) -> Classification {
     DEFAULT.classify(sql)
+}
+
+/// [`Classifier::classify_mysql`] with the default dangerous functions.
+pub fn classify_mysql(sql: &str) -> Classification {
+    DEFAULT.classify_mysql(sql)
 }
 
 impl Classifier {

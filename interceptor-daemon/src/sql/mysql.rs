@@ -17,7 +17,11 @@
 
 use sqlparser::{dialect::MySqlDialect, parser::Parser};
 
-use super::{Classification, Classifier, StatementInfo, walk};
+use super::{
+    Classification, Classifier, StatementInfo,
+    normalize::{mysql_text, opaque},
+    walk,
+};
 
 fn differential(sql: &str) -> Option<&'static str> {
     if sql.contains('\\') {
@@ -38,22 +42,38 @@ fn differential(sql: &str) -> Option<&'static str> {
 impl Classifier {
     /// Classifies one MySQL query string.
     pub fn classify_mysql(&self, sql: &str) -> Classification {
+        self.classify_mysql_text(sql).0
+    }
+
+    /// Classifies one MySQL query string, with its literal-free text for the
+    /// audit log and recordings ([`super::normalize_mysql`]) from the same
+    /// parse. Text the classifier will not read is not quoted either.
+    pub fn classify_mysql_text(&self, sql: &str) -> (Classification, String) {
         if let Some(why) = differential(sql) {
-            return Classification::whole_unparsable(sql, why);
+            return (Classification::whole_unparsable(sql, why), opaque());
         }
         match Parser::parse_sql(&MySqlDialect {}, sql) {
-            Err(e) => Classification::whole_unparsable(sql, e.to_string()),
+            Err(e) => (
+                Classification::whole_unparsable(sql, e.to_string()),
+                opaque(),
+            ),
             Ok(parsed) => match parsed.as_slice() {
-                [] => Classification { statements: vec![] },
-                [stmt] => Classification {
-                    statements: vec![walk::analyze(stmt, 0..sql.len(), &self.dangerous)],
-                },
-                _ => Classification {
-                    statements: vec![StatementInfo::unparsable(
-                        0..sql.len(),
-                        "more than one statement (multi-statements are off)",
-                    )],
-                },
+                [] => (Classification { statements: vec![] }, String::new()),
+                [stmt] => (
+                    Classification {
+                        statements: vec![walk::analyze(stmt, 0..sql.len(), &self.dangerous)],
+                    },
+                    mysql_text(stmt),
+                ),
+                _ => (
+                    Classification {
+                        statements: vec![StatementInfo::unparsable(
+                            0..sql.len(),
+                            "more than one statement (multi-statements are off)",
+                        )],
+                    },
+                    opaque(),
+                ),
             },
         }
     }

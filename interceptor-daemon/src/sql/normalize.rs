@@ -12,8 +12,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::{
-    ast::{Expr, Value, visit_expressions, visit_expressions_mut},
-    dialect::{MySqlDialect, PostgreSqlDialect},
+    ast::{Expr, Statement, Value, visit_expressions, visit_expressions_mut},
+    dialect::PostgreSqlDialect,
     parser::Parser,
 };
 
@@ -79,17 +79,11 @@ fn normalize_one(text: &str) -> Option<String> {
 }
 
 /// The literal-free form of one MySQL statement (a MySQL session runs one
-/// per query): every constant becomes `?`, MySQL's placeholder.
-pub fn normalize_mysql(sql: &str) -> String {
-    normalize_mysql_one(sql).unwrap_or_else(|| OPAQUE.to_string())
-}
-
-fn normalize_mysql_one(sql: &str) -> Option<String> {
-    let mut stmts = Parser::parse_sql(&MySqlDialect {}, sql).ok()?;
-    let [stmt] = stmts.as_mut_slice() else {
-        return None;
-    };
-    let _ = visit_expressions_mut(stmt, |e| {
+/// per query), from the classifier's parse: every constant becomes `?`,
+/// MySQL's placeholder.
+pub(super) fn mysql_text(stmt: &Statement) -> String {
+    let mut stmt = stmt.clone();
+    let _ = visit_expressions_mut(&mut stmt, |e| {
         if let Expr::Value(v) = e
             && !matches!(
                 v.value,
@@ -104,9 +98,14 @@ fn normalize_mysql_one(sql: &str) -> Option<String> {
     // Strings outside expressions are not visited; MySQL quotes strings
     // with either quote by default.
     if s.contains('\'') || s.contains('"') {
-        return None;
+        return OPAQUE.to_string();
     }
-    Some(s)
+    s
+}
+
+/// What stands for a statement that is not quoted.
+pub(super) fn opaque() -> String {
+    OPAQUE.to_string()
 }
 
 #[cfg(test)]
@@ -127,8 +126,11 @@ mod tests {
             ("SELECT * FROM t WHERE a = ?", "SELECT * FROM t WHERE a = ?"),
             ("SELEKT 'hunter2'", "<unparsable statement>"),
             ("SELECT 1; SELECT 2", "<unparsable statement>"),
+            // Text the classifier will not read is not quoted either.
+            ("SELECT 'hunter2\\' -- '", "<unparsable statement>"),
+            ("SELECT /*!50000 'hunter2' */ 1", "<unparsable statement>"),
         ] {
-            let n = normalize_mysql(sql);
+            let n = crate::sql::Classifier::default().classify_mysql_text(sql).1;
             assert!(!n.contains("hunter2"), "{sql} -> {n}");
             assert_eq!(n, want, "{sql}");
         }
