@@ -351,6 +351,25 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
             .arg(dir.join("RESULTS-SPLIT.md"))
             .args(args),
     )?;
+    // CPU per transaction at equal load: every path held at one rate (below
+    // what any of them reaches here), so the proxies do the same work and
+    // only its cost differs.
+    status(
+        Command::new(bin.join("interceptor-lab"))
+            .arg("bench")
+            .arg("--bin-dir")
+            .arg(&bin)
+            .args(["--rate", "10000"])
+            .args(
+                (!args.iter().any(|a| a.starts_with("--clients")))
+                    .then_some(["--clients", "16"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .arg("--out")
+            .arg(dir.join("RESULTS-CPU.md"))
+            .args(args),
+    )?;
     // Memory per idle connection, same proxies, 10k connections (or as many
     // as the descriptor limit allows).
     status(

@@ -40,6 +40,8 @@ pub struct Options {
     pub modes: Vec<String>,
     /// The interceptor runs without an audit log.
     pub no_audit: bool,
+    /// Transactions per second every path is held at (pgbench -R), if any.
+    pub rate: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +285,7 @@ fn pgbench(
     work: &Path,
     path: &'static str,
     layout: Option<&Layout>,
+    rate: Option<u32>,
 ) -> anyhow::Result<Sample> {
     let logdir = work.join(format!("log-{path}-{mode}-{clients}"));
     let _ = fs::remove_dir_all(&logdir);
@@ -319,6 +322,7 @@ fn pgbench(
             "-j",
             &clients.min(2).to_string(),
         ])
+        .args(rate.map(|r| format!("--rate={r}")))
         .args(["-T", &seconds.to_string(), "-l", "--log-prefix"])
         .arg(logdir.join("tx"))
         .arg("postgres")
@@ -492,6 +496,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     &work,
                     name,
                     layout.as_ref(),
+                    o.rate,
                 )?;
                 s.round = round;
                 if let (Some(pid), Some(before)) = (pid, cpu_before) {
@@ -557,9 +562,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Median of the per-round ratios of `x` to `of` (same mode, clients and
-/// round: runs minutes apart are not compared), with their range.
+/// Median of the per-round TPS ratios of `x` to `of` (same mode, clients
+/// and round: runs minutes apart are not compared), with their range.
 fn ratio(samples: &[Sample], x: &Sample, of: &str) -> Option<(f64, f64, f64)> {
+    ratio_of(samples, x, of, |s| Some(s.tps))
+}
+
+/// [`ratio`] of the CPU each transaction cost the proxy.
+fn cpu_ratio(samples: &[Sample], x: &Sample, of: &str) -> Option<(f64, f64, f64)> {
+    ratio_of(samples, x, of, |s| s.cpu_us_per_tx)
+}
+
+fn ratio_of(
+    samples: &[Sample],
+    x: &Sample,
+    of: &str,
+    v: impl Fn(&Sample) -> Option<f64>,
+) -> Option<(f64, f64, f64)> {
     let rs: Vec<f64> = samples
         .iter()
         .filter(|a| a.path == x.path && a.mode == x.mode && a.clients == x.clients)
@@ -569,7 +588,7 @@ fn ratio(samples: &[Sample], x: &Sample, of: &str) -> Option<(f64, f64, f64)> {
                 .find(|b| {
                     b.path == of && b.mode == a.mode && b.clients == a.clients && b.round == a.round
                 })
-                .map(|b| a.tps / b.tps)
+                .and_then(|b| Some(v(a)? / v(b)?))
         })
         .collect();
     if rs.is_empty() {
@@ -590,9 +609,12 @@ fn fmt_ratio(r: Option<(f64, f64, f64)>, rounds: u32) -> String {
 
 fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
     let mut s = format!(
-        "pgbench -S (select-only), scale {}, {} s per run, {} round(s) per row: every path once per round, in rotating order; medians, with the range of the per-round ratios\nfrom a lab pod (netns + veth + cgroup)\nmachine: {}\nCPUs: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
+        "pgbench -S (select-only), scale {}, {} s per run{}, {} round(s) per row: every path once per round, in rotating order; medians, with the range of the per-round ratios\nfrom a lab pod (netns + veth + cgroup)\nmachine: {}\nCPUs: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
         o.scale,
         o.seconds,
+        o.rate.map_or_else(String::new, |r| format!(
+            ", every path held at {r} transactions/s (compare CPU per transaction, not TPS)"
+        )),
         o.rounds,
         machine(),
         layout.map_or_else(
@@ -605,7 +627,7 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
             ""
         }
     );
-    s.push_str("| mode | clients | path | TPS | × direct | × pgbouncer | p50 ms | p99 ms | proxy CPU µs/tx |\n|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| mode | clients | path | TPS | × direct | × pgbouncer | p50 ms | p99 ms | proxy CPU µs/tx | CPU × pgbouncer |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut done: Vec<(&str, &str, u32)> = Vec::new();
     for x in samples {
         let key = (x.path, x.mode, x.clients);
@@ -620,13 +642,16 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
         let med =
             |f: &dyn Fn(&Sample) -> Option<f64>| median(same.iter().filter_map(|a| f(a)).collect());
         let cpu = med(&|a| a.cpu_us_per_tx);
-        let vs_bouncer = if x.path == "direct" || x.path == "pgbouncer" {
-            None
+        let (vs_bouncer, cpu_vs_bouncer) = if x.path == "direct" || x.path == "pgbouncer" {
+            (None, None)
         } else {
-            ratio(samples, x, "pgbouncer")
+            (
+                ratio(samples, x, "pgbouncer"),
+                cpu_ratio(samples, x, "pgbouncer"),
+            )
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {} |\n",
             x.mode,
             x.clients,
             x.path,
@@ -639,7 +664,8 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
                 "-".into()
             } else {
                 format!("{cpu:.1}")
-            }
+            },
+            fmt_ratio(cpu_vs_bouncer, o.rounds),
         ));
     }
     s
@@ -658,7 +684,11 @@ mod tests {
             tps,
             p50_ms: 1.0,
             p99_ms: 2.0,
-            cpu_us_per_tx: (path != "direct").then_some(20.0),
+            cpu_us_per_tx: match path {
+                "direct" => None,
+                "interceptor" => Some(25.0),
+                _ => Some(20.0),
+            },
         }
     }
 
@@ -699,12 +729,14 @@ mod tests {
             paths: vec![],
             modes: vec![],
             no_audit: false,
+            rate: Some(5000),
         };
         let r = report(&s, &o, None);
         assert!(
-            r.contains("| simple | 16 | interceptor | 800 | 0.80 (0.80–0.91) | 0.89 (0.89–1.00) |"),
+            r.contains("| simple | 16 | interceptor | 800 | 0.80 (0.80–0.91) | 0.89 (0.89–1.00) | 1.000 | 2.000 | 25.0 | 1.25 (1.25–1.25) |"),
             "{r}"
         );
+        assert!(r.contains("every path held at 5000 transactions/s"), "{r}");
         assert!(
             r.contains("| simple | 16 | direct | 1000 | 1.00 (1.00–1.00) | - |"),
             "{r}"

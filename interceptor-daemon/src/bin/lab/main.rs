@@ -77,6 +77,12 @@ enum Cmd {
         /// Run the interceptor without its audit log, to see what the log costs.
         #[arg(long)]
         no_audit: bool,
+        /// Hold every path at this many transactions per second (pgbench
+        /// -R) instead of as many as it can: TPS ratios are then 1 by design,
+        /// and the figure is each proxy's CPU per transaction at equal load
+        /// (the `CPU × pgbouncer` column), which a busy machine disturbs less.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
     },
     /// Memory per idle PostgreSQL connection through the interceptor,
     /// pgbouncer and HAProxy, in one run.
@@ -147,6 +153,7 @@ fn main() -> ExitCode {
             paths,
             modes,
             no_audit,
+            rate,
         } => bin_dir_or_here(bin_dir).and_then(|bin_dir| {
             if let Some(why) = missing_privileges() {
                 anyhow::bail!("the benchmark {why}: run it as root");
@@ -162,6 +169,7 @@ fn main() -> ExitCode {
                 paths,
                 modes,
                 no_audit,
+                rate,
             })
         }),
     };
