@@ -27,8 +27,7 @@ use crate::{
     forward, httpproxy,
     identity::{Identity, Resolver},
     metrics::{BytesLabels, ConnLabels, Direction, Failure, FailureLabels, Metrics, TargetLabels},
-    mysqlproxy,
-    pgproxy::{self, SessionCtx},
+    mysqlproxy, pgproxy,
     policy::store::PolicyHandle,
     redirect::ConnTable,
     redisproxy,
@@ -400,46 +399,34 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
             .await
         }
         Protocol::Postgres => {
-            let ctx = SessionCtx {
-                audit: crate::session::audit_of(shared, meta),
-                identity: meta.identity.as_ref().map(Identity::name),
-                target: meta.target.clone(),
-                policy: shared.policy.clone(),
-                classifier: shared.classifier.clone(),
-                metrics: shared.metrics.clone(),
-                mask_key: shared.mask_key.clone(),
-                approvals: shared
-                    .approvals
-                    .clone()
-                    .map(|a| (a, meta.audit_base(&shared.node))),
-                inject: crate::pgauth::Injection::for_target(
-                    &shared.cfg,
-                    &meta.target,
-                    meta.orig_dst,
-                )
-                .map(|i| {
-                    i.with_token_auth(
-                        shared.identities.token_verifier(),
-                        meta.identity.clone(),
-                        shared
-                            .audit
-                            .clone()
-                            .map(|log| (log, meta.audit_base(&shared.node))),
-                        shared.metrics.clone(),
-                    )
-                }),
-                recorder: crate::recording::Recorder::for_connection(shared, meta),
-            };
+            let inject =
+                crate::pgauth::Injection::for_target(&shared.cfg, &meta.target, meta.orig_dst).map(
+                    |i| {
+                        i.with_token_auth(
+                            shared.identities.token_verifier(),
+                            meta.identity.clone(),
+                            shared
+                                .audit
+                                .clone()
+                                .map(|log| (log, meta.audit_base(&shared.node))),
+                            shared.metrics.clone(),
+                        )
+                    },
+                );
             // Boxed, as every handler: the connection's future would otherwise
             // be as large as the largest protocol's state, idle or not.
-            Box::pin(pgproxy::run(client, upstream, ctx))
-                .await
-                .map_err(|e| match e {
-                    pgproxy::SessionError::Io(e) => e,
-                    other => {
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string())
-                    }
-                })
+            Box::pin(pgproxy::run(
+                client,
+                upstream,
+                crate::session::SessionCtx::new(shared, meta),
+                inject,
+                shared.mask_key.clone(),
+            ))
+            .await
+            .map_err(|e| match e {
+                pgproxy::SessionError::Io(e) => e,
+                other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+            })
         }
         Protocol::Redis => Box::pin(redisproxy::run(
             client,

@@ -60,46 +60,25 @@ use tokio_util::either::Either;
 use tracing::{info, warn};
 
 use crate::{
-    approvals::Approvals,
-    audit::{self, AccessRecord, AuditLog},
-    bufpool,
+    audit, bufpool,
     forward::Transferred,
     masking::{
         MaskKey,
         wire::{self, Feed, ResultMasker, Verdict},
     },
-    metrics::{DecisionLabels, Metrics, TargetLabels},
+    metrics::{DecisionLabels, TargetLabels},
     pgauth::{self, Injection},
-    policy::{Action, Context, Decision, store::PolicyHandle},
+    policy::{Action, Context, Decision},
     protocol::postgres::{
         Direction, Framer, FrontendMessage, Progress, ProtocolError, StartupPacket, Target,
         build::{self, ErrorSpec, SQLSTATE_INSUFFICIENT_PRIVILEGE},
         looks_like_tls_client_hello,
     },
-    session::hold::{Held, Holder, client_gone},
-    sql::Classifier,
+    session::{
+        SessionCtx,
+        hold::{Held, client_gone},
+    },
 };
-
-/// Everything the session needs besides its two sockets.
-pub struct SessionCtx {
-    /// Where decisions are recorded, and the record every entry starts from
-    /// (node, identity, target, connection).
-    pub audit: Option<(AuditLog, audit::encode::AccessBase)>,
-    pub identity: Option<String>,
-    pub target: String,
-    /// Read on every decision, so a reload applies to open sessions.
-    pub policy: PolicyHandle,
-    pub classifier: Arc<Classifier>,
-    pub metrics: Arc<Metrics>,
-    /// Keys the `hash` masking strategy's pseudonyms.
-    pub mask_key: MaskKey,
-    /// Where held statements wait, and the record requests are made from.
-    pub approvals: Option<(Arc<Approvals>, AccessRecord)>,
-    /// The target's credential injection / upstream TLS, if configured.
-    pub inject: Option<Injection>,
-    /// Records what the client receives (after masking), if configured.
-    pub recorder: Option<crate::recording::Recorder>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -133,10 +112,14 @@ const DECISION_CACHE: usize = 1024;
 const EMPTY_QUERY: &[u8] = &[b'Q', 0, 0, 0, 5, 0];
 
 /// Runs the session until both directions are done.
+/// `inject` is the target's credential injection / upstream TLS, if
+/// configured; `mask_key` keys the `hash` masking strategy's pseudonyms.
 pub async fn run(
     mut client: TcpStream,
     mut upstream: TcpStream,
     ctx: SessionCtx,
+    inject: Option<Injection>,
+    mask_key: MaskKey,
 ) -> Result<Transferred, SessionError> {
     let mut cbuf = BytesMut::with_capacity(16 * 1024);
     let mut up = 0u64;
@@ -177,7 +160,7 @@ pub async fn run(
                 Box::pin(pgauth::forward_cancel(
                     upstream,
                     &cbuf[..packet_len],
-                    ctx.inject.as_ref(),
+                    inject.as_ref(),
                 ))
                 .await?;
                 return Ok(Transferred {
@@ -186,7 +169,7 @@ pub async fn run(
                 });
             }
             StartupPacket::Startup { version, params } => {
-                let Some(inj) = &ctx.inject else {
+                let Some(inj) = &inject else {
                     upstream.write_all(&cbuf[..packet_len]).await?;
                     up += packet_len as u64;
                     cbuf.advance(packet_len);
@@ -214,11 +197,11 @@ pub async fn run(
                 let (a, b) = match est.stream {
                     Either::Left(tcp) => {
                         let (ur, uw) = tcp.into_split();
-                        relay(client, ur, uw, cbuf, est.server_buf, &ctx).await
+                        relay(client, ur, uw, cbuf, est.server_buf, &ctx, mask_key).await
                     }
                     Either::Right(tls) => {
                         let (ur, uw) = tokio::io::split(tls);
-                        relay(client, ur, uw, cbuf, est.server_buf, &ctx).await
+                        relay(client, ur, uw, cbuf, est.server_buf, &ctx, mask_key).await
                     }
                 };
                 return Ok(Transferred {
@@ -231,7 +214,7 @@ pub async fn run(
 
     let (ur, uw) = upstream.into_split();
     let sbuf = BytesMut::with_capacity(64 * 1024);
-    let (a, b) = relay(client, ur, uw, cbuf, sbuf, &ctx).await;
+    let (a, b) = relay(client, ur, uw, cbuf, sbuf, &ctx, mask_key).await;
     Ok(Transferred {
         up: up + a?,
         down: b?,
@@ -247,13 +230,14 @@ async fn relay(
     cbuf: BytesMut,
     sbuf: BytesMut,
     ctx: &SessionCtx,
+    mask_key: MaskKey,
 ) -> (Result<u64, SessionError>, Result<u64, SessionError>) {
     let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
     let plan = ctx.policy.current().policy.masks_for(&Context {
         identity: ctx.identity.as_deref(),
         target: &ctx.target,
     });
-    let (feed, masker) = wire::session(plan, ctx.mask_key.clone()).unzip();
+    let (feed, masker) = wire::session(plan, mask_key).unzip();
     let (cr, cw) = client.into_split();
     let c2s = client_to_server(cr, uw, cbuf, pending.clone(), feed, ctx);
     let rec = ctx
@@ -352,17 +336,6 @@ impl<'c> Decider<'c> {
             timer,
             version: 0,
             stale_at: None,
-        }
-    }
-
-    /// What holding a statement for approval needs of this session.
-    fn holder(&self) -> Holder<'_> {
-        Holder {
-            approvals: self.ctx.approvals.as_ref(),
-            audit: self.ctx.audit.as_ref(),
-            metrics: &self.ctx.metrics,
-            identity: self.ctx.identity.as_deref(),
-            target: &self.ctx.target,
         }
     }
 
@@ -536,7 +509,7 @@ async fn client_to_server(
                                 out.clear();
                             }
                             let gone = client_gone(&mut cr, &mut held_input);
-                            let (d, held) = Box::pin(decider.holder().hold(
+                            let (d, held) = Box::pin(decider.ctx.holder().hold(
                                 sql,
                                 &v.decision,
                                 &v.operation,
@@ -668,7 +641,7 @@ async fn client_to_server(
                                             out.clear();
                                         }
                                         let gone = client_gone(&mut cr, &mut held_input);
-                                        let (d, held) = Box::pin(decider.holder().hold(
+                                        let (d, held) = Box::pin(decider.ctx.holder().hold(
                                             &p.sql,
                                             &v.decision,
                                             &v.operation,

@@ -33,7 +33,8 @@ pub struct SessionCtx {
     pub redact_headers: Vec<String>,
     /// Records what the client receives, if configured.
     pub recorder: Option<crate::recording::Recorder>,
-    /// Where held statements wait (MySQL), and the record requests are made from.
+    /// Where held statements wait (PostgreSQL, MySQL), and the record
+    /// requests are made from.
     pub approvals: Option<(Arc<crate::approvals::Approvals>, AccessRecord)>,
 }
 
