@@ -248,61 +248,22 @@ fn mysql_statements_are_decided_on_the_wire() {
 
     // The recorded text is what `policy learn` and `policy simulate` re-read,
     // with the MySQL grammar.
-    let policy = |args: &[&std::ffi::OsStr]| {
-        let out = Command::new(DAEMON)
-            .arg("policy")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let scratch = s.audit_dir.parent().unwrap().to_path_buf();
-    let learned = policy(&[
-        "learn".as_ref(),
-        "--audit".as_ref(),
-        s.audit_dir.as_os_str(),
-    ]);
+    let (learned, learned_file) = policy_learn(&s.audit_dir);
     assert!(
         learned.contains("- shop/orders-api")
             && learned.contains("- shop-db")
             && learned.contains("- orders"),
         "{learned}"
     );
-    let simulate = |file: &std::path::Path| -> serde_json::Value {
-        let out = policy(&[
-            "simulate".as_ref(),
-            "--json".as_ref(),
-            "--policy".as_ref(),
-            file.as_os_str(),
-            "--audit".as_ref(),
-            s.audit_dir.as_os_str(),
-        ]);
-        serde_json::from_str(&out).unwrap()
-    };
-    let learned_file = scratch.join("learned.yaml");
-    std::fs::write(&learned_file, &learned).unwrap();
-    let v = simulate(&learned_file);
+    let v = policy_simulate(&learned_file, &s.audit_dir);
     assert_eq!(
         (v["newly_denied"].as_u64(), v["newly_allowed"].as_u64()),
         (Some(0), Some(0)),
         "{v}\n{learned}"
     );
     // Without the orders-write rule, the recorded INSERT would be denied.
-    let candidate = scratch.join("candidate.yaml");
-    let text: String = POLICY
-        .lines()
-        .skip(1)
-        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
-        .collect::<String>()
-        .replace("  - id: orders-write\n    identities: [\"shop/*\"]\n    sql: { kinds: [write], tables: [\"orders\"] }\n    action: allow\n", "");
-    assert!(!text.contains("orders-write"), "{text}");
-    std::fs::write(&candidate, text).unwrap();
-    let v = simulate(&candidate);
+    let candidate = candidate_without(POLICY, ORDERS_WRITE, &s.audit_dir);
+    let v = policy_simulate(&candidate, &s.audit_dir);
     assert_eq!(v["newly_denied"].as_u64(), Some(1), "{v}");
     assert_eq!(
         v["changes"][0]["operation"], "query write on [orders]: INSERT INTO orders VALUES (?, ?)",

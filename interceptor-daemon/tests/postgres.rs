@@ -254,44 +254,13 @@ fn statements_are_decided_before_they_reach_the_server() {
         shown.contains("\"operation\":\"SELECT pg_read_file($1)\""),
         "{shown}"
     );
-    let policy_cmd = |args: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new(DAEMON)
-            .arg("policy")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let scratch_dir = s.audit_dir.parent().unwrap().to_path_buf();
     // learn: a policy that allows exactly what ran, and replays with no change.
-    let learned = policy_cmd(&[
-        "learn".as_ref(),
-        "--audit".as_ref(),
-        s.audit_dir.as_os_str(),
-    ]);
-    let learned_file = scratch_dir.join("learned.yaml");
-    std::fs::write(&learned_file, &learned).unwrap();
+    let (learned, learned_file) = policy_learn(&s.audit_dir);
     assert!(
         learned.contains("- shop/orders-api") && learned.contains("- orders"),
         "{learned}"
     );
-    let sim = |policy: &std::path::Path| -> serde_json::Value {
-        let out = policy_cmd(&[
-            "simulate".as_ref(),
-            "--json".as_ref(),
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            "--audit".as_ref(),
-            s.audit_dir.as_os_str(),
-        ]);
-        serde_json::from_str(&out).unwrap()
-    };
-    let v = sim(&learned_file);
+    let v = policy_simulate(&learned_file, &s.audit_dir);
     assert_eq!(
         (v["newly_denied"].as_u64(), v["newly_allowed"].as_u64()),
         (Some(0), Some(0)),
@@ -299,15 +268,8 @@ fn statements_are_decided_before_they_reach_the_server() {
     );
     assert!(v["statements"].as_u64().unwrap() >= 20, "{v}");
     // simulate: without the orders-write rule, the recorded INSERT would be denied.
-    let candidate = scratch_dir.join("candidate.yaml");
-    let text: String = POLICY
-        .lines()
-        .skip(1)
-        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
-        .collect::<String>()
-        .replace("  - id: orders-write\n    identities: [\"shop/*\"]\n    sql: { kinds: [write], tables: [\"orders\"] }\n    action: allow\n", "");
-    std::fs::write(&candidate, text).unwrap();
-    let v = sim(&candidate);
+    let candidate = candidate_without(POLICY, ORDERS_WRITE, &s.audit_dir);
+    let v = policy_simulate(&candidate, &s.audit_dir);
     assert_eq!(v["newly_denied"].as_u64(), Some(1), "{v}");
     assert_eq!(
         v["changes"][0]["operation"], "INSERT INTO orders VALUES ($1, $2)",

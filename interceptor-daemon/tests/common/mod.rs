@@ -61,6 +61,69 @@ fn assert_bpffs() {
     );
 }
 
+/// The `orders-write` rule of the PostgreSQL and MySQL tests' policies, as
+/// it appears in their daemon configurations.
+pub const ORDERS_WRITE: &str = "    - id: orders-write\n      identities: [\"shop/*\"]\n      sql: { kinds: [write], tables: [\"orders\"] }\n      action: allow\n";
+
+/// `interceptor policy ARGS...`'s standard output; the command must succeed.
+pub fn policy_cli(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(DAEMON)
+        .arg("policy")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `policy learn` over an audit log, written to `DIR/../learned.yaml`:
+/// the proposed policy's text and its file.
+pub fn policy_learn(audit: &Path) -> (String, PathBuf) {
+    let text = policy_cli(&["learn".as_ref(), "--audit".as_ref(), audit.as_os_str()]);
+    let file = audit.parent().unwrap().join("learned.yaml");
+    fs::write(&file, &text).unwrap();
+    (text, file)
+}
+
+/// `policy simulate --json` of a candidate policy file over an audit log.
+pub fn policy_simulate(policy: &Path, audit: &Path) -> Value {
+    let out = policy_cli(&[
+        "simulate".as_ref(),
+        "--json".as_ref(),
+        "--policy".as_ref(),
+        policy.as_os_str(),
+        "--audit".as_ref(),
+        audit.as_os_str(),
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A daemon configuration's `policy:` section (indented under it) as a
+/// policy file without the rule whose whole block is `rule`, written to
+/// `DIR/../candidate.yaml` beside the audit log `dir`.
+pub fn candidate_without(section: &str, rule: &str, dir: &Path) -> PathBuf {
+    let text = section
+        .lines()
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect::<String>();
+    let rule = rule
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect::<String>();
+    assert!(
+        text.contains(&rule),
+        "no such rule block:\n{rule}\nin:\n{text}"
+    );
+    let file = dir.parent().unwrap().join("candidate.yaml");
+    fs::write(&file, text.replace(&rule, "")).unwrap();
+    file
+}
+
 /// Scratch directory for one test's files (database clusters, logs, audit
 /// logs: a MariaDB data directory alone is over 100 MB). Removed when the
 /// test binary exits, unless a test of it failed: then they are kept for
