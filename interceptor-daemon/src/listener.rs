@@ -418,7 +418,7 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
             Box::pin(pgproxy::run(
                 client,
                 upstream,
-                crate::session::SessionCtx::new(shared, meta),
+                crate::session::SessionCtx::holding(shared, meta),
                 inject,
                 shared.mask_key.clone(),
             ))
@@ -441,7 +441,7 @@ async fn passthrough(mut client: TcpStream, meta: &ConnMeta, shared: &Shared) {
         Protocol::Mysql => Box::pin(mysqlproxy::run(
             client,
             upstream,
-            crate::session::SessionCtx::new(shared, meta),
+            crate::session::SessionCtx::holding(shared, meta),
             crate::mysqlauth::Injection::for_target(&shared.cfg, &meta.target, meta.orig_dst),
             shared.mask_key.clone(),
         ))

@@ -199,10 +199,20 @@ impl SessionCtx {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             recorder: crate::recording::Recorder::for_connection(shared, meta),
+            approvals: None,
+        }
+    }
+
+    /// The context of a session whose statements can be held for a human
+    /// (PostgreSQL, MySQL; a Redis command or HTTP request a rule would hold
+    /// is denied instead, so those sessions carry no request record).
+    pub fn holding(shared: &crate::listener::Shared, meta: &crate::listener::ConnMeta) -> Self {
+        SessionCtx {
             approvals: shared
                 .approvals
                 .clone()
                 .map(|a| (a, meta.audit_base(&shared.node))),
+            ..SessionCtx::new(shared, meta)
         }
     }
 }

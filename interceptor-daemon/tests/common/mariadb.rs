@@ -27,9 +27,15 @@ pub struct Mariadb {
 impl Mariadb {
     pub fn start(dir: &Path, o: &MariadbOpts<'_>) -> Mariadb {
         let data = dir.join("mysql-data");
+        // A temporary directory of its own: a starting server deletes every
+        // `#sql*` file in its tmpdir, which in a shared /tmp are the
+        // temporary tables of another test's mariadb-install-db, still running.
+        let tmp = dir.join("mysql-tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let out = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .expect("mariadb-install-db (apt-get install mariadb-server; cargo xtask setup does)");
         assert!(
@@ -42,6 +48,7 @@ impl Mariadb {
         let mut cmd = Command::new("mariadbd");
         cmd.args(["--no-defaults", "--user=root"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--pid-file={}", dir.join("mysql.pid").display()))
             .arg(format!("--log-error={}", dir.join("mysql.err").display()))
