@@ -248,6 +248,15 @@ fn decision(c: &mut Criterion) {
         g.bench_function(format!("normalize/{}", case.name), |b| {
             b.iter(|| sql::normalize(black_box(&case.sql)))
         });
+        // What a miss parses: the classification alone, and with the
+        // audit log's literal-free text from the same parse (what `Decider`
+        // does), against classify + normalize (two parses).
+        g.bench_function(format!("classify/{}", case.name), |b| {
+            b.iter(|| classifier.classify(black_box(&case.sql)))
+        });
+        g.bench_function(format!("classify_text/{}", case.name), |b| {
+            b.iter(|| classifier.classify_text(black_box(&case.sql)))
+        });
     }
     g.finish();
 }

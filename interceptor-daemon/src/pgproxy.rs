@@ -340,7 +340,8 @@ impl<'c> Decider<'c> {
     }
 
     /// The decision and the literal-free form of the statement(s)
-    /// ([`crate::sql::normalize`]), which is what the audit log records.
+    /// ([`crate::sql::normalize`], from the classification's own parse),
+    /// which is what the audit log records.
     fn decide(&mut self, sql: &str, via: &'static str) -> Arc<Ruling> {
         let started = std::time::Instant::now();
         let v = self.decide_uncounted(sql, via);
@@ -374,7 +375,7 @@ impl<'c> Decider<'c> {
         if let Some(v) = self.cache.get(&key) {
             return v.clone();
         }
-        let c = self.ctx.classifier.classify(sql);
+        let (c, operation) = self.ctx.classifier.classify_text(sql);
         let pctx = Context {
             identity: self.ctx.identity.as_deref(),
             target: &self.ctx.target,
@@ -391,7 +392,6 @@ impl<'c> Decider<'c> {
             .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
             .collect();
         let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
-        let operation = crate::sql::normalize(sql);
         // Literals never reach the log: the statement is normalised, not quoted.
         // Logged once per distinct statement; metrics and audit count every one.
         info!(

@@ -462,71 +462,98 @@ impl Classifier {
     /// `cross_check`, PostgreSQL's own parser must then agree
     /// ([`crosscheck`]), else the whole string is unparsable.
     pub fn classify(&self, sql: &str) -> Classification {
-        let ours = self.classify_ours(sql);
+        self.classify_inner(sql, false).0
+    }
+
+    /// [`classify`](Self::classify), with the text's literal-free form
+    /// ([`normalize`], what the audit log records) derived from the same
+    /// parse instead of a second one. A text the classifier does not read
+    /// as a whole is not quoted: it is `<unparsable statement>`.
+    pub fn classify_text(&self, sql: &str) -> (Classification, String) {
+        let (c, text) = self.classify_inner(sql, true);
+        (c, text.unwrap_or_else(normalize::opaque))
+    }
+
+    fn classify_inner(&self, sql: &str, with_text: bool) -> (Classification, Option<String>) {
+        let (ours, text) = match self.classify_ours(sql, with_text) {
+            Ok((statements, text)) => (Classification { statements }, text),
+            Err(why) => return (Classification::whole_unparsable(sql, why), None),
+        };
         // Nothing to compare when nothing was read (denied anyway).
         if !self.cross_check || ours.statements.iter().all(|s| s.kind == Kind::Unparsable) {
-            return ours;
+            return (ours, text);
         }
         match crosscheck::check(sql, &ours) {
-            Ok(()) => ours,
+            Ok(()) => (ours, text),
             // PostgreSQL rejects the whole text when one statement is bad;
             // ours already says which (and each statement keeps its own
             // decision in the audit log).
-            Err(crosscheck::Disagreement::Rejected(_)) if ours.any_unparsable() => ours,
-            Err(why) => Classification::whole_unparsable(sql, why.to_string()),
+            Err(crosscheck::Disagreement::Rejected(_)) if ours.any_unparsable() => (ours, text),
+            Err(why) => (Classification::whole_unparsable(sql, why.to_string()), None),
         }
     }
 
-    /// Our own reading: the boundary lexer and sqlparser.
-    fn classify_ours(&self, sql: &str) -> Classification {
-        let pieces = match lexer::split(sql, false) {
-            Ok(p) => p,
-            Err(e) => return Classification::whole_unparsable(sql, format!("lexer: {e:?}")),
-        };
+    /// Our own reading: the boundary lexer and sqlparser; with `with_text`,
+    /// the literal-free form of the statements read (joined by `; `). `Err`
+    /// says why the text as a whole is unparsable.
+    fn classify_ours(
+        &self,
+        sql: &str,
+        with_text: bool,
+    ) -> Result<(Vec<StatementInfo>, Option<String>), String> {
+        let pieces = lexer::split(sql, false).map_err(|e| format!("lexer: {e:?}"))?;
         if lexer::split(sql, true).ok().as_ref() != Some(&pieces) {
-            return Classification::whole_unparsable(
-                sql,
-                "reads differently with standard_conforming_strings off",
-            );
+            return Err("reads differently with standard_conforming_strings off".into());
         }
         let dialect = PostgreSqlDialect {};
         let mut statements = Vec::with_capacity(pieces.len());
+        let mut texts: Vec<String> = Vec::new();
         for piece in pieces {
             let text = sql.get(piece.range.clone()).unwrap_or_default();
             if piece.words.first().map(String::as_str) == Some("do") {
                 statements.push(walk::do_block(piece.range));
+                if with_text {
+                    texts.push(normalize::DO_BLOCK.to_string());
+                }
                 continue;
             }
             let tokens = match Tokenizer::new(&dialect, text).tokenize() {
                 Ok(t) => t,
                 Err(e) => {
                     statements.push(StatementInfo::unparsable(piece.range, e.to_string()));
+                    if with_text {
+                        texts.push(normalize::opaque());
+                    }
                     continue;
                 }
             };
             if sqlparser_words(&tokens) != piece.words {
-                return Classification::whole_unparsable(
-                    sql,
-                    "sqlparser and the PostgreSQL lexer read the text differently",
-                );
+                return Err("sqlparser and the PostgreSQL lexer read the text differently".into());
             }
             match Parser::parse_sql(&dialect, text) {
-                Err(e) => statements.push(StatementInfo::unparsable(piece.range, e.to_string())),
-                Ok(parsed) => match parsed.as_slice() {
-                    [stmt] => statements.push(walk::analyze(stmt, piece.range, &self.dangerous)),
+                Err(e) => {
+                    statements.push(StatementInfo::unparsable(piece.range, e.to_string()));
+                    if with_text {
+                        texts.push(normalize::opaque());
+                    }
+                }
+                Ok(mut parsed) => match parsed.as_mut_slice() {
+                    [stmt] => {
+                        statements.push(walk::analyze(stmt, piece.range, &self.dangerous));
+                        if with_text {
+                            texts.push(normalize::pg_text(stmt));
+                        }
+                    }
                     _ => {
-                        return Classification::whole_unparsable(
-                            sql,
-                            format!(
-                                "statement boundaries disagree ({} statements in one)",
-                                parsed.len()
-                            ),
-                        );
+                        return Err(format!(
+                            "statement boundaries disagree ({} statements in one)",
+                            parsed.len()
+                        ));
                     }
                 },
             }
         }
-        Classification { statements }
+        Ok((statements, with_text.then(|| texts.join("; "))))
     }
 }
 

@@ -57,7 +57,7 @@ impl Classifier {
                 Classification::whole_unparsable(sql, e.to_string()),
                 opaque(),
             ),
-            Ok(parsed) => match parsed.as_slice() {
+            Ok(mut parsed) => match parsed.as_mut_slice() {
                 [] => (Classification { statements: vec![] }, String::new()),
                 [stmt] => (
                     Classification {

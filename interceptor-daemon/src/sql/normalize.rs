@@ -20,6 +20,8 @@ use sqlparser::{
 use super::lexer;
 
 /// The literal-free form of a simple-query string (statements joined by `; `).
+/// The decision path gets it from its classification's own parse
+/// ([`super::Classifier::classify_text`]).
 pub fn normalize(sql: &str) -> String {
     let pieces = match lexer::split(sql, false) {
         Ok(p) => p,
@@ -29,11 +31,15 @@ pub fn normalize(sql: &str) -> String {
     for piece in pieces {
         let text = sql.get(piece.range.clone()).unwrap_or_default();
         if piece.words.first().map(String::as_str) == Some("do") {
-            // The body is a string literal: code, possibly with data in it.
-            out.push("DO $1".to_string());
+            out.push(DO_BLOCK.to_string());
             continue;
         }
-        out.push(normalize_one(text).unwrap_or_else(|| OPAQUE.to_string()));
+        out.push(
+            match Parser::parse_sql(&PostgreSqlDialect {}, text).as_deref_mut() {
+                Ok([stmt]) => pg_text(stmt),
+                _ => OPAQUE.to_string(),
+            },
+        );
     }
     out.join("; ")
 }
@@ -41,11 +47,12 @@ pub fn normalize(sql: &str) -> String {
 /// Not even its length: statements sharing a decision-cache key share this.
 const OPAQUE: &str = "<unparsable statement>";
 
-fn normalize_one(text: &str) -> Option<String> {
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).ok()?;
-    let [stmt] = stmts.as_mut_slice() else {
-        return None;
-    };
+/// A DO block: its body is a string literal, code possibly with data in it.
+pub(super) const DO_BLOCK: &str = "DO $1";
+
+/// The literal-free form of one parsed PostgreSQL statement, rewritten in
+/// place (the caller is done with it).
+pub(super) fn pg_text(stmt: &mut Statement) -> String {
     // Number after the statement's own `$n` parameters so they stay distinct.
     let mut next = 0u32;
     let _ = visit_expressions(stmt, |e| {
@@ -73,17 +80,16 @@ fn normalize_one(text: &str) -> Option<String> {
     // Constants outside expressions (COPY ... 'file', role passwords written as
     // options) are not visited; never let a quoted string through.
     if s.contains('\'') || s.contains("$$") {
-        return None;
+        return OPAQUE.to_string();
     }
-    Some(s)
+    s
 }
 
 /// The literal-free form of one MySQL statement (a MySQL session runs one
 /// per query), from the classifier's parse: every constant becomes `?`,
 /// MySQL's placeholder.
-pub(super) fn mysql_text(stmt: &Statement) -> String {
-    let mut stmt = stmt.clone();
-    let _ = visit_expressions_mut(&mut stmt, |e| {
+pub(super) fn mysql_text(stmt: &mut Statement) -> String {
+    let _ = visit_expressions_mut(stmt, |e| {
         if let Expr::Value(v) = e
             && !matches!(
                 v.value,
@@ -156,6 +162,26 @@ mod tests {
         ];
         for (sql, want) in cases {
             assert_eq!(normalize(sql), want, "{sql}");
+            // The decision path's text, from the classification's parse.
+            assert_eq!(classified(sql), want, "{sql}");
+        }
+    }
+
+    fn classified(sql: &str) -> String {
+        crate::sql::Classifier::default().classify_text(sql).1
+    }
+
+    #[test]
+    fn text_the_classifier_refuses_as_a_whole_is_not_quoted() {
+        for sql in [
+            // Reads differently with standard_conforming_strings off.
+            "SELECT 'a\\', 'hunter2'",
+            // The lexer and sqlparser disagree on a statement boundary.
+            "SELECT 'hunter2' /* unterminated",
+        ] {
+            let (c, text) = crate::sql::Classifier::default().classify_text(sql);
+            assert!(c.any_unparsable(), "{sql}");
+            assert_eq!(text, "<unparsable statement>", "{sql}");
         }
     }
 
@@ -169,8 +195,9 @@ mod tests {
             "SET application_name = 'hunter2'",
             "SELECT U&'hunter2'",
         ] {
-            let n = normalize(sql);
-            assert!(!n.contains("hunter2"), "{sql} -> {n}");
+            for n in [normalize(sql), classified(sql)] {
+                assert!(!n.contains("hunter2"), "{sql} -> {n}");
+            }
         }
     }
 
