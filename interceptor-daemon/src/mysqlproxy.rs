@@ -33,6 +33,7 @@
 //!   the next packet boundary of the server stream, which for a client that
 //!   waits for each answer (every known client) is exactly its place.
 
+mod readings;
 mod statements;
 
 use std::{io, sync::Arc, time::SystemTime};
@@ -65,6 +66,7 @@ use crate::{
         hold::{Held, client_gone},
     },
 };
+use readings::Readings;
 use statements::{MAX_STATEMENTS, Statement, Statements};
 
 #[derive(Debug, thiserror::Error)]
@@ -356,11 +358,11 @@ fn not_utf8(via: &str) -> Step {
 }
 
 /// A `COM_QUERY`.
-fn query(payload: &[u8], ctx: &SessionCtx) -> Step {
+fn query(payload: &[u8], ctx: &SessionCtx, readings: &mut Readings) -> Step {
     let Ok(sql) = std::str::from_utf8(payload) else {
         return not_utf8("query");
     };
-    let r = decide_text(sql, ctx);
+    let r = decide_text(sql, ctx, readings);
     let description = format!("query {}", r.description);
     if r.decision.action == Action::RequireApproval {
         return Step::Hold(Waiting {
@@ -375,11 +377,11 @@ fn query(payload: &[u8], ctx: &SessionCtx) -> Step {
 
 /// A `COM_STMT_PREPARE`: an allowed one runs nothing and is not recorded
 /// (each execute is the audited event); its statement is filed.
-fn prepare(payload: &[u8], ctx: &SessionCtx) -> Step {
+fn prepare(payload: &[u8], ctx: &SessionCtx, readings: &mut Readings) -> Step {
     let Ok(sql) = std::str::from_utf8(payload) else {
         return not_utf8("prepare");
     };
-    let s = decide_text(sql, ctx).into_statement(sql.into());
+    let s = decide_text(sql, ctx, readings).into_statement(sql.into());
     let description = format!("prepare {}", s.description);
     match s.decision.action {
         Action::Allow | Action::Mask => Step::Forward(Some(s)),
@@ -396,7 +398,12 @@ fn prepare(payload: &[u8], ctx: &SessionCtx) -> Step {
 /// A `COM_STMT_EXECUTE`. The prepare-time decision holds while the policy
 /// is the one it was made under; after a reload or a window boundary the
 /// text is decided again.
-fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> Step {
+fn execute(
+    payload: &[u8],
+    statements: &Statements,
+    ctx: &SessionCtx,
+    readings: &mut Readings,
+) -> Step {
     let id = statement_id(payload);
     let Some(mut s) = statements.get(id) else {
         return Step::Decided(
@@ -422,7 +429,7 @@ fn execute(payload: &[u8], statements: &Statements, ctx: &SessionCtx) -> Step {
             return Step::Decided(s.decision, format!("execute {}", s.description), None);
         }
     }
-    let fresh = decide_text(&s.sql, ctx).into_statement(s.sql);
+    let fresh = decide_text(&s.sql, ctx, readings).into_statement(s.sql);
     let description = format!("execute {}", fresh.description);
     let (sql, decision) = (fresh.sql.clone(), fresh.decision.clone());
     statements.update(id, fresh);
@@ -462,26 +469,18 @@ impl Ruled {
     }
 }
 
-fn decide_text(sql: &str, ctx: &SessionCtx) -> Ruled {
-    let (c, text) = ctx.classifier.classify_mysql_text(sql);
+/// Decides a text under the current policy (its reading may be remembered;
+/// the decision never is).
+fn decide_text(sql: &str, ctx: &SessionCtx, readings: &mut Readings) -> Ruled {
+    let r = readings.read(sql, &ctx.classifier);
     let policy = ctx.policy.current();
     let at = SystemTime::now();
     let d = policy
         .policy
-        .decide_statements_at(&ctx.policy_ctx(), &c.statements, at);
-    let kinds: Vec<String> = c
-        .statements
-        .iter()
-        .map(|s| format!("{:?}", s.kind).to_lowercase())
-        .collect();
-    let tables: Vec<String> = c
-        .statements
-        .iter()
-        .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
-        .collect();
+        .decide_statements_at(&ctx.policy_ctx(), &r.statements, at);
     Ruled {
         decision: d,
-        description: format!("{} on [{}]: {text}", kinds.join(","), tables.join(",")),
+        description: r.description.clone(),
         policy,
         at,
     }
@@ -502,6 +501,7 @@ async fn client_to_server(
     let mut continuing = false;
     let mut dropping = false;
     let mut held_input = BytesMut::new();
+    let mut readings = Readings::default();
     loop {
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
@@ -540,7 +540,7 @@ async fn client_to_server(
                     "query (oversized)".to_string(),
                     None,
                 ),
-                COM_QUERY => query(&p.payload[1..], ctx),
+                COM_QUERY => query(&p.payload[1..], ctx, &mut readings),
                 COM_STMT_PREPARE if expects.statements.open() >= MAX_STATEMENTS => Step::Decided(
                     protocol_denial(&format!(
                         "more than {MAX_STATEMENTS} prepared statements open in one session; close some"
@@ -548,8 +548,8 @@ async fn client_to_server(
                     "prepare (too many open)".to_string(),
                     None,
                 ),
-                COM_STMT_PREPARE => prepare(&p.payload[1..], ctx),
-                COM_STMT_EXECUTE => execute(p.payload, &expects.statements, ctx),
+                COM_STMT_PREPARE => prepare(&p.payload[1..], ctx, &mut readings),
+                COM_STMT_EXECUTE => execute(p.payload, &expects.statements, ctx, &mut readings),
                 COM_SET_OPTION if p.payload.get(1..3) == Some(&[0, 0]) => Step::Decided(
                     protocol_denial("multi-statements are not available through the interceptor"),
                     "set option multi-statements on".to_string(),
