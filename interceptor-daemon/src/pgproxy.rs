@@ -381,17 +381,7 @@ impl<'c> Decider<'c> {
             target: &self.ctx.target,
         };
         let d = policy.policy.decide_statements(&pctx, &c.statements);
-        let kinds: Vec<String> = c
-            .statements
-            .iter()
-            .map(|s| format!("{:?}", s.kind).to_lowercase())
-            .collect();
-        let tables: Vec<String> = c
-            .statements
-            .iter()
-            .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
-            .collect();
-        let description = format!("{via} {} on [{}]", kinds.join(","), tables.join(","));
+        let description = format!("{via} {}", c.summary());
         // Literals never reach the log: the statement is normalised, not quoted.
         // Logged once per distinct statement; metrics and audit count every one.
         info!(

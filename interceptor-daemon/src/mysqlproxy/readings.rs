@@ -48,18 +48,8 @@ impl Readings {
 
 fn reading(sql: &str, classifier: &Classifier) -> Reading {
     let (c, text) = classifier.classify_mysql_text(sql);
-    let kinds: Vec<String> = c
-        .statements
-        .iter()
-        .map(|s| format!("{:?}", s.kind).to_lowercase())
-        .collect();
-    let tables: Vec<String> = c
-        .statements
-        .iter()
-        .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
-        .collect();
     Reading {
-        description: format!("{} on [{}]: {text}", kinds.join(","), tables.join(",")),
+        description: format!("{}: {text}", c.summary()),
         statements: c.statements,
     }
 }

@@ -267,6 +267,22 @@ impl Classification {
         self.statements.iter().any(|s| s.kind == Kind::Unparsable)
     }
 
+    /// Kinds and tables, literal-free, for logs and audit records:
+    /// `write,read on [orders,customers]`.
+    pub fn summary(&self) -> String {
+        let kinds: Vec<String> = self
+            .statements
+            .iter()
+            .map(|s| format!("{:?}", s.kind).to_lowercase())
+            .collect();
+        let tables: Vec<String> = self
+            .statements
+            .iter()
+            .flat_map(|s| s.tables.iter().map(|t| t.table.parts.join(".")))
+            .collect();
+        format!("{} on [{}]", kinds.join(","), tables.join(","))
+    }
+
     fn whole_unparsable(sql: &str, error: impl Into<String>) -> Self {
         Self {
             statements: vec![StatementInfo::unparsable(0..sql.len(), error)],
