@@ -2,8 +2,9 @@
 //! hit path (`sql::fingerprint` and a `HashMap` lookup, as pgproxy's `Decider`
 //! does for a statement it has seen with other constants) against the miss path
 //! (`Classifier::classify` then `Policy::decide_statements`), under a policy of
-//! 20 rules; the policy's share of a miss alone; and `sql::normalize`, which a
-//! miss also pays for the audit log.
+//! 20 rules; the policy's share of a miss alone; and the classification alone
+//! against `Classifier::classify_text`, which also rewrites the statement
+//! literal-free for the audit log (what a miss pays).
 //! Figures and machine: bench/MICRO.md.
 
 use std::{collections::HashMap, hint::black_box};
@@ -244,9 +245,6 @@ fn decision(c: &mut Criterion) {
         let classified = classifier.classify(&case.sql);
         g.bench_function(format!("policy/{}", case.name), |b| {
             b.iter(|| policy.decide_statements(&ctx, black_box(&classified.statements)))
-        });
-        g.bench_function(format!("normalize/{}", case.name), |b| {
-            b.iter(|| sql::normalize(black_box(&case.sql)))
         });
         // What a miss parses: the classification alone, and with the
         // audit log's literal-free text from the same parse (what `Decider`

@@ -1,4 +1,4 @@
-//! What a protocol session handler (Redis, HTTP, MySQL) needs besides its
+//! What a protocol session handler (PostgreSQL, MySQL, Redis, HTTP) needs besides its
 //! sockets, and how it records a decision: the per-target decision counter
 //! and the signed audit log, a denial durable before the client hears of it.
 

@@ -46,7 +46,7 @@ impl Classifier {
     }
 
     /// Classifies one MySQL query string, with its literal-free text for the
-    /// audit log and recordings ([`super::normalize_mysql`]) from the same
+    /// audit log and recordings ([`super::normalize()`], with `?`) from the same
     /// parse. Text the classifier will not read is not quoted either.
     pub fn classify_mysql_text(&self, sql: &str) -> (Classification, String) {
         if let Some(why) = differential(sql) {

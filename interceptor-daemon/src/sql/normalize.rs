@@ -2,46 +2,24 @@
 //! `policy simulate` see instead of the statement itself.
 //!
 //! Every constant becomes a numbered placeholder (`$n`, numbered after any
-//! placeholders the statement already had), comments go, keywords and spacing
-//! take sqlparser's canonical form — the same idea as pg_stat_statements'
-//! query jumbling. `NULL`, `TRUE` and `FALSE` stay: they carry no data. The
-//! result parses again with the PostgreSQL dialect, so a recorded operation can
-//! be re-classified and re-decided later. A statement that does not parse is
-//! never quoted: it is described by its size only.
+//! placeholders the statement already had; MySQL's `?`), comments go,
+//! keywords and spacing take sqlparser's canonical form — the same idea as
+//! pg_stat_statements' query jumbling. `NULL`, `TRUE` and `FALSE` stay: they
+//! carry no data. The result parses again with the statement's dialect, so a
+//! recorded operation can be re-classified and re-decided later. The text is
+//! rewritten from the classifier's own parse
+//! ([`super::Classifier::classify_text`], [`super::Classifier::classify_mysql_text`]);
+//! a statement the classifier does not read is never quoted: it is
+//! `<unparsable statement>`.
 
 use std::ops::ControlFlow;
 
-use sqlparser::{
-    ast::{Expr, Statement, Value, visit_expressions, visit_expressions_mut},
-    dialect::PostgreSqlDialect,
-    parser::Parser,
-};
+use sqlparser::ast::{Expr, Statement, Value, visit_expressions, visit_expressions_mut};
 
-use super::lexer;
-
-/// The literal-free form of a simple-query string (statements joined by `; `).
-/// The decision path gets it from its classification's own parse
-/// ([`super::Classifier::classify_text`]).
+/// The literal-free form of a simple-query string (statements joined by
+/// `; `), as the decision path records it.
 pub fn normalize(sql: &str) -> String {
-    let pieces = match lexer::split(sql, false) {
-        Ok(p) => p,
-        Err(_) => return OPAQUE.to_string(),
-    };
-    let mut out = Vec::with_capacity(pieces.len());
-    for piece in pieces {
-        let text = sql.get(piece.range.clone()).unwrap_or_default();
-        if piece.words.first().map(String::as_str) == Some("do") {
-            out.push(DO_BLOCK.to_string());
-            continue;
-        }
-        out.push(
-            match Parser::parse_sql(&PostgreSqlDialect {}, text).as_deref_mut() {
-                Ok([stmt]) => pg_text(stmt),
-                _ => OPAQUE.to_string(),
-            },
-        );
-    }
-    out.join("; ")
+    super::DEFAULT.classify_text(sql).1
 }
 
 /// Not even its length: statements sharing a decision-cache key share this.
@@ -50,20 +28,9 @@ const OPAQUE: &str = "<unparsable statement>";
 /// A DO block: its body is a string literal, code possibly with data in it.
 pub(super) const DO_BLOCK: &str = "DO $1";
 
-/// The literal-free form of one parsed PostgreSQL statement, rewritten in
-/// place (the caller is done with it).
-pub(super) fn pg_text(stmt: &mut Statement) -> String {
-    // Number after the statement's own `$n` parameters so they stay distinct.
-    let mut next = 0u32;
-    let _ = visit_expressions(stmt, |e| {
-        if let Expr::Value(v) = e
-            && let Value::Placeholder(p) = &v.value
-            && let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<u32>().ok())
-        {
-            next = next.max(n);
-        }
-        ControlFlow::<()>::Continue(())
-    });
+/// Every constant of `stmt` (but `NULL`, `TRUE`, `FALSE` and placeholders)
+/// becomes the placeholder `next` gives, and the statement is printed.
+fn without_constants(stmt: &mut Statement, mut next: impl FnMut() -> String) -> String {
     let _ = visit_expressions_mut(stmt, |e| {
         if let Expr::Value(v) = e
             && !matches!(
@@ -71,12 +38,31 @@ pub(super) fn pg_text(stmt: &mut Statement) -> String {
                 Value::Null | Value::Boolean(_) | Value::Placeholder(_)
             )
         {
-            next += 1;
-            v.value = Value::Placeholder(format!("${next}"));
+            v.value = Value::Placeholder(next());
         }
         ControlFlow::<()>::Continue(())
     });
-    let s = stmt.to_string();
+    stmt.to_string()
+}
+
+/// The literal-free form of one parsed PostgreSQL statement, rewritten in
+/// place (the caller is done with it).
+pub(super) fn pg_text(stmt: &mut Statement) -> String {
+    // Number after the statement's own `$n` parameters so they stay distinct.
+    let mut n = 0u32;
+    let _ = visit_expressions(stmt, |e| {
+        if let Expr::Value(v) = e
+            && let Value::Placeholder(p) = &v.value
+            && let Some(k) = p.strip_prefix('$').and_then(|k| k.parse::<u32>().ok())
+        {
+            n = n.max(k);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    let s = without_constants(stmt, || {
+        n += 1;
+        format!("${n}")
+    });
     // Constants outside expressions (COPY ... 'file', role passwords written as
     // options) are not visited; never let a quoted string through.
     if s.contains('\'') || s.contains("$$") {
@@ -86,21 +72,10 @@ pub(super) fn pg_text(stmt: &mut Statement) -> String {
 }
 
 /// The literal-free form of one MySQL statement (a MySQL session runs one
-/// per query), from the classifier's parse: every constant becomes `?`,
-/// MySQL's placeholder.
+/// per query), rewritten in place: every constant becomes `?`, MySQL's
+/// placeholder.
 pub(super) fn mysql_text(stmt: &mut Statement) -> String {
-    let _ = visit_expressions_mut(stmt, |e| {
-        if let Expr::Value(v) = e
-            && !matches!(
-                v.value,
-                Value::Null | Value::Boolean(_) | Value::Placeholder(_)
-            )
-        {
-            v.value = Value::Placeholder("?".into());
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    let s = stmt.to_string();
+    let s = without_constants(stmt, || "?".into());
     // Strings outside expressions are not visited; MySQL quotes strings
     // with either quote by default.
     if s.contains('\'') || s.contains('"') {
