@@ -324,52 +324,31 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     }
     let bin = release_bins()?;
     let dir = workspace_root().join("bench");
-    status(
-        Command::new(bin.join("interceptor-lab"))
-            .arg("bench")
-            .arg("--bin-dir")
-            .arg(&bin)
-            .arg("--out")
-            .arg(dir.join("RESULTS.md"))
-            .args(args),
-    )?;
+    // One `interceptor-lab bench` run: its own options, the client counts
+    // it uses unless the caller gave some, the report file; then the
+    // caller's arguments.
+    let lab_bench = |own: &[&str], clients: Option<&str>, report: &str| {
+        let clients = clients.filter(|_| !args.iter().any(|a| a.starts_with("--clients")));
+        status(
+            Command::new(bin.join("interceptor-lab"))
+                .arg("bench")
+                .arg("--bin-dir")
+                .arg(&bin)
+                .args(own)
+                .args(clients.map(|c| ["--clients", c]).into_iter().flatten())
+                .arg("--out")
+                .arg(dir.join(report))
+                .args(args),
+        )
+    };
+    lab_bench(&[], None, "RESULTS.md")?;
     // The same with the proxies on a CPU of their own, as when the database
     // runs elsewhere: what the proxy adds when it does not compete with it.
-    status(
-        Command::new(bin.join("interceptor-lab"))
-            .arg("bench")
-            .arg("--bin-dir")
-            .arg(&bin)
-            .arg("--split-cpus")
-            .args(
-                (!args.iter().any(|a| a.starts_with("--clients")))
-                    .then_some(["--clients", "16,64"])
-                    .into_iter()
-                    .flatten(),
-            )
-            .arg("--out")
-            .arg(dir.join("RESULTS-SPLIT.md"))
-            .args(args),
-    )?;
+    lab_bench(&["--split-cpus"], Some("16,64"), "RESULTS-SPLIT.md")?;
     // CPU per transaction at equal load: every path held at one rate (below
     // what any of them reaches here), so the proxies do the same work and
     // only its cost differs.
-    status(
-        Command::new(bin.join("interceptor-lab"))
-            .arg("bench")
-            .arg("--bin-dir")
-            .arg(&bin)
-            .args(["--rate", "10000"])
-            .args(
-                (!args.iter().any(|a| a.starts_with("--clients")))
-                    .then_some(["--clients", "16"])
-                    .into_iter()
-                    .flatten(),
-            )
-            .arg("--out")
-            .arg(dir.join("RESULTS-CPU.md"))
-            .args(args),
-    )?;
+    lab_bench(&["--rate", "10000"], Some("16"), "RESULTS-CPU.md")?;
     // Memory per idle connection, same proxies, 10k connections (or as many
     // as the descriptor limit allows).
     status(
