@@ -106,15 +106,14 @@ pub fn policy_simulate(policy: &Path, audit: &Path) -> Value {
 /// policy file without the rule whose whole block is `rule`, written to
 /// `DIR/../candidate.yaml` beside the audit log `dir`.
 pub fn candidate_without(section: &str, rule: &str, dir: &Path) -> PathBuf {
-    let text = section
-        .lines()
-        .skip(1)
-        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
-        .collect::<String>();
-    let rule = rule
-        .lines()
-        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
-        .collect::<String>();
+    // One level (two spaces) less indentation: out from under `policy:`.
+    fn outdent<'a>(lines: impl Iterator<Item = &'a str>) -> String {
+        lines
+            .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+            .collect()
+    }
+    let text = outdent(section.lines().skip(1));
+    let rule = outdent(rule.lines());
     assert!(
         text.contains(&rule),
         "no such rule block:\n{rule}\nin:\n{text}"
