@@ -68,7 +68,10 @@ async fn one_way(
     use tokio::io::AsyncWriteExt;
     let mut total = 0u64;
     loop {
-        from.readable().await?;
+        // The reader waker, not `readable()`'s locked waiter queue: only
+        // this half reads from the socket.
+        let stream: &tokio::net::TcpStream = from.as_ref();
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
         let mut buf = bufpool::vec(size);
         let n = match from.try_read_buf(&mut buf) {
             Ok(n) => n,

@@ -279,6 +279,8 @@ struct Decider<'c> {
     version: u64,
     /// When a rule's time window opens or closes next: the cache empties then.
     stale_at: Option<SystemTime>,
+    /// The fingerprint of the statement being decided (reused buffer).
+    key: String,
 }
 
 /// A statement's decision with what every repetition of it needs: the
@@ -336,6 +338,7 @@ impl<'c> Decider<'c> {
             timer,
             version: 0,
             stale_at: None,
+            key: String::new(),
         }
     }
 
@@ -370,9 +373,14 @@ impl<'c> Decider<'c> {
             self.stale_at = policy.policy.next_boundary(now);
         }
         // Keyed by fingerprint: the same statement with other constants
-        // (pgbench's `WHERE aid = 123`) costs no parse.
-        let key = crate::sql::fingerprint(sql).unwrap_or_else(|| sql.to_string());
-        if let Some(v) = self.cache.get(&key) {
+        // (pgbench's `WHERE aid = 123`) costs no parse. Built in a buffer
+        // kept across statements: a hit allocates nothing.
+        let key: &str = if crate::sql::fingerprint_into(sql, &mut self.key) {
+            &self.key
+        } else {
+            sql
+        };
+        if let Some(v) = self.cache.get(key) {
             return v.clone();
         }
         let (c, operation) = self.ctx.classifier.classify_text(sql);
@@ -401,7 +409,7 @@ impl<'c> Decider<'c> {
             decision: d,
             operation,
         });
-        self.cache.insert(key, v.clone());
+        self.cache.insert(key.to_string(), v.clone());
         v
     }
 
@@ -716,7 +724,12 @@ trait WaitReadable {
 
 impl WaitReadable for OwnedReadHalf {
     fn readable_unbuffered(&self) -> Option<impl Future<Output = io::Result<()>> + Send + '_> {
-        Some(self.readable())
+        // The socket's single reader waker (the one reads use) rather than
+        // `readable()`, which queues a waiter behind a lock on every wait.
+        // Only this half reads from the socket, so nothing else competes
+        // for that waker.
+        let stream: &TcpStream = self.as_ref();
+        Some(std::future::poll_fn(move |cx| stream.poll_read_ready(cx)))
     }
 }
 

@@ -99,9 +99,10 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(capacity);
         let (sync_tx, sync_rx) = std::sync::mpsc::channel();
         let failed = writer.sync_failed.clone();
+        let dir = writer.cfg.dir.clone();
         std::thread::Builder::new()
             .name("audit-fsync".into())
-            .spawn(move || syncer(sync_rx, &failed))
+            .spawn(move || syncer(sync_rx, &failed, &dir))
             .map_err(|e| AuditError::WriterFailed(format!("cannot start the fsync thread: {e}")))?;
         let urgent = Arc::new(Notify::new());
         tokio::spawn(run(Box::new(writer), rx, urgent.clone(), sync_tx));
@@ -290,7 +291,9 @@ async fn run(
 
 /// A written batch waiting for its fsync, and the replies to send after it.
 struct SyncJob {
-    file: Option<(Arc<File>, PathBuf)>,
+    /// The segment written to and its sequence number (its path is only
+    /// needed to report a failed fsync).
+    file: Option<(Arc<File>, u64)>,
     replies: Replies,
     observer: Option<super::Observer>,
 }
@@ -300,7 +303,7 @@ struct SyncJob {
 /// and acknowledges them. A failed fsync fails its batches and every later one:
 /// after an fsync error the kernel may have dropped the data, and a later fsync
 /// can succeed without writing it.
-fn syncer(rx: std::sync::mpsc::Receiver<SyncJob>, failed: &OnceLock<String>) {
+fn syncer(rx: std::sync::mpsc::Receiver<SyncJob>, failed: &OnceLock<String>, dir: &Path) {
     while let Ok(job) = rx.recv() {
         let observer = job.observer.clone();
         let mut jobs = vec![job];
@@ -309,11 +312,12 @@ fn syncer(rx: std::sync::mpsc::Receiver<SyncJob>, failed: &OnceLock<String>) {
         }
         let mut synced: Vec<*const File> = Vec::new();
         for j in &jobs {
-            if let Some((f, path)) = &j.file
+            if let Some((f, seq)) = &j.file
                 && failed.get().is_none()
                 && !synced.contains(&Arc::as_ptr(f))
             {
                 if let Err(e) = f.sync_data() {
+                    let path = dir.join(segment_name(*seq));
                     let msg = format!("{}: fsync: {e}", path.display());
                     tracing::error!(error = %msg, "audit log fsync failed; the log stops accepting records");
                     let _ = failed.set(msg);
@@ -350,13 +354,19 @@ impl Replies {
     /// Send every reply (failed ones when the fsync failed).
     fn send(self, failed: Option<&String>, observer: Option<&super::Observer>) {
         let fail = || AuditError::WriterFailed(failed.cloned().unwrap_or_default());
+        // Every record of the batch became durable at this same moment.
+        let now = Instant::now();
         for r in self.0 {
             // A caller that stopped waiting is no error of the log.
             match r {
                 Reply::Append(tx, v, queued) => {
                     let v = if failed.is_some() { Err(fail()) } else { v };
                     if let Some(o) = observer {
-                        (o.0)(v.as_ref().map(|_| queued.elapsed()).map_err(|_| ()));
+                        (o.0)(
+                            v.as_ref()
+                                .map(|_| now.saturating_duration_since(queued))
+                                .map_err(|_| ()),
+                        );
                     }
                     if let Some(tx) = tx {
                         drop(tx.send(v));
@@ -456,8 +466,8 @@ impl Writer {
                 }
             }
         }
-        let file = std::mem::take(&mut self.unsynced)
-            .then(|| (self.seg.file.clone(), self.segment_path(self.seg.seq)));
+        let file =
+            std::mem::take(&mut self.unsynced).then(|| (self.seg.file.clone(), self.seg.seq));
         SyncJob {
             file,
             replies: Replies(replies),

@@ -124,8 +124,20 @@ pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, Lex
 /// two texts with one fingerprint classify alike. `None` when the text does
 /// not lex (the caller then keys by the text itself).
 pub(crate) fn fingerprint(sql: &str) -> Option<String> {
-    let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
+    fingerprint_into(sql, &mut out).then_some(out)
+}
+
+/// [`fingerprint`] into `out` (cleared first), so that a caller deciding
+/// statement after statement reuses one buffer; `false` when the text does
+/// not lex (`out` then holds nothing meaningful).
+pub(crate) fn fingerprint_into(sql: &str, out: &mut String) -> bool {
+    out.clear();
+    fingerprint_to(sql, out).is_some()
+}
+
+fn fingerprint_to(sql: &str, out: &mut String) -> Option<()> {
+    let b = sql.as_bytes();
     let mut i = 0;
     let push_raw = |out: &mut String, from: usize, to: usize| {
         out.push_str(sql.get(from..to).unwrap_or_default());
@@ -160,12 +172,12 @@ pub(crate) fn fingerprint(sql: &str) -> Option<String> {
         i = match c {
             b'\'' => {
                 let end = string_end(b, i + 1, false).ok()?;
-                literal(&mut out, "", i, end);
+                literal(out, "", i, end);
                 end
             }
             b'"' => {
                 let (end, _) = quoted_ident(b, i + 1).ok()?;
-                push_raw(&mut out, i, end);
+                push_raw(out, i, end);
                 end
             }
             b'$' => {
@@ -173,7 +185,7 @@ pub(crate) fn fingerprint(sql: &str) -> Option<String> {
                     Some(tag_end) => dollar_end(b, i, tag_end).ok()?,
                     None => skip_while(b, i + 1, |c| c.is_ascii_digit()),
                 };
-                push_raw(&mut out, i, end);
+                push_raw(out, i, end);
                 end
             }
             c if is_ident_start(c) => {
@@ -182,20 +194,25 @@ pub(crate) fn fingerprint(sql: &str) -> Option<String> {
                 match (word, b.get(end).copied()) {
                     ([p @ (b'e' | b'E')], Some(b'\'')) => {
                         let close = string_end(b, end + 1, true).ok()?;
-                        literal(&mut out, if *p == b'e' { "e" } else { "E" }, i, close);
+                        literal(out, if *p == b'e' { "e" } else { "E" }, i, close);
                         close
                     }
                     ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
                         let close = string_end(b, end + 1, false).ok()?;
-                        push_raw(&mut out, i, end);
-                        literal(&mut out, "", end, close);
+                        push_raw(out, i, end);
+                        literal(out, "", end, close);
                         close
                     }
                     ([b'u' | b'U'], Some(b'&')) => return None,
                     _ => {
                         // Words end at an ASCII byte: `i..end` is whole characters.
                         let word = sql.get(i..end)?;
-                        out.extend(word.chars().map(|c| c.to_ascii_lowercase()));
+                        let from = out.len();
+                        out.push_str(word);
+                        // In place: far cheaper than pushing char by char.
+                        if let Some(pushed) = out.get_mut(from..) {
+                            pushed.make_ascii_lowercase();
+                        }
                         end
                     }
                 }
@@ -212,19 +229,19 @@ pub(crate) fn fingerprint(sql: &str) -> Option<String> {
                 {
                     out.push('?');
                 } else {
-                    push_raw(&mut out, i, end);
+                    push_raw(out, i, end);
                 }
                 end
             }
             _ => {
                 // One whole UTF-8 character (operators and punctuation are ASCII).
                 let len = sql.get(i..)?.chars().next()?.len_utf8();
-                push_raw(&mut out, i, i + len);
+                push_raw(out, i, i + len);
                 i + len
             }
         };
     }
-    Some(out)
+    Some(())
 }
 
 fn is_ident_start(c: u8) -> bool {
@@ -404,6 +421,20 @@ mod tests {
         assert_eq!(f("select x'1f'"), "select x?");
         assert!(fingerprint("select 'x").is_none());
         assert!(fingerprint("select U&'x'").is_none());
+    }
+
+    #[test]
+    fn a_reused_fingerprint_buffer_holds_only_the_last_text() {
+        let mut buf = String::new();
+        assert!(fingerprint_into("SELECT Ünïcode_Col FROM T WHERE id = 7", &mut buf));
+        // ASCII letters fold; others are kept as written (PostgreSQL folds
+        // only ASCII in unquoted identifiers).
+        assert_eq!(buf, "select Ünïcode_col from t where id = ?");
+        assert!(fingerprint_into("select 1", &mut buf));
+        assert_eq!(buf, "select ?");
+        assert!(!fingerprint_into("select 'x", &mut buf));
+        assert!(fingerprint_into("DELETE FROM t", &mut buf));
+        assert_eq!(buf, "delete from t");
     }
 
     #[test]

@@ -449,6 +449,13 @@ pub fn fingerprint(sql: &str) -> Option<String> {
     lexer::fingerprint(sql)
 }
 
+/// [`fingerprint`] into a buffer the caller reuses (cleared first): no
+/// allocation per statement once it is large enough; `false` if the text
+/// does not lex.
+pub fn fingerprint_into(sql: &str, out: &mut String) -> bool {
+    lexer::fingerprint_into(sql, out)
+}
+
 pub fn classify(sql: &str) -> Classification {
     DEFAULT.classify(sql)
 }
