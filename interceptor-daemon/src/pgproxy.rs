@@ -56,8 +56,8 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{TcpStream, tcp::OwnedReadHalf},
 };
-use tokio_util::either::Either;
-use tracing::{info, warn};
+use tokio_util::{either::Either, task::AbortOnDropHandle};
+use tracing::{Instrument as _, info, warn};
 
 use crate::{
     audit, bufpool,
@@ -225,7 +225,7 @@ pub async fn run(
 /// already read from the client/server.
 async fn relay(
     client: TcpStream,
-    ur: impl AsyncRead + Unpin + WaitReadable,
+    ur: impl AsyncRead + Unpin + WaitReadable + Send + 'static,
     uw: impl AsyncWrite + Unpin,
     cbuf: BytesMut,
     sbuf: BytesMut,
@@ -244,8 +244,21 @@ async fn relay(
         .recorder
         .clone()
         .map(crate::recording::pg::PgRecorder::new);
-    let s2c = server_to_client(ur, cw, pending, masker, sbuf, rec);
-    tokio::join!(c2s, s2c)
+    // The server's direction is a task of its own, so that a wake-up polls
+    // only the direction whose socket is ready (`join!` polls both on every
+    // wake-up: two idle polls per transaction). Aborted if the session is
+    // dropped (daemon shutdown).
+    let mut s2c = AbortOnDropHandle::new(tokio::spawn(
+        server_to_client(ur, cw, pending, masker, sbuf, rec).in_current_span(),
+    ));
+    let up = c2s.await;
+    let down = match (&mut s2c).await {
+        Ok(r) => r,
+        Err(e) => Err(SessionError::Io(io::Error::other(format!(
+            "server-to-client relay: {e}"
+        )))),
+    };
+    (up, down)
 }
 
 fn error_bytes(d: &Decision, ctx: &SessionCtx) -> Vec<u8> {

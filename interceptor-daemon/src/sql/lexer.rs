@@ -426,7 +426,10 @@ mod tests {
     #[test]
     fn a_reused_fingerprint_buffer_holds_only_the_last_text() {
         let mut buf = String::new();
-        assert!(fingerprint_into("SELECT Ünïcode_Col FROM T WHERE id = 7", &mut buf));
+        assert!(fingerprint_into(
+            "SELECT Ünïcode_Col FROM T WHERE id = 7",
+            &mut buf
+        ));
         // ASCII letters fold; others are kept as written (PostgreSQL folds
         // only ASCII in unquoted identifiers).
         assert_eq!(buf, "select Ünïcode_col from t where id = ?");
