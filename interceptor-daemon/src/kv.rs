@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 /// How long a lock held by a closing database is waited for.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
-/// Opens `config`, waiting up to [`LOCK_WAIT`] while its lock is still held.
+/// Opens `config`, waiting up to `LOCK_WAIT` while its lock is still held.
 pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {

@@ -21,7 +21,7 @@
 //! * A prepared statement is decided at prepare time, and each
 //!   `COM_STMT_EXECUTE` of it is one audited decision: the prepare-time one
 //!   while the policy is unchanged, a new one after a reload
-//!   ([`statements`]); an allowed prepare runs nothing and leaves no record.
+//!   (`statements`); an allowed prepare runs nothing and leaves no record.
 //!   `COM_STMT_FETCH` (more rows of an execute's cursor) continues that
 //!   execution. `COM_INIT_DB` (`USE db`) passes; tables are matched as
 //!   written in the statement.

@@ -1,8 +1,8 @@
 //! Redis session handling: decides every client command before it reaches the
-//! server and answers a denied one with `-ERR interceptor: command denied by
-//! rule `<id>`: <reason>` in its place, keeping pipelines in order.
+//! server and answers a denied one with ``-ERR interceptor: command denied by
+//! rule `<id>`: <reason>`` in its place, keeping pipelines in order.
 //!
-//! Order: the client half sends one [`Entry`] per command to the server half
+//! Order: the client half sends one `Entry` per command to the server half
 //! (before the command is written upstream, so an entry is always there before
 //! its reply). The server half scans replies (never buffering them whole) and
 //! walks the FIFO: a forwarded command consumes one reply, a denied one is

@@ -54,7 +54,7 @@ enum Cmd {
     /// needed): the release binary and the libraries it links, checked by
     /// running it inside the unpacked image (as root). Part of `test`.
     Image {
-        /// Where to write it (default: <target>/image/interceptor-<tag>.oci.tar).
+        /// Where to write it (default: `<target>/image/interceptor-<tag>.oci.tar`).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Image name for `docker load` / containerd.
@@ -250,7 +250,26 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // results are independent.
     let chart = chart_test();
     let image = image_build(None, "interceptor", env!("CARGO_PKG_VERSION"));
-    tests.and(chart).and(image)
+    let docs = docs_check();
+    tests.and(chart).and(image).and(docs)
+}
+
+/// The API documentation builds without a warning (broken or private links,
+/// stray HTML): a link that no longer resolves is a doc that went stale.
+fn docs_check() -> anyhow::Result<()> {
+    status(
+        cargo()
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--no-deps", "-q"])
+            .args([
+                "-p",
+                "interceptor-daemon",
+                "-p",
+                "interceptor-common",
+                "-p",
+                "xtask",
+            ]),
+    )
 }
 
 /// Builds and checks the image archive (at `out`, or in the target directory).

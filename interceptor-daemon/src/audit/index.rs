@@ -13,13 +13,13 @@
 //! replaced or with another hash there, a different index version) means a rebuild.
 //!
 //! Layout (trees; integers big endian so keys sort numerically):
-//! - `records`: id -> seq u64 | hash [32] | record body, where id = segment | offset
+//! - `records`: id -> seq u64 | hash \[32\] | record body, where id = segment | offset
 //! - `by_time`: time | id
 //! - `by_identity`: str(namespace) | str(service account) | time | id
 //! - `by_target`: str(target) | time | id
 //! - `by_session`: str(session) | time | id
 //! - `responses`: str(session) | time | id -> record body (recorded responses)
-//! - `meta`: `state` -> JSON [`State`]
+//! - `meta`: `state` -> JSON `State`
 //!
 //! where str(s) = len u16 | bytes, so that a prefix never matches a longer name.
 

@@ -6,7 +6,7 @@
 //!
 //! - *Nothing was altered or inserted*: every record carries the SHA-256 of the
 //!   record before it, across segment boundaries (segment headers are links of the
-//!   chain too), so any change breaks the chain at that point ([`format`]).
+//!   chain too), so any change breaks the chain at that point ([`mod@format`]).
 //! - *The records come from this node*: every N records or T seconds, and whenever
 //!   the log itself has something to say (segment sealed, recovery, retention, key
 //!   rotation), a checkpoint signed with the node's Ed25519 key commits to the chain

@@ -152,7 +152,7 @@ pub struct KernelStats {
     map: PerCpuArray<MapData, u64>,
 }
 
-/// What [`Redirector::attach`] hands to the rest of the daemon.
+/// What [`Loaded::attach`] hands to the rest of the daemon.
 pub struct Handles {
     pub conns: ConnTable,
     pub cgroups: CgroupMap,

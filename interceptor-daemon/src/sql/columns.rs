@@ -1,8 +1,8 @@
 //! Columns a statement references, resolved to the tables they belong to.
 //!
-//! The walker ([`super::walk`]) collects raw references while it visits the
-//! statement ([`Raw`]) together with the statement's table aliases and CTE
-//! names; [`resolve`] then turns them into [`ColumnRef`]s once every table of
+//! The walker (`super::walk`) collects raw references while it visits the
+//! statement (`Raw`) together with the statement's table aliases and CTE
+//! names; `resolve` then turns them into [`ColumnRef`]s once every table of
 //! the statement is known. Resolution is deliberately coarse and leans towards
 //! reporting *more* (a policy denying a column must not be bypassed):
 //!

@@ -14,7 +14,7 @@
 //! for one and not the other. So sqlparser is not trusted to find statement
 //! boundaries on its own:
 //!
-//! 1. A small PostgreSQL-faithful lexer ([`lexer`]) splits the string at
+//! 1. A small PostgreSQL-faithful lexer (`lexer`) splits the string at
 //!    top-level `;`, honouring `'...'` (with `''`), `E'...'` (backslash
 //!    escapes), `"..."` identifiers, `$$...$$` / `$tag$...$tag$`, `--` comments
 //!    and *nested* `/* */` comments. `U&'...'` / `U&"..."` (Unicode escapes)
@@ -405,7 +405,7 @@ impl Default for DangerousFunctions {
 pub struct Classifier {
     pub dangerous: DangerousFunctions,
     /// Cross-check every classification with PostgreSQL's own parser
-    /// ([`crosscheck`]); on by default.
+    /// (`crosscheck`); on by default.
     pub cross_check: bool,
 }
 
@@ -483,7 +483,7 @@ impl Classifier {
     /// Classifies every statement of a simple-query string (also usable for
     /// the single statement of an extended-protocol Parse message); with
     /// `cross_check`, PostgreSQL's own parser must then agree
-    /// ([`crosscheck`]), else the whole string is unparsable.
+    /// (`crosscheck`), else the whole string is unparsable.
     pub fn classify(&self, sql: &str) -> Classification {
         self.classify_inner(sql, false).0
     }
