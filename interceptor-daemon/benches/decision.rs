@@ -1,5 +1,5 @@
 //! What deciding one statement costs the PostgreSQL proxy: the decision-cache
-//! hit path (`sql::fingerprint` and a `HashMap` lookup, as pgproxy's `Decider`
+//! hit path (`sql::fingerprint_into` and a `HashMap` lookup, as pgproxy's `Decider`
 //! does for a statement it has seen with other constants) against the miss path
 //! (`Classifier::classify` then `Policy::decide_statements`), under a policy of
 //! 20 rules; the policy's share of a miss alone; and the classification alone

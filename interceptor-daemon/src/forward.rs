@@ -60,6 +60,14 @@ pub async fn pump(
     Ok(Transferred { up, down })
 }
 
+/// Waits until `stream` has bytes to read (or the peer closed), on the
+/// socket's reader waker, the one reads use: cheaper than `readable()`, which
+/// queues a waiter behind a lock on every wait. For the one task that reads
+/// the socket: a second waiter would take the waker from the first.
+pub(crate) async fn read_ready(stream: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+}
+
 async fn one_way(
     from: tokio::net::tcp::ReadHalf<'_>,
     mut to: tokio::net::tcp::WriteHalf<'_>,
@@ -68,10 +76,7 @@ async fn one_way(
     use tokio::io::AsyncWriteExt;
     let mut total = 0u64;
     loop {
-        // The reader waker, not `readable()`'s locked waiter queue: only
-        // this half reads from the socket.
-        let stream: &tokio::net::TcpStream = from.as_ref();
-        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
+        read_ready(from.as_ref()).await?;
         let mut buf = bufpool::vec(size);
         let n = match from.try_read_buf(&mut buf) {
             Ok(n) => n,

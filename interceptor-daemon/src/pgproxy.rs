@@ -737,12 +737,8 @@ trait WaitReadable {
 
 impl WaitReadable for OwnedReadHalf {
     fn readable_unbuffered(&self) -> Option<impl Future<Output = io::Result<()>> + Send + '_> {
-        // The socket's single reader waker (the one reads use) rather than
-        // `readable()`, which queues a waiter behind a lock on every wait.
-        // Only this half reads from the socket, so nothing else competes
-        // for that waker.
-        let stream: &TcpStream = self.as_ref();
-        Some(std::future::poll_fn(move |cx| stream.poll_read_ready(cx)))
+        // Only this half reads from the socket.
+        Some(crate::forward::read_ready(self.as_ref()))
     }
 }
 
