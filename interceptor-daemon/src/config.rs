@@ -320,7 +320,9 @@ pub struct ProxyConfig {
     /// at least one. The daemon shares the node's cores with the workloads
     /// it serves; on a 2-core node one thread gave more transactions per
     /// second than two, with less CPU per transaction (bench/RESULTS.md),
-    /// because every extra thread adds cross-thread wake-ups.
+    /// because every extra thread adds cross-thread wake-ups. With one thread
+    /// the runtime is tokio's single-threaded one, driven by the main thread:
+    /// no work-stealing bookkeeping and no worker thread to hand off to.
     #[serde(default)]
     pub threads: Threads,
 }
