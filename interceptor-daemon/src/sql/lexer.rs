@@ -132,30 +132,95 @@ pub(crate) fn fingerprint(sql: &str) -> Option<String> {
 /// statement after statement reuses one buffer; `false` when the text does
 /// not lex (`out` then holds nothing meaningful).
 pub(crate) fn fingerprint_into(sql: &str, out: &mut String) -> bool {
-    out.clear();
-    fingerprint_to(sql, out).is_some()
+    // Scanned and written as bytes (the buffer moves out and back, no copy):
+    // this is the per-statement cost of every cached decision.
+    let mut bytes = std::mem::take(out).into_bytes();
+    bytes.clear();
+    let lexed = fingerprint_to(sql.as_bytes(), &mut bytes).is_some();
+    // Every byte copied is ASCII or part of a whole character of `sql`
+    // (words end at an ASCII byte), so this check never fails; it keeps the
+    // buffer a `String` without `unsafe`.
+    match String::from_utf8(bytes) {
+        Ok(s) => {
+            *out = s;
+            lexed
+        }
+        Err(e) => {
+            let mut bytes = e.into_bytes();
+            bytes.clear();
+            *out = String::from_utf8(bytes).unwrap_or_default();
+            false
+        }
+    }
 }
 
-fn fingerprint_to(sql: &str, out: &mut String) -> Option<()> {
-    let b = sql.as_bytes();
+/// Byte classes for the fingerprint's scan: one table load per byte.
+const IDENT: u8 = 1;
+const IDENT_CONT: u8 = 2;
+const DIGIT: u8 = 4;
+const SPACE: u8 = 8;
+const NUMBER_CONT: u8 = 16;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
     let mut i = 0;
-    let push_raw = |out: &mut String, from: usize, to: usize| {
-        out.push_str(sql.get(from..to).unwrap_or_default());
-    };
-    let literal = |out: &mut String, prefix: &str, from: usize, to: usize| match sql.get(from..to) {
-        Some(body) if !body.contains('\\') => {
-            out.push_str(prefix);
-            out.push('?');
+    while i < 256 {
+        let c = i as u8;
+        let mut f = 0;
+        if is_ident_start(c) {
+            f |= IDENT | IDENT_CONT;
         }
-        _ => out.push_str(sql.get(from..to).unwrap_or_default()),
+        if c.is_ascii_digit() {
+            f |= DIGIT | IDENT_CONT;
+        }
+        if c == b'$' {
+            f |= IDENT_CONT;
+        }
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            f |= SPACE;
+        }
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+            f |= NUMBER_CONT;
+        }
+        t[i] = f;
+        i += 1;
+    }
+    t
+};
+
+fn class(c: u8) -> u8 {
+    CLASS[c as usize]
+}
+
+/// End of the run of bytes from `i` whose class has `flag`.
+fn run_end(b: &[u8], i: usize, flag: u8) -> usize {
+    b.get(i..)
+        .and_then(|rest| rest.iter().position(|&c| class(c) & flag == 0))
+        .map_or(b.len(), |n| i + n)
+}
+
+fn fingerprint_to(b: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    // A token is at most as long as its text and each adds one separator.
+    out.reserve(b.len() * 2);
+    let raw = |out: &mut Vec<u8>, from: usize, to: usize| {
+        out.extend_from_slice(b.get(from..to).unwrap_or_default());
     };
+    let literal = |out: &mut Vec<u8>, prefix: &[u8], from: usize, to: usize| match b.get(from..to) {
+        Some(body) if !body.contains(&b'\\') => {
+            out.extend_from_slice(prefix);
+            out.push(b'?');
+        }
+        _ => raw(out, from, to),
+    };
+    let mut i = 0;
     while let Some(&c) = b.get(i) {
+        let flags = class(c);
+        if flags & SPACE != 0 {
+            i += 1;
+            continue;
+        }
         let next = b.get(i + 1).copied();
         match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => {
-                i += 1;
-                continue;
-            }
             b'-' if next == Some(b'-') => {
                 i = line_comment_end(b, i);
                 continue;
@@ -167,84 +232,83 @@ fn fingerprint_to(sql: &str, out: &mut String) -> Option<()> {
             _ => {}
         }
         if !out.is_empty() {
-            out.push(' ');
+            out.push(b' ');
         }
-        i = match c {
-            b'\'' => {
-                let end = string_end(b, i + 1, false).ok()?;
-                literal(out, "", i, end);
-                end
-            }
-            b'"' => {
-                let (end, _) = quoted_ident(b, i + 1).ok()?;
-                push_raw(out, i, end);
-                end
-            }
-            b'$' => {
-                let end = match dollar_tag(b, i) {
-                    Some(tag_end) => dollar_end(b, i, tag_end).ok()?,
-                    None => skip_while(b, i + 1, |c| c.is_ascii_digit()),
-                };
-                push_raw(out, i, end);
-                end
-            }
-            c if is_ident_start(c) => {
-                let end = skip_while(b, i + 1, is_ident_cont);
-                let word = b.get(i..end).unwrap_or_default();
-                match (word, b.get(end).copied()) {
-                    ([p @ (b'e' | b'E')], Some(b'\'')) => {
-                        let close = string_end(b, end + 1, true).ok()?;
-                        literal(out, if *p == b'e' { "e" } else { "E" }, i, close);
-                        close
+        i = if flags & IDENT != 0 {
+            let end = run_end(b, i + 1, IDENT_CONT);
+            match (b.get(i..end)?, b.get(end).copied()) {
+                ([p @ (b'e' | b'E')], Some(b'\'')) => {
+                    let close = string_end(b, end + 1, true).ok()?;
+                    literal(out, std::slice::from_ref(p), i, close);
+                    close
+                }
+                ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
+                    let close = string_end(b, end + 1, false).ok()?;
+                    raw(out, i, end);
+                    literal(out, b"", end, close);
+                    close
+                }
+                ([b'u' | b'U'], Some(b'&')) => return None,
+                (word, _) => {
+                    // Folded in place: only ASCII letters, as PostgreSQL
+                    // folds unquoted identifiers.
+                    let from = out.len();
+                    out.extend_from_slice(word);
+                    if let Some(pushed) = out.get_mut(from..) {
+                        pushed.make_ascii_lowercase();
                     }
-                    ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
-                        let close = string_end(b, end + 1, false).ok()?;
-                        push_raw(out, i, end);
-                        literal(out, "", end, close);
-                        close
-                    }
-                    ([b'u' | b'U'], Some(b'&')) => return None,
-                    _ => {
-                        // Words end at an ASCII byte: `i..end` is whole characters.
-                        let word = sql.get(i..end)?;
-                        let from = out.len();
-                        out.push_str(word);
-                        // In place: far cheaper than pushing char by char.
-                        if let Some(pushed) = out.get_mut(from..) {
-                            pushed.make_ascii_lowercase();
-                        }
-                        end
-                    }
+                    end
                 }
             }
-            c if c.is_ascii_digit() => {
-                let end = skip_while(b, i + 1, |c| {
-                    c.is_ascii_alphanumeric() || c == b'_' || c == b'.'
-                });
-                let token = b.get(i..end).unwrap_or_default();
-                // At most one dot: `1.2.3` is `1.2 .3` to PostgreSQL (a
-                // syntax error its parser reports, not a constant).
-                if token.iter().all(|c| c.is_ascii_digit() || *c == b'.')
-                    && token.iter().filter(|c| **c == b'.').count() <= 1
-                {
-                    out.push('?');
-                } else {
-                    push_raw(out, i, end);
-                }
-                end
+        } else if flags & DIGIT != 0 {
+            let end = run_end(b, i + 1, NUMBER_CONT);
+            let token = b.get(i..end)?;
+            // At most one dot: `1.2.3` is `1.2 .3` to PostgreSQL (a syntax
+            // error its parser reports, not a constant).
+            let mut dots = 0;
+            let plain = token.iter().all(|&c| {
+                dots += usize::from(c == b'.');
+                c.is_ascii_digit() || c == b'.'
+            });
+            if plain && dots <= 1 {
+                out.push(b'?');
+            } else {
+                raw(out, i, end);
             }
-            _ => {
-                // One whole UTF-8 character (operators and punctuation are ASCII).
-                let len = sql.get(i..)?.chars().next()?.len_utf8();
-                push_raw(out, i, i + len);
-                i + len
+            end
+        } else {
+            match c {
+                b'\'' => {
+                    let end = string_end(b, i + 1, false).ok()?;
+                    literal(out, b"", i, end);
+                    end
+                }
+                b'"' => {
+                    let end = quoted_ident_end(b, i + 1).ok()?;
+                    raw(out, i, end);
+                    end
+                }
+                b'$' => {
+                    let end = match dollar_tag(b, i) {
+                        Some(tag_end) => dollar_end(b, i, tag_end).ok()?,
+                        None => run_end(b, i + 1, DIGIT),
+                    };
+                    raw(out, i, end);
+                    end
+                }
+                // Operators and punctuation: one ASCII byte (bytes from 0x80
+                // up start words).
+                _ => {
+                    out.push(c);
+                    i + 1
+                }
             }
         };
     }
     Some(())
 }
 
-fn is_ident_start(c: u8) -> bool {
+const fn is_ident_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
 }
 
@@ -295,6 +359,19 @@ fn string_end(b: &[u8], mut i: usize, backslash: bool) -> Result<usize, LexError
             Some(b'\\') if backslash => i += 2,
             Some(_) => i += 1,
             None => return Err(LexError::Unterminated("string literal")),
+        }
+    }
+}
+
+/// End of a `"..."` identifier whose body starts at `i`, without building
+/// its value.
+fn quoted_ident_end(b: &[u8], mut i: usize) -> Result<usize, LexError> {
+    loop {
+        match b.get(i) {
+            Some(b'"') if b.get(i + 1) == Some(&b'"') => i += 2,
+            Some(b'"') => return Ok(i + 1),
+            Some(_) => i += 1,
+            None => return Err(LexError::Unterminated("quoted identifier")),
         }
     }
 }
@@ -419,6 +496,10 @@ mod tests {
         assert_ne!(f("select 1; delete from t"), f("select 1"));
         assert_eq!(f("select E'x'"), "select E?");
         assert_eq!(f("select x'1f'"), "select x?");
+        assert_eq!(
+            f("SELECT \"A\"\"b\" FROM t WHERE x<>-1.5"),
+            "select \"A\"\"b\" from t where x < > - ?"
+        );
         assert!(fingerprint("select 'x").is_none());
         assert!(fingerprint("select U&'x'").is_none());
     }
