@@ -56,6 +56,10 @@ fn setup(test: &str) -> Setup {
             "  - name: customers-db\n    protocol: postgres\n    destinations: [\"{pg_addr}\"]\n{POLICY}"
         ),
         identity: "identity:\n  standalone:\n    - cgroups: \"pods/app\"\n      namespace: shop\n      service_account: orders-api\n".into(),
+        // Two runtime threads: on this machine every other test runs the
+        // default, one thread (tokio's single-threaded scheduler); nodes with
+        // more than four CPUs get the multi-threaded one, tested here.
+        threads: Some(2),
         ..Default::default()
     };
     // The default `svc` target needs a destination: one nobody uses.
@@ -74,6 +78,12 @@ fn setup(test: &str) -> Setup {
     };
     let cfg = write_config(&lab, &dir, &opts);
     let daemon = Daemon::start(&cfg, &dir);
+    let ready = daemon
+        .lines()
+        .into_iter()
+        .find(|l| l["message"] == "interceptor ready")
+        .expect("a ready line");
+    assert_eq!(ready["threads"], 2, "{ready}");
     Setup {
         _lab: lab,
         pod,

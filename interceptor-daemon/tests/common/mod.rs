@@ -192,6 +192,9 @@ pub struct DaemonOpts {
     pub extra_targets: String,
     /// The `identity:` section.
     pub identity: String,
+    /// `proxy.threads`; `None` leaves the default (`auto`: one thread on a
+    /// machine of up to four CPUs, the single-threaded scheduler).
+    pub threads: Option<u16>,
 }
 
 impl Default for DaemonOpts {
@@ -203,6 +206,7 @@ impl Default for DaemonOpts {
             with_v6: true,
             extra_targets: String::new(),
             identity: "identity:\n  standalone:\n    - cgroups: \"pods/*\"\n      namespace: lab\n      service_account: \"{name}\"\n".into(),
+            threads: None,
         }
     }
 }
@@ -269,8 +273,12 @@ pub fn write_config(lab: &Lab, dir: &Path, o: &DaemonOpts) -> PathBuf {
     };
     let select: Vec<String> = o.select.iter().map(|s| format!("\"{s}\"")).collect();
     let dests: Vec<String> = o.destinations.iter().map(|s| format!("\"{s}\"")).collect();
+    let threads = o
+        .threads
+        .map(|n| format!("  threads: {n}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "node_name: lab-node\nadmin:\n  address: {}\nlistener:\n  address: {}:15001\n{v6}redirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [{}]\n  fail_mode: {}\n  rescan_interval_ms: 200\nproxy:\n  shutdown_grace_ms: 200\ntargets:\n  - name: svc\n    destinations: [{}]\n{}{}",
+        "node_name: lab-node\nadmin:\n  address: {}\nlistener:\n  address: {}:15001\n{v6}redirect:\n  cgroup_root: {}\n  pin_dir: {}\n  select_cgroups: [{}]\n  fail_mode: {}\n  rescan_interval_ms: 200\nproxy:\n  shutdown_grace_ms: 200\n{threads}targets:\n  - name: svc\n    destinations: [{}]\n{}{}",
         admin_addr(lab),
         lab.node_v4(1),
         lab.cgroup_dir.display(),
