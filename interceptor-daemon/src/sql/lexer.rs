@@ -53,7 +53,7 @@ pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, Lex
                 start = i;
                 continue;
             }
-            b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => {
+            _ if class(c) & SPACE != 0 => {
                 i += 1;
                 continue;
             }
@@ -78,10 +78,10 @@ pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, Lex
             b'$' => match dollar_tag(b, i) {
                 Some(tag_end) => dollar_end(b, i, tag_end)?,
                 // `$1` parameter or a lone `$`.
-                None => skip_while(b, i + 1, |c| c.is_ascii_digit()),
+                None => run_end(b, i + 1, DIGIT),
             },
-            c if is_ident_start(c) => {
-                let end = skip_while(b, i + 1, is_ident_cont);
+            c if class(c) & IDENT != 0 => {
+                let end = run_end(b, i + 1, IDENT_CONT);
                 let word = b.get(i..end).unwrap_or_default();
                 match (word, b.get(end).copied()) {
                     // String prefixes: E'' (escapes), B'' / X'' (bit strings), N'' (national).
@@ -98,9 +98,7 @@ pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, Lex
                     }
                 }
             }
-            c if c.is_ascii_digit() => skip_while(b, i + 1, |c| {
-                c.is_ascii_alphanumeric() || c == b'_' || c == b'.'
-            }),
+            c if class(c) & DIGIT != 0 => run_end(b, i + 1, NUMBER_CONT),
             _ => i + 1,
         };
     }
@@ -124,7 +122,7 @@ pub(crate) fn split(sql: &str, backslash_quotes: bool) -> Result<Vec<Piece>, Lex
 /// two texts with one fingerprint classify alike. `None` when the text does
 /// not lex (the caller then keys by the text itself).
 pub(crate) fn fingerprint(sql: &str) -> Option<String> {
-    let mut out = String::with_capacity(sql.len());
+    let mut out = String::new();
     fingerprint_into(sql, &mut out).then_some(out)
 }
 
@@ -154,7 +152,9 @@ pub(crate) fn fingerprint_into(sql: &str, out: &mut String) -> bool {
     }
 }
 
-/// Byte classes for the fingerprint's scan: one table load per byte.
+/// Byte classes of the tokens that [`split`] and [`fingerprint`] both scan
+/// (one definition, so the two cannot disagree on where a word or number
+/// ends): one table load per byte.
 const IDENT: u8 = 1;
 const IDENT_CONT: u8 = 2;
 const DIGIT: u8 = 4;
@@ -310,10 +310,6 @@ fn fingerprint_to(b: &[u8], out: &mut Vec<u8>) -> Option<()> {
 
 const fn is_ident_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn is_ident_cont(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
 }
 
 fn skip_while(b: &[u8], mut i: usize, f: impl Fn(u8) -> bool) -> usize {
