@@ -40,6 +40,8 @@ pub struct Options {
     pub modes: Vec<String>,
     /// The interceptor runs without an audit log.
     pub no_audit: bool,
+    /// The audit log records decisions only, no responses.
+    pub no_recording: bool,
     /// Transactions per second every path is held at (pgbench -R), if any.
     pub rate: Option<u32>,
 }
@@ -432,7 +434,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         if o.no_audit {
             String::new()
         } else {
-            format!("audit:\n  dir: {}\n", work.join("audit").display())
+            format!(
+                "audit:\n  dir: {}\n  record_responses: {}\n",
+                work.join("audit").display(),
+                !o.no_recording
+            )
         }
     );
     let config_path = work.join("interceptor.yaml");
@@ -623,6 +629,8 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
         ),
         if o.no_audit {
             "; audit OFF for this run"
+        } else if o.no_recording {
+            "; response records OFF for this run (decisions only)"
         } else {
             ""
         }
@@ -729,6 +737,7 @@ mod tests {
             paths: vec![],
             modes: vec![],
             no_audit: false,
+            no_recording: false,
             rate: Some(5000),
         };
         let r = report(&s, &o, None);

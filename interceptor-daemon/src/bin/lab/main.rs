@@ -77,6 +77,10 @@ enum Cmd {
         /// Run the interceptor without its audit log, to see what the log costs.
         #[arg(long)]
         no_audit: bool,
+        /// Keep the audit log but record no responses in it
+        /// (`audit.record_responses: false`), to see what recording costs.
+        #[arg(long, conflicts_with = "no_audit")]
+        no_recording: bool,
         /// Hold every path at this many transactions per second (pgbench
         /// -R) instead of as many as it can: TPS ratios are then 1 by design,
         /// and the figure is each proxy's CPU per transaction at equal load
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
             paths,
             modes,
             no_audit,
+            no_recording,
             rate,
         } => bin_dir_or_here(bin_dir).and_then(|bin_dir| {
             if let Some(why) = missing_privileges() {
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
                 paths,
                 modes,
                 no_audit,
+                no_recording,
                 rate,
             })
         }),
