@@ -59,23 +59,37 @@ struct Sample {
     /// threads), in microseconds; `None` for direct. Less sensitive than TPS to
     /// what else the machine is doing.
     cpu_us_per_tx: Option<f64>,
+    /// The kernel's share of `cpu_us_per_tx` (system time): the syscalls,
+    /// TCP and disk work, which a proxy cannot make cheaper by its own code.
+    kernel_us_per_tx: Option<f64>,
 }
 
-/// User + system CPU time of a process and all its threads, in microseconds.
-pub(crate) fn cpu_us(pid: u32) -> anyhow::Result<f64> {
+/// CPU time of a process and all its threads, in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CpuTime {
+    pub user: f64,
+    pub kernel: f64,
+}
+
+/// User and system CPU time of a process and all its threads.
+pub(crate) fn cpu_us(pid: u32) -> anyhow::Result<CpuTime> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after `)`.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no CPU time field in /proc/{pid}/stat"))
+    };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks * 1e6 / hz)
+    Ok(CpuTime {
+        user: ticks(11)? * 1e6 / hz,
+        kernel: ticks(12)? * 1e6 / hz,
+    })
 }
 
 /// A helper process (pgbouncer, HAProxy) stopped on drop.
@@ -364,6 +378,7 @@ fn pgbench(
         p50_ms: percentile(&lat, 0.50),
         p99_ms: percentile(&lat, 0.99),
         cpu_us_per_tx: None,
+        kernel_us_per_tx: None,
     })
 }
 
@@ -506,11 +521,14 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 )?;
                 s.round = round;
                 if let (Some(pid), Some(before)) = (pid, cpu_before) {
-                    let used = cpu_us(pid)? - before;
-                    s.cpu_us_per_tx = Some(used / (s.tps * f64::from(o.seconds)).max(1.0));
+                    let after = cpu_us(pid)?;
+                    let txs = (s.tps * f64::from(o.seconds)).max(1.0);
+                    let kernel = after.kernel - before.kernel;
+                    s.cpu_us_per_tx = Some((after.user - before.user + kernel) / txs);
+                    s.kernel_us_per_tx = Some(kernel / txs);
                 }
                 eprintln!(
-                    "bench: round {} {:<11} {:<8} c={:<3} {:>9.0} tps  p50 {:.3} ms  p99 {:.3} ms  cpu {} us/tx",
+                    "bench: round {} {:<11} {:<8} c={:<3} {:>9.0} tps  p50 {:.3} ms  p99 {:.3} ms  cpu {} us/tx (kernel {})",
                     s.round + 1,
                     s.path,
                     s.mode,
@@ -518,7 +536,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     s.tps,
                     s.p50_ms,
                     s.p99_ms,
-                    s.cpu_us_per_tx.map_or("-".into(), |v| format!("{v:.1}"))
+                    s.cpu_us_per_tx.map_or("-".into(), |v| format!("{v:.1}")),
+                    s.kernel_us_per_tx.map_or("-".into(), |v| format!("{v:.1}"))
                 );
                 samples.push(s);
             }
@@ -613,6 +632,14 @@ fn fmt_ratio(r: Option<(f64, f64, f64)>, rounds: u32) -> String {
     }
 }
 
+fn fmt_us(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
     let mut s = format!(
         "pgbench -S (select-only), scale {}, {} s per run{}, {} round(s) per row: every path once per round, in rotating order; medians, with the range of the per-round ratios\nfrom a lab pod (netns + veth + cgroup)\nmachine: {}\nCPUs: {}\ninterceptor: eBPF redirect + identity + PostgreSQL framing + SQL classification + policy decision per statement (cached per session) + audit records per statement and per response (group commit{}) + metrics\n\n",
@@ -635,7 +662,7 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
             ""
         }
     );
-    s.push_str("| mode | clients | path | TPS | × direct | × pgbouncer | p50 ms | p99 ms | proxy CPU µs/tx | CPU × pgbouncer |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| mode | clients | path | TPS | × direct | × pgbouncer | p50 ms | p99 ms | proxy CPU µs/tx | of which kernel | CPU × pgbouncer |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let mut done: Vec<(&str, &str, u32)> = Vec::new();
     for x in samples {
         let key = (x.path, x.mode, x.clients);
@@ -650,6 +677,7 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
         let med =
             |f: &dyn Fn(&Sample) -> Option<f64>| median(same.iter().filter_map(|a| f(a)).collect());
         let cpu = med(&|a| a.cpu_us_per_tx);
+        let kernel = med(&|a| a.kernel_us_per_tx);
         let (vs_bouncer, cpu_vs_bouncer) = if x.path == "direct" || x.path == "pgbouncer" {
             (None, None)
         } else {
@@ -659,7 +687,7 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
             )
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {} | {} |\n",
             x.mode,
             x.clients,
             x.path,
@@ -668,11 +696,8 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
             fmt_ratio(vs_bouncer, o.rounds),
             med(&|a| Some(a.p50_ms)),
             med(&|a| Some(a.p99_ms)),
-            if cpu.is_nan() {
-                "-".into()
-            } else {
-                format!("{cpu:.1}")
-            },
+            fmt_us(cpu),
+            fmt_us(kernel),
             fmt_ratio(cpu_vs_bouncer, o.rounds),
         ));
     }
@@ -697,6 +722,7 @@ mod tests {
                 "interceptor" => Some(25.0),
                 _ => Some(20.0),
             },
+            kernel_us_per_tx: (path != "direct").then_some(15.0),
         }
     }
 
@@ -742,7 +768,7 @@ mod tests {
         };
         let r = report(&s, &o, None);
         assert!(
-            r.contains("| simple | 16 | interceptor | 800 | 0.80 (0.80–0.91) | 0.89 (0.89–1.00) | 1.000 | 2.000 | 25.0 | 1.25 (1.25–1.25) |"),
+            r.contains("| simple | 16 | interceptor | 800 | 0.80 (0.80–0.91) | 0.89 (0.89–1.00) | 1.000 | 2.000 | 25.0 | 15.0 | 1.25 (1.25–1.25) |"),
             "{r}"
         );
         assert!(r.contains("every path held at 5000 transactions/s"), "{r}");
@@ -750,6 +776,29 @@ mod tests {
             r.contains("| simple | 16 | direct | 1000 | 1.00 (1.00–1.00) | - |"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn cpu_time_is_split_into_user_and_kernel() {
+        let me = std::process::id();
+        let before = cpu_us(me).unwrap();
+        // Busy in user space, then in the kernel, each for over 50 ms (5 ticks).
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(150) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(300) {
+            let _ = std::hint::black_box(fs::metadata("/proc/self/stat"));
+        }
+        let after = cpu_us(me).unwrap();
+        assert!(after.user - before.user >= 50_000.0, "{before:?} {after:?}");
+        assert!(
+            after.kernel - before.kernel >= 50_000.0,
+            "{before:?} {after:?}"
+        );
+        assert!(cpu_us(u32::MAX).is_err(), "no such process");
     }
 
     #[test]
