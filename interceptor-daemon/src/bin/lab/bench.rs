@@ -536,8 +536,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     s.tps,
                     s.p50_ms,
                     s.p99_ms,
-                    s.cpu_us_per_tx.map_or("-".into(), |v| format!("{v:.1}")),
-                    s.kernel_us_per_tx.map_or("-".into(), |v| format!("{v:.1}"))
+                    fmt_us(s.cpu_us_per_tx),
+                    fmt_us(s.kernel_us_per_tx)
                 );
                 samples.push(s);
             }
@@ -632,11 +632,12 @@ fn fmt_ratio(r: Option<(f64, f64, f64)>, rounds: u32) -> String {
     }
 }
 
-fn fmt_us(v: f64) -> String {
-    if v.is_nan() {
-        "-".into()
-    } else {
-        format!("{v:.1}")
+/// Microseconds per transaction, `-` where there is no figure (direct, or a
+/// median of nothing, which is NaN).
+fn fmt_us(v: Option<f64>) -> String {
+    match v {
+        Some(v) if !v.is_nan() => format!("{v:.1}"),
+        _ => "-".into(),
     }
 }
 
@@ -696,8 +697,8 @@ fn report(samples: &[Sample], o: &Options, layout: Option<&Layout>) -> String {
             fmt_ratio(vs_bouncer, o.rounds),
             med(&|a| Some(a.p50_ms)),
             med(&|a| Some(a.p99_ms)),
-            fmt_us(cpu),
-            fmt_us(kernel),
+            fmt_us(Some(cpu)),
+            fmt_us(Some(kernel)),
             fmt_ratio(cpu_vs_bouncer, o.rounds),
         ));
     }
