@@ -50,6 +50,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the cargo-fuzz targets in `fuzz/` (libFuzzer, nightly), each for
+    /// `--seconds`; all of them unless some are named. Installs cargo-fuzz
+    /// first. A crash stops the run; its input is kept in
+    /// `fuzz/artifacts/<target>/`.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (see `fuzz/fuzz_targets/`); default: every one.
+        targets: Vec<String>,
+    },
     /// The daemon's container image as an OCI archive (no container engine
     /// needed): the release binary and the libraries it links, checked by
     /// running it inside the unpacked image (as root). Part of `test`.
@@ -99,6 +110,7 @@ fn main() -> ExitCode {
         Cmd::Chart => setup().and_then(|()| chart_test()),
         Cmd::Demo => setup().and_then(|()| demo()),
         Cmd::Bench { args } => setup().and_then(|()| bench(&args)),
+        Cmd::Fuzz { seconds, targets } => setup().and_then(|()| fuzz(seconds, &targets)),
         Cmd::Image { out, name, tag } => setup().and_then(|()| image_build(out, &name, &tag)),
     };
     match res {
@@ -228,6 +240,60 @@ fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
     c
+}
+
+/// `cargo +nightly fuzz run` for each target, one after the other. The SQL
+/// target gets a dictionary of keywords, quotes and comment markers, so the
+/// fuzzer reaches statements instead of lexer errors.
+fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
+    if !have("cargo-fuzz") {
+        eprintln!("xtask: installing cargo-fuzz (once)");
+        status(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let dir = workspace_root().join("fuzz");
+    let targets = if targets.is_empty() {
+        let out = Command::new("cargo")
+            .args(["+nightly", "fuzz", "list"])
+            .current_dir(&dir)
+            .output()
+            .context("cargo fuzz list")?;
+        if !out.status.success() {
+            bail!(
+                "cargo fuzz list failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    } else {
+        targets.to_vec()
+    };
+    for t in &targets {
+        eprintln!("xtask: fuzzing {t} for {seconds} s");
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&dir)
+            .args([
+                "+nightly",
+                "fuzz",
+                "run",
+                "--release",
+                "--debug-assertions",
+                t,
+            ])
+            // Overflow checks on: a length that wraps is a finding.
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"));
+        let dict = dir.join(format!("{t}.dict"));
+        if dict.exists() {
+            cmd.arg(format!("-dict={}", dict.display()));
+        }
+        status(&mut cmd).with_context(|| {
+            format!("fuzz target {t} failed: the input is in fuzz/artifacts/{t}/")
+        })?;
+    }
+    Ok(())
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Wire-protocol codecs.
 pub mod http;
 #[cfg(test)]
-mod mutate;
+pub(crate) mod mutate;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;

@@ -478,14 +478,44 @@ pub mod fuzz {
     //! `mysql_codec`) and the in-tree randomized test.
     use super::*;
 
-    /// Must never panic, whatever `data` is.
+    /// Must never panic, whatever `data` is. Every packet is also read as a
+    /// server answer (the tracker follows them, asked by a rotating set of
+    /// commands) and walked as length-encoded strings.
     pub fn parse_all(data: &[u8]) {
+        const ASKS: [u8; 6] = [
+            COM_QUERY,
+            COM_STMT_PREPARE,
+            COM_STMT_EXECUTE,
+            COM_STMT_FETCH,
+            COM_FIELD_LIST,
+            COM_PING,
+        ];
+        let deprecate_eof = data.first().is_some_and(|b| b & 1 == 1);
+        let mut tracker = AnswerTracker::new(deprecate_eof);
+        let mut asked = 0usize;
         let mut rest = data;
         while let Some(p) = frame(rest) {
+            assert!(p.wire_len() > 0 && p.wire_len() <= rest.len());
             let mut copy = p.payload.to_vec();
             let _ = rewrite_server_handshake(&mut copy, STRIPPED);
             let mut copy = p.payload.to_vec();
             let _ = rewrite_client_response(&mut copy, STRIPPED);
+            if let Some(ok) = PrepareOk::parse(p.payload) {
+                let _ = ok.definitions(deprecate_eof);
+            }
+            let _ = (
+                statement_id(p.payload),
+                ok_status(p.payload),
+                eof_status(p.payload, deprecate_eof),
+                is_eof(p.payload),
+            );
+            let mut at = 0;
+            while lenenc_str(p.payload, &mut at).is_some() {}
+            assert!(at <= p.payload.len());
+            let _ = tracker.on_packet(p.payload, || {
+                asked += 1;
+                Answer::to(ASKS[asked % ASKS.len()], p.payload)
+            });
             rest = &rest[p.wire_len()..];
         }
     }

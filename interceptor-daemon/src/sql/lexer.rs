@@ -134,7 +134,7 @@ pub(crate) fn fingerprint_into(sql: &str, out: &mut String) -> bool {
     // this is the per-statement cost of every cached decision.
     let mut bytes = std::mem::take(out).into_bytes();
     bytes.clear();
-    let lexed = fingerprint_to(sql.as_bytes(), &mut bytes).is_some();
+    let lexed = fingerprint_to(sql.as_bytes(), &mut bytes, &mut |_| {}).is_some();
     // Every byte copied is ASCII or part of a whole character of `sql`
     // (words end at an ASCII byte), so this check never fails; it keeps the
     // buffer a `String` without `unsafe`.
@@ -199,18 +199,54 @@ fn run_end(b: &[u8], i: usize, flag: u8) -> usize {
         .map_or(b.len(), |n| i + n)
 }
 
-fn fingerprint_to(b: &[u8], out: &mut Vec<u8>) -> Option<()> {
+/// What a text's [`fingerprint`] abstracts from, as byte ranges in order: the
+/// constants it writes as `?` (a string from its opening quote, an `E` string
+/// from the `E`, a number) and the unquoted words whose ASCII case it folds.
+/// Tests and fuzzing change exactly these to check that texts sharing a
+/// fingerprint classify alike.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Abstracted {
+    pub constants: Vec<std::ops::Range<usize>>,
+    pub words: Vec<std::ops::Range<usize>>,
+}
+
+/// [`Abstracted`] for `sql`; `None` when it does not lex.
+pub(crate) fn abstracted(sql: &str) -> Option<Abstracted> {
+    let mut a = Abstracted::default();
+    let mut out = Vec::new();
+    fingerprint_to(sql.as_bytes(), &mut out, &mut |t| match t {
+        Token::Constant(r) => a.constants.push(r),
+        Token::Word(r) => a.words.push(r),
+    })?;
+    Some(a)
+}
+
+/// A token the fingerprint abstracts from (see [`Abstracted`]).
+enum Token {
+    Constant(std::ops::Range<usize>),
+    Word(std::ops::Range<usize>),
+}
+
+/// `seen` hears of every token the fingerprint abstracts from; the decision
+/// path passes a no-op, which compiles away.
+fn fingerprint_to(b: &[u8], out: &mut Vec<u8>, seen: &mut impl FnMut(Token)) -> Option<()> {
     // A token is at most as long as its text and each adds one separator.
     out.reserve(b.len() * 2);
     let raw = |out: &mut Vec<u8>, from: usize, to: usize| {
         out.extend_from_slice(b.get(from..to).unwrap_or_default());
     };
+    // Writes a constant as `?` where that cannot change its reading; says
+    // whether it did.
     let literal = |out: &mut Vec<u8>, prefix: &[u8], from: usize, to: usize| match b.get(from..to) {
         Some(body) if !body.contains(&b'\\') => {
             out.extend_from_slice(prefix);
             out.push(b'?');
+            true
         }
-        _ => raw(out, from, to),
+        _ => {
+            raw(out, from, to);
+            false
+        }
     };
     let mut i = 0;
     while let Some(&c) = b.get(i) {
@@ -239,13 +275,17 @@ fn fingerprint_to(b: &[u8], out: &mut Vec<u8>) -> Option<()> {
             match (b.get(i..end)?, b.get(end).copied()) {
                 ([p @ (b'e' | b'E')], Some(b'\'')) => {
                     let close = string_end(b, end + 1, true).ok()?;
-                    literal(out, std::slice::from_ref(p), i, close);
+                    if literal(out, std::slice::from_ref(p), i, close) {
+                        seen(Token::Constant(i..close));
+                    }
                     close
                 }
                 ([b'b' | b'B' | b'x' | b'X' | b'n' | b'N'], Some(b'\'')) => {
                     let close = string_end(b, end + 1, false).ok()?;
                     raw(out, i, end);
-                    literal(out, b"", end, close);
+                    if literal(out, b"", end, close) {
+                        seen(Token::Constant(end..close));
+                    }
                     close
                 }
                 ([b'u' | b'U'], Some(b'&')) => return None,
@@ -257,6 +297,7 @@ fn fingerprint_to(b: &[u8], out: &mut Vec<u8>) -> Option<()> {
                     if let Some(pushed) = out.get_mut(from..) {
                         pushed.make_ascii_lowercase();
                     }
+                    seen(Token::Word(i..end));
                     end
                 }
             }
@@ -272,6 +313,7 @@ fn fingerprint_to(b: &[u8], out: &mut Vec<u8>) -> Option<()> {
             });
             if plain && dots <= 1 {
                 out.push(b'?');
+                seen(Token::Constant(i..end));
             } else {
                 raw(out, i, end);
             }
@@ -280,7 +322,9 @@ fn fingerprint_to(b: &[u8], out: &mut Vec<u8>) -> Option<()> {
             match c {
                 b'\'' => {
                     let end = string_end(b, i + 1, false).ok()?;
-                    literal(out, b"", i, end);
+                    if literal(out, b"", i, end) {
+                        seen(Token::Constant(i..end));
+                    }
                     end
                 }
                 b'"' => {

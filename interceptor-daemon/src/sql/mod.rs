@@ -43,6 +43,7 @@
 
 pub mod columns;
 mod crosscheck;
+pub mod fuzz;
 mod lexer;
 mod mysql;
 mod normalize;

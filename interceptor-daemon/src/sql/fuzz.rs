@@ -1,0 +1,195 @@
+//! Fuzzing entry point for the SQL classifier, shared by the cargo-fuzz target
+//! (`fuzz/`, target `sql_classifier`) and the in-tree randomized test below.
+//!
+//! Besides "never panics, spans stay inside the text", it checks the property
+//! the decision cache stands on: texts sharing a [`fingerprint`] classify
+//! alike. The cache hands the first text's decision to every later text with
+//! the same fingerprint, so a pair that shares one but classifies differently
+//! (another kind, table, column, function or flag) is a policy bypass. Each
+//! input is compared with a twin that differs in exactly what the fingerprint
+//! abstracts from: the constants it writes as `?` hold other values, and the
+//! unquoted words have their ASCII case flipped.
+
+use std::ops::Range;
+
+use super::{Kind, classify, classify_mysql, fingerprint, lexer};
+
+/// Must never panic, whatever `data` is.
+pub fn classify_all(data: &[u8]) {
+    // Query text off the wire is UTF-8 or refused before classification; the
+    // lossy form still exercises every byte pattern that survives that.
+    let sql = String::from_utf8_lossy(data);
+    let pg = classify(&sql);
+    for st in &pg.statements {
+        assert!(sql.get(st.span.clone()).is_some(), "bad span {:?}", st.span);
+    }
+    for st in classify_mysql(&sql).statements {
+        assert!(sql.get(st.span.clone()).is_some(), "bad span {:?}", st.span);
+    }
+    let (Some(fp), Some(abstracted)) = (fingerprint(&sql), lexer::abstracted(&sql)) else {
+        return;
+    };
+    let twin = twin(&sql, &abstracted);
+    assert_eq!(
+        fingerprint(&twin).as_deref(),
+        Some(fp.as_str()),
+        "the twin of {sql:?} must share its fingerprint: {twin:?}"
+    );
+    assert_eq!(
+        shape(&classify(&twin)),
+        shape(&pg),
+        "{sql:?} and {twin:?} share a fingerprint but classify differently"
+    );
+}
+
+/// What a policy decision reads from a classification: everything but the
+/// spans (constants may change length) and the parser's error text. A text
+/// unparsable in both readings is one shape, whatever the reason.
+type Shape = Vec<(
+    Kind,
+    Vec<super::TableAccess>,
+    Vec<super::ColumnRef>,
+    Vec<super::QualifiedName>,
+    Vec<super::Flag>,
+)>;
+
+fn shape(c: &super::Classification) -> Shape {
+    c.statements
+        .iter()
+        .map(|s| {
+            (
+                s.kind,
+                s.tables.clone(),
+                s.columns.clone(),
+                s.functions.clone(),
+                s.flags.clone(),
+            )
+        })
+        .collect()
+}
+
+/// `sql` changed where its fingerprint cannot tell: every unquoted word with
+/// its ASCII letters' case flipped, and every ASCII letter and digit inside a
+/// hidden constant moved to another of its class: bits stay bits (`0`↔`1`),
+/// hex digits stay hex digits, other letters stay letters, and quotes,
+/// prefixes (`E'…'`), dots, other characters and lengths stay as they are. So
+/// the twin is as well-formed as the original.
+fn twin(sql: &str, abstracted: &lexer::Abstracted) -> String {
+    let mut tokens: Vec<(&Range<usize>, bool)> = abstracted
+        .constants
+        .iter()
+        .map(|r| (r, true))
+        .chain(abstracted.words.iter().map(|r| (r, false)))
+        .collect();
+    tokens.sort_by_key(|(r, _)| r.start);
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for (r, constant) in tokens {
+        let (Some(before), Some(text)) = (sql.get(at..r.start), sql.get(r.clone())) else {
+            // The lexer reports disjoint ranges on char boundaries.
+            panic!("token range {r:?} does not fit {sql:?}");
+        };
+        out.push_str(before);
+        if constant {
+            // A string's value lies between its first and last quote; an `E`
+            // prefix stays, and a number has no quotes.
+            let (open, close) = match (text.find('\''), text.rfind('\'')) {
+                (Some(a), Some(b)) if a < b => (a + 1, b),
+                _ => (0, text.len()),
+            };
+            for (i, c) in text.char_indices() {
+                out.push(if (open..close).contains(&i) {
+                    other_in_class(c)
+                } else {
+                    c
+                });
+            }
+        } else {
+            out.extend(text.chars().map(|c| match c {
+                'a'..='z' => c.to_ascii_uppercase(),
+                'A'..='Z' => c.to_ascii_lowercase(),
+                _ => c,
+            }));
+        }
+        at = r.end;
+    }
+    out.push_str(sql.get(at..).unwrap_or_default());
+    out
+}
+
+fn other_in_class(c: char) -> char {
+    let cycle = |c: char, first: char, last: char| {
+        if c == last {
+            first
+        } else {
+            char::from_u32(c as u32 + 1).unwrap_or(c)
+        }
+    };
+    match c {
+        '0' => '1',
+        '1' => '0',
+        '2'..='9' => cycle(c, '2', '9'),
+        'a'..='f' => cycle(c, 'a', 'f'),
+        'A'..='F' => cycle(c, 'A', 'F'),
+        'g'..='z' => cycle(c, 'g', 'z'),
+        'G'..='Z' => cycle(c, 'G', 'Z'),
+        _ => c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Statements from the evasion corpus and the shapes constants take.
+    const CORPUS: &[&str] = &[
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 48213",
+        "select name, email from customers where id = 1.5 and note = 'a''b'",
+        "SELECT 'x' || E'y' || x'1f' || b'0101' || N'n'",
+        "SET ROLE 'postgres'",
+        "SET search_path = 'public'",
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT lo_export(16401, '/tmp/x')",
+        "COPY customers TO PROGRAM 'cat > /tmp/x'",
+        "COPY customers FROM '/tmp/in.csv' WITH (FORMAT 'csv')",
+        "DO 'BEGIN DELETE FROM customers; END'",
+        "DO $$BEGIN PERFORM 1; END$$",
+        "PREPARE p (int) AS DELETE FROM customers WHERE id = $1; EXECUTE p(7)",
+        "WITH d AS (DELETE FROM customers WHERE id = 3 RETURNING *) SELECT * FROM d",
+        "SELECT nextval('orders_id_seq'), 'orders'::regclass",
+        "SELECT '{\"a\":1}'::jsonb ? 'a', interval '1 day', date '2020-01-01'",
+        "select /* a /* nested */ comment */ 1; -- trailing\nDELETE FROM t",
+        "SELECT \"Email\" FROM \"Customers\" WHERE \"Id\" = 42 LIMIT 10 OFFSET 0",
+        "CREATE FUNCTION f() RETURNS int AS 'SELECT 1' LANGUAGE sql",
+        "LOAD 'auto_explain'",
+        "SELECT dblink_exec('host=x', 'DELETE FROM t')",
+        "SELECT * FROM t WHERE a IN (1, 2, 3) ORDER BY 1 FETCH FIRST 5 ROWS ONLY",
+        "INSERT INTO orders (id, note) VALUES (1, 'x'), (2, 'y') ON CONFLICT DO NOTHING",
+        "UPDATE customers SET email = 'a@b.c' WHERE id = 9 RETURNING id",
+        "SELECT 1.2.3, 1from t, 0x1F, 1e5, .5",
+        "SELECT 'ünïcode', 'a\\'; DELETE FROM t; --'",
+    ];
+
+    #[test]
+    fn twins_share_the_fingerprint_and_differ_where_it_cannot_tell() {
+        let twin_of = |sql: &str| twin(sql, &lexer::abstracted(sql).unwrap());
+        let sql = "SELECT E'ab', x'1f', 19.5, 'Zz''q' FROM Tab WHERE n = 0";
+        let t = twin_of(sql);
+        assert_eq!(t, "select E'bc', x'0a', 02.6, 'Gg''r' from tAB where N = 1");
+        assert_eq!(fingerprint(&t), fingerprint(sql));
+        // Kept: a backslash string, quoted identifiers, dollar bodies,
+        // comments, non-ASCII letters.
+        let sql = "SELECT 'a\\', \"X1\", $$Q$$ /* C */, Ü";
+        assert_eq!(twin_of(sql), "select 'a\\', \"X1\", $$Q$$ /* C */, Ü");
+    }
+
+    #[test]
+    fn texts_that_share_a_fingerprint_classify_alike_under_mutation() {
+        for sql in CORPUS {
+            classify_all(sql.as_bytes());
+        }
+        let corpus: Vec<&[u8]> = CORPUS.iter().map(|s| s.as_bytes()).collect();
+        crate::protocol::mutate::run(&corpus, 5000, b"'\"$;-/*\\eEUu&0 ()?:.x", classify_all);
+    }
+}
