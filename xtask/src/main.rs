@@ -272,6 +272,8 @@ fn fuzz(seconds: u64, targets: &[String]) -> anyhow::Result<()> {
     };
     for t in &targets {
         eprintln!("xtask: fuzzing {t} for {seconds} s");
+        // rustup's `cargo` proxy, not `$CARGO` (see `cargo()`): only the
+        // proxy understands `+nightly`.
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&dir)
             .args([

@@ -8,7 +8,9 @@
 //! (another kind, table, column, function or flag) is a policy bypass. Each
 //! input is compared with a twin that differs in exactly what the fingerprint
 //! abstracts from: the constants it writes as `?` hold other values, and the
-//! unquoted words have their ASCII case flipped.
+//! unquoted words have their ASCII case flipped. Pairs that are denied or
+//! rejected whole either way (unparsable throughout, or refused by
+//! PostgreSQL's own parser) are exempt: neither text can run.
 
 use std::ops::Range;
 
