@@ -47,9 +47,9 @@ pub fn classify_all(data: &[u8]) {
     }
     // PostgreSQL parses a whole simple-query string before it runs any of
     // it, so a text its parser rejects never runs, whatever was decided for
-    // it. (sqlparser reads `TRUNCATE 'x'` with the string as a table: a
-    // reading the cross-check leaves standing only beside a statement that
-    // is unparsable anyway, in a text PostgreSQL rejects.)
+    // it. (The fuzzer found sqlparser reading `TRUNCATE 'x'` with the string
+    // as a table, a reading the cross-check left standing beside a statement
+    // that is unparsable anyway; such a name is now unparsable itself.)
     if pg_query::parse(&sql).is_err() && pg_query::parse(&twin).is_err() {
         return;
     }
@@ -210,7 +210,8 @@ mod tests {
         // one; both are denied as unparsable.
         classify_all(b"$VALVALU@$0$$a$$0$\xd5;$\xd5;&SE\xc3\xd1VAL$UESE=$");
         // Found by the fuzzer: the string after TRUNCATE read as a table
-        // beside an unparsable statement; PostgreSQL rejects the text.
+        // beside an unparsable statement; PostgreSQL rejects the text, and
+        // the string as a name is now unparsable too.
         classify_all(b"if:\xbd\xfd=fT;TRUNCATE'n$a?U&W|WH\0\0\0E\x92E\x83IR'");
         let corpus: Vec<&[u8]> = CORPUS.iter().map(|s| s.as_bytes()).collect();
         crate::protocol::mutate::run(&corpus, 5000, b"'\"$;-/*\\eEUu&0 ()?:.x", classify_all);

@@ -461,6 +461,36 @@ fn boundary_disagreement_is_whole_string_unparsable() {
 }
 
 #[test]
+fn string_literals_read_as_names_are_unparsable() {
+    // sqlparser takes the string after TRUNCATE as a table name; PostgreSQL
+    // and MySQL reject the text. Without the cross-check too (it is
+    // configurable), and in the MySQL dialect, which has none.
+    let plain = Classifier::default().with_cross_check(false);
+    for sql in ["TRUNCATE 'customers'", "TRUNCATE public.'customers'"] {
+        for c in [plain.classify(sql), classify_mysql(sql)] {
+            assert_eq!(c.statements.len(), 1, "{sql}");
+            let s = &c.statements[0];
+            assert_eq!(s.kind, Kind::Unparsable, "{sql}: {s:?}");
+            assert_eq!(
+                s.error.as_deref(),
+                Some("a string literal where a name belongs")
+            );
+        }
+        assert_eq!(one(sql).kind, Kind::Unparsable, "{sql}");
+    }
+    // Quoted identifiers (and strings elsewhere) are names and values as before.
+    assert_eq!(
+        writes(&plain.classify("TRUNCATE \"Customers\"").statements[0]),
+        ["Customers"]
+    );
+    assert_eq!(
+        writes(&classify_mysql("TRUNCATE `Customers`").statements[0]),
+        ["Customers"]
+    );
+    assert_eq!(one("SELECT 'customers' FROM t").kind, Kind::Read);
+}
+
+#[test]
 fn ordinary_queries_are_not_refused() {
     for sql in [
         "SELECT id::text, now(), data->>'k', data #> '{a,b}' FROM t WHERE id = $1",
