@@ -20,16 +20,25 @@
 //! is DDL, `SET role` a role switch, EXPLAIN/PREPARE take their inner
 //! statement's kind...). Statements ours could not read are unparsable
 //! already and are not compared.
+//!
+//! Agreeing on a statement's kind is not enough for table rules: sqlparser
+//! reads `SELECT * FROM ONLY secrets` as a read of a table named `only`
+//! (alias `secrets`). So the names a policy matches are compared too
+//! ([`super::pgnames`] collects them from PostgreSQL's tree): every table a
+//! read or write touches and every write target must be in ours, and every
+//! call of a dangerous function, in any statement. Ours may name more.
 
 use pg_query::{NodeEnum, protobuf};
 
-use super::{Classification, Kind};
+use super::{Access, Classification, DangerousFunctions, Kind, StatementInfo, pgnames::PgNames};
 
 /// One statement as PostgreSQL's parser reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PgStatement {
     pub span: std::ops::Range<usize>,
     pub kind: Kind,
+    /// The tables and functions it names.
+    pub names: PgNames,
 }
 
 /// Splits and classifies `sql` with libpg_query; `Err` with the parser's
@@ -49,9 +58,14 @@ pub(crate) fn pg_statements(sql: &str) -> Result<Vec<PgStatement>, String> {
             .as_ref()
             .and_then(|n| n.node.as_ref())
             .map_or(Kind::Unparsable, kind_of);
+        let names = match &raw.stmt {
+            Some(stmt) => PgNames::of(stmt)?,
+            None => PgNames::default(),
+        };
         out.push(PgStatement {
             span: start..end,
             kind,
+            names,
         });
     }
     Ok(out)
@@ -80,7 +94,11 @@ impl std::fmt::Display for Disagreement {
 
 /// Compares our classification of `sql` with PostgreSQL's reading; `Err`
 /// explains the first disagreement.
-pub(crate) fn check(sql: &str, ours: &Classification) -> Result<(), Disagreement> {
+pub(crate) fn check(
+    sql: &str,
+    ours: &Classification,
+    dangerous: &DangerousFunctions,
+) -> Result<(), Disagreement> {
     let theirs = pg_statements(sql).map_err(Disagreement::Rejected)?;
     if theirs.len() != ours.statements.len() {
         return Err(Disagreement::Differs(format!(
@@ -105,6 +123,59 @@ pub(crate) fn check(sql: &str, ours: &Classification) -> Result<(), Disagreement
                 name(p.kind),
                 name(o.kind)
             )));
+        }
+        if o.kind != Kind::Unparsable {
+            names_agree(p, o, dangerous)
+                .map_err(|e| Disagreement::Differs(format!("statement {}: {e}", i + 1)))?;
+        }
+    }
+    Ok(())
+}
+
+/// What a policy reads by name must be in our reading wherever PostgreSQL's
+/// parser sees it: every table a query or write touches (a table ours missed
+/// is one a table rule cannot deny), every write target, and every call of a
+/// dangerous function. Ours may see more (it is not compared the other way).
+/// Tables are compared for reads and writes, the kinds whose rules name
+/// tables; dangerous calls in every statement.
+fn names_agree(
+    p: &PgStatement,
+    o: &StatementInfo,
+    dangerous: &DangerousFunctions,
+) -> Result<(), String> {
+    // A one-part name may be a CTE; which one only the scopes tell, and
+    // ours resolves them (so a CTE's name is not compared).
+    let cte = |n: &[String]| matches!(n, [one] if p.names.ctes.contains(one));
+    let ours_has = |n: &[String], write: bool| {
+        o.tables
+            .iter()
+            .any(|t| t.table.parts == n && (!write || t.access == Access::Write))
+    };
+    if matches!(o.kind, Kind::Read | Kind::Write) {
+        for n in &p.names.relations {
+            if !cte(n) && !ours_has(n, false) {
+                return Err(format!(
+                    "PostgreSQL's parser reads table {}, ours does not see it",
+                    n.join(".")
+                ));
+            }
+        }
+        for n in &p.names.write_targets {
+            if !cte(n) && !ours_has(n, true) {
+                return Err(format!(
+                    "PostgreSQL's parser writes table {}, ours does not",
+                    n.join(".")
+                ));
+            }
+        }
+    }
+    for f in &p.names.calls {
+        let name = super::QualifiedName { parts: f.clone() };
+        if dangerous.matches(&name) && !o.functions.contains(&name) {
+            return Err(format!(
+                "PostgreSQL's parser calls {}, ours does not see the call",
+                f.join(".")
+            ));
         }
     }
     Ok(())
@@ -298,9 +369,133 @@ mod tests {
         ] {
             let c = plain.classify(sql);
             assert!(!c.any_unparsable(), "{sql}: {c:?}");
-            assert_eq!(check(sql, &c), Ok(()), "{sql}");
+            assert_eq!(
+                check(sql, &c, &DangerousFunctions::builtin()),
+                Ok(()),
+                "{sql}"
+            );
             assert_eq!(classify(sql), c, "{sql}");
         }
+    }
+
+    /// Reads and writes that name tables and functions in every position
+    /// the grammar has: the table and call comparison refuses none of them.
+    #[test]
+    fn names_agree_on_ordinary_reads_and_writes() {
+        let plain = Classifier::default().with_cross_check(false);
+        for sql in [
+            "SELECT * FROM db.s.t JOIN \"Mixed\".\"Case\" m ON m.id = t.id",
+            "SELECT * FROM t NATURAL JOIN u",
+            "SELECT * FROM t a JOIN u b USING (id) WHERE a.x IN (SELECT x FROM w)",
+            "SELECT (SELECT max(x) FROM m), exists(SELECT 1 FROM e) FROM t",
+            "SELECT a FROM t GROUP BY a HAVING count(*) > (SELECT 1 FROM h) ORDER BY (SELECT 1 FROM o)",
+            "SELECT * FROM t LIMIT (SELECT 1 FROM lim) OFFSET (SELECT 0 FROM off)",
+            "SELECT * FROM t1, LATERAL (SELECT * FROM t2 WHERE t2.a = t1.a) s",
+            "SELECT * FROM generate_series(1, 3) g, unnest(ARRAY[1]) AS e",
+            "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
+            "SELECT * FROM (VALUES (1), ((SELECT 2 FROM v))) x(a)",
+            "SELECT * FROM t WHERE a = ANY (SELECT a FROM u)",
+            "SELECT * FROM t AS x FOR SHARE OF x SKIP LOCKED",
+            "SELECT * FROM t FOR UPDATE OF t NOWAIT",
+            "SELECT row_number() OVER w FROM t WINDOW w AS (PARTITION BY a)",
+            "SELECT EXTRACT(year FROM d), TRIM(x), substring(x FROM 2), d AT TIME ZONE 'UTC' FROM t",
+            "SELECT ceil(x), floor(x), position('a' IN x), overlay(x PLACING 'y' FROM 1) FROM t",
+            "SELECT * FROM t UNION SELECT * FROM u EXCEPT SELECT * FROM w",
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+            "WITH t AS (SELECT * FROM t) SELECT * FROM t",
+            "WITH a AS (SELECT 1), b AS (SELECT * FROM a, real_b) SELECT * FROM b",
+            "DECLARE c CURSOR FOR SELECT * FROM t",
+            "INSERT INTO t DEFAULT VALUES",
+            "INSERT INTO s.t AS x (a) SELECT a FROM u ON CONFLICT (a) DO UPDATE SET b = EXCLUDED.b RETURNING (SELECT 1 FROM r)",
+            "UPDATE t SET a = (SELECT a FROM u) FROM v WHERE t.id = v.id RETURNING *",
+            "DELETE FROM t USING u WHERE t.a = u.a",
+            "MERGE INTO t USING (SELECT * FROM s) src ON t.id = src.id WHEN NOT MATCHED THEN INSERT VALUES (src.id)",
+            "WITH d AS (DELETE FROM t RETURNING *) INSERT INTO archive SELECT * FROM d",
+            "PREPARE q AS INSERT INTO t SELECT * FROM u",
+            "EXPLAIN (ANALYZE) UPDATE t SET a = 1 FROM u",
+            "TRUNCATE a, s.b",
+            "SELECT pg_catalog.now(), lower(x), coalesce(a, b), nullif(a, b), greatest(a, b) FROM t",
+            "SELECT pg_read_file('f'), pg_catalog.lo_export(1, '/tmp/x') FROM t",
+            "SELECT * FROM dblink('x', 'SELECT 1') AS r(a int)",
+            "COPY (SELECT pg_ls_dir('.')) TO STDOUT",
+        ] {
+            let c = plain.classify(sql);
+            assert!(!c.any_unparsable(), "{sql}: {c:?}");
+            assert_eq!(
+                check(sql, &c, &DangerousFunctions::builtin()),
+                Ok(()),
+                "{sql}"
+            );
+        }
+    }
+
+    /// A reading that misses a table, a write or a dangerous call that
+    /// PostgreSQL's parser sees is refused, whatever position it is in.
+    #[test]
+    fn a_name_ours_misses_is_a_disagreement() {
+        let plain = Classifier::default().with_cross_check(false);
+        let dangerous = DangerousFunctions::builtin();
+        let differs = |sql: &str, edit: &dyn Fn(&mut StatementInfo)| {
+            let mut c = plain.classify(sql);
+            assert_eq!(check(sql, &c, &dangerous), Ok(()), "{sql}");
+            edit(&mut c.statements[0]);
+            match check(sql, &c, &dangerous) {
+                Err(Disagreement::Differs(e)) => e,
+                other => panic!("{sql}: {other:?}"),
+            }
+        };
+        let drop_table = |name: &'static str| {
+            move |s: &mut StatementInfo| s.tables.retain(|t| t.table.parts.join(".") != name)
+        };
+        assert_eq!(
+            differs("SELECT * FROM t", &drop_table("t")),
+            "statement 1: PostgreSQL's parser reads table t, ours does not see it"
+        );
+        assert!(
+            differs(
+                "INSERT INTO t VALUES (1) RETURNING (SELECT secret FROM vault)",
+                &drop_table("vault")
+            )
+            .contains("reads table vault")
+        );
+        assert!(
+            differs(
+                "SELECT * FROM t LIMIT (SELECT 1 FROM s.lim)",
+                &drop_table("s.lim")
+            )
+            .contains("reads table s.lim")
+        );
+        let read_only = |s: &mut StatementInfo| {
+            for t in &mut s.tables {
+                t.access = Access::Read;
+            }
+        };
+        assert_eq!(
+            differs(
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+                &read_only
+            ),
+            "statement 1: PostgreSQL's parser writes table t, ours does not"
+        );
+        assert_eq!(
+            differs(
+                "SELECT 1 FROM t WHERE a = (SELECT pg_catalog.pg_read_file('x'))",
+                &|s| s.functions.clear()
+            ),
+            "statement 1: PostgreSQL's parser calls pg_catalog.pg_read_file, ours does not see the call"
+        );
+        // A call that is not dangerous, or a CTE's name, is not compared.
+        let mut c = plain.classify("WITH r AS (SELECT lower('x')) SELECT * FROM r");
+        c.statements[0].functions.clear();
+        c.statements[0].tables.clear();
+        assert_eq!(
+            check(
+                "WITH r AS (SELECT lower('x')) SELECT * FROM r",
+                &c,
+                &dangerous
+            ),
+            Ok(())
+        );
     }
 
     /// The cost of a decision-cache miss with and without the cross-check

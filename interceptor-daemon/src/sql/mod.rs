@@ -47,6 +47,7 @@ pub mod fuzz;
 mod lexer;
 mod mysql;
 mod normalize;
+mod pgnames;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -507,7 +508,7 @@ impl Classifier {
         if !self.cross_check || ours.statements.iter().all(|s| s.kind == Kind::Unparsable) {
             return (ours, text);
         }
-        match crosscheck::check(sql, &ours) {
+        match crosscheck::check(sql, &ours, &self.dangerous) {
             Ok(()) => (ours, text),
             // PostgreSQL rejects the whole text when one statement is bad;
             // ours already says which (and each statement keeps its own
@@ -563,7 +564,7 @@ impl Classifier {
                 }
                 Ok(mut parsed) => match parsed.as_mut_slice() {
                     [stmt] => {
-                        statements.push(walk::analyze(stmt, piece.range, &self.dangerous));
+                        statements.push(walk::analyze(stmt, piece.range, &self.dangerous, true));
                         if with_text {
                             texts.push(normalize::pg_text(stmt));
                         }

@@ -61,7 +61,7 @@ impl Classifier {
                 [] => (Classification { statements: vec![] }, String::new()),
                 [stmt] => (
                     Classification {
-                        statements: vec![walk::analyze(stmt, 0..sql.len(), &self.dangerous)],
+                        statements: vec![walk::analyze(stmt, 0..sql.len(), &self.dangerous, false)],
                     },
                     mysql_text(stmt),
                 ),

@@ -654,3 +654,33 @@ fn postgres_grammar_cross_check_catches_differentials() {
         );
     }
 }
+
+#[test]
+fn only_is_not_a_table_name() {
+    // sqlparser reads `FROM ONLY secrets` as a table named `only` with the
+    // alias `secrets`: a rule denying reads of secrets would not have seen
+    // it. Unparsable (denied) in every position, with or without the
+    // cross-check (which catches it too: PostgreSQL reads table secrets).
+    let plain = Classifier::default().with_cross_check(false);
+    for sql in [
+        "SELECT * FROM ONLY secrets",
+        "select * from only secrets natural join u",
+        "SELECT * FROM t JOIN ONLY secrets ON secrets.id = t.id",
+        "DELETE FROM ONLY secrets",
+        "UPDATE ONLY secrets SET a = 1",
+        "INSERT INTO t SELECT * FROM ONLY secrets",
+    ] {
+        let s = &plain.classify(sql).statements[0];
+        assert_eq!(s.kind, Kind::Unparsable, "{sql}: {s:?}");
+        assert_eq!(
+            s.error.as_deref(),
+            Some("ONLY, which the SQL parser reads as a table named only"),
+            "{sql}"
+        );
+        assert_eq!(one(sql).kind, Kind::Unparsable, "{sql}");
+    }
+    // A table really named only is quoted in PostgreSQL, and a plain name in MySQL.
+    assert_eq!(reads(&one("SELECT * FROM \"only\" o")), ["only"]);
+    let m = classify_mysql("SELECT * FROM only o");
+    assert_eq!(reads(&m.statements[0]), ["only"]);
+}

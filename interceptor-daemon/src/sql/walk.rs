@@ -73,12 +73,18 @@ pub(super) fn do_block(span: Range<usize>) -> StatementInfo {
     }
 }
 
+/// `postgres`: the text is PostgreSQL's (else MySQL's), for the few
+/// readings of sqlparser's tree that differ between the two.
 pub(super) fn analyze(
     stmt: &Statement,
     span: Range<usize>,
     dangerous: &DangerousFunctions,
+    postgres: bool,
 ) -> StatementInfo {
-    let mut w = Walker::default();
+    let mut w = Walker {
+        postgres,
+        ..Walker::default()
+    };
     // The walker never breaks, so the result carries no information.
     let _ = stmt.visit(&mut w);
     let kind = match w.unmodelled {
@@ -147,6 +153,8 @@ struct Walker {
     ctes: Vec<String>,
     /// A construct that makes the whole statement unparsable.
     unmodelled: Option<&'static str>,
+    /// PostgreSQL's text (else MySQL's).
+    postgres: bool,
 }
 
 impl Walker {
@@ -482,6 +490,18 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
+        // `FROM ONLY t` (t without its inheritance children) reaches us as
+        // a table named `only` with the alias `t`: a rule on t would not
+        // see it. ONLY is reserved in PostgreSQL, so a table of that name
+        // is always this misreading (MySQL's `only` is an ordinary name).
+        if self.postgres
+            && let TableFactor::Table { name: n, .. } = f
+            && let [ObjectNamePart::Identifier(id)] = n.0.as_slice()
+            && id.quote_style.is_none()
+            && id.value.eq_ignore_ascii_case("only")
+        {
+            self.unmodelled = Some("ONLY, which the SQL parser reads as a table named only");
+        }
         match f {
             TableFactor::Table {
                 name: n,

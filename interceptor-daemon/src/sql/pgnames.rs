@@ -1,0 +1,465 @@
+//! The tables and functions one statement of PostgreSQL's parse tree names,
+//! for the cross-check ([`super::crosscheck`]) to hold against ours.
+//!
+//! libpg_query's tree has some 270 node types and no visitor; pg_query's own
+//! `nodes()` walk follows only the fields it knows (it skips RETURNING, VALUES
+//! and LIMIT, among others), and a reference it skips could not be caught. So
+//! the tree is walked through its `serde::Serialize` implementation (every
+//! generated type has one): a serializer that sees every struct by name and
+//! every field, whatever node holds it, and collects the few it is after.
+
+use std::fmt;
+
+use pg_query::protobuf;
+use serde::ser::{self, Serialize};
+
+/// What one statement names, as PostgreSQL's parser reads it. Names are in
+/// the parse tree's form: unquoted identifiers folded to lower case, quoted
+/// ones as written, each part truncated to 63 bytes (our walker's form too).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct PgNames {
+    /// Every relation reference (`RangeVar`), row-locking clauses aside
+    /// (`FOR UPDATE OF x` names a FROM item, possibly an alias), including
+    /// references to CTEs, which only the query's scopes can tell apart.
+    pub relations: Vec<Vec<String>>,
+    /// The targets of INSERT, UPDATE, DELETE, MERGE and TRUNCATE, at any
+    /// depth (data-modifying CTEs).
+    pub write_targets: Vec<Vec<String>>,
+    /// Names the statement gives its CTEs.
+    pub ctes: Vec<String>,
+    /// Functions called by name (`f(...)`); not the calls the grammar makes
+    /// up for SQL syntax such as `EXTRACT(...)` or `TRIM(...)`.
+    pub calls: Vec<Vec<String>>,
+}
+
+impl PgNames {
+    pub(crate) fn of(stmt: &protobuf::Node) -> Result<Self, String> {
+        let mut out = PgNames::default();
+        let mut scratch = Scratch::default();
+        stmt.serialize(Walk {
+            out: &mut out,
+            scratch: &mut scratch,
+            role: Role::Any,
+        })
+        .map_err(|e| e.0)?;
+        Ok(out)
+    }
+}
+
+/// Values a struct being walked captures from its fields.
+#[derive(Default)]
+struct Scratch {
+    strings: Vec<String>,
+    int: Option<i64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Walk everything below, collecting.
+    Any,
+    /// The relation(s) below are a statement's write target.
+    WriteTarget,
+    /// Capture every string below (a name's parts).
+    Strings,
+    /// Capture the integer below (an enum field).
+    Int,
+}
+
+#[derive(Debug)]
+struct Stop(String);
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stop {}
+
+impl ser::Error for Stop {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Stop(msg.to_string())
+    }
+}
+
+struct Walk<'a> {
+    out: &'a mut PgNames,
+    scratch: &'a mut Scratch,
+    role: Role,
+}
+
+impl Walk<'_> {
+    fn below(&mut self, role: Role) -> Walk<'_> {
+        Walk {
+            out: self.out,
+            scratch: self.scratch,
+            role,
+        }
+    }
+
+    fn int(self, v: i64) -> Result<(), Stop> {
+        if self.role == Role::Int {
+            self.scratch.int = Some(v);
+        }
+        Ok(())
+    }
+}
+
+/// Walks one struct: the few node types the cross-check reads are taken
+/// apart field by field, every other field is walked for what it holds.
+struct StructWalk<'a> {
+    walk: Walk<'a>,
+    name: &'static str,
+    parts: [Option<String>; 3],
+    funcname: Option<Vec<String>>,
+    funcformat: Option<i64>,
+}
+
+impl StructWalk<'_> {
+    fn capture<T: ?Sized + Serialize>(&mut self, value: &T, role: Role) -> Result<(), Stop> {
+        self.walk.scratch.strings.clear();
+        self.walk.scratch.int = None;
+        value.serialize(self.walk.below(role))
+    }
+}
+
+impl ser::SerializeStruct for StructWalk<'_> {
+    type Ok = ();
+    type Error = Stop;
+
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), Stop> {
+        let capturing = matches!(self.walk.role, Role::Strings | Role::Int);
+        match (self.name, key) {
+            // Inside a captured value (a name's `String` nodes): pass on.
+            _ if capturing => value.serialize(self.walk.below(self.walk.role)),
+            ("RangeVar", "catalogname" | "schemaname" | "relname") => {
+                self.capture(value, Role::Strings)?;
+                let i = match key {
+                    "catalogname" => 0,
+                    "schemaname" => 1,
+                    _ => 2,
+                };
+                self.parts[i] = self.walk.scratch.strings.pop();
+                Ok(())
+            }
+            ("FuncCall", "funcname") => {
+                self.capture(value, Role::Strings)?;
+                self.funcname = Some(std::mem::take(&mut self.walk.scratch.strings));
+                Ok(())
+            }
+            ("FuncCall", "funcformat") => {
+                self.capture(value, Role::Int)?;
+                self.funcformat = self.walk.scratch.int;
+                Ok(())
+            }
+            ("CommonTableExpr", "ctename") => {
+                self.capture(value, Role::Strings)?;
+                self.walk.out.ctes.extend(self.walk.scratch.strings.pop());
+                Ok(())
+            }
+            ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", "relation")
+            | ("TruncateStmt", "relations") => value.serialize(self.walk.below(Role::WriteTarget)),
+            // The wrapper around every node: its role is the node's.
+            ("Node", "node") => value.serialize(self.walk.below(self.walk.role)),
+            // `FOR UPDATE OF x`: x is a FROM item (or its alias), not a new reference.
+            ("LockingClause", _) => Ok(()),
+            _ => value.serialize(self.walk.below(Role::Any)),
+        }
+    }
+
+    fn end(self) -> Result<(), Stop> {
+        match self.name {
+            "RangeVar" if self.walk.role != Role::Strings => {
+                let name: Vec<String> = self
+                    .parts
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                if self.walk.role == Role::WriteTarget {
+                    self.walk.out.write_targets.push(name.clone());
+                }
+                self.walk.out.relations.push(name);
+            }
+            "FuncCall" => {
+                let made_up =
+                    self.funcformat == Some(protobuf::CoercionForm::CoerceSqlSyntax as i64);
+                if let Some(name) = self.funcname
+                    && !made_up
+                {
+                    self.walk.out.calls.push(name);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Sequences, tuples and maps: each element walked in the same role (a
+/// TRUNCATE's relation list is a list of write targets).
+impl ser::SerializeSeq for Walk<'_> {
+    type Ok = ();
+    type Error = Stop;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
+        let role = self.role;
+        v.serialize(self.below(role))
+    }
+    fn end(self) -> Result<(), Stop> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTuple for Walk<'_> {
+    type Ok = ();
+    type Error = Stop;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Stop> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for Walk<'_> {
+    type Ok = ();
+    type Error = Stop;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Stop> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleVariant for Walk<'_> {
+    type Ok = ();
+    type Error = Stop;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Stop> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for Walk<'_> {
+    type Ok = ();
+    type Error = Stop;
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, _k: &T) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Stop> {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStructVariant for Walk<'_> {
+    type Ok = ();
+    type Error = Stop;
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        _k: &'static str,
+        v: &T,
+    ) -> Result<(), Stop> {
+        ser::SerializeSeq::serialize_element(self, v)
+    }
+    fn end(self) -> Result<(), Stop> {
+        Ok(())
+    }
+}
+
+impl<'a> ser::Serializer for Walk<'a> {
+    type Ok = ();
+    type Error = Stop;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = StructWalk<'a>;
+    type SerializeStructVariant = Self;
+
+    fn serialize_str(self, v: &str) -> Result<(), Stop> {
+        if self.role == Role::Strings {
+            self.scratch.strings.push(v.to_owned());
+        }
+        Ok(())
+    }
+    fn serialize_bool(self, _: bool) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Stop> {
+        self.int(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Stop> {
+        self.int(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Stop> {
+        self.int(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), Stop> {
+        self.int(v)
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Stop> {
+        self.int(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Stop> {
+        self.int(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Stop> {
+        self.int(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), Stop> {
+        // No enum of the tree comes near; out of range is not an enum value.
+        self.int(i64::try_from(v).unwrap_or(-1))
+    }
+    fn serialize_f32(self, _: f32) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_f64(self, _: f64) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_char(self, _: char) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, v: &T) -> Result<(), Stop> {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> Result<(), Stop> {
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), Stop> {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        v: &T,
+    ) -> Result<(), Stop> {
+        v.serialize(self)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self, Stop> {
+        Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self, Stop> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, Stop> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, Stop> {
+        Ok(self)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self, Stop> {
+        Ok(self)
+    }
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<StructWalk<'a>, Stop> {
+        Ok(StructWalk {
+            walk: self,
+            name,
+            parts: [None, None, None],
+            funcname: None,
+            funcformat: None,
+        })
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, Stop> {
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(sql: &str) -> PgNames {
+        let parsed = pg_query::parse(sql).expect("PostgreSQL parses it");
+        let stmt = parsed.protobuf.stmts[0].stmt.as_ref().expect("a statement");
+        PgNames::of(stmt).expect("walks")
+    }
+
+    fn v(names: &[&str]) -> Vec<Vec<String>> {
+        names
+            .iter()
+            .map(|n| n.split('.').map(str::to_owned).collect())
+            .collect()
+    }
+
+    #[test]
+    fn every_reference_wherever_the_tree_holds_it() {
+        // RETURNING, VALUES and LIMIT are fields pg_query's own walk skips.
+        let n = names(
+            "WITH c AS (SELECT 1) INSERT INTO s.\"Orders\" AS o \
+             VALUES ((SELECT max(id) FROM ids), now()) \
+             RETURNING (SELECT secret FROM vault LIMIT (SELECT count(*) FROM lim))",
+        );
+        assert_eq!(n.write_targets, v(&["s.Orders"]));
+        let mut rel = n.relations.clone();
+        rel.sort();
+        assert_eq!(rel, v(&["ids", "lim", "s.Orders", "vault"]));
+        assert_eq!(n.ctes, ["c"]);
+        let mut calls = n.calls.clone();
+        calls.sort();
+        assert_eq!(calls, v(&["count", "max", "now"]));
+    }
+
+    #[test]
+    fn writes_at_any_depth_and_truncate_lists() {
+        let n = names("WITH d AS (DELETE FROM a RETURNING *) UPDATE b SET x = 1 FROM d, c");
+        let mut w = n.write_targets.clone();
+        w.sort();
+        assert_eq!(w, v(&["a", "b"]));
+        assert_eq!(names("TRUNCATE x, y.z").write_targets, v(&["x", "y.z"]));
+        assert_eq!(
+            names("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE").write_targets,
+            v(&["t"])
+        );
+    }
+
+    #[test]
+    fn syntax_calls_and_locking_clauses_are_not_references() {
+        let n = names(
+            "SELECT EXTRACT(year FROM d), TRIM(x), pg_catalog.pg_read_file('f'), \
+             d AT TIME ZONE 'UTC' FROM t AS a FOR UPDATE OF a",
+        );
+        assert_eq!(n.calls, v(&["pg_catalog.pg_read_file"]));
+        assert_eq!(n.relations, v(&["t"]));
+    }
+}
