@@ -318,6 +318,9 @@ pub enum Scan {
     Reply { len: usize, marker: u8 },
 }
 
+/// The first byte of every RESP2/RESP3 value a server sends.
+const REPLY_MARKERS: &[u8] = b"+-:_,#($!=*~>%|";
+
 /// Finds the ends of top-level replies in a server byte stream, keeping its
 /// place across calls so replies never need to be buffered whole.
 #[derive(Debug, Clone, Default)]
@@ -368,15 +371,22 @@ impl ReplyScanner {
                     return Ok(Scan::Partial(pos));
                 }
             }
-            let Some(end) = find_crlf(buf, pos, MAX_LINE)? else {
+            // A line starts with its type marker; anything else (an empty
+            // line's CR, say) is refused at once rather than after its line.
+            let Some(&marker) = buf.get(pos) else {
+                return Ok(Scan::Partial(pos));
+            };
+            if !REPLY_MARKERS.contains(&marker) {
+                return Err(RespError::BadMarker(marker));
+            }
+            let Some(end) = find_crlf(buf, pos + 1, MAX_LINE)? else {
                 return Ok(Scan::Partial(pos));
             };
             if self.pending == 0 {
                 // A new top-level reply starts here.
                 self.pending = 1;
             }
-            let (marker, body) = (buf[pos], &buf[pos + 1..end]);
-            self.value(marker, body)?;
+            self.value(marker, &buf[pos + 1..end])?;
             pos = end + 2;
         }
     }
@@ -895,6 +905,13 @@ mod tests {
             b"$?\r\n",
             b"*?\r\n",
             b":1\r\n@\r\n",
+            // Empty lines (found by the fuzzer: the scanner sliced past its
+            // end and panicked), also where a nested value belongs.
+            b"\r\n",
+            b"\r\n\x0c/\n\n\n",
+            b"*2\r\n:1\r\n\r\n",
+            // Refused at the bad byte, without waiting for its line.
+            b"@",
         ] {
             let got = fuzz::scan_all(bad, &[]);
             assert_eq!(
