@@ -105,11 +105,43 @@ impl Walk<'_> {
     }
 }
 
+/// The struct types the walk takes apart; the type is matched once per
+/// struct, not per field (most fields belong to `Other`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    RangeVar,
+    FuncCall,
+    Cte,
+    /// INSERT, UPDATE, DELETE, MERGE: `relation` is the write target.
+    Dml,
+    /// TRUNCATE: `relations` are write targets.
+    Truncate,
+    /// The wrapper around every node.
+    Node,
+    Locking,
+    Other,
+}
+
+impl Shape {
+    fn of(name: &str) -> Self {
+        match name {
+            "Node" => Shape::Node,
+            "RangeVar" => Shape::RangeVar,
+            "FuncCall" => Shape::FuncCall,
+            "CommonTableExpr" => Shape::Cte,
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => Shape::Dml,
+            "TruncateStmt" => Shape::Truncate,
+            "LockingClause" => Shape::Locking,
+            _ => Shape::Other,
+        }
+    }
+}
+
 /// Walks one struct: the few node types the cross-check reads are taken
 /// apart field by field, every other field is walked for what it holds.
 struct StructWalk<'a> {
     walk: Walk<'a>,
-    name: &'static str,
+    shape: Shape,
     parts: [Option<String>; 3],
     funcname: Option<Vec<String>>,
     funcformat: Option<i64>,
@@ -133,10 +165,13 @@ impl ser::SerializeStruct for StructWalk<'_> {
         value: &T,
     ) -> Result<(), Stop> {
         let capturing = matches!(self.walk.role, Role::Strings | Role::Int);
-        match (self.name, key) {
-            // Inside a captured value (a name's `String` nodes): pass on.
+        match (self.shape, key) {
+            // Inside a captured value (a name's `String` nodes) or a node's
+            // wrapper: pass the role on.
             _ if capturing => value.serialize(self.walk.below(self.walk.role)),
-            ("RangeVar", "catalogname" | "schemaname" | "relname") => {
+            (Shape::Node, _) => value.serialize(self.walk.below(self.walk.role)),
+            (Shape::Other, _) => value.serialize(self.walk.below(Role::Any)),
+            (Shape::RangeVar, "catalogname" | "schemaname" | "relname") => {
                 self.capture(value, Role::Strings)?;
                 let i = match key {
                     "catalogname" => 0,
@@ -146,34 +181,33 @@ impl ser::SerializeStruct for StructWalk<'_> {
                 self.parts[i] = self.walk.scratch.strings.pop();
                 Ok(())
             }
-            ("FuncCall", "funcname") => {
+            (Shape::FuncCall, "funcname") => {
                 self.capture(value, Role::Strings)?;
                 self.funcname = Some(std::mem::take(&mut self.walk.scratch.strings));
                 Ok(())
             }
-            ("FuncCall", "funcformat") => {
+            (Shape::FuncCall, "funcformat") => {
                 self.capture(value, Role::Int)?;
                 self.funcformat = self.walk.scratch.int;
                 Ok(())
             }
-            ("CommonTableExpr", "ctename") => {
+            (Shape::Cte, "ctename") => {
                 self.capture(value, Role::Strings)?;
                 self.walk.out.ctes.extend(self.walk.scratch.strings.pop());
                 Ok(())
             }
-            ("InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt", "relation")
-            | ("TruncateStmt", "relations") => value.serialize(self.walk.below(Role::WriteTarget)),
-            // The wrapper around every node: its role is the node's.
-            ("Node", "node") => value.serialize(self.walk.below(self.walk.role)),
+            (Shape::Dml, "relation") | (Shape::Truncate, "relations") => {
+                value.serialize(self.walk.below(Role::WriteTarget))
+            }
             // `FOR UPDATE OF x`: x is a FROM item (or its alias), not a new reference.
-            ("LockingClause", _) => Ok(()),
+            (Shape::Locking, _) => Ok(()),
             _ => value.serialize(self.walk.below(Role::Any)),
         }
     }
 
     fn end(self) -> Result<(), Stop> {
-        match self.name {
-            "RangeVar" if self.walk.role != Role::Strings => {
+        match self.shape {
+            Shape::RangeVar if self.walk.role != Role::Strings => {
                 let name: Vec<String> = self
                     .parts
                     .into_iter()
@@ -185,7 +219,7 @@ impl ser::SerializeStruct for StructWalk<'_> {
                 }
                 self.walk.out.relations.push(name);
             }
-            "FuncCall" => {
+            Shape::FuncCall => {
                 let made_up =
                     self.funcformat == Some(protobuf::CoercionForm::CoerceSqlSyntax as i64);
                 if let Some(name) = self.funcname
@@ -388,7 +422,7 @@ impl<'a> ser::Serializer for Walk<'a> {
     fn serialize_struct(self, name: &'static str, _: usize) -> Result<StructWalk<'a>, Stop> {
         Ok(StructWalk {
             walk: self,
-            name,
+            shape: Shape::of(name),
             parts: [None, None, None],
             funcname: None,
             funcformat: None,
