@@ -607,6 +607,45 @@ rules:
         (d.action, d.rule)
     }
 
+    /// A deny-list policy (reads and writes allowed, one table denied) sees
+    /// the table however the statement names it, also with the PostgreSQL
+    /// cross-check turned off: `ONLY secrets` and a string as a table name
+    /// are sqlparser misreadings that named another table.
+    #[test]
+    fn deny_listed_table_under_every_spelling() {
+        let p = Policy::parse(
+            r#"
+default: deny
+rules:
+  - id: app
+    sql: { kinds: [read, write] }
+    action: allow
+  - id: no-secrets
+    sql: { tables: ["secrets"] }
+    action: deny
+"#,
+        )
+        .unwrap();
+        let ctx = Context {
+            identity: Some("shop/app"),
+            target: "db",
+        };
+        let plain = crate::sql::Classifier::default().with_cross_check(false);
+        for sql in [
+            "SELECT * FROM ONLY secrets",
+            "DELETE FROM ONLY secrets",
+            "UPDATE ONLY secrets SET a = 1",
+            "TRUNCATE 'secrets'",
+        ] {
+            for c in [classify(sql), plain.classify(sql)] {
+                let d = p.decide_statements(&ctx, &c.statements);
+                assert_eq!(d.action, Action::Deny, "{sql}: {d:?}");
+            }
+        }
+        let d = p.decide_statements(&ctx, &classify("SELECT * FROM orders").statements);
+        assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "app"));
+    }
+
     #[test]
     fn precedence_table() {
         use Action::*;
