@@ -679,6 +679,25 @@ fn only_is_not_a_table_name() {
         );
         assert_eq!(one(sql).kind, Kind::Unparsable, "{sql}");
     }
+    // Any reserved word read as a table name is the same misreading;
+    // after a dot PostgreSQL takes any word.
+    for sql in [
+        "SELECT * FROM user",
+        "DELETE FROM natural",
+        "INSERT INTO left VALUES (1)",
+    ] {
+        let s = &plain.classify(sql).statements[0];
+        assert_eq!(
+            (s.kind, s.error.as_deref()),
+            (
+                Kind::Unparsable,
+                Some("a word PostgreSQL reserves, read as a table name")
+            ),
+            "{sql}"
+        );
+    }
+    assert_eq!(reads(&one("SELECT * FROM public.order")), ["public.order"]);
+    assert_eq!(one("SELECT left('abc', 2) FROM t").kind, Kind::Read);
     // A table really named only is quoted in PostgreSQL, and a plain name in MySQL.
     assert_eq!(reads(&one("SELECT * FROM \"only\" o")), ["only"]);
     let m = classify_mysql("SELECT * FROM only o");

@@ -133,6 +133,113 @@ pub(super) fn analyze(
     }
 }
 
+/// PostgreSQL 17's reserved key words, and those reserved except as
+/// function or type names (Appendix C of its manual; none can name a
+/// table unquoted). Sorted, for binary search.
+const PG_RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
 #[derive(Default)]
 struct Walker {
     /// CTE names visible in each enclosing query (innermost last).
@@ -161,6 +268,7 @@ impl Walker {
     fn access(&mut self, n: &ObjectName, access: Access) {
         self.handled.push(n);
         self.string_as_name(n);
+        self.reserved_as_table(n);
         self.tables.push(TableAccess {
             table: name(n),
             access,
@@ -189,6 +297,25 @@ impl Walker {
             .any(|p| matches!(p, ObjectNamePart::Identifier(id) if id.quote_style == Some('\'')));
         if quoted {
             self.unmodelled = Some("a string literal where a name belongs");
+        }
+    }
+
+    /// An unquoted word PostgreSQL reserves cannot begin a table name, so sqlparser read as a name what PostgreSQL reads
+    /// as syntax (`FROM ONLY t` was one such reading). Fail closed on the
+    /// whole class, not just the instances found so far.
+    fn reserved_as_table(&mut self, n: &ObjectName) {
+        if !self.postgres || self.unmodelled.is_some() {
+            return;
+        }
+        // Only the first part: after a dot PostgreSQL takes any word
+        // (`public.order` is a table named order).
+        let reserved = n.0.first().is_some_and(|p| {
+            matches!(p, ObjectNamePart::Identifier(id)
+                if id.quote_style.is_none()
+                    && PG_RESERVED.binary_search(&id.value.to_ascii_lowercase().as_str()).is_ok())
+        });
+        if reserved {
+            self.unmodelled = Some("a word PostgreSQL reserves, read as a table name");
         }
     }
 
@@ -540,6 +667,7 @@ impl Visitor for Walker {
             return ControlFlow::Continue(());
         }
         self.string_as_name(n);
+        self.reserved_as_table(n);
         if let [ObjectNamePart::Identifier(id)] = n.0.as_slice()
             && self.scopes.last().is_some_and(|s| s.contains(&ident(id)))
         {
