@@ -139,8 +139,10 @@ pub(crate) fn check(
 /// parser sees it: every table a query or write touches (a table ours missed
 /// is one a table rule cannot deny), every write target, and every call of a
 /// dangerous function. Ours may see more (it is not compared the other way).
-/// Tables are compared for reads and writes, the kinds whose rules name
-/// tables; dangerous calls in every statement.
+/// Tables are compared for reads and writes only: for DDL ours does not list
+/// every relation PostgreSQL's tree holds (a foreign key's referenced table,
+/// INHERITS, a trigger's table, a new sequence), and ordinary migrations
+/// must not be refused for that. Dangerous calls in every statement.
 fn names_agree(
     p: &PgStatement,
     o: &StatementInfo,
