@@ -248,38 +248,27 @@ impl ser::SerializeSeq for Walk<'_> {
     }
 }
 
-impl ser::SerializeTuple for Walk<'_> {
-    type Ok = ();
-    type Error = Stop;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
-        ser::SerializeSeq::serialize_element(self, v)
-    }
-    fn end(self) -> Result<(), Stop> {
-        Ok(())
-    }
+/// Tuples of every kind: elements, walked like a sequence's.
+macro_rules! like_seq {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for Walk<'_> {
+            type Ok = ();
+            type Error = Stop;
+            fn $method<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
+                ser::SerializeSeq::serialize_element(self, v)
+            }
+            fn end(self) -> Result<(), Stop> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTupleStruct for Walk<'_> {
-    type Ok = ();
-    type Error = Stop;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
-        ser::SerializeSeq::serialize_element(self, v)
-    }
-    fn end(self) -> Result<(), Stop> {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for Walk<'_> {
-    type Ok = ();
-    type Error = Stop;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Stop> {
-        ser::SerializeSeq::serialize_element(self, v)
-    }
-    fn end(self) -> Result<(), Stop> {
-        Ok(())
-    }
-}
+like_seq!(
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for Walk<'_> {
     type Ok = ();
