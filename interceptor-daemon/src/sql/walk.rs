@@ -300,9 +300,10 @@ impl Walker {
         }
     }
 
-    /// An unquoted word PostgreSQL reserves cannot begin a table name, so sqlparser read as a name what PostgreSQL reads
-    /// as syntax (`FROM ONLY t` was one such reading). Fail closed on the
-    /// whole class, not just the instances found so far.
+    /// An unquoted word PostgreSQL reserves cannot begin a table name, so
+    /// sqlparser read as a name what PostgreSQL reads as syntax (`FROM ONLY
+    /// t` was one such reading). Fail closed on the whole class, not just
+    /// the instances found so far.
     fn reserved_as_table(&mut self, n: &ObjectName) {
         if !self.postgres || self.unmodelled.is_some() {
             return;
