@@ -547,9 +547,9 @@ fn demo(bin_dir: Option<PathBuf>) -> anyhow::Result<()> {
         "inet_client_addr() = {out}  (the pod's own address: not intercepted)"
     ));
 
-    step("`interceptor status`: the kernel side");
+    step("`interceptor status`: the daemon's open connections and the kernel side");
     let st = Command::new(&interceptor)
-        .args(["status", "--pin-dir"])
+        .args(["status", "--socket", &admin_socket_arg, "--pin-dir"])
         .arg(&pin_dir)
         .output()?;
     say(String::from_utf8_lossy(&st.stdout).trim_end());
