@@ -267,8 +267,7 @@ struct Walker {
 impl Walker {
     fn access(&mut self, n: &ObjectName, access: Access) {
         self.handled.push(n);
-        self.string_as_name(n);
-        self.reserved_as_table(n);
+        self.misread_name(n, true);
         self.tables.push(TableAccess {
             table: name(n),
             access,
@@ -283,40 +282,42 @@ impl Walker {
 
     fn function(&mut self, n: &ObjectName) {
         self.handled.push(n);
-        self.string_as_name(n);
+        self.misread_name(n, false);
         self.functions.push(name(n));
     }
 
-    /// sqlparser accepts a string literal where some statements expect a
-    /// name (`TRUNCATE 'x'` reads table `x`); neither PostgreSQL nor MySQL
-    /// does, so the server would not run what we would have decided on.
-    fn string_as_name(&mut self, n: &ObjectName) {
-        let quoted = n
+    /// Names sqlparser accepts that the server would not read as names, so
+    /// what we would decide on is not what the server would run:
+    /// * a string literal (`TRUNCATE 'x'` reads table `x`), in PostgreSQL
+    ///   and MySQL alike;
+    /// * for a table in PostgreSQL, a first part that is an unquoted word
+    ///   PostgreSQL reserves (after a dot it takes any word: `public.order`).
+    ///   `FROM ONLY t` (t without its inheritance children) reaches us as a
+    ///   table named `only` with the alias `t`, so a rule on t would not see
+    ///   it; the whole class fails closed, not just the instances found.
+    ///   (MySQL's `only` is an ordinary name.)
+    fn misread_name(&mut self, n: &ObjectName, table: bool) {
+        let string = n
             .0
             .iter()
             .any(|p| matches!(p, ObjectNamePart::Identifier(id) if id.quote_style == Some('\'')));
-        if quoted {
+        if string {
             self.unmodelled = Some("a string literal where a name belongs");
-        }
-    }
-
-    /// An unquoted word PostgreSQL reserves cannot begin a table name, so
-    /// sqlparser read as a name what PostgreSQL reads as syntax (`FROM ONLY
-    /// t` was one such reading). Fail closed on the whole class, not just
-    /// the instances found so far.
-    fn reserved_as_table(&mut self, n: &ObjectName) {
-        if !self.postgres || self.unmodelled.is_some() {
             return;
         }
-        // Only the first part: after a dot PostgreSQL takes any word
-        // (`public.order` is a table named order).
-        let reserved = n.0.first().is_some_and(|p| {
-            matches!(p, ObjectNamePart::Identifier(id)
-                if id.quote_style.is_none()
-                    && PG_RESERVED.binary_search(&id.value.to_ascii_lowercase().as_str()).is_ok())
-        });
-        if reserved {
-            self.unmodelled = Some("a word PostgreSQL reserves, read as a table name");
+        if !table || !self.postgres || self.unmodelled.is_some() {
+            return;
+        }
+        let Some(ObjectNamePart::Identifier(id)) = n.0.first() else {
+            return;
+        };
+        let word = id.value.to_ascii_lowercase();
+        if id.quote_style.is_none() && PG_RESERVED.binary_search(&word.as_str()).is_ok() {
+            self.unmodelled = Some(if word == "only" {
+                "ONLY, which the SQL parser reads as a table named only"
+            } else {
+                "a word PostgreSQL reserves, read as a table name"
+            });
         }
     }
 
@@ -618,18 +619,6 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
-        // `FROM ONLY t` (t without its inheritance children) reaches us as
-        // a table named `only` with the alias `t`: a rule on t would not
-        // see it. ONLY is reserved in PostgreSQL, so a table of that name
-        // is always this misreading (MySQL's `only` is an ordinary name).
-        if self.postgres
-            && let TableFactor::Table { name: n, .. } = f
-            && let [ObjectNamePart::Identifier(id)] = n.0.as_slice()
-            && id.quote_style.is_none()
-            && id.value.eq_ignore_ascii_case("only")
-        {
-            self.unmodelled = Some("ONLY, which the SQL parser reads as a table named only");
-        }
         match f {
             TableFactor::Table {
                 name: n,
@@ -667,8 +656,7 @@ impl Visitor for Walker {
         if self.handled.contains(&me) {
             return ControlFlow::Continue(());
         }
-        self.string_as_name(n);
-        self.reserved_as_table(n);
+        self.misread_name(n, true);
         if let [ObjectNamePart::Identifier(id)] = n.0.as_slice()
             && self.scopes.last().is_some_and(|s| s.contains(&ident(id)))
         {
