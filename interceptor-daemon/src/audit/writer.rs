@@ -1568,11 +1568,24 @@ mod tests {
         for i in 0..300 {
             log.append(&sample_access(i)).await.unwrap();
         }
+        // Go on to the next rotation, so that the segment to keep starts
+        // nearly empty: the retention record, its checkpoint and the last
+        // append below cannot roll it over. (Where the 300 records left the
+        // active segment depends on how many timed checkpoints the machine's
+        // speed allowed; one rolled over during the wait was too young to
+        // expire, and two segments stayed.)
+        let last_seq = || list_segments(tmp.path()).unwrap().last().unwrap().0;
+        let full = last_seq();
+        let mut i = 300;
+        while last_seq() == full {
+            log.append(&sample_access(i)).await.unwrap();
+            i += 1;
+        }
         let before = list_segments(tmp.path()).unwrap();
         assert!(before.len() > 3);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         // One more record: everything sealed before it is older than the limit.
-        log.append(&sample_access(300)).await.unwrap();
+        log.append(&sample_access(i)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         log.close().await.unwrap();
         let after = list_segments(tmp.path()).unwrap();
