@@ -646,6 +646,83 @@ rules:
         assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "app"));
     }
 
+    /// DDL and DCL that name a table without creating it (a foreign key's
+    /// referenced table, INHERITS, LIKE, a trigger's or a grant's table) are
+    /// matched by that table's rules: a deny on it denies them, and an allow
+    /// list that does not name it does not allow them.
+    #[test]
+    fn ddl_naming_a_table_is_matched_by_its_rules() {
+        let p = Policy::parse(
+            r#"
+default: deny
+rules:
+  - id: admin
+    sql: { kinds: [ddl, dcl, utility] }
+    action: allow
+  - id: no-secrets
+    sql: { tables: ["secrets"] }
+    action: deny
+"#,
+        )
+        .unwrap();
+        let ctx = Context {
+            identity: Some("shop/migrator"),
+            target: "db",
+        };
+        let plain = crate::sql::Classifier::default().with_cross_check(false);
+        for sql in [
+            "CREATE TABLE x (id int REFERENCES secrets (id))",
+            "CREATE TABLE x (id int, FOREIGN KEY (id) REFERENCES public.secrets)",
+            "ALTER TABLE x ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES secrets (id)",
+            "ALTER TABLE x ADD COLUMN s int REFERENCES secrets",
+            "CREATE TABLE x () INHERITS (secrets)",
+            "CREATE TABLE x (LIKE secrets)",
+            "CREATE TRIGGER t AFTER INSERT ON secrets FOR EACH ROW EXECUTE FUNCTION f()",
+            "DROP TRIGGER t ON secrets",
+            "GRANT SELECT ON secrets TO public",
+            "REVOKE ALL ON TABLE secrets FROM app",
+            "VACUUM FULL secrets",
+        ] {
+            for c in [classify(sql), plain.classify(sql)] {
+                assert!(!c.any_unparsable(), "{sql}: {c:?}");
+                let d = p.decide_statements(&ctx, &c.statements);
+                assert_eq!(
+                    (d.action, d.rule.as_str()),
+                    (Action::Deny, "no-secrets"),
+                    "{sql}"
+                );
+            }
+        }
+        let d = p.decide_statements(
+            &ctx,
+            &classify("CREATE TABLE x (id int REFERENCES orders (id))").statements,
+        );
+        assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "admin"));
+
+        let allow_list = Policy::parse(
+            r#"
+default: deny
+rules:
+  - id: orders-migrations
+    sql: { kinds: [ddl], tables: [orders, order_items] }
+    action: allow
+"#,
+        )
+        .unwrap();
+        let decide = |sql: &str| {
+            let d = allow_list.decide_statements(&ctx, &classify(sql).statements);
+            (d.action, d.rule)
+        };
+        assert_eq!(
+            decide("CREATE TABLE order_items (order_id int REFERENCES orders (id))"),
+            (Action::Allow, "orders-migrations".to_owned())
+        );
+        assert_eq!(
+            decide("ALTER TABLE orders ADD FOREIGN KEY (customer_id) REFERENCES customers (id)"),
+            (Action::Deny, "default".to_owned())
+        );
+    }
+
     #[test]
     fn precedence_table() {
         use Action::*;

@@ -24,9 +24,9 @@
 //! Agreeing on a statement's kind is not enough for table rules: sqlparser
 //! reads `SELECT * FROM ONLY secrets` as a read of a table named `only`
 //! (alias `secrets`). So the names a policy matches are compared too
-//! ([`super::pgnames`] collects them from PostgreSQL's tree): every table a
-//! read or write touches and every write target must be in ours, and every
-//! call of a dangerous function, in any statement. Ours may name more.
+//! ([`super::pgnames`] collects them from PostgreSQL's tree): every table any
+//! statement names (DDL and DCL included) and every write target must be in
+//! ours, and every call of a dangerous function. Ours may name more.
 
 use pg_query::{NodeEnum, protobuf};
 
@@ -136,13 +136,11 @@ pub(crate) fn check(
 }
 
 /// What a policy reads by name must be in our reading wherever PostgreSQL's
-/// parser sees it: every table a query or write touches (a table ours missed
-/// is one a table rule cannot deny), every write target, and every call of a
-/// dangerous function. Ours may see more (it is not compared the other way).
-/// Tables are compared for reads and writes only: for DDL ours does not list
-/// every relation PostgreSQL's tree holds (a foreign key's referenced table,
-/// INHERITS, a trigger's table, a new sequence), and ordinary migrations
-/// must not be refused for that. Dangerous calls in every statement.
+/// parser sees it: every table any statement names (a table ours missed is
+/// one a table rule cannot deny: a query's, a write's, a foreign key's
+/// referenced table, a trigger's, a grant's), every write target, and every
+/// call of a dangerous function. Ours may see more (it is not compared the
+/// other way).
 fn names_agree(
     p: &PgStatement,
     o: &StatementInfo,
@@ -156,22 +154,20 @@ fn names_agree(
             .iter()
             .any(|t| t.table.parts == n && (!write || t.access == Access::Write))
     };
-    if matches!(o.kind, Kind::Read | Kind::Write) {
-        for n in &p.names.relations {
-            if !cte(n) && !ours_has(n, false) {
-                return Err(format!(
-                    "PostgreSQL's parser reads table {}, ours does not see it",
-                    n.join(".")
-                ));
-            }
+    for n in &p.names.relations {
+        if !cte(n) && !ours_has(n, false) {
+            return Err(format!(
+                "PostgreSQL's parser reads table {}, ours does not see it",
+                n.join(".")
+            ));
         }
-        for n in &p.names.write_targets {
-            if !cte(n) && !ours_has(n, true) {
-                return Err(format!(
-                    "PostgreSQL's parser writes table {}, ours does not",
-                    n.join(".")
-                ));
-            }
+    }
+    for n in &p.names.write_targets {
+        if !cte(n) && !ours_has(n, true) {
+            return Err(format!(
+                "PostgreSQL's parser writes table {}, ours does not",
+                n.join(".")
+            ));
         }
     }
     for f in &p.names.calls {
@@ -407,6 +403,29 @@ mod tests {
             "SELECT pg_read_file('f'), pg_catalog.lo_export(1, '/tmp/x') FROM t",
             "SELECT * FROM dblink('x', 'SELECT 1') AS r(a int)",
             "COPY (SELECT pg_ls_dir('.')) TO STDOUT",
+            // DDL and DCL: every table they name, created or referenced.
+            "CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id bigint REFERENCES customers (id) ON DELETE CASCADE)",
+            "CREATE TABLE items (order_id bigint, FOREIGN KEY (order_id) REFERENCES public.orders (id))",
+            "CREATE TABLE IF NOT EXISTS \"Mixed\".\"Case\" (id int REFERENCES \"Other\".\"Ref\")",
+            "CREATE TABLE child (extra int) INHERITS (parent, s.other_parent)",
+            "CREATE TABLE m_2026 PARTITION OF m FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+            "CREATE TABLE t_as AS SELECT * FROM customers WHERE false",
+            "CREATE MATERIALIZED VIEW mv AS SELECT customer_id, sum(total) FROM orders GROUP BY 1",
+            "ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (customer_id) REFERENCES customers (id)",
+            "ALTER TABLE orders ADD COLUMN coupon_id bigint REFERENCES coupons (id)",
+            "ALTER TABLE orders RENAME TO purchases",
+            "ALTER INDEX idx_orders RENAME TO idx_orders_2",
+            "CREATE UNIQUE INDEX CONCURRENTLY idx_email ON customers (lower(email))",
+            "CREATE SEQUENCE order_seq START 1000",
+            "CREATE TRIGGER trg BEFORE UPDATE ON public.orders FOR EACH ROW EXECUTE FUNCTION touch()",
+            "DROP TRIGGER IF EXISTS trg ON orders",
+            "CREATE POLICY tenant ON orders USING (tenant_id = 1)",
+            "CREATE TYPE pair AS (a int, b text)",
+            "GRANT SELECT, INSERT ON orders, customers TO app",
+            "GRANT USAGE ON SEQUENCE order_seq TO app",
+            "REVOKE DELETE ON TABLE customers FROM app",
+            "VACUUM FULL customers",
+            "DROP TABLE IF EXISTS items, orders CASCADE",
         ] {
             let c = plain.classify(sql);
             assert!(!c.any_unparsable(), "{sql}: {c:?}");
@@ -473,6 +492,17 @@ mod tests {
                 &|s| s.functions.clear()
             ),
             "statement 1: PostgreSQL's parser calls pg_catalog.pg_read_file, ours does not see the call"
+        );
+        assert_eq!(
+            differs(
+                "CREATE TABLE x (id int REFERENCES secrets (id))",
+                &drop_table("secrets")
+            ),
+            "statement 1: PostgreSQL's parser reads table secrets, ours does not see it"
+        );
+        assert!(
+            differs("GRANT SELECT ON s.secrets TO app", &drop_table("s.secrets"))
+                .contains("reads table s.secrets")
         );
         // A call that is not dangerous, or a CTE's name, is not compared.
         let mut c = plain.classify("WITH r AS (SELECT lower('x')) SELECT * FROM r");

@@ -119,6 +119,8 @@ enum Shape {
     /// The wrapper around every node.
     Node,
     Locking,
+    /// `CREATE TYPE t AS (...)`: `typevar` names a type, not a table.
+    CompositeType,
     Other,
 }
 
@@ -132,6 +134,7 @@ impl Shape {
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => Shape::Dml,
             "TruncateStmt" => Shape::Truncate,
             "LockingClause" => Shape::Locking,
+            "CompositeTypeStmt" => Shape::CompositeType,
             _ => Shape::Other,
         }
     }
@@ -199,8 +202,9 @@ impl ser::SerializeStruct for StructWalk<'_> {
             (Shape::Dml, "relation") | (Shape::Truncate, "relations") => {
                 value.serialize(self.walk.below(Role::WriteTarget))
             }
-            // `FOR UPDATE OF x`: x is a FROM item (or its alias), not a new reference.
-            (Shape::Locking, _) => Ok(()),
+            // `FOR UPDATE OF x`: x is a FROM item (or its alias), not a new
+            // reference; a composite type's name is a type's.
+            (Shape::Locking, _) | (Shape::CompositeType, "typevar") => Ok(()),
             _ => value.serialize(self.walk.below(Role::Any)),
         }
     }
@@ -484,5 +488,22 @@ mod tests {
         );
         assert_eq!(n.calls, v(&["pg_catalog.pg_read_file"]));
         assert_eq!(n.relations, v(&["t"]));
+        // A composite type's name is a type's, not a table's.
+        assert_eq!(
+            names("CREATE TYPE pair AS (a int, b text)").relations,
+            v(&[])
+        );
+    }
+
+    #[test]
+    fn ddl_references() {
+        let n = names(
+            "CREATE TABLE s.x (a int REFERENCES r1, FOREIGN KEY (a) REFERENCES r2) INHERITS (p)",
+        );
+        assert_eq!(n.relations, v(&["s.x", "r1", "r2", "p"]));
+        assert_eq!(
+            names("CREATE TRIGGER t AFTER INSERT ON o FOR EACH ROW EXECUTE FUNCTION f()").relations,
+            v(&["o"])
+        );
     }
 }

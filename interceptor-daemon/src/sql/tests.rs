@@ -145,6 +145,49 @@ fn tables_through_joins_subqueries_and_returning() {
     assert_eq!(one("SELECT count(*) FROM t").functions, [q("count")]);
 }
 
+/// DDL and DCL: the objects created or changed are written, the tables only
+/// named (a foreign key's, INHERITS', LIKE's) are read.
+#[test]
+fn ddl_names_what_it_changes_and_what_it_references() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "CREATE TABLE o (c int REFERENCES customers, d int, FOREIGN KEY (d) REFERENCES s.d)",
+            &["o"],
+            &["customers", "s.d"],
+        ),
+        ("CREATE TABLE c () INHERITS (p1, p2)", &["c"], &["p1", "p2"]),
+        ("CREATE TABLE c (LIKE src)", &["c"], &["src"]),
+        (
+            "ALTER TABLE o ADD CONSTRAINT fk FOREIGN KEY (c) REFERENCES customers (id)",
+            &["o"],
+            &["customers"],
+        ),
+        (
+            "ALTER TABLE o ADD COLUMN c int REFERENCES customers",
+            &["o"],
+            &["customers"],
+        ),
+        ("ALTER INDEX i RENAME TO j", &["i"], &[]),
+        ("CREATE SEQUENCE seq", &["seq"], &[]),
+        (
+            "CREATE TRIGGER t AFTER INSERT ON o FOR EACH ROW EXECUTE FUNCTION f()",
+            &["o"],
+            &[],
+        ),
+        ("DROP TRIGGER t ON o", &["o"], &[]),
+        ("GRANT SELECT ON o, p TO app", &["o", "p"], &[]),
+        ("REVOKE ALL ON SEQUENCE seq FROM app", &["seq"], &[]),
+        ("VACUUM o", &[], &["o"]),
+    ];
+    for (sql, w, r) in cases {
+        let s = one(sql);
+        assert_eq!(writes(&s), *w, "{sql}");
+        assert_eq!(reads(&s), *r, "{sql}");
+    }
+    let t = one("CREATE TRIGGER t AFTER INSERT ON o FOR EACH ROW EXECUTE FUNCTION audit.f()");
+    assert_eq!(t.functions, [q("audit.f")]);
+}
+
 #[test]
 fn ctes_are_scoped_like_postgres() {
     assert_eq!(

@@ -7,7 +7,11 @@
 //! table functions (`FROM pg_read_file(...)` is a call, not a table). Write
 //! targets (INSERT/UPDATE/DELETE/MERGE/TRUNCATE/COPY FROM, DDL objects) are
 //! recognised by identity of the AST node, so the same name read elsewhere in
-//! the statement is still reported as a read.
+//! the statement is still reported as a read. DDL and DCL report the objects
+//! they create or change as written (a table, view, index, sequence, a
+//! trigger's table, a grant's tables) and the tables they only name as read
+//! (a foreign key's referenced table, INHERITS parents, LIKE's source), so a
+//! table rule sees `CREATE TABLE x (... REFERENCES customers)`.
 //!
 //! Column references are collected on the way (expressions, select-list
 //! wildcards, INSERT column lists, SET targets, RETURNING, JOIN USING) and
@@ -16,11 +20,12 @@
 use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, CopySource, CopyTarget, DiscardObject, DoUpdate, Expr, FromTable,
-    FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint, JoinOperator,
+    AlterTableOperation, Assignment, AssignmentTarget, ColumnDef, ColumnOption, CopySource,
+    CopyTarget, CreateTableLikeKind, DiscardObject, DoUpdate, Expr, FromTable, FunctionArg,
+    FunctionArgExpr, FunctionArguments, GrantObjects, Ident, JoinConstraint, JoinOperator,
     ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset, Select,
-    SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableFactor, TableObject,
-    TableWithJoins, Visit, Visitor,
+    SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableConstraint,
+    TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
 
 use super::{
@@ -321,6 +326,37 @@ impl Walker {
         }
     }
 
+    /// A foreign key's referenced table, in a column's options.
+    fn column_references(&mut self, col: &ColumnDef) {
+        for o in &col.options {
+            if let ColumnOption::ForeignKey(fk) = &o.option {
+                self.access(&fk.foreign_table, Access::Read);
+            }
+        }
+    }
+
+    /// A foreign key's referenced table, in a table constraint.
+    fn constraint_references(&mut self, con: &TableConstraint) {
+        if let TableConstraint::ForeignKey(fk) = con {
+            self.access(&fk.foreign_table, Access::Read);
+        }
+    }
+
+    /// The tables, views and sequences a GRANT or REVOKE names one by one
+    /// (`ON ALL TABLES IN SCHEMA s` names none: a kinds rule decides it).
+    fn grant_objects(&mut self, objects: Option<&GrantObjects>) {
+        if let Some(
+            GrantObjects::Tables(names)
+            | GrantObjects::Views(names)
+            | GrantObjects::Sequences(names),
+        ) = objects
+        {
+            for n in names {
+                self.access(n, Access::Write);
+            }
+        }
+    }
+
     /// A single-part name that refers to a CTE in the current query's scope.
     fn is_cte(&self, n: &ObjectName) -> bool {
         matches!(n.0.as_slice(), [ObjectNamePart::Identifier(id)]
@@ -480,9 +516,62 @@ impl Visitor for Walker {
                     self.access(&target.name, Access::Write);
                 }
             }
-            Statement::CreateTable(c) => self.access(&c.name, Access::Write),
+            Statement::CreateTable(c) => {
+                self.access(&c.name, Access::Write);
+                for col in &c.columns {
+                    self.column_references(col);
+                }
+                for con in &c.constraints {
+                    self.constraint_references(con);
+                }
+                for parent in c.inherits.iter().flatten() {
+                    self.access(parent, Access::Read);
+                }
+                if let Some(CreateTableLikeKind::Parenthesized(l) | CreateTableLikeKind::Plain(l)) =
+                    &c.like
+                {
+                    self.access(&l.name, Access::Read);
+                }
+            }
             Statement::CreateView(v) => self.access(&v.name, Access::Write),
-            Statement::AlterTable(a) => self.access(&a.name, Access::Write),
+            Statement::AlterTable(a) => {
+                self.access(&a.name, Access::Write);
+                for op in &a.operations {
+                    match op {
+                        AlterTableOperation::AddConstraint { constraint, .. } => {
+                            self.constraint_references(constraint);
+                        }
+                        AlterTableOperation::AddColumn { column_def, .. } => {
+                            self.column_references(column_def);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Statement::AlterIndex { name, .. } => self.access(name, Access::Write),
+            Statement::CreateSequence { name, .. } => self.access(name, Access::Write),
+            Statement::CreateTrigger(t) => {
+                self.access(&t.table_name, Access::Write);
+                if let Some(r) = &t.referenced_table_name {
+                    self.access(r, Access::Read);
+                }
+                if let Some(body) = &t.exec_body {
+                    self.function(&body.func_desc.name);
+                }
+            }
+            Statement::DropTrigger(t) => {
+                if let Some(table) = &t.table_name {
+                    self.access(table, Access::Write);
+                }
+            }
+            // A grant changes who may use the objects: written, as DDL's are.
+            Statement::Grant(g) => self.grant_objects(g.objects.as_ref()),
+            Statement::Revoke(r) => self.grant_objects(r.objects.as_ref()),
+            Statement::Vacuum(v) => {
+                if let Some(t) = &v.table_name {
+                    self.access(t, Access::Read);
+                }
+            }
             Statement::Drop {
                 object_type: ObjectType::Table | ObjectType::View | ObjectType::MaterializedView,
                 names,
