@@ -693,11 +693,33 @@ rules:
                 );
             }
         }
-        let d = p.decide_statements(
-            &ctx,
-            &classify("CREATE TABLE x (id int REFERENCES orders (id))").statements,
-        );
-        assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "admin"));
+        // Read from PostgreSQL's tree (sqlparser cannot parse them): the
+        // same rules apply.
+        for sql in [
+            "REFRESH MATERIALIZED VIEW secrets",
+            "VACUUM (ANALYZE) secrets",
+            "ALTER TABLE x ATTACH PARTITION secrets FOR VALUES IN (1)",
+            "CREATE TABLE x (LIKE secrets INCLUDING ALL)",
+        ] {
+            let d = p.decide_statements(&ctx, &classify(sql).statements);
+            assert_eq!(
+                (d.action, d.rule.as_str()),
+                (Action::Deny, "no-secrets"),
+                "{sql}"
+            );
+        }
+        for sql in [
+            "CREATE TABLE x (id int REFERENCES orders (id))",
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY daily_totals",
+            "ALTER SEQUENCE order_seq RESTART WITH 1000",
+        ] {
+            let d = p.decide_statements(&ctx, &classify(sql).statements);
+            assert_eq!(
+                (d.action, d.rule.as_str()),
+                (Action::Allow, "admin"),
+                "{sql}"
+            );
+        }
 
         let allow_list = Policy::parse(
             r#"

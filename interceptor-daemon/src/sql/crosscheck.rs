@@ -30,7 +30,10 @@
 
 use pg_query::{NodeEnum, protobuf};
 
-use super::{Access, Classification, DangerousFunctions, Kind, StatementInfo, pgnames::PgNames};
+use super::{
+    Access, Classification, DangerousFunctions, Flag, Kind, QualifiedName, StatementInfo,
+    TableAccess, pgnames::PgNames,
+};
 
 /// One statement as PostgreSQL's parser reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,149 @@ pub(crate) struct PgStatement {
     pub kind: Kind,
     /// The tables and functions it names.
     pub names: PgNames,
+    /// Its type is one whose meaning for a policy is all in its kind and
+    /// names ([`described_by_names`]).
+    pub described: bool,
+}
+
+impl PgStatement {
+    /// Our classification of this statement taken from PostgreSQL's tree,
+    /// for a statement sqlparser cannot parse (`REFRESH MATERIALIZED VIEW`,
+    /// `ALTER SEQUENCE`, `VACUUM (ANALYZE) t`, `ALTER TABLE ... ATTACH
+    /// PARTITION`...): its kind, every table it names (written where it
+    /// creates or changes them), every function it calls and the dangerous
+    /// ones flagged. `None` unless its type is [`described_by_names`].
+    pub(crate) fn classification(&self, dangerous: &DangerousFunctions) -> Option<StatementInfo> {
+        if !self.described {
+            return None;
+        }
+        let mut tables: Vec<TableAccess> = self
+            .names
+            .relations
+            .iter()
+            .map(|n| TableAccess {
+                table: QualifiedName { parts: n.clone() },
+                access: if self.names.write_targets.contains(n) {
+                    Access::Write
+                } else {
+                    Access::Read
+                },
+            })
+            .collect();
+        tables.sort();
+        tables.dedup();
+        let mut functions: Vec<QualifiedName> = self
+            .names
+            .calls
+            .iter()
+            .map(|f| QualifiedName { parts: f.clone() })
+            .collect();
+        functions.sort();
+        functions.dedup();
+        let flags = functions
+            .iter()
+            .filter(|f| dangerous.matches(f))
+            .cloned()
+            .map(Flag::DangerousFunction)
+            .collect();
+        Some(StatementInfo {
+            span: self.span.clone(),
+            kind: self.kind,
+            tables,
+            columns: Vec::new(),
+            functions,
+            flags,
+            error: None,
+        })
+    }
+}
+
+/// Statement types whose effect a policy can judge from their kind and the
+/// names in their tree alone: DDL, maintenance and grants that return no
+/// rows (so no column is read or masked) and carry no code to run later (no
+/// routine, trigger, rule or DO body) and no query whose rows go anywhere
+/// (CREATE TABLE AS, CREATE VIEW and COPY stay with sqlparser).
+fn described_by_names(n: &NodeEnum) -> bool {
+    use NodeEnum as N;
+    match n {
+        N::CreateSchemaStmt(s) => s.schema_elts.is_empty(),
+        N::RefreshMatViewStmt(_)
+        | N::CreateSeqStmt(_)
+        | N::AlterSeqStmt(_)
+        | N::VacuumStmt(_)
+        | N::ReindexStmt(_)
+        | N::ClusterStmt(_)
+        | N::CheckPointStmt(_)
+        | N::ConstraintsSetStmt(_)
+        | N::LockStmt(_)
+        | N::CreateStmt(_)
+        | N::CreateForeignTableStmt(_)
+        | N::AlterTableStmt(_)
+        | N::AlterObjectSchemaStmt(_)
+        | N::RenameStmt(_)
+        | N::AlterOwnerStmt(_)
+        | N::IndexStmt(_)
+        | N::CreateStatsStmt(_)
+        | N::AlterStatsStmt(_)
+        | N::DropStmt(_)
+        | N::CreatePublicationStmt(_)
+        | N::AlterPublicationStmt(_)
+        | N::CreateEnumStmt(_)
+        | N::AlterEnumStmt(_)
+        | N::CompositeTypeStmt(_)
+        | N::CreateDomainStmt(_)
+        | N::AlterDomainStmt(_)
+        | N::CreatePolicyStmt(_)
+        | N::AlterPolicyStmt(_)
+        | N::GrantStmt(_)
+        | N::GrantRoleStmt(_)
+        | N::AlterDefaultPrivilegesStmt(_) => true,
+        _ => false,
+    }
+}
+
+/// `sql` (one statement) as PostgreSQL's own scanner tokenizes it, with
+/// every constant written as a numbered placeholder (`$n`, after the
+/// statement's own parameters, as [`super::normalize`] does) and comments
+/// dropped: the audit log's text for a statement classified from
+/// PostgreSQL's tree. Whitespace between tokens becomes one space. Like
+/// every recorded text it must parse again (`policy simulate` re-decides
+/// it): where the grammar takes only a literal (`ALTER SEQUENCE s RESTART
+/// WITH 5000`) it does not, and the statement is not quoted (`None`).
+pub(crate) fn redacted(sql: &str) -> Option<String> {
+    use protobuf::Token as T;
+    let scanned = pg_query::scan(sql).ok()?;
+    let mut tokens = Vec::with_capacity(scanned.tokens.len());
+    for t in &scanned.tokens {
+        let range = usize::try_from(t.start).ok()?..usize::try_from(t.end).ok()?;
+        tokens.push((T::try_from(t.token).ok()?, range));
+    }
+    let mut n = tokens
+        .iter()
+        .filter(|(t, _)| *t == T::Param)
+        .filter_map(|(_, r)| sql.get(r.start + 1..r.end)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::with_capacity(sql.len());
+    let mut last_end = 0;
+    for (token, range) in tokens {
+        if matches!(token, T::SqlComment | T::CComment) {
+            continue;
+        }
+        if !out.is_empty() && range.start > last_end {
+            out.push(' ');
+        }
+        last_end = range.end;
+        match token {
+            T::Sconst | T::Usconst | T::Bconst | T::Xconst | T::Iconst | T::Fconst => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push_str(sql.get(range)?),
+        }
+    }
+    pg_query::parse(&out).is_ok().then_some(out)
 }
 
 /// Splits and classifies `sql` with libpg_query; `Err` with the parser's
@@ -62,10 +208,16 @@ pub(crate) fn pg_statements(sql: &str) -> Result<Vec<PgStatement>, String> {
             Some(stmt) => PgNames::of(stmt)?,
             None => PgNames::default(),
         };
+        let described = raw
+            .stmt
+            .as_ref()
+            .and_then(|n| n.node.as_ref())
+            .is_some_and(described_by_names);
         out.push(PgStatement {
             span: start..end,
             kind,
             names,
+            described,
         });
     }
     Ok(out)
@@ -103,6 +255,15 @@ pub(crate) fn check(
     dangerous: &DangerousFunctions,
 ) -> Result<(), Disagreement> {
     let theirs = pg_statements(sql).map_err(Disagreement::Rejected)?;
+    compare(&theirs, ours, dangerous)
+}
+
+/// [`check`] against PostgreSQL's reading already made.
+pub(crate) fn compare(
+    theirs: &[PgStatement],
+    ours: &Classification,
+    dangerous: &DangerousFunctions,
+) -> Result<(), Disagreement> {
     if theirs.len() != ours.statements.len() {
         return Err(Disagreement::Differs(format!(
             "PostgreSQL's parser sees {} statement(s), ours {}",
@@ -516,6 +677,27 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn redacted_text_keeps_code_and_drops_constants_and_comments() {
+        assert_eq!(
+            redacted("VACUUM  (ANALYZE)\n orders -- nightly").as_deref(),
+            Some("VACUUM (ANALYZE) orders")
+        );
+        assert_eq!(
+            redacted(
+                "ALTER TABLE \"T\" ALTER c SET DEFAULT B'101' || X'ff' || 'a''b' || -1.5e3 || $1"
+            )
+            .as_deref(),
+            Some("ALTER TABLE \"T\" ALTER c SET DEFAULT $2 || $3 || $4 || -$5 || $1")
+        );
+        assert_eq!(
+            redacted("CREATE DOMAIN d AS text CHECK (VALUE <> $tag$pw$tag$ /* x */)").as_deref(),
+            Some("CREATE DOMAIN d AS text CHECK (VALUE <> $1 )")
+        );
+        // Only a literal fits there: not quoted rather than quoted with it.
+        assert_eq!(redacted("ALTER SEQUENCE s RESTART WITH 5000"), None);
     }
 
     /// The cost of a decision-cache miss with and without the cross-check

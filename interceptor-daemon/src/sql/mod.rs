@@ -421,9 +421,11 @@ impl Default for Classifier {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlConfig {
-    /// Cross-check statement boundaries and kinds with PostgreSQL's own
-    /// parser (libpg_query) on every decision-cache miss; a disagreement is
-    /// unparsable (denied by default).
+    /// Cross-check statement boundaries, kinds and names with PostgreSQL's
+    /// own parser (libpg_query) on every decision-cache miss; a disagreement
+    /// is unparsable (denied by default). It also reads from PostgreSQL's
+    /// tree the statements sqlparser cannot parse, where the tree describes
+    /// them completely (maintenance, DDL and grants without code or rows).
     #[serde(default = "default_cross_check")]
     pub cross_check: bool,
 }
@@ -500,32 +502,67 @@ impl Classifier {
     }
 
     fn classify_inner(&self, sql: &str, with_text: bool) -> (Classification, Option<String>) {
-        let (ours, text) = match self.classify_ours(sql, with_text) {
-            Ok((statements, text)) => (Classification { statements }, text),
+        let Ours {
+            statements,
+            mut texts,
+            unread,
+        } = match self.classify_ours(sql, with_text) {
+            Ok(ours) => ours,
             Err(why) => return (Classification::whole_unparsable(sql, why), None),
         };
-        // Nothing to compare when nothing was read (denied anyway).
-        if !self.cross_check || ours.statements.iter().all(|s| s.kind == Kind::Unparsable) {
-            return (ours, text);
+        let mut ours = Classification { statements };
+        let joined = |texts: Option<Vec<String>>| texts.map(|t| t.join("; "));
+        // Nothing to compare or fill in when nothing was read and nothing
+        // failed to parse (denied anyway).
+        let read = |c: &Classification| c.statements.iter().any(|s| s.kind != Kind::Unparsable);
+        if !self.cross_check || (!read(&ours) && unread.is_empty()) {
+            return (ours, joined(texts));
         }
-        match crosscheck::check(sql, &ours, &self.dangerous) {
-            Ok(()) => (ours, text),
+        let theirs = match crosscheck::pg_statements(sql) {
+            Ok(theirs) => theirs,
             // PostgreSQL rejects the whole text when one statement is bad;
             // ours already says which (and each statement keeps its own
             // decision in the audit log).
-            Err(crosscheck::Disagreement::Rejected(_)) if ours.any_unparsable() => (ours, text),
+            Err(_) if ours.any_unparsable() => return (ours, joined(texts)),
+            Err(e) => {
+                let why = crosscheck::Disagreement::Rejected(e);
+                return (Classification::whole_unparsable(sql, why.to_string()), None);
+            }
+        };
+        // Statements sqlparser cannot parse, read from PostgreSQL's own tree
+        // where that tells a policy all it needs (same statement boundaries).
+        if theirs.len() == ours.statements.len() {
+            for i in unread {
+                let (Some(p), Some(o)) = (theirs.get(i), ours.statements.get_mut(i)) else {
+                    continue;
+                };
+                if p.span != o.span {
+                    continue;
+                }
+                if let Some(info) = p.classification(&self.dangerous) {
+                    if let Some(t) = texts.as_mut().and_then(|t| t.get_mut(i)) {
+                        *t = sql
+                            .get(p.span.clone())
+                            .and_then(crosscheck::redacted)
+                            .unwrap_or_else(normalize::opaque);
+                    }
+                    *o = info;
+                }
+            }
+        }
+        if !read(&ours) {
+            return (ours, joined(texts));
+        }
+        match crosscheck::compare(&theirs, &ours, &self.dangerous) {
+            Ok(()) => (ours, joined(texts)),
             Err(why) => (Classification::whole_unparsable(sql, why.to_string()), None),
         }
     }
 
     /// Our own reading: the boundary lexer and sqlparser; with `with_text`,
-    /// the literal-free form of the statements read (joined by `; `). `Err`
-    /// says why the text as a whole is unparsable.
-    fn classify_ours(
-        &self,
-        sql: &str,
-        with_text: bool,
-    ) -> Result<(Vec<StatementInfo>, Option<String>), String> {
+    /// the literal-free form of each statement. `Err` says why the text as a
+    /// whole is unparsable.
+    fn classify_ours(&self, sql: &str, with_text: bool) -> Result<Ours, String> {
         let pieces = lexer::split(sql, false).map_err(|e| format!("lexer: {e:?}"))?;
         if lexer::split(sql, true).ok().as_ref() != Some(&pieces) {
             return Err("reads differently with standard_conforming_strings off".into());
@@ -533,6 +570,7 @@ impl Classifier {
         let dialect = PostgreSqlDialect {};
         let mut statements = Vec::with_capacity(pieces.len());
         let mut texts: Vec<String> = Vec::new();
+        let mut unread = Vec::new();
         for piece in pieces {
             let text = sql.get(piece.range.clone()).unwrap_or_default();
             if piece.words.first().map(String::as_str) == Some("do") {
@@ -542,27 +580,31 @@ impl Classifier {
                 }
                 continue;
             }
-            let tokens = match Tokenizer::new(&dialect, text).tokenize() {
-                Ok(t) => t,
+            let parsed = Tokenizer::new(&dialect, text)
+                .tokenize()
+                .map_err(|e| e.to_string())
+                .and_then(|tokens| {
+                    if sqlparser_words(&tokens) != piece.words {
+                        return Ok(None);
+                    }
+                    Parser::parse_sql(&dialect, text)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(None) => {
+                    return Err(
+                        "sqlparser and the PostgreSQL lexer read the text differently".into(),
+                    );
+                }
                 Err(e) => {
-                    statements.push(StatementInfo::unparsable(piece.range, e.to_string()));
+                    unread.push(statements.len());
+                    statements.push(StatementInfo::unparsable(piece.range, e));
                     if with_text {
                         texts.push(normalize::opaque());
                     }
-                    continue;
                 }
-            };
-            if sqlparser_words(&tokens) != piece.words {
-                return Err("sqlparser and the PostgreSQL lexer read the text differently".into());
-            }
-            match Parser::parse_sql(&dialect, text) {
-                Err(e) => {
-                    statements.push(StatementInfo::unparsable(piece.range, e.to_string()));
-                    if with_text {
-                        texts.push(normalize::opaque());
-                    }
-                }
-                Ok(mut parsed) => match parsed.as_mut_slice() {
+                Ok(Some(mut parsed)) => match parsed.as_mut_slice() {
                     [stmt] => {
                         statements.push(walk::analyze(stmt, piece.range, &self.dangerous, true));
                         if with_text {
@@ -578,8 +620,21 @@ impl Classifier {
                 },
             }
         }
-        Ok((statements, with_text.then(|| texts.join("; "))))
+        Ok(Ours {
+            statements,
+            texts: with_text.then_some(texts),
+            unread,
+        })
     }
+}
+
+/// Our own reading of a text, before the cross-check.
+struct Ours {
+    statements: Vec<StatementInfo>,
+    /// Each statement's literal-free text, when asked for.
+    texts: Option<Vec<String>>,
+    /// The statements sqlparser could not parse (indexes into `statements`).
+    unread: Vec<usize>,
 }
 
 /// The words of sqlparser's token stream, in the form [`lexer::Piece::words`] uses.

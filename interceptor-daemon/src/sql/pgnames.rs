@@ -23,7 +23,9 @@ pub(crate) struct PgNames {
     /// references to CTEs, which only the query's scopes can tell apart.
     pub relations: Vec<Vec<String>>,
     /// The targets of INSERT, UPDATE, DELETE, MERGE and TRUNCATE, at any
-    /// depth (data-modifying CTEs).
+    /// depth (data-modifying CTEs), and the relations DDL creates or changes
+    /// (CREATE/ALTER TABLE, sequences, views, a trigger's table, REFRESH,
+    /// CREATE TABLE AS and SELECT INTO targets) and GRANT/REVOKE names.
     pub write_targets: Vec<Vec<String>>,
     /// Names the statement gives its CTEs.
     pub ctes: Vec<String>,
@@ -42,7 +44,59 @@ impl PgNames {
             role: Role::Any,
         })
         .map_err(|e| e.0)?;
+        out.by_string_lists(stmt);
         Ok(out)
+    }
+
+    /// Relations the tree names by a list of strings rather than a
+    /// `RangeVar`: DROP's objects (when they are relations) and a
+    /// sequence's `OWNED BY table.column`.
+    fn by_string_lists(&mut self, stmt: &protobuf::Node) {
+        use protobuf::{ObjectType as O, node::Node as N};
+        let parts = |n: &protobuf::Node| -> Option<Vec<String>> {
+            let Some(N::List(l)) = &n.node else {
+                return None;
+            };
+            l.items
+                .iter()
+                .map(|i| match &i.node {
+                    Some(N::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        match &stmt.node {
+            Some(N::DropStmt(d))
+                if [
+                    O::ObjectTable,
+                    O::ObjectView,
+                    O::ObjectMatview,
+                    O::ObjectIndex,
+                ]
+                .into_iter()
+                .chain([O::ObjectSequence, O::ObjectForeignTable])
+                .any(|o| o as i32 == d.remove_type) =>
+            {
+                for name in d.objects.iter().filter_map(parts) {
+                    self.write_targets.push(name.clone());
+                    self.relations.push(name);
+                }
+            }
+            Some(N::CreateSeqStmt(protobuf::CreateSeqStmt { options, .. }))
+            | Some(N::AlterSeqStmt(protobuf::AlterSeqStmt { options, .. })) => {
+                for o in options {
+                    if let Some(N::DefElem(d)) = &o.node
+                        && d.defname == "owned_by"
+                        && let Some(mut name) = d.arg.as_deref().and_then(parts)
+                        && name.len() > 1
+                    {
+                        name.pop();
+                        self.relations.push(name);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -116,6 +170,10 @@ enum Shape {
     Dml,
     /// TRUNCATE: `relations` are write targets.
     Truncate,
+    /// DDL whose `relation` (`sequence`, `view`, `rel`) it creates or changes.
+    DdlTarget,
+    /// GRANT/REVOKE: the relations in `objects` (when on tables or sequences).
+    Grant,
     /// The wrapper around every node.
     Node,
     Locking,
@@ -133,6 +191,17 @@ impl Shape {
             "CommonTableExpr" => Shape::Cte,
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => Shape::Dml,
             "TruncateStmt" => Shape::Truncate,
+            "CreateStmt"
+            | "AlterTableStmt"
+            | "CreateSeqStmt"
+            | "AlterSeqStmt"
+            | "ViewStmt"
+            | "CreateTrigStmt"
+            | "RefreshMatViewStmt"
+            | "RenameStmt"
+            | "AlterObjectSchemaStmt"
+            | "IntoClause" => Shape::DdlTarget,
+            "GrantStmt" => Shape::Grant,
             "LockingClause" => Shape::Locking,
             "CompositeTypeStmt" => Shape::CompositeType,
             _ => Shape::Other,
@@ -199,9 +268,10 @@ impl ser::SerializeStruct for StructWalk<'_> {
                 self.walk.out.ctes.extend(self.walk.scratch.strings.pop());
                 Ok(())
             }
-            (Shape::Dml, "relation") | (Shape::Truncate, "relations") => {
-                value.serialize(self.walk.below(Role::WriteTarget))
-            }
+            (Shape::Dml, "relation")
+            | (Shape::Truncate, "relations")
+            | (Shape::DdlTarget, "relation" | "sequence" | "view" | "rel")
+            | (Shape::Grant, "objects") => value.serialize(self.walk.below(Role::WriteTarget)),
             // `FOR UPDATE OF x`: x is a FROM item (or its alias), not a new
             // reference; a composite type's name is a type's.
             (Shape::Locking, _) | (Shape::CompositeType, "typevar") => Ok(()),

@@ -91,7 +91,13 @@ fn kinds() {
         ("DO $$ BEGIN END $$", Kind::Procedural),
         ("EXECUTE p(1)", Kind::Execute),
         ("SELEC 1", Kind::Unparsable),
-        ("REINDEX TABLE t", Kind::Unparsable),
+        // sqlparser cannot parse it; PostgreSQL's tree describes it.
+        ("REINDEX TABLE t", Kind::Utility),
+        // Neither reads it: code to run later.
+        (
+            "CREATE RULE r AS ON DELETE TO t DO INSTEAD NOTHING",
+            Kind::Unparsable,
+        ),
     ];
     for (sql, kind) in cases {
         assert_eq!(one(sql).kind, *kind, "{sql}");
@@ -696,6 +702,159 @@ fn postgres_grammar_cross_check_catches_differentials() {
             "{sql}: {e}"
         );
     }
+}
+
+/// Statements sqlparser cannot parse, of the types whose policy-relevant
+/// content is their kind and names, are classified from PostgreSQL's own
+/// tree (with the cross-check on); everything else it cannot parse stays
+/// unparsable.
+#[test]
+fn statements_sqlparser_cannot_parse_are_read_from_postgres_tree() {
+    let ours_only = Classifier::default().with_cross_check(false);
+    let cases: &[(&str, Kind, &[&str], &[&str])] = &[
+        (
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY mv",
+            Kind::Ddl,
+            &["mv"],
+            &[],
+        ),
+        (
+            "ALTER SEQUENCE s.seq RESTART WITH 5000",
+            Kind::Ddl,
+            &["s.seq"],
+            &[],
+        ),
+        (
+            "ALTER SEQUENCE seq OWNED BY orders.id",
+            Kind::Ddl,
+            &["seq"],
+            &["orders"],
+        ),
+        (
+            "VACUUM (ANALYZE, VERBOSE) orders, customers",
+            Kind::Utility,
+            &[],
+            &["customers", "orders"],
+        ),
+        (
+            "REINDEX TABLE CONCURRENTLY orders",
+            Kind::Utility,
+            &[],
+            &["orders"],
+        ),
+        (
+            "CLUSTER orders USING orders_pkey",
+            Kind::Utility,
+            &[],
+            &["orders"],
+        ),
+        (
+            "ALTER TABLE m ATTACH PARTITION m_2025 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
+            Kind::Ddl,
+            &["m"],
+            &["m_2025"],
+        ),
+        (
+            "ALTER TABLE child INHERIT parent",
+            Kind::Ddl,
+            &["child"],
+            &["parent"],
+        ),
+        (
+            "ALTER TABLE orders SET SCHEMA archive",
+            Kind::Ddl,
+            &["orders"],
+            &[],
+        ),
+        (
+            "ALTER MATERIALIZED VIEW mv RENAME TO mv2",
+            Kind::Ddl,
+            &["mv"],
+            &[],
+        ),
+        (
+            "CREATE TABLE c (LIKE customers INCLUDING ALL)",
+            Kind::Ddl,
+            &["c"],
+            &["customers"],
+        ),
+        (
+            "CREATE FOREIGN TABLE ft (a int) SERVER s",
+            Kind::Ddl,
+            &["ft"],
+            &[],
+        ),
+        ("DROP INDEX CONCURRENTLY s.idx", Kind::Ddl, &["s.idx"], &[]),
+        (
+            "CREATE STATISTICS st ON a, b FROM orders",
+            Kind::Ddl,
+            &[],
+            &["orders"],
+        ),
+        (
+            "CREATE PUBLICATION p FOR TABLE orders",
+            Kind::Ddl,
+            &[],
+            &["orders"],
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO ro",
+            Kind::Dcl,
+            &[],
+            &[],
+        ),
+    ];
+    for (sql, kind, w, r) in cases {
+        assert!(
+            ours_only.classify(sql).any_unparsable(),
+            "sqlparser reads it: {sql}"
+        );
+        let s = one(sql);
+        assert_eq!((s.kind, s.error.as_deref()), (*kind, None), "{sql}");
+        assert_eq!(writes(&s), *w, "{sql}");
+        assert_eq!(reads(&s), *r, "{sql}");
+    }
+    // Calls are reported and dangerous ones flagged, as for any statement.
+    let s = one("CREATE STATISTICS st ON (pg_read_file(path)) FROM files");
+    assert_eq!(s.functions, [q("pg_read_file")]);
+    assert_eq!(dangerous(&s), ["pg_read_file"]);
+    // Beside statements sqlparser reads, each decided on its own.
+    let c = all("REFRESH MATERIALIZED VIEW mv; SELECT * FROM mv");
+    assert_eq!(
+        c.iter().map(|s| s.kind).collect::<Vec<_>>(),
+        [Kind::Ddl, Kind::Read]
+    );
+    // Not described by its names: code to run later, or rows going elsewhere.
+    for sql in [
+        "CREATE RULE r AS ON INSERT TO orders DO INSTEAD NOTHING",
+        "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()",
+        "IMPORT FOREIGN SCHEMA s FROM SERVER srv INTO public",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.kind, Kind::Unparsable, "{sql}");
+    }
+    // The audit text holds no constant and no comment.
+    let (_, text) = Classifier::default().classify_text(
+        "ALTER TABLE m /* key 123 */ ATTACH PARTITION p FOR VALUES IN ('secret', E'x\\'', $$y$$, 42)",
+    );
+    assert_eq!(
+        text,
+        "ALTER TABLE m ATTACH PARTITION p FOR VALUES IN ($1, $2, $3, $4)"
+    );
+    // It parses again and classifies as the statement did (`policy simulate`).
+    let again = one(&text);
+    let original = one("ALTER TABLE m ATTACH PARTITION p FOR VALUES IN (1)");
+    assert_eq!(
+        (again.kind, again.tables, again.functions),
+        (original.kind, original.tables, original.functions)
+    );
+    // Where only a literal fits, the statement is not quoted.
+    assert_eq!(
+        Classifier::default()
+            .classify_text("ALTER SEQUENCE s RESTART WITH 5000")
+            .1,
+        "<unparsable statement>"
+    );
 }
 
 #[test]

@@ -548,8 +548,23 @@ impl Visitor for Walker {
                     }
                 }
             }
-            Statement::AlterIndex { name, .. } => self.access(name, Access::Write),
-            Statement::CreateSequence { name, .. } => self.access(name, Access::Write),
+            Statement::AlterIndex { name, .. } | Statement::AlterView { name, .. } => {
+                self.access(name, Access::Write);
+            }
+            Statement::CreateSequence { name, owned_by, .. } => {
+                self.access(name, Access::Write);
+                // `OWNED BY t.c` ties the sequence to table t.
+                if let Some(owner) = owned_by
+                    && owner.0.len() > 1
+                {
+                    let mut t = self::name(owner);
+                    t.parts.pop();
+                    self.tables.push(TableAccess {
+                        table: t,
+                        access: Access::Read,
+                    });
+                }
+            }
             Statement::CreateTrigger(t) => {
                 self.access(&t.table_name, Access::Write);
                 if let Some(r) = &t.referenced_table_name {
@@ -573,7 +588,12 @@ impl Visitor for Walker {
                 }
             }
             Statement::Drop {
-                object_type: ObjectType::Table | ObjectType::View | ObjectType::MaterializedView,
+                object_type:
+                    ObjectType::Table
+                    | ObjectType::View
+                    | ObjectType::MaterializedView
+                    | ObjectType::Index
+                    | ObjectType::Sequence,
                 names,
                 ..
             } => {
