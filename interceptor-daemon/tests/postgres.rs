@@ -183,6 +183,26 @@ fn statements_are_decided_before_they_reach_the_server() {
         "0"
     );
 
+    // Maintenance sqlparser cannot parse, read from PostgreSQL's own tree and
+    // decided like any statement: utility on orders, allowed.
+    let out = psql(&s, "VACUUM (ANALYZE) orders");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // DDL naming customers without changing it (a foreign key to it) is
+    // matched by customers' rules.
+    let out = psql(
+        &s,
+        "ALTER TABLE orders ADD FOREIGN KEY (customer) REFERENCES customers (id)",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("42501: interceptor: statement denied by rule `no-customer-changes`"),
+        "{err}"
+    );
+
     // Evasions: each is denied and changes nothing.
     for sql in [
         "/* hi */ DeLeTe FROM \"customers\"",
@@ -262,6 +282,10 @@ fn statements_are_decided_before_they_reach_the_server() {
     );
     assert!(
         shown.contains("\"operation\":\"SELECT pg_read_file($1)\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("\"operation\":\"VACUUM (ANALYZE) orders\""),
         "{shown}"
     );
     // learn: a policy that allows exactly what ran, and replays with no change.
