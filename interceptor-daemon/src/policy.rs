@@ -611,21 +611,26 @@ rules:
     /// the table however the statement names it, also with the PostgreSQL
     /// cross-check turned off: `ONLY secrets` and a string as a table name
     /// are sqlparser misreadings that named another table.
-    #[test]
-    fn deny_listed_table_under_every_spelling() {
-        let p = Policy::parse(
+    /// Allows `kinds` (rule `id`), denies anything on table `secrets`.
+    fn no_secrets_policy(id: &str, kinds: &str) -> Policy {
+        Policy::parse(&format!(
             r#"
 default: deny
 rules:
-  - id: app
-    sql: { kinds: [read, write] }
+  - id: {id}
+    sql: {{ kinds: [{kinds}] }}
     action: allow
   - id: no-secrets
-    sql: { tables: ["secrets"] }
+    sql: {{ tables: ["secrets"] }}
     action: deny
-"#,
-        )
-        .unwrap();
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn deny_listed_table_under_every_spelling() {
+        let p = no_secrets_policy("app", "read, write");
         let ctx = Context {
             identity: Some("shop/app"),
             target: "db",
@@ -652,19 +657,7 @@ rules:
     /// list that does not name it does not allow them.
     #[test]
     fn ddl_naming_a_table_is_matched_by_its_rules() {
-        let p = Policy::parse(
-            r#"
-default: deny
-rules:
-  - id: admin
-    sql: { kinds: [ddl, dcl, utility] }
-    action: allow
-  - id: no-secrets
-    sql: { tables: ["secrets"] }
-    action: deny
-"#,
-        )
-        .unwrap();
+        let p = no_secrets_policy("admin", "ddl, dcl, utility");
         let ctx = Context {
             identity: Some("shop/migrator"),
             target: "db",
@@ -695,31 +688,29 @@ rules:
         }
         // Read from PostgreSQL's tree (sqlparser cannot parse them): the
         // same rules apply.
-        for sql in [
-            "REFRESH MATERIALIZED VIEW secrets",
-            "VACUUM (ANALYZE) secrets",
-            "ALTER TABLE x ATTACH PARTITION secrets FOR VALUES IN (1)",
-            "CREATE TABLE x (LIKE secrets INCLUDING ALL)",
-        ] {
-            let d = p.decide_statements(&ctx, &classify(sql).statements);
-            assert_eq!(
-                (d.action, d.rule.as_str()),
-                (Action::Deny, "no-secrets"),
-                "{sql}"
-            );
-        }
-        for sql in [
-            "CREATE TABLE x (id int REFERENCES orders (id))",
-            "REFRESH MATERIALIZED VIEW CONCURRENTLY daily_totals",
-            "ALTER SEQUENCE order_seq RESTART WITH 1000",
-        ] {
-            let d = p.decide_statements(&ctx, &classify(sql).statements);
-            assert_eq!(
-                (d.action, d.rule.as_str()),
-                (Action::Allow, "admin"),
-                "{sql}"
-            );
-        }
+        let expect = |sqls: &[&str], outcome: (Action, &str)| {
+            for sql in sqls {
+                let d = p.decide_statements(&ctx, &classify(sql).statements);
+                assert_eq!((d.action, d.rule.as_str()), outcome, "{sql}");
+            }
+        };
+        expect(
+            &[
+                "REFRESH MATERIALIZED VIEW secrets",
+                "VACUUM (ANALYZE) secrets",
+                "ALTER TABLE x ATTACH PARTITION secrets FOR VALUES IN (1)",
+                "CREATE TABLE x (LIKE secrets INCLUDING ALL)",
+            ],
+            (Action::Deny, "no-secrets"),
+        );
+        expect(
+            &[
+                "CREATE TABLE x (id int REFERENCES orders (id))",
+                "REFRESH MATERIALIZED VIEW CONCURRENTLY daily_totals",
+                "ALTER SEQUENCE order_seq RESTART WITH 1000",
+            ],
+            (Action::Allow, "admin"),
+        );
 
         let allow_list = Policy::parse(
             r#"
