@@ -184,6 +184,9 @@ fn ddl_names_what_it_changes_and_what_it_references() {
         ("GRANT SELECT ON o, p TO app", &["o", "p"], &[]),
         ("REVOKE ALL ON SEQUENCE seq FROM app", &["seq"], &[]),
         ("VACUUM o", &[], &["o"]),
+        ("COMMENT ON TABLE s.o IS 'x'", &["s.o"], &[]),
+        ("COMMENT ON COLUMN s.o.c IS 'x'", &["s.o"], &[]),
+        ("COMMENT ON FUNCTION f IS 'x'", &[], &[]),
     ];
     for (sql, w, r) in cases {
         let s = one(sql);

@@ -9,7 +9,7 @@
 //! recognised by identity of the AST node, so the same name read elsewhere in
 //! the statement is still reported as a read. DDL and DCL report the objects
 //! they create or change as written (a table, view, index, sequence, a
-//! trigger's table, a grant's tables) and the tables they only name as read
+//! trigger's, grant's or comment's table) and the tables they only name as read
 //! (a foreign key's referenced table, INHERITS parents, LIKE's source), so a
 //! table rule sees `CREATE TABLE x (... REFERENCES customers)`.
 //!
@@ -20,11 +20,11 @@
 use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
-    AlterTableOperation, Assignment, AssignmentTarget, ColumnDef, ColumnOption, CopySource,
-    CopyTarget, CreateTableLikeKind, DiscardObject, DoUpdate, Expr, FromTable, FunctionArg,
-    FunctionArgExpr, FunctionArguments, GrantObjects, Ident, JoinConstraint, JoinOperator,
-    ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset, Select,
-    SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableConstraint,
+    AlterTableOperation, Assignment, AssignmentTarget, ColumnDef, ColumnOption, CommentObject,
+    CopySource, CopyTarget, CreateTableLikeKind, DiscardObject, DoUpdate, Expr, FromTable,
+    FunctionArg, FunctionArgExpr, FunctionArguments, GrantObjects, Ident, JoinConstraint,
+    JoinOperator, ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset,
+    Select, SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableConstraint,
     TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
 
@@ -587,6 +587,27 @@ impl Visitor for Walker {
                     self.access(t, Access::Read);
                 }
             }
+            // A comment on a relation, or on one of its columns, changes it.
+            Statement::Comment {
+                object_type,
+                object_name,
+                ..
+            } => match object_type {
+                CommentObject::Table
+                | CommentObject::View
+                | CommentObject::MaterializedView
+                | CommentObject::Index
+                | CommentObject::Sequence => self.access(object_name, Access::Write),
+                CommentObject::Column if object_name.0.len() > 1 => {
+                    let mut t = self::name(object_name);
+                    t.parts.pop();
+                    self.tables.push(TableAccess {
+                        table: t,
+                        access: Access::Write,
+                    });
+                }
+                _ => {}
+            },
             Statement::Drop {
                 object_type:
                     ObjectType::Table
