@@ -27,6 +27,11 @@
 //! ([`super::pgnames`] collects them from PostgreSQL's tree): every table any
 //! statement names (DDL and DCL included) and every write target must be in
 //! ours, and every call of a dangerous function. Ours may name more.
+//!
+//! The same tree classifies what sqlparser cannot parse, where it tells a
+//! policy all it needs ([`PgStatement::classification`]: maintenance, DDL
+//! and grants without code or rows, such as `REFRESH MATERIALIZED VIEW` or
+//! `ALTER SEQUENCE`); [`redacted`] gives such a statement's audit text.
 
 use pg_query::{NodeEnum, protobuf};
 
