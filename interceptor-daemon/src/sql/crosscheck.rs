@@ -585,6 +585,8 @@ mod tests {
             "CREATE TRIGGER trg BEFORE UPDATE ON public.orders FOR EACH ROW EXECUTE FUNCTION touch()",
             "DROP TRIGGER IF EXISTS trg ON orders",
             "CREATE POLICY tenant ON orders USING (tenant_id = 1)",
+            "ALTER POLICY tenant ON orders RENAME TO tenant_2",
+            "ALTER TABLE orders RENAME CONSTRAINT fk TO fk_2",
             "CREATE TYPE pair AS (a int, b text)",
             "GRANT SELECT, INSERT ON orders, customers TO app",
             "GRANT USAGE ON SEQUENCE order_seq TO app",

@@ -67,15 +67,15 @@ impl PgNames {
         };
         match &stmt.node {
             Some(N::DropStmt(d))
-                if [
-                    O::ObjectTable,
-                    O::ObjectView,
-                    O::ObjectMatview,
-                    O::ObjectIndex,
-                ]
-                .into_iter()
-                .chain([O::ObjectSequence, O::ObjectForeignTable])
-                .any(|o| o as i32 == d.remove_type) =>
+                if matches!(
+                    O::try_from(d.remove_type),
+                    Ok(O::ObjectTable
+                        | O::ObjectView
+                        | O::ObjectMatview
+                        | O::ObjectIndex
+                        | O::ObjectSequence
+                        | O::ObjectForeignTable)
+                ) =>
             {
                 for name in d.objects.iter().filter_map(parts) {
                     self.write_targets.push(name.clone());

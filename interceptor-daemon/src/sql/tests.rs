@@ -181,6 +181,9 @@ fn ddl_names_what_it_changes_and_what_it_references() {
             &[],
         ),
         ("DROP TRIGGER t ON o", &["o"], &[]),
+        ("CREATE POLICY p ON o USING (true)", &["o"], &[]),
+        ("ALTER POLICY p ON o RENAME TO q", &["o"], &[]),
+        ("DROP POLICY p ON o", &["o"], &[]),
         ("GRANT SELECT ON o, p TO app", &["o", "p"], &[]),
         ("REVOKE ALL ON SEQUENCE seq FROM app", &["seq"], &[]),
         ("VACUUM o", &[], &["o"]),
@@ -765,6 +768,12 @@ fn statements_sqlparser_cannot_parse_are_read_from_postgres_tree() {
         ),
         (
             "ALTER TABLE orders SET SCHEMA archive",
+            Kind::Ddl,
+            &["orders"],
+            &[],
+        ),
+        (
+            "ALTER TRIGGER trg ON orders RENAME TO trg_2",
             Kind::Ddl,
             &["orders"],
             &[],

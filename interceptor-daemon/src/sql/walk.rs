@@ -574,6 +574,10 @@ impl Visitor for Walker {
                     self.function(&body.func_desc.name);
                 }
             }
+            // Row security policies change who sees which rows of the table.
+            Statement::CreatePolicy(p) => self.access(&p.table_name, Access::Write),
+            Statement::AlterPolicy(p) => self.access(&p.table_name, Access::Write),
+            Statement::DropPolicy(p) => self.access(&p.table_name, Access::Write),
             Statement::DropTrigger(t) => {
                 if let Some(table) = &t.table_name {
                     self.access(table, Access::Write);
