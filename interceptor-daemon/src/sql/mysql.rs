@@ -114,6 +114,17 @@ mod tests {
             vec![(Write, t(&["orders"]))]
         );
         assert_eq!(kinds("DROP TABLE customers")[0].0, Ddl);
+        // DDL names the tables it references: a foreign key's, in either form.
+        assert_eq!(
+            kinds(
+                "CREATE TABLE o (c INT REFERENCES customers (id), d INT, FOREIGN KEY (d) REFERENCES `shop`.`vault` (id))"
+            ),
+            vec![(Ddl, t(&["customers", "o", "shop.vault"]))]
+        );
+        assert_eq!(
+            kinds("ALTER TABLE o ADD CONSTRAINT fk FOREIGN KEY (c) REFERENCES customers (id)"),
+            vec![(Ddl, t(&["customers", "o"]))]
+        );
         for bad in [
             "SELECT 1; DROP TABLE customers",
             "SELECT 1 /*!50000 , (SELECT secret FROM secrets) */",
