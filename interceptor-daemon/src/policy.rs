@@ -88,9 +88,39 @@ impl NameGlob {
         self.matcher.is_match(s)
     }
 
+    /// Whether a table this glob matches may be one of `schema`'s (the
+    /// parts before `*` in [`QualifiedName::all_tables_of`]; empty: the
+    /// whole database). An unqualified glob names tables in every schema on
+    /// the search path; a qualified one those of the schema it spells, and
+    /// of any schema where that part is a pattern.
+    fn may_name_a_table_in(&self, schema: &[String]) -> bool {
+        let Some((qualifier, _)) = self.pattern.rsplit_once('.') else {
+            return true;
+        };
+        match schema.last() {
+            None => true,
+            Some(s) => {
+                qualifier.contains(GLOB_META) || qualifier.rsplit('.').next() == Some(s.as_str())
+            }
+        }
+    }
+
+    /// Whether this glob matches every table of `schema` (empty: of the
+    /// database): `*`, `schema.*` or a literal prefix of `schema.` and `*`.
+    fn names_every_table_in(&self, schema: &[String]) -> bool {
+        let Some(prefix) = self.pattern.strip_suffix('*') else {
+            return false;
+        };
+        if prefix.contains(GLOB_META) {
+            return false;
+        }
+        prefix.is_empty()
+            || (!schema.is_empty() && format!("{}.", schema.join(".")).starts_with(prefix))
+    }
+
     /// 2 for a literal name, 1 for a pattern: literal selectors are more specific.
     fn specificity(&self) -> u32 {
-        if self.pattern.contains(['*', '?', '[', '{']) {
+        if self.pattern.contains(GLOB_META) {
             1
         } else {
             2
@@ -260,6 +290,29 @@ fn any_glob(globs: &[NameGlob], names: &[String]) -> bool {
     globs.iter().any(|g| names.iter().any(|n| g.is_match(n)))
 }
 
+/// Characters that make a glob a pattern rather than a literal name.
+const GLOB_META: [char; 5] = ['*', '?', '[', '{', '\\'];
+
+/// For deny and approval: whether a table glob may name `t`. A statement on
+/// every table of a schema (`s.*`) is one on each table any glob could
+/// name there, so a deny on `secrets` holds for GRANT ... ON ALL TABLES IN
+/// SCHEMA public and DROP SCHEMA public.
+fn may_name(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
+    match t.all_tables_of() {
+        Some(schema) => globs.iter().any(|g| g.may_name_a_table_in(schema)),
+        None => any_glob(globs, &names_of(t)),
+    }
+}
+
+/// For allow: whether the table globs cover `t`; every table of a schema
+/// only by a glob that matches them all (`*`, `s.*`).
+fn covers(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
+    match t.all_tables_of() {
+        Some(schema) => globs.iter().any(|g| g.names_every_table_in(schema)),
+        None => any_glob(globs, &names_of(t)),
+    }
+}
+
 pub(crate) fn is_risky(f: &Flag) -> bool {
     matches!(
         f,
@@ -329,10 +382,8 @@ impl Rule {
         }
         match self.action {
             Action::Deny | Action::RequireApproval => {
-                let tables = m.tables.is_empty()
-                    || s.tables
-                        .iter()
-                        .any(|t| any_glob(&m.tables, &names_of(&t.table)));
+                let tables =
+                    m.tables.is_empty() || s.tables.iter().any(|t| may_name(&m.tables, &t.table));
                 let funcs = m.functions.is_empty()
                     || s.functions
                         .iter()
@@ -340,10 +391,8 @@ impl Rule {
                 tables && funcs
             }
             Action::Allow => {
-                let tables = m.tables.is_empty()
-                    || s.tables
-                        .iter()
-                        .all(|t| any_glob(&m.tables, &names_of(&t.table)));
+                let tables =
+                    m.tables.is_empty() || s.tables.iter().all(|t| covers(&m.tables, &t.table));
                 let funcs = m.functions.is_empty()
                     || s.functions
                         .iter()
@@ -733,6 +782,135 @@ rules:
         assert_eq!(
             decide("ALTER TABLE orders ADD FOREIGN KEY (customer_id) REFERENCES customers (id)"),
             (Action::Deny, "default".to_owned())
+        );
+    }
+
+    /// A statement on every table of a schema at once names none of them,
+    /// yet changes each: it touches `schema.*`. A deny on one table holds
+    /// for it (on 0e0645b and before, GRANT SELECT ON ALL TABLES IN SCHEMA
+    /// public TO PUBLIC passed a deny on `secrets`, and an allow limited to
+    /// `orders` allowed it), and an allow covers it only with a glob that
+    /// matches every table there.
+    #[test]
+    fn statements_on_every_table_of_a_schema_are_matched_by_table_rules() {
+        let p = no_secrets_policy("admin", "ddl, dcl");
+        let ctx = Context {
+            identity: Some("shop/migrator"),
+            target: "db",
+        };
+        let plain = crate::sql::Classifier::default().with_cross_check(false);
+        let schema_wide = [
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC",
+            "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public, app FROM app",
+            "DROP SCHEMA public CASCADE",
+            "ALTER SCHEMA public RENAME TO old",
+            "ALTER SCHEMA public OWNER TO intruder",
+        ];
+        for sql in schema_wide {
+            for c in [classify(sql), plain.classify(sql)] {
+                assert!(!c.any_unparsable(), "{sql}: {c:?}");
+                let d = p.decide_statements(&ctx, &c.statements);
+                assert_eq!(
+                    (d.action, d.rule.as_str()),
+                    (Action::Deny, "no-secrets"),
+                    "{sql}"
+                );
+            }
+        }
+        // Read from PostgreSQL's tree: future tables of one schema, or of
+        // every schema.
+        for sql in [
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO PUBLIC",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE app GRANT ALL ON SEQUENCES TO intruder",
+        ] {
+            let d = p.decide_statements(&ctx, &classify(sql).statements);
+            assert_eq!(
+                (d.action, d.rule.as_str()),
+                (Action::Deny, "no-secrets"),
+                "{sql}"
+            );
+        }
+        // Not tables: the admin rule decides.
+        for sql in [
+            "GRANT USAGE ON SCHEMA public TO app",
+            "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO app",
+        ] {
+            let d = p.decide_statements(&ctx, &classify(sql).statements);
+            assert_eq!(
+                (d.action, d.rule.as_str()),
+                (Action::Allow, "admin"),
+                "{sql}"
+            );
+        }
+
+        let scoped = Policy::parse(
+            r#"
+default: deny
+rules:
+  - id: orders-grants
+    sql: { kinds: [dcl, ddl], tables: [orders, "public.orders"] }
+    action: allow
+  - id: app-schema
+    sql: { kinds: [dcl, ddl], tables: ["app.*"] }
+    action: allow
+  - id: anything
+    identities: ["shop/dba"]
+    sql: { kinds: [dcl, ddl], tables: ["*"] }
+    action: allow
+  - id: no-audit-secrets
+    sql: { tables: ["audit.secrets"] }
+    action: deny
+"#,
+        )
+        .unwrap();
+        let decide = |identity: &str, sql: &str| {
+            let ctx = Context {
+                identity: Some(identity),
+                target: "db",
+            };
+            let d = scoped.decide_statements(&ctx, &classify(sql).statements);
+            (d.action, d.rule)
+        };
+        let outcome = |a: Action, r: &str| (a, r.to_owned());
+        for sql in schema_wide {
+            assert_eq!(
+                decide("shop/migrator", sql),
+                outcome(Action::Deny, "default"),
+                "{sql}"
+            );
+            assert_eq!(
+                decide("shop/dba", sql),
+                outcome(Action::Allow, "anything"),
+                "{sql}"
+            );
+        }
+        assert_eq!(
+            decide("shop/migrator", "GRANT SELECT ON orders TO app"),
+            outcome(Action::Allow, "orders-grants")
+        );
+        assert_eq!(
+            decide(
+                "shop/migrator",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA app TO reporting"
+            ),
+            outcome(Action::Allow, "app-schema")
+        );
+        // `app.*` covers schema app only, and a deny qualified with another
+        // schema does not reach it; one qualified with audit does.
+        assert_eq!(
+            decide("shop/migrator", "DROP SCHEMA app, public"),
+            outcome(Action::Deny, "default")
+        );
+        assert_eq!(
+            decide("shop/dba", "DROP SCHEMA audit CASCADE"),
+            outcome(Action::Deny, "no-audit-secrets")
+        );
+        assert_eq!(
+            decide(
+                "shop/dba",
+                "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC"
+            ),
+            outcome(Action::Deny, "no-audit-secrets")
         );
     }
 

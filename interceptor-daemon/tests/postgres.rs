@@ -202,6 +202,14 @@ fn statements_are_decided_before_they_reach_the_server() {
         err.contains("42501: interceptor: statement denied by rule `no-customer-changes`"),
         "{err}"
     );
+    // So is DDL on every table of customers' schema at once, which names
+    // no table.
+    let out = psql(&s, "DROP SCHEMA public CASCADE");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("42501: interceptor: statement denied by rule `no-customer-changes`"),
+        "{err}"
+    );
 
     // Evasions: each is denied and changes nothing.
     for sql in [

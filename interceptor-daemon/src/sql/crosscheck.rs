@@ -593,6 +593,12 @@ mod tests {
             "REVOKE DELETE ON TABLE customers FROM app",
             "VACUUM FULL customers",
             "DROP TABLE IF EXISTS items, orders CASCADE",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public, app TO reporting",
+            "REVOKE ALL ON ALL SEQUENCES IN SCHEMA app FROM reporting",
+            "GRANT USAGE ON SCHEMA app TO reporting",
+            "DROP SCHEMA IF EXISTS staging CASCADE",
+            "ALTER SCHEMA staging RENAME TO archive",
+            "ALTER SCHEMA staging OWNER TO migrator",
         ] {
             let c = plain.classify(sql);
             assert!(!c.any_unparsable(), "{sql}: {c:?}");
@@ -671,6 +677,15 @@ mod tests {
             differs("GRANT SELECT ON s.secrets TO app", &drop_table("s.secrets"))
                 .contains("reads table s.secrets")
         );
+        // Every table of a schema is compared like one table.
+        assert!(
+            differs(
+                "GRANT SELECT ON ALL TABLES IN SCHEMA s TO app",
+                &drop_table("s.*")
+            )
+            .contains("reads table s.*")
+        );
+        assert!(differs("DROP SCHEMA s CASCADE", &drop_table("s.*")).contains("reads table s.*"));
         // A call that is not dangerous, or a CTE's name, is not compared.
         let mut c = plain.classify("WITH r AS (SELECT lower('x')) SELECT * FROM r");
         c.statements[0].functions.clear();

@@ -134,6 +134,25 @@ impl QualifiedName {
             .and_then(|i| self.parts.get(i))
             .map(String::as_str)
     }
+
+    /// Every table of `schema` (`schema.*`), or of the database (`*`):
+    /// what a statement that acts on all of them at once touches (GRANT ...
+    /// ON ALL TABLES IN SCHEMA, DROP SCHEMA, ALTER DEFAULT PRIVILEGES).
+    pub fn all_tables(schema: Option<QualifiedName>) -> Self {
+        let mut parts = schema.map(|s| s.parts).unwrap_or_default();
+        parts.push("*".to_owned());
+        Self { parts }
+    }
+
+    /// For a name from [`QualifiedName::all_tables`], the schema's parts
+    /// (empty for the whole database). A table really named `"*"` reads as
+    /// every table too: a policy then denies more, never less.
+    pub fn all_tables_of(&self) -> Option<&[String]> {
+        match self.parts.split_last() {
+            Some((last, schema)) if last == "*" => Some(schema),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for QualifiedName {
@@ -150,7 +169,8 @@ impl fmt::Display for QualifiedName {
                 && p.bytes().all(|c| {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'$'
                 });
-            if plain {
+            let every_table = p == "*" && i + 1 == self.parts.len();
+            if plain || every_table {
                 f.write_str(p)?;
             } else {
                 write!(f, "\"{}\"", p.replace('"', "\"\""))?;

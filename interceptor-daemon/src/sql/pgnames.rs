@@ -48,9 +48,21 @@ impl PgNames {
         Ok(out)
     }
 
+    /// Every table of a schema (`s.*`), or of the database (`*`), written:
+    /// what a statement on all of them at once touches
+    /// ([`super::QualifiedName::all_tables`]).
+    fn every_table_of(&mut self, schema: Option<String>) {
+        let mut name: Vec<String> = schema.into_iter().collect();
+        name.push("*".to_owned());
+        self.write_targets.push(name.clone());
+        self.relations.push(name);
+    }
+
     /// Relations the tree names by a list of strings rather than a
     /// `RangeVar`: DROP's objects (when they are relations) and a
-    /// sequence's `OWNED BY table.column`.
+    /// sequence's `OWNED BY table.column`; and statements on every table of
+    /// a schema (GRANT ... ON ALL TABLES IN SCHEMA, ALTER DEFAULT
+    /// PRIVILEGES, DROP, ALTER and RENAME of a schema).
     fn by_string_lists(&mut self, stmt: &protobuf::Node) {
         use protobuf::{ObjectType as O, node::Node as N};
         let parts = |n: &protobuf::Node| -> Option<Vec<String>> {
@@ -65,6 +77,12 @@ impl PgNames {
                 })
                 .collect()
         };
+        let string = |n: &protobuf::Node| match &n.node {
+            Some(N::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        };
+        let on_relations =
+            |objtype: i32| matches!(O::try_from(objtype), Ok(O::ObjectTable | O::ObjectSequence));
         match &stmt.node {
             Some(N::DropStmt(d))
                 if matches!(
@@ -80,6 +98,48 @@ impl PgNames {
                 for name in d.objects.iter().filter_map(parts) {
                     self.write_targets.push(name.clone());
                     self.relations.push(name);
+                }
+            }
+            Some(N::DropStmt(d)) if O::try_from(d.remove_type) == Ok(O::ObjectSchema) => {
+                for schema in d.objects.iter().filter_map(string) {
+                    self.every_table_of(Some(schema));
+                }
+            }
+            Some(N::RenameStmt(r)) if O::try_from(r.rename_type) == Ok(O::ObjectSchema) => {
+                self.every_table_of(Some(r.subname.clone()));
+            }
+            Some(N::AlterOwnerStmt(a)) if O::try_from(a.object_type) == Ok(O::ObjectSchema) => {
+                if let Some(schema) = a.object.as_deref().and_then(string) {
+                    self.every_table_of(Some(schema));
+                }
+            }
+            Some(N::GrantStmt(g))
+                if g.targtype == protobuf::GrantTargetType::AclTargetAllInSchema as i32
+                    && on_relations(g.objtype) =>
+            {
+                for schema in g.objects.iter().filter_map(string) {
+                    self.every_table_of(Some(schema));
+                }
+            }
+            // Future tables of the schemas named, or of every schema.
+            Some(N::AlterDefaultPrivilegesStmt(a))
+                if a.action.as_ref().is_some_and(|g| on_relations(g.objtype)) =>
+            {
+                let mut schemas = a
+                    .options
+                    .iter()
+                    .filter_map(|o| match &o.node {
+                        Some(N::DefElem(d)) if d.defname == "schemas" => d.arg.as_deref(),
+                        _ => None,
+                    })
+                    .filter_map(parts)
+                    .flatten()
+                    .peekable();
+                if schemas.peek().is_none() {
+                    self.every_table_of(None);
+                }
+                for schema in schemas {
+                    self.every_table_of(Some(schema));
                 }
             }
             Some(N::CreateSeqStmt(protobuf::CreateSeqStmt { options, .. }))

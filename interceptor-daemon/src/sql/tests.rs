@@ -190,6 +190,21 @@ fn ddl_names_what_it_changes_and_what_it_references() {
         ("COMMENT ON TABLE s.o IS 'x'", &["s.o"], &[]),
         ("COMMENT ON COLUMN s.o.c IS 'x'", &["s.o"], &[]),
         ("COMMENT ON FUNCTION f IS 'x'", &[], &[]),
+        // Every table of a schema at once: `schema.*`.
+        (
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public, \"App\" TO app",
+            &["App.*", "public.*"],
+            &[],
+        ),
+        (
+            "REVOKE USAGE ON ALL SEQUENCES IN SCHEMA s FROM app",
+            &["s.*"],
+            &[],
+        ),
+        ("GRANT USAGE ON SCHEMA s TO app", &[], &[]),
+        ("DROP SCHEMA IF EXISTS s, t CASCADE", &["s.*", "t.*"], &[]),
+        ("ALTER SCHEMA s RENAME TO t", &["s.*"], &[]),
+        ("ALTER SCHEMA s OWNER TO intruder", &["s.*"], &[]),
     ];
     for (sql, w, r) in cases {
         let s = one(sql);
@@ -805,6 +820,24 @@ fn statements_sqlparser_cannot_parse_are_read_from_postgres_tree() {
         ),
         (
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO ro",
+            Kind::Dcl,
+            &["public.*"],
+            &[],
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES FOR ROLE app IN SCHEMA a, b REVOKE ALL ON SEQUENCES FROM ro",
+            Kind::Dcl,
+            &["a.*", "b.*"],
+            &[],
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO ro",
+            Kind::Dcl,
+            &["*"],
+            &[],
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO ro",
             Kind::Dcl,
             &[],
             &[],

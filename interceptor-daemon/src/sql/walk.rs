@@ -342,19 +342,52 @@ impl Walker {
         }
     }
 
-    /// The tables, views and sequences a GRANT or REVOKE names one by one
-    /// (`ON ALL TABLES IN SCHEMA s` names none: a kinds rule decides it).
+    /// The tables, views and sequences a GRANT or REVOKE names, one by one
+    /// or every one of a schema (`ON ALL TABLES IN SCHEMA s`: `s.*`).
     fn grant_objects(&mut self, objects: Option<&GrantObjects>) {
-        if let Some(
-            GrantObjects::Tables(names)
-            | GrantObjects::Views(names)
-            | GrantObjects::Sequences(names),
-        ) = objects
-        {
-            for n in names {
-                self.access(n, Access::Write);
+        match objects {
+            Some(
+                GrantObjects::Tables(names)
+                | GrantObjects::Views(names)
+                | GrantObjects::Sequences(names),
+            ) => {
+                for n in names {
+                    self.access(n, Access::Write);
+                }
             }
+            Some(
+                GrantObjects::AllTablesInSchema { schemas }
+                | GrantObjects::AllSequencesInSchema { schemas }
+                | GrantObjects::AllViewsInSchema { schemas }
+                | GrantObjects::AllMaterializedViewsInSchema { schemas }
+                | GrantObjects::AllExternalTablesInSchema { schemas }
+                | GrantObjects::FutureTablesInSchema { schemas }
+                | GrantObjects::FutureViewsInSchema { schemas }
+                | GrantObjects::FutureExternalTablesInSchema { schemas }
+                | GrantObjects::FutureMaterializedViewsInSchema { schemas }
+                | GrantObjects::FutureSequencesInSchema { schemas },
+            ) => {
+                for s in schemas {
+                    self.all_tables_in(s);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// A statement that changes every table of a schema at once (a grant on
+    /// all of them, DROP SCHEMA, ALTER SCHEMA) writes `schema.*`, which a
+    /// table rule reads as every table of it
+    /// ([`QualifiedName::all_tables_of`]): without it such a statement
+    /// names no table, so a deny on one table would not see it and an allow
+    /// limited to other tables would let it through.
+    fn all_tables_in(&mut self, schema: &ObjectName) {
+        self.handled.push(schema);
+        self.misread_name(schema, true);
+        self.tables.push(TableAccess {
+            table: QualifiedName::all_tables(Some(name(schema))),
+            access: Access::Write,
+        });
     }
 
     /// A single-part name that refers to a CTE in the current query's scope.
@@ -612,6 +645,18 @@ impl Visitor for Walker {
                 }
                 _ => {}
             },
+            Statement::Drop {
+                object_type: ObjectType::Schema,
+                names,
+                ..
+            } => {
+                for n in names {
+                    self.all_tables_in(n);
+                }
+            }
+            // Renamed, every table's qualified name changes; a new owner may
+            // drop any table in it.
+            Statement::AlterSchema(a) => self.all_tables_in(&a.name),
             Statement::Drop {
                 object_type:
                     ObjectType::Table
