@@ -912,6 +912,36 @@ rules:
             ),
             outcome(Action::Deny, "no-audit-secrets")
         );
+        // MySQL's `db.*` and `*.*` alike.
+        let classifier = crate::sql::Classifier::default();
+        let mysql = |identity: &str, sql: &str| {
+            let ctx = Context {
+                identity: Some(identity),
+                target: "db",
+            };
+            let d = scoped.decide_statements(&ctx, &classifier.classify_mysql(sql).statements);
+            (d.action, d.rule)
+        };
+        assert_eq!(
+            mysql("shop/migrator", "GRANT SELECT ON app.* TO 'r'@'%'"),
+            outcome(Action::Allow, "app-schema")
+        );
+        assert_eq!(
+            mysql("shop/migrator", "GRANT SELECT ON shop.* TO 'r'@'%'"),
+            outcome(Action::Deny, "default")
+        );
+        assert_eq!(
+            mysql("shop/dba", "GRANT ALL ON *.* TO 'r'@'%'"),
+            outcome(Action::Deny, "no-audit-secrets")
+        );
+        assert_eq!(
+            mysql("shop/dba", "DROP DATABASE audit"),
+            outcome(Action::Deny, "no-audit-secrets")
+        );
+        assert_eq!(
+            mysql("shop/dba", "DROP DATABASE shop"),
+            outcome(Action::Allow, "anything")
+        );
     }
 
     #[test]

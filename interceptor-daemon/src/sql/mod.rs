@@ -145,11 +145,16 @@ impl QualifiedName {
     }
 
     /// For a name from [`QualifiedName::all_tables`], the schema's parts
-    /// (empty for the whole database). A table really named `"*"` reads as
-    /// every table too: a policy then denies more, never less.
+    /// (empty for the whole database; MySQL's `*.*` is that too). A table
+    /// really named `"*"` reads as every table too: a policy then denies
+    /// more, never less.
     pub fn all_tables_of(&self) -> Option<&[String]> {
         match self.parts.split_last() {
-            Some((last, schema)) if last == "*" => Some(schema),
+            Some((last, schema)) if last == "*" => Some(if schema.iter().any(|p| p == "*") {
+                &[]
+            } else {
+                schema
+            }),
             _ => None,
         }
     }
@@ -169,7 +174,7 @@ impl fmt::Display for QualifiedName {
                 && p.bytes().all(|c| {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'$'
                 });
-            let every_table = p == "*" && i + 1 == self.parts.len();
+            let every_table = p == "*" && self.all_tables_of().is_some();
             if plain || every_table {
                 f.write_str(p)?;
             } else {

@@ -125,6 +125,16 @@ mod tests {
             kinds("ALTER TABLE o ADD CONSTRAINT fk FOREIGN KEY (c) REFERENCES customers (id)"),
             vec![(Ddl, t(&["customers", "o"]))]
         );
+        // Every table of a database (MySQL's schema), or of all of them.
+        assert_eq!(
+            kinds("GRANT SELECT ON shop.* TO 'app'@'%'"),
+            vec![(Dcl, t(&["shop.*"]))]
+        );
+        assert_eq!(
+            kinds("REVOKE ALL ON *.* FROM 'app'@'%'"),
+            vec![(Dcl, t(&["*.*"]))]
+        );
+        assert_eq!(kinds("DROP DATABASE shop"), vec![(Ddl, t(&["shop.*"]))]);
         for bad in [
             "SELECT 1; DROP TABLE customers",
             "SELECT 1 /*!50000 , (SELECT secret FROM secrets) */",

@@ -645,8 +645,9 @@ impl Visitor for Walker {
                 }
                 _ => {}
             },
+            // MySQL's databases are its schemas.
             Statement::Drop {
-                object_type: ObjectType::Schema,
+                object_type: ObjectType::Schema | ObjectType::Database,
                 names,
                 ..
             } => {
