@@ -677,6 +677,28 @@ rules:
         .unwrap()
     }
 
+    /// Asserts that each statement, read with and without the PostgreSQL
+    /// cross-check (both must read it), gets `outcome` for `identity`.
+    fn decided_alike_in_both_readings(
+        p: &Policy,
+        identity: &str,
+        sqls: &[&str],
+        outcome: (Action, &str),
+    ) {
+        let ctx = Context {
+            identity: Some(identity),
+            target: "db",
+        };
+        let plain = crate::sql::Classifier::default().with_cross_check(false);
+        for sql in sqls {
+            for c in [classify(sql), plain.classify(sql)] {
+                assert!(!c.any_unparsable(), "{sql}: {c:?}");
+                let d = p.decide_statements(&ctx, &c.statements);
+                assert_eq!((d.action, d.rule.as_str()), outcome, "{sql}");
+            }
+        }
+    }
+
     #[test]
     fn deny_listed_table_under_every_spelling() {
         let p = no_secrets_policy("app", "read, write");
@@ -711,8 +733,7 @@ rules:
             identity: Some("shop/migrator"),
             target: "db",
         };
-        let plain = crate::sql::Classifier::default().with_cross_check(false);
-        for sql in [
+        let named = [
             "CREATE TABLE x (id int REFERENCES secrets (id))",
             "CREATE TABLE x (id int, FOREIGN KEY (id) REFERENCES public.secrets)",
             "ALTER TABLE x ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES secrets (id)",
@@ -724,17 +745,8 @@ rules:
             "GRANT SELECT ON secrets TO public",
             "REVOKE ALL ON TABLE secrets FROM app",
             "VACUUM FULL secrets",
-        ] {
-            for c in [classify(sql), plain.classify(sql)] {
-                assert!(!c.any_unparsable(), "{sql}: {c:?}");
-                let d = p.decide_statements(&ctx, &c.statements);
-                assert_eq!(
-                    (d.action, d.rule.as_str()),
-                    (Action::Deny, "no-secrets"),
-                    "{sql}"
-                );
-            }
-        }
+        ];
+        decided_alike_in_both_readings(&p, "shop/migrator", &named, (Action::Deny, "no-secrets"));
         // Read from PostgreSQL's tree (sqlparser cannot parse them): the
         // same rules apply.
         let expect = |sqls: &[&str], outcome: (Action, &str)| {
@@ -794,11 +806,6 @@ rules:
     #[test]
     fn statements_on_every_table_of_a_schema_are_matched_by_table_rules() {
         let p = no_secrets_policy("admin", "ddl, dcl");
-        let ctx = Context {
-            identity: Some("shop/migrator"),
-            target: "db",
-        };
-        let plain = crate::sql::Classifier::default().with_cross_check(false);
         let schema_wide = [
             "GRANT SELECT ON ALL TABLES IN SCHEMA public TO PUBLIC",
             "REVOKE ALL ON ALL SEQUENCES IN SCHEMA public, app FROM app",
@@ -806,41 +813,41 @@ rules:
             "ALTER SCHEMA public RENAME TO old",
             "ALTER SCHEMA public OWNER TO intruder",
         ];
-        for sql in schema_wide {
-            for c in [classify(sql), plain.classify(sql)] {
-                assert!(!c.any_unparsable(), "{sql}: {c:?}");
-                let d = p.decide_statements(&ctx, &c.statements);
-                assert_eq!(
-                    (d.action, d.rule.as_str()),
-                    (Action::Deny, "no-secrets"),
-                    "{sql}"
-                );
-            }
-        }
-        // Read from PostgreSQL's tree: future tables of one schema, or of
-        // every schema.
-        for sql in [
-            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO PUBLIC",
-            "ALTER DEFAULT PRIVILEGES FOR ROLE app GRANT ALL ON SEQUENCES TO intruder",
-        ] {
-            let d = p.decide_statements(&ctx, &classify(sql).statements);
-            assert_eq!(
-                (d.action, d.rule.as_str()),
-                (Action::Deny, "no-secrets"),
-                "{sql}"
-            );
-        }
+        decided_alike_in_both_readings(
+            &p,
+            "shop/migrator",
+            &schema_wide,
+            (Action::Deny, "no-secrets"),
+        );
         // Not tables: the admin rule decides.
-        for sql in [
-            "GRANT USAGE ON SCHEMA public TO app",
-            "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO app",
+        decided_alike_in_both_readings(
+            &p,
+            "shop/migrator",
+            &["GRANT USAGE ON SCHEMA public TO app"],
+            (Action::Allow, "admin"),
+        );
+        // Read from PostgreSQL's tree (future tables of one schema, or of
+        // every schema; functions are not tables).
+        let ctx = Context {
+            identity: Some("shop/migrator"),
+            target: "db",
+        };
+        for (sql, outcome) in [
+            (
+                "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO PUBLIC",
+                (Action::Deny, "no-secrets"),
+            ),
+            (
+                "ALTER DEFAULT PRIVILEGES FOR ROLE app GRANT ALL ON SEQUENCES TO intruder",
+                (Action::Deny, "no-secrets"),
+            ),
+            (
+                "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO app",
+                (Action::Allow, "admin"),
+            ),
         ] {
             let d = p.decide_statements(&ctx, &classify(sql).statements);
-            assert_eq!(
-                (d.action, d.rule.as_str()),
-                (Action::Allow, "admin"),
-                "{sql}"
-            );
+            assert_eq!((d.action, d.rule.as_str()), outcome, "{sql}");
         }
 
         let scoped = Policy::parse(
@@ -863,85 +870,96 @@ rules:
 "#,
         )
         .unwrap();
+        let classifier = crate::sql::Classifier::default();
         let decide = |identity: &str, sql: &str| {
             let ctx = Context {
                 identity: Some(identity),
                 target: "db",
             };
-            let d = scoped.decide_statements(&ctx, &classify(sql).statements);
+            // MySQL's `db.*` and `*.*` are read as PostgreSQL's `s.*` and `*`.
+            let c = match sql.strip_prefix("mysql: ") {
+                Some(sql) => classifier.classify_mysql(sql),
+                None => classifier.classify(sql),
+            };
+            let d = scoped.decide_statements(&ctx, &c.statements);
             (d.action, d.rule)
         };
-        let outcome = |a: Action, r: &str| (a, r.to_owned());
+        let mut cases: Vec<(&str, &str, Action, &str)> = Vec::new();
         for sql in schema_wide {
+            cases.push(("shop/migrator", sql, Action::Deny, "default"));
+            cases.push(("shop/dba", sql, Action::Allow, "anything"));
+        }
+        cases.extend([
+            (
+                "shop/migrator",
+                "GRANT SELECT ON orders TO app",
+                Action::Allow,
+                "orders-grants",
+            ),
+            (
+                "shop/migrator",
+                "GRANT SELECT ON ALL TABLES IN SCHEMA app TO reporting",
+                Action::Allow,
+                "app-schema",
+            ),
+            // `app.*` covers schema app only, and a deny qualified with
+            // another schema does not reach it; one qualified with audit does.
+            (
+                "shop/migrator",
+                "DROP SCHEMA app, public",
+                Action::Deny,
+                "default",
+            ),
+            (
+                "shop/dba",
+                "DROP SCHEMA audit CASCADE",
+                Action::Deny,
+                "no-audit-secrets",
+            ),
+            (
+                "shop/dba",
+                "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC",
+                Action::Deny,
+                "no-audit-secrets",
+            ),
+            (
+                "shop/migrator",
+                "mysql: GRANT SELECT ON app.* TO 'r'@'%'",
+                Action::Allow,
+                "app-schema",
+            ),
+            (
+                "shop/migrator",
+                "mysql: GRANT SELECT ON shop.* TO 'r'@'%'",
+                Action::Deny,
+                "default",
+            ),
+            (
+                "shop/dba",
+                "mysql: GRANT ALL ON *.* TO 'r'@'%'",
+                Action::Deny,
+                "no-audit-secrets",
+            ),
+            (
+                "shop/dba",
+                "mysql: DROP DATABASE audit",
+                Action::Deny,
+                "no-audit-secrets",
+            ),
+            (
+                "shop/dba",
+                "mysql: DROP DATABASE shop",
+                Action::Allow,
+                "anything",
+            ),
+        ]);
+        for (identity, sql, action, rule) in cases {
             assert_eq!(
-                decide("shop/migrator", sql),
-                outcome(Action::Deny, "default"),
-                "{sql}"
-            );
-            assert_eq!(
-                decide("shop/dba", sql),
-                outcome(Action::Allow, "anything"),
-                "{sql}"
+                decide(identity, sql),
+                (action, rule.to_owned()),
+                "{identity}: {sql}"
             );
         }
-        assert_eq!(
-            decide("shop/migrator", "GRANT SELECT ON orders TO app"),
-            outcome(Action::Allow, "orders-grants")
-        );
-        assert_eq!(
-            decide(
-                "shop/migrator",
-                "GRANT SELECT ON ALL TABLES IN SCHEMA app TO reporting"
-            ),
-            outcome(Action::Allow, "app-schema")
-        );
-        // `app.*` covers schema app only, and a deny qualified with another
-        // schema does not reach it; one qualified with audit does.
-        assert_eq!(
-            decide("shop/migrator", "DROP SCHEMA app, public"),
-            outcome(Action::Deny, "default")
-        );
-        assert_eq!(
-            decide("shop/dba", "DROP SCHEMA audit CASCADE"),
-            outcome(Action::Deny, "no-audit-secrets")
-        );
-        assert_eq!(
-            decide(
-                "shop/dba",
-                "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC"
-            ),
-            outcome(Action::Deny, "no-audit-secrets")
-        );
-        // MySQL's `db.*` and `*.*` alike.
-        let classifier = crate::sql::Classifier::default();
-        let mysql = |identity: &str, sql: &str| {
-            let ctx = Context {
-                identity: Some(identity),
-                target: "db",
-            };
-            let d = scoped.decide_statements(&ctx, &classifier.classify_mysql(sql).statements);
-            (d.action, d.rule)
-        };
-        assert_eq!(
-            mysql("shop/migrator", "GRANT SELECT ON app.* TO 'r'@'%'"),
-            outcome(Action::Allow, "app-schema")
-        );
-        assert_eq!(
-            mysql("shop/migrator", "GRANT SELECT ON shop.* TO 'r'@'%'"),
-            outcome(Action::Deny, "default")
-        );
-        assert_eq!(
-            mysql("shop/dba", "GRANT ALL ON *.* TO 'r'@'%'"),
-            outcome(Action::Deny, "no-audit-secrets")
-        );
-        assert_eq!(
-            mysql("shop/dba", "DROP DATABASE audit"),
-            outcome(Action::Deny, "no-audit-secrets")
-        );
-        assert_eq!(
-            mysql("shop/dba", "DROP DATABASE shop"),
-            outcome(Action::Allow, "anything")
-        );
     }
 
     #[test]
