@@ -845,6 +845,11 @@ rules:
                 "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO app",
                 (Action::Allow, "admin"),
             ),
+            ("DROP OWNED BY app", (Action::Deny, "no-secrets")),
+            (
+                "REASSIGN OWNED BY app TO intruder",
+                (Action::Deny, "no-secrets"),
+            ),
         ] {
             let d = p.decide_statements(&ctx, &classify(sql).statements);
             assert_eq!((d.action, d.rule.as_str()), outcome, "{sql}");

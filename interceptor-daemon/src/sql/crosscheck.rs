@@ -142,7 +142,9 @@ fn described_by_names(n: &NodeEnum) -> bool {
         | N::AlterPolicyStmt(_)
         | N::GrantStmt(_)
         | N::GrantRoleStmt(_)
-        | N::AlterDefaultPrivilegesStmt(_) => true,
+        | N::AlterDefaultPrivilegesStmt(_)
+        | N::DropOwnedStmt(_)
+        | N::ReassignOwnedStmt(_) => true,
         _ => false,
     }
 }

@@ -61,8 +61,9 @@ impl PgNames {
     /// Relations the tree names by a list of strings rather than a
     /// `RangeVar`: DROP's objects (when they are relations) and a
     /// sequence's `OWNED BY table.column`; and statements on every table of
-    /// a schema (GRANT ... ON ALL TABLES IN SCHEMA, ALTER DEFAULT
-    /// PRIVILEGES, DROP, ALTER and RENAME of a schema).
+    /// a schema or of the database (GRANT ... ON ALL TABLES IN SCHEMA,
+    /// ALTER DEFAULT PRIVILEGES, DROP, ALTER and RENAME of a schema, DROP
+    /// and REASSIGN OWNED).
     fn by_string_lists(&mut self, stmt: &protobuf::Node) {
         use protobuf::{ObjectType as O, node::Node as N};
         let parts = |n: &protobuf::Node| -> Option<Vec<String>> {
@@ -142,6 +143,8 @@ impl PgNames {
                     self.every_table_of(Some(schema));
                 }
             }
+            // A role's objects, in every schema.
+            Some(N::DropOwnedStmt(_) | N::ReassignOwnedStmt(_)) => self.every_table_of(None),
             Some(N::CreateSeqStmt(protobuf::CreateSeqStmt { options, .. }))
             | Some(N::AlterSeqStmt(protobuf::AlterSeqStmt { options, .. })) => {
                 for o in options {

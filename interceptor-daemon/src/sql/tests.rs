@@ -842,6 +842,8 @@ fn statements_sqlparser_cannot_parse_are_read_from_postgres_tree() {
             &[],
             &[],
         ),
+        ("DROP OWNED BY app CASCADE", Kind::Dcl, &["*"], &[]),
+        ("REASSIGN OWNED BY app TO migrator", Kind::Dcl, &["*"], &[]),
     ];
     for (sql, kind, w, r) in cases {
         assert!(
