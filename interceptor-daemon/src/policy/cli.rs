@@ -458,6 +458,12 @@ fn print_simulation(sim: &replay::Simulation, json: bool) {
         "{} statements replayed: {} unchanged, {} decided by another rule, {} newly denied, {} newly allowed",
         sim.statements, sim.unchanged, sim.rule_changed, sim.newly_denied, sim.newly_allowed
     );
+    if sim.not_replayable > 0 {
+        println!(
+            "{} recorded without their text (<unparsable statement>): not re-decided, their recorded outcome stands",
+            sim.not_replayable
+        );
+    }
     for c in &sim.changes {
         println!(
             "{:<13} {:>5}x  {} on {}: {}  (was {} by {}, now {} by {})",

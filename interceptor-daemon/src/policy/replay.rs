@@ -79,6 +79,12 @@ pub struct Simulation {
     pub newly_allowed: u64,
     /// Same outcome, decided by a different rule.
     pub rule_changed: u64,
+    /// Recorded without a text that says what ran (a statement only
+    /// PostgreSQL's tree could read whose literal-free form does not parse,
+    /// such as `ALTER SEQUENCE s RESTART WITH $1`; COPY to a file): not
+    /// re-decided, their recorded outcome stands. Read again, each would be
+    /// unparsable, and a statement that ran would show as newly denied.
+    pub not_replayable: u64,
     /// Newly denied and newly allowed operations (rule-only changes are counted).
     pub changes: Vec<Change>,
 }
@@ -89,6 +95,10 @@ pub fn simulate(candidate: &Policy, observed: &[Observed], now: SystemTime) -> S
     let mut changes: BTreeMap<(Option<String>, String, String, bool), Change> = BTreeMap::new();
     for o in observed {
         sim.statements += 1;
+        if sql::has_unquoted_statement(&o.operation) {
+            sim.not_replayable += 1;
+            continue;
+        }
         let c = o.classification();
         let d = candidate.decide_statements_at(
             &Context {
@@ -321,6 +331,45 @@ mod tests {
         );
         let allowed = sim.changes.iter().find(|c| c.now == "allow").unwrap();
         assert_eq!(allowed.now_rule, "deletes");
+    }
+
+    /// A statement recorded without its text (read from PostgreSQL's tree,
+    /// its literal-free form would not parse) keeps its recorded outcome:
+    /// read again it would be unparsable, and the same policy would show it
+    /// newly denied.
+    #[test]
+    fn statements_recorded_without_text_are_not_re_decided() {
+        let seq = obs(
+            "shop/migrate",
+            "ALTER SEQUENCE s RESTART WITH 5000",
+            true,
+            "ddl",
+        );
+        assert!(
+            sql::has_unquoted_statement(&seq.operation),
+            "{}",
+            seq.operation
+        );
+        let vacuum = obs("shop/migrate", "VACUUM (ANALYZE) orders", true, "ddl");
+        let policy =
+            Policy::parse("rules:\n  - {id: ddl, sql: {kinds: [ddl, utility]}, action: allow}\n")
+                .unwrap();
+        let sim = simulate(&policy, &[seq.clone(), vacuum], SystemTime::now());
+        assert_eq!(
+            (
+                sim.statements,
+                sim.unchanged,
+                sim.newly_denied,
+                sim.not_replayable
+            ),
+            (2, 1, 0, 1),
+            "{:?}",
+            sim.changes
+        );
+        // Even under a policy that denies everything it stays as recorded.
+        let none = Policy::parse("rules: []\n").unwrap();
+        let sim = simulate(&none, &[seq], SystemTime::now());
+        assert_eq!((sim.newly_denied, sim.not_replayable), (0, 1));
     }
 
     /// A MySQL record as the proxy writes it: description, then the text.

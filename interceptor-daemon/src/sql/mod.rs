@@ -470,7 +470,7 @@ impl Default for SqlConfig {
 static DEFAULT: LazyLock<Classifier> = LazyLock::new(Classifier::default);
 
 /// Classifies a simple-query string with the built-in dangerous-function list.
-pub use normalize::normalize;
+pub use normalize::{has_unquoted_statement, normalize};
 
 /// Decision-cache key: the statement with its constants hidden where they
 /// cannot change a classification (see the lexer); `None` if it does not lex.

@@ -89,6 +89,12 @@ pub(super) fn opaque() -> String {
     OPAQUE.to_string()
 }
 
+/// Whether a recorded text stands for a statement, or one of several, that
+/// was not quoted (so reading the text again cannot tell what it was).
+pub fn has_unquoted_statement(text: &str) -> bool {
+    text.contains(OPAQUE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
