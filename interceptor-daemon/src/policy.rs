@@ -293,10 +293,11 @@ fn any_glob(globs: &[NameGlob], names: &[String]) -> bool {
 /// Characters that make a glob a pattern rather than a literal name.
 const GLOB_META: [char; 5] = ['*', '?', '[', '{', '\\'];
 
-/// For deny and approval: whether a table glob may name `t`. A statement on
-/// every table of a schema (`s.*`) is one on each table any glob could
-/// name there, so a deny on `secrets` holds for GRANT ... ON ALL TABLES IN
-/// SCHEMA public and DROP SCHEMA public.
+/// For deny and approval: whether a table (or function) glob may name `t`.
+/// A statement on every table of a schema (`s.*`) is one on each table any
+/// glob could name there, so a deny on `secrets` holds for GRANT ... ON ALL
+/// TABLES IN SCHEMA public and DROP SCHEMA public; likewise a grant on ALL
+/// FUNCTIONS IN SCHEMA for a function rule.
 fn may_name(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
     match t.all_tables_of() {
         Some(schema) => globs.iter().any(|g| g.may_name_a_table_in(schema)),
@@ -304,8 +305,8 @@ fn may_name(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
     }
 }
 
-/// For allow: whether the table globs cover `t`; every table of a schema
-/// only by a glob that matches them all (`*`, `s.*`).
+/// For allow: whether the table (or function) globs cover `t`; every one of
+/// a schema only by a glob that matches them all (`*`, `s.*`).
 fn covers(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
     match t.all_tables_of() {
         Some(schema) => globs.iter().any(|g| g.names_every_table_in(schema)),
@@ -384,19 +385,15 @@ impl Rule {
             Action::Deny | Action::RequireApproval => {
                 let tables =
                     m.tables.is_empty() || s.tables.iter().any(|t| may_name(&m.tables, &t.table));
-                let funcs = m.functions.is_empty()
-                    || s.functions
-                        .iter()
-                        .any(|f| any_glob(&m.functions, &names_of(f)));
+                let funcs =
+                    m.functions.is_empty() || s.functions.iter().any(|f| may_name(&m.functions, f));
                 tables && funcs
             }
             Action::Allow => {
                 let tables =
                     m.tables.is_empty() || s.tables.iter().all(|t| covers(&m.tables, &t.table));
-                let funcs = m.functions.is_empty()
-                    || s.functions
-                        .iter()
-                        .all(|f| any_glob(&m.functions, &names_of(f)));
+                let funcs =
+                    m.functions.is_empty() || s.functions.iter().all(|f| covers(&m.functions, f));
                 let risky_ok = m.risky || !s.flags.iter().any(is_risky);
                 tables && funcs && risky_ok
             }
@@ -845,6 +842,20 @@ rules:
                 "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO app",
                 (Action::Allow, "admin"),
             ),
+            // Granting a dangerous function is risky, which a plain allow
+            // never covers; so is every function of a schema.
+            (
+                "GRANT EXECUTE ON FUNCTION pg_read_file(text) TO app",
+                (Action::Deny, "default"),
+            ),
+            (
+                "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA app TO reporting",
+                (Action::Deny, "default"),
+            ),
+            (
+                "GRANT EXECUTE ON FUNCTION app.refresh(int) TO reporting",
+                (Action::Allow, "admin"),
+            ),
             ("DROP OWNED BY app", (Action::Deny, "no-secrets")),
             (
                 "REASSIGN OWNED BY app TO intruder",
@@ -871,6 +882,9 @@ rules:
     action: allow
   - id: no-audit-secrets
     sql: { tables: ["audit.secrets"] }
+    action: deny
+  - id: no-exports
+    sql: { functions: ["lo_export"] }
     action: deny
 "#,
         )
@@ -956,6 +970,20 @@ rules:
                 "mysql: DROP DATABASE shop",
                 Action::Allow,
                 "anything",
+            ),
+            // A function rule holds for grants of the function, and of every
+            // function of a schema.
+            (
+                "shop/dba",
+                "GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO app",
+                Action::Deny,
+                "no-exports",
+            ),
+            (
+                "shop/dba",
+                "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA pg_catalog TO app",
+                Action::Deny,
+                "no-exports",
             ),
         ]);
         for (identity, sql, action, rule) in cases {

@@ -137,7 +137,9 @@ impl QualifiedName {
 
     /// Every table of `schema` (`schema.*`), or of the database (`*`):
     /// what a statement that acts on all of them at once touches (GRANT ...
-    /// ON ALL TABLES IN SCHEMA, DROP SCHEMA, ALTER DEFAULT PRIVILEGES).
+    /// ON ALL TABLES IN SCHEMA, DROP SCHEMA, ALTER DEFAULT PRIVILEGES). As a
+    /// function name: every function of the schema (GRANT ... ON ALL
+    /// FUNCTIONS IN SCHEMA).
     pub fn all_tables(schema: Option<QualifiedName>) -> Self {
         let mut parts = schema.map(|s| s.parts).unwrap_or_default();
         parts.push("*".to_owned());
@@ -415,7 +417,12 @@ impl DangerousFunctions {
         };
     }
 
+    /// Whether `f` is on the list; every function of a schema (`s.*`: a
+    /// grant on ALL FUNCTIONS IN SCHEMA s) may hold one, so it is too.
     pub fn matches(&self, f: &QualifiedName) -> bool {
+        if f.all_tables_of().is_some() {
+            return true;
+        }
         let name = f.name().to_ascii_lowercase();
         self.exact.contains(&name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
     }

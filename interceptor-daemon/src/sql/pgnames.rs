@@ -29,8 +29,9 @@ pub(crate) struct PgNames {
     pub write_targets: Vec<Vec<String>>,
     /// Names the statement gives its CTEs.
     pub ctes: Vec<String>,
-    /// Functions called by name (`f(...)`); not the calls the grammar makes
-    /// up for SQL syntax such as `EXTRACT(...)` or `TRIM(...)`.
+    /// Functions called by name (`f(...)`), and those a GRANT or REVOKE
+    /// names (`s.*` for ALL FUNCTIONS IN SCHEMA s); not the calls the
+    /// grammar makes up for SQL syntax such as `EXTRACT(...)` or `TRIM(...)`.
     pub calls: Vec<Vec<String>>,
 }
 
@@ -82,6 +83,12 @@ impl PgNames {
             Some(N::String(s)) => Some(s.sval.clone()),
             _ => None,
         };
+        let on_functions = |objtype: i32| {
+            matches!(
+                O::try_from(objtype),
+                Ok(O::ObjectFunction | O::ObjectProcedure | O::ObjectRoutine)
+            )
+        };
         let on_relations =
             |objtype: i32| matches!(O::try_from(objtype), Ok(O::ObjectTable | O::ObjectSequence));
         match &stmt.node {
@@ -120,6 +127,23 @@ impl PgNames {
             {
                 for schema in g.objects.iter().filter_map(string) {
                     self.every_table_of(Some(schema));
+                }
+            }
+            // Functions granted, named with their argument types, or every
+            // function of a schema (as our reading reports them).
+            Some(N::GrantStmt(g)) if on_functions(g.objtype) => {
+                let all = g.targtype == protobuf::GrantTargetType::AclTargetAllInSchema as i32;
+                for o in &g.objects {
+                    match &o.node {
+                        Some(N::ObjectWithArgs(f)) if !all => {
+                            let name: Option<Vec<String>> = f.objname.iter().map(string).collect();
+                            self.calls.extend(name);
+                        }
+                        Some(N::String(s)) if all => {
+                            self.calls.push(vec![s.sval.clone(), "*".to_owned()]);
+                        }
+                        _ => {}
+                    }
                 }
             }
             // Future tables of the schemas named, or of every schema.

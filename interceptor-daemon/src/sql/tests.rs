@@ -213,6 +213,37 @@ fn ddl_names_what_it_changes_and_what_it_references() {
     }
     let t = one("CREATE TRIGGER t AFTER INSERT ON o FOR EACH ROW EXECUTE FUNCTION audit.f()");
     assert_eq!(t.functions, [q("audit.f")]);
+    // A grant names the functions it hands out, a dangerous one flagged;
+    // every function of a schema may hold one.
+    let g = one("GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO app");
+    assert_eq!(
+        (g.kind, g.functions.clone(), dangerous(&g)),
+        (
+            Kind::Dcl,
+            vec![q("pg_catalog.pg_read_file")],
+            vec!["pg_catalog.pg_read_file".to_owned()]
+        )
+    );
+    let g = one("REVOKE EXECUTE ON PROCEDURE app.refresh(int) FROM PUBLIC");
+    assert_eq!(
+        (g.functions.clone(), dangerous(&g)),
+        (vec![q("app.refresh")], vec![])
+    );
+    let g = one("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO app");
+    assert_eq!(
+        (g.functions.clone(), dangerous(&g)),
+        (vec![q("public.*")], vec!["public.*".to_owned()])
+    );
+    // Several at once (sqlparser takes one): read from PostgreSQL's tree.
+    let g = one("GRANT EXECUTE ON FUNCTION f(int), lo_export(oid, text) TO app");
+    assert_eq!(
+        (g.kind, g.functions.clone(), dangerous(&g)),
+        (
+            Kind::Dcl,
+            vec![q("f"), q("lo_export")],
+            vec!["lo_export".to_owned()]
+        )
+    );
 }
 
 #[test]

@@ -342,8 +342,9 @@ impl Walker {
         }
     }
 
-    /// The tables, views and sequences a GRANT or REVOKE names, one by one
-    /// or every one of a schema (`ON ALL TABLES IN SCHEMA s`: `s.*`).
+    /// The tables, views, sequences and functions a GRANT or REVOKE names,
+    /// one by one or every one of a schema (`ON ALL TABLES IN SCHEMA s`:
+    /// `s.*`).
     fn grant_objects(&mut self, objects: Option<&GrantObjects>) {
         match objects {
             Some(
@@ -353,6 +354,19 @@ impl Walker {
             ) => {
                 for n in names {
                     self.access(n, Access::Write);
+                }
+            }
+            // Granting a function is not calling it, but a rule on the
+            // function holds for it, and a dangerous one is risky to hand out.
+            Some(GrantObjects::Function { name, .. } | GrantObjects::Procedure { name, .. }) => {
+                self.function(name);
+            }
+            Some(GrantObjects::AllFunctionsInSchema { schemas }) => {
+                for s in schemas {
+                    self.handled.push(s);
+                    self.misread_name(s, false);
+                    self.functions
+                        .push(QualifiedName::all_tables(Some(name(s))));
                 }
             }
             Some(
