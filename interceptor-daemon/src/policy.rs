@@ -640,23 +640,28 @@ rules:
     action: deny
 "#;
 
-    fn decide(identity: &str, target: &str, sql: &str) -> (Action, String) {
-        let p = Policy::parse(POLICY).unwrap();
-        let c = classify(sql);
+    /// `p`'s action and rule for `statements` run by `identity` on `target`.
+    fn decision(
+        p: &Policy,
+        identity: &str,
+        target: &str,
+        statements: &[crate::sql::StatementInfo],
+    ) -> (Action, String) {
         let d = p.decide_statements(
             &Context {
                 identity: Some(identity),
                 target,
             },
-            &c.statements,
+            statements,
         );
         (d.action, d.rule)
     }
 
-    /// A deny-list policy (reads and writes allowed, one table denied) sees
-    /// the table however the statement names it, also with the PostgreSQL
-    /// cross-check turned off: `ONLY secrets` and a string as a table name
-    /// are sqlparser misreadings that named another table.
+    fn decide(identity: &str, target: &str, sql: &str) -> (Action, String) {
+        let p = Policy::parse(POLICY).unwrap();
+        decision(&p, identity, target, &classify(sql).statements)
+    }
+
     /// Allows `kinds` (rule `id`), denies anything on table `secrets`.
     fn no_secrets_policy(id: &str, kinds: &str) -> Policy {
         Policy::parse(&format!(
@@ -682,27 +687,26 @@ rules:
         sqls: &[&str],
         outcome: (Action, &str),
     ) {
-        let ctx = Context {
-            identity: Some(identity),
-            target: "db",
-        };
         let plain = crate::sql::Classifier::default().with_cross_check(false);
         for sql in sqls {
             for c in [classify(sql), plain.classify(sql)] {
                 assert!(!c.any_unparsable(), "{sql}: {c:?}");
-                let d = p.decide_statements(&ctx, &c.statements);
-                assert_eq!((d.action, d.rule.as_str()), outcome, "{sql}");
+                assert_eq!(
+                    decision(p, identity, "db", &c.statements),
+                    (outcome.0, outcome.1.to_owned()),
+                    "{sql}"
+                );
             }
         }
     }
 
+    /// A deny-list policy (reads and writes allowed, one table denied) sees
+    /// the table however the statement names it, also with the PostgreSQL
+    /// cross-check turned off: `ONLY secrets` and a string as a table name
+    /// are sqlparser misreadings that named another table.
     #[test]
     fn deny_listed_table_under_every_spelling() {
         let p = no_secrets_policy("app", "read, write");
-        let ctx = Context {
-            identity: Some("shop/app"),
-            target: "db",
-        };
         let plain = crate::sql::Classifier::default().with_cross_check(false);
         for sql in [
             "SELECT * FROM ONLY secrets",
@@ -711,12 +715,19 @@ rules:
             "TRUNCATE 'secrets'",
         ] {
             for c in [classify(sql), plain.classify(sql)] {
-                let d = p.decide_statements(&ctx, &c.statements);
-                assert_eq!(d.action, Action::Deny, "{sql}: {d:?}");
+                let d = decision(&p, "shop/app", "db", &c.statements);
+                assert_eq!(d.0, Action::Deny, "{sql}: {d:?}");
             }
         }
-        let d = p.decide_statements(&ctx, &classify("SELECT * FROM orders").statements);
-        assert_eq!((d.action, d.rule.as_str()), (Action::Allow, "app"));
+        assert_eq!(
+            decision(
+                &p,
+                "shop/app",
+                "db",
+                &classify("SELECT * FROM orders").statements
+            ),
+            (Action::Allow, "app".to_owned())
+        );
     }
 
     /// DDL and DCL that name a table without creating it (a foreign key's
@@ -726,10 +737,6 @@ rules:
     #[test]
     fn ddl_naming_a_table_is_matched_by_its_rules() {
         let p = no_secrets_policy("admin", "ddl, dcl, utility");
-        let ctx = Context {
-            identity: Some("shop/migrator"),
-            target: "db",
-        };
         let named = [
             "CREATE TABLE x (id int REFERENCES secrets (id))",
             "CREATE TABLE x (id int, FOREIGN KEY (id) REFERENCES public.secrets)",
@@ -748,8 +755,11 @@ rules:
         // same rules apply.
         let expect = |sqls: &[&str], outcome: (Action, &str)| {
             for sql in sqls {
-                let d = p.decide_statements(&ctx, &classify(sql).statements);
-                assert_eq!((d.action, d.rule.as_str()), outcome, "{sql}");
+                assert_eq!(
+                    decision(&p, "shop/migrator", "db", &classify(sql).statements),
+                    (outcome.0, outcome.1.to_owned()),
+                    "{sql}"
+                );
             }
         };
         expect(
@@ -781,8 +791,12 @@ rules:
         )
         .unwrap();
         let decide = |sql: &str| {
-            let d = allow_list.decide_statements(&ctx, &classify(sql).statements);
-            (d.action, d.rule)
+            decision(
+                &allow_list,
+                "shop/migrator",
+                "db",
+                &classify(sql).statements,
+            )
         };
         assert_eq!(
             decide("CREATE TABLE order_items (order_id int REFERENCES orders (id))"),
@@ -825,10 +839,6 @@ rules:
         );
         // Read from PostgreSQL's tree (future tables of one schema, or of
         // every schema; functions are not tables).
-        let ctx = Context {
-            identity: Some("shop/migrator"),
-            target: "db",
-        };
         for (sql, outcome) in [
             (
                 "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO PUBLIC",
@@ -862,8 +872,11 @@ rules:
                 (Action::Deny, "no-secrets"),
             ),
         ] {
-            let d = p.decide_statements(&ctx, &classify(sql).statements);
-            assert_eq!((d.action, d.rule.as_str()), outcome, "{sql}");
+            assert_eq!(
+                decision(&p, "shop/migrator", "db", &classify(sql).statements),
+                (outcome.0, outcome.1.to_owned()),
+                "{sql}"
+            );
         }
 
         let scoped = Policy::parse(
@@ -891,17 +904,12 @@ rules:
         .unwrap();
         let classifier = crate::sql::Classifier::default();
         let decide = |identity: &str, sql: &str| {
-            let ctx = Context {
-                identity: Some(identity),
-                target: "db",
-            };
             // MySQL's `db.*` and `*.*` are read as PostgreSQL's `s.*` and `*`.
             let c = match sql.strip_prefix("mysql: ") {
                 Some(sql) => classifier.classify_mysql(sql),
                 None => classifier.classify(sql),
             };
-            let d = scoped.decide_statements(&ctx, &c.statements);
-            (d.action, d.rule)
+            decision(&scoped, identity, "db", &c.statements)
         };
         let mut cases: Vec<(&str, &str, Action, &str)> = Vec::new();
         for sql in schema_wide {
