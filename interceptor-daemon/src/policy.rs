@@ -88,12 +88,12 @@ impl NameGlob {
         self.matcher.is_match(s)
     }
 
-    /// Whether a table this glob matches may be one of `schema`'s (the
-    /// parts before `*` in [`QualifiedName::all_tables_of`]; empty: the
-    /// whole database). An unqualified glob names tables in every schema on
-    /// the search path; a qualified one those of the schema it spells, and
-    /// of any schema where that part is a pattern.
-    fn may_name_a_table_in(&self, schema: &[String]) -> bool {
+    /// Whether a table or function this glob matches may be one of
+    /// `schema`'s (the parts before `*` in [`QualifiedName::all_in_schema`];
+    /// empty: the whole database). An unqualified glob names objects in
+    /// every schema on the search path; a qualified one those of the schema
+    /// it spells, and of any schema where that part is a pattern.
+    fn may_name_one_in(&self, schema: &[String]) -> bool {
         let Some((qualifier, _)) = self.pattern.rsplit_once('.') else {
             return true;
         };
@@ -105,9 +105,10 @@ impl NameGlob {
         }
     }
 
-    /// Whether this glob matches every table of `schema` (empty: of the
-    /// database): `*`, `schema.*` or a literal prefix of `schema.` and `*`.
-    fn names_every_table_in(&self, schema: &[String]) -> bool {
+    /// Whether this glob matches every table or function of `schema` (empty:
+    /// of the database): `*`, `schema.*` or a literal prefix of `schema.`
+    /// and `*`.
+    fn names_all_in(&self, schema: &[String]) -> bool {
         let Some(prefix) = self.pattern.strip_suffix('*') else {
             return false;
         };
@@ -299,8 +300,8 @@ const GLOB_META: [char; 5] = ['*', '?', '[', '{', '\\'];
 /// TABLES IN SCHEMA public and DROP SCHEMA public; likewise a grant on ALL
 /// FUNCTIONS IN SCHEMA for a function rule.
 fn may_name(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
-    match t.all_tables_of() {
-        Some(schema) => globs.iter().any(|g| g.may_name_a_table_in(schema)),
+    match t.all_in_schema() {
+        Some(schema) => globs.iter().any(|g| g.may_name_one_in(schema)),
         None => any_glob(globs, &names_of(t)),
     }
 }
@@ -308,8 +309,8 @@ fn may_name(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
 /// For allow: whether the table (or function) globs cover `t`; every one of
 /// a schema only by a glob that matches them all (`*`, `s.*`).
 fn covers(globs: &[NameGlob], t: &crate::sql::QualifiedName) -> bool {
-    match t.all_tables_of() {
-        Some(schema) => globs.iter().any(|g| g.names_every_table_in(schema)),
+    match t.all_in_schema() {
+        Some(schema) => globs.iter().any(|g| g.names_all_in(schema)),
         None => any_glob(globs, &names_of(t)),
     }
 }

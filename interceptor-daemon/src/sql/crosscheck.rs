@@ -36,8 +36,8 @@
 use pg_query::{NodeEnum, protobuf};
 
 use super::{
-    Access, Classification, DangerousFunctions, Flag, Kind, QualifiedName, StatementInfo,
-    TableAccess, pgnames::PgNames,
+    Access, Classification, DangerousFunctions, Kind, QualifiedName, StatementInfo, TableAccess,
+    pgnames::PgNames,
 };
 
 /// One statement as PostgreSQL's parser reads it.
@@ -86,12 +86,7 @@ impl PgStatement {
             .collect();
         functions.sort();
         functions.dedup();
-        let flags = functions
-            .iter()
-            .filter(|f| dangerous.matches(f))
-            .cloned()
-            .map(Flag::DangerousFunction)
-            .collect();
+        let flags = dangerous.flags(&functions).collect();
         Some(StatementInfo {
             span: self.span.clone(),
             kind: self.kind,

@@ -140,17 +140,17 @@ impl QualifiedName {
     /// ON ALL TABLES IN SCHEMA, DROP SCHEMA, ALTER DEFAULT PRIVILEGES). As a
     /// function name: every function of the schema (GRANT ... ON ALL
     /// FUNCTIONS IN SCHEMA).
-    pub fn all_tables(schema: Option<QualifiedName>) -> Self {
+    pub fn all_in(schema: Option<QualifiedName>) -> Self {
         let mut parts = schema.map(|s| s.parts).unwrap_or_default();
         parts.push("*".to_owned());
         Self { parts }
     }
 
-    /// For a name from [`QualifiedName::all_tables`], the schema's parts
-    /// (empty for the whole database; MySQL's `*.*` is that too). A table
-    /// really named `"*"` reads as every table too: a policy then denies
-    /// more, never less.
-    pub fn all_tables_of(&self) -> Option<&[String]> {
+    /// For a name from [`QualifiedName::all_in`], the schema's parts (empty
+    /// for the whole database; MySQL's `*.*` is that too). A table or
+    /// function really named `"*"` reads as every one too: a policy then
+    /// denies more, never less.
+    pub fn all_in_schema(&self) -> Option<&[String]> {
         match self.parts.split_last() {
             Some((last, schema)) if last == "*" => Some(if schema.iter().any(|p| p == "*") {
                 &[]
@@ -176,7 +176,7 @@ impl fmt::Display for QualifiedName {
                 && p.bytes().all(|c| {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'$'
                 });
-            let every_table = p == "*" && self.all_tables_of().is_some();
+            let every_table = p == "*" && self.all_in_schema().is_some();
             if plain || every_table {
                 f.write_str(p)?;
             } else {
@@ -420,11 +420,23 @@ impl DangerousFunctions {
     /// Whether `f` is on the list; every function of a schema (`s.*`: a
     /// grant on ALL FUNCTIONS IN SCHEMA s) may hold one, so it is too.
     pub fn matches(&self, f: &QualifiedName) -> bool {
-        if f.all_tables_of().is_some() {
+        if f.all_in_schema().is_some() {
             return true;
         }
         let name = f.name().to_ascii_lowercase();
         self.exact.contains(&name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// A [`Flag::DangerousFunction`] for each of `functions` on the list.
+    pub(crate) fn flags<'a>(
+        &'a self,
+        functions: &'a [QualifiedName],
+    ) -> impl Iterator<Item = Flag> + 'a {
+        functions
+            .iter()
+            .filter(|f| self.matches(f))
+            .cloned()
+            .map(Flag::DangerousFunction)
     }
 }
 

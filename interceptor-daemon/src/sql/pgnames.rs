@@ -49,14 +49,16 @@ impl PgNames {
         Ok(out)
     }
 
-    /// Every table of a schema (`s.*`), or of the database (`*`), written:
-    /// what a statement on all of them at once touches
-    /// ([`super::QualifiedName::all_tables`]).
-    fn every_table_of(&mut self, schema: Option<String>) {
-        let mut name: Vec<String> = schema.into_iter().collect();
-        name.push("*".to_owned());
+    /// A relation the statement creates or changes.
+    fn written(&mut self, name: Vec<String>) {
         self.write_targets.push(name.clone());
         self.relations.push(name);
+    }
+
+    /// Every table of a schema (`s.*`), or of the database (`*`), written:
+    /// what a statement on all of them at once touches.
+    fn every_table_of(&mut self, schema: Option<String>) {
+        self.written(all_in(schema));
     }
 
     /// Relations the tree names by a list of strings rather than a
@@ -67,21 +69,15 @@ impl PgNames {
     /// and REASSIGN OWNED).
     fn by_string_lists(&mut self, stmt: &protobuf::Node) {
         use protobuf::{ObjectType as O, node::Node as N};
+        let string = |n: &protobuf::Node| match &n.node {
+            Some(N::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        };
         let parts = |n: &protobuf::Node| -> Option<Vec<String>> {
             let Some(N::List(l)) = &n.node else {
                 return None;
             };
-            l.items
-                .iter()
-                .map(|i| match &i.node {
-                    Some(N::String(s)) => Some(s.sval.clone()),
-                    _ => None,
-                })
-                .collect()
-        };
-        let string = |n: &protobuf::Node| match &n.node {
-            Some(N::String(s)) => Some(s.sval.clone()),
-            _ => None,
+            l.items.iter().map(string).collect()
         };
         let on_functions = |objtype: i32| {
             matches!(
@@ -104,8 +100,7 @@ impl PgNames {
                 ) =>
             {
                 for name in d.objects.iter().filter_map(parts) {
-                    self.write_targets.push(name.clone());
-                    self.relations.push(name);
+                    self.written(name);
                 }
             }
             Some(N::DropStmt(d)) if O::try_from(d.remove_type) == Ok(O::ObjectSchema) => {
@@ -140,7 +135,7 @@ impl PgNames {
                             self.calls.extend(name);
                         }
                         Some(N::String(s)) if all => {
-                            self.calls.push(vec![s.sval.clone(), "*".to_owned()]);
+                            self.calls.push(all_in(Some(s.sval.clone())));
                         }
                         _ => {}
                     }
@@ -185,6 +180,12 @@ impl PgNames {
             _ => {}
         }
     }
+}
+
+/// [`super::QualifiedName::all_in`]'s parts: every table or function of
+/// `schema`, or of the database.
+fn all_in(schema: Option<String>) -> Vec<String> {
+    super::QualifiedName::all_in(schema.map(|s| super::QualifiedName::new([s]))).parts
 }
 
 /// Values a struct being walked captures from its fields.

@@ -113,13 +113,7 @@ pub(super) fn analyze(
     let columns = columns::resolve(&raw_columns, &names, &aliases, &ctes);
     functions.sort();
     functions.dedup();
-    flags.extend(
-        functions
-            .iter()
-            .filter(|f| dangerous.matches(f))
-            .cloned()
-            .map(Flag::DangerousFunction),
-    );
+    flags.extend(dangerous.flags(&functions));
     flags.sort();
     flags.dedup();
     let error = (kind == Kind::Unparsable).then(|| {
@@ -363,10 +357,8 @@ impl Walker {
             }
             Some(GrantObjects::AllFunctionsInSchema { schemas }) => {
                 for s in schemas {
-                    self.handled.push(s);
-                    self.misread_name(s, false);
-                    self.functions
-                        .push(QualifiedName::all_tables(Some(name(s))));
+                    let all = self.all_in(s);
+                    self.functions.push(all);
                 }
             }
             Some(
@@ -392,16 +384,31 @@ impl Walker {
     /// A statement that changes every table of a schema at once (a grant on
     /// all of them, DROP SCHEMA, ALTER SCHEMA) writes `schema.*`, which a
     /// table rule reads as every table of it
-    /// ([`QualifiedName::all_tables_of`]): without it such a statement
+    /// ([`QualifiedName::all_in_schema`]): without it such a statement
     /// names no table, so a deny on one table would not see it and an allow
     /// limited to other tables would let it through.
     fn all_tables_in(&mut self, schema: &ObjectName) {
-        self.handled.push(schema);
-        self.misread_name(schema, true);
+        let table = self.all_in(schema);
         self.tables.push(TableAccess {
-            table: QualifiedName::all_tables(Some(name(schema))),
+            table,
             access: Access::Write,
         });
+    }
+
+    /// Every table or function of `schema`: [`QualifiedName::all_in`].
+    fn all_in(&mut self, schema: &ObjectName) -> QualifiedName {
+        self.handled.push(schema);
+        self.misread_name(schema, true);
+        QualifiedName::all_in(Some(name(schema)))
+    }
+
+    /// The table of a column name (`t.c`, `s.t.c`), if it is qualified.
+    fn column_table(&mut self, column: &ObjectName, access: Access) {
+        if column.0.len() > 1 {
+            let mut table = name(column);
+            table.parts.pop();
+            self.tables.push(TableAccess { table, access });
+        }
     }
 
     /// A single-part name that refers to a CTE in the current query's scope.
@@ -601,15 +608,8 @@ impl Visitor for Walker {
             Statement::CreateSequence { name, owned_by, .. } => {
                 self.access(name, Access::Write);
                 // `OWNED BY t.c` ties the sequence to table t.
-                if let Some(owner) = owned_by
-                    && owner.0.len() > 1
-                {
-                    let mut t = self::name(owner);
-                    t.parts.pop();
-                    self.tables.push(TableAccess {
-                        table: t,
-                        access: Access::Read,
-                    });
+                if let Some(owner) = owned_by {
+                    self.column_table(owner, Access::Read);
                 }
             }
             Statement::CreateTrigger(t) => {
@@ -649,14 +649,7 @@ impl Visitor for Walker {
                 | CommentObject::MaterializedView
                 | CommentObject::Index
                 | CommentObject::Sequence => self.access(object_name, Access::Write),
-                CommentObject::Column if object_name.0.len() > 1 => {
-                    let mut t = self::name(object_name);
-                    t.parts.pop();
-                    self.tables.push(TableAccess {
-                        table: t,
-                        access: Access::Write,
-                    });
-                }
+                CommentObject::Column => self.column_table(object_name, Access::Write),
                 _ => {}
             },
             // MySQL's databases are its schemas.
