@@ -214,36 +214,40 @@ fn ddl_names_what_it_changes_and_what_it_references() {
     let t = one("CREATE TRIGGER t AFTER INSERT ON o FOR EACH ROW EXECUTE FUNCTION audit.f()");
     assert_eq!(t.functions, [q("audit.f")]);
     // A grant names the functions it hands out, a dangerous one flagged;
-    // every function of a schema may hold one.
-    let g = one("GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO app");
-    assert_eq!(
-        (g.kind, g.functions.clone(), dangerous(&g)),
+    // every function of a schema may hold one. Several at once (sqlparser
+    // takes one) are read from PostgreSQL's tree.
+    let grants: &[(&str, &[&str], &[&str])] = &[
         (
-            Kind::Dcl,
-            vec![q("pg_catalog.pg_read_file")],
-            vec!["pg_catalog.pg_read_file".to_owned()]
-        )
-    );
-    let g = one("REVOKE EXECUTE ON PROCEDURE app.refresh(int) FROM PUBLIC");
-    assert_eq!(
-        (g.functions.clone(), dangerous(&g)),
-        (vec![q("app.refresh")], vec![])
-    );
-    let g = one("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO app");
-    assert_eq!(
-        (g.functions.clone(), dangerous(&g)),
-        (vec![q("public.*")], vec!["public.*".to_owned()])
-    );
-    // Several at once (sqlparser takes one): read from PostgreSQL's tree.
-    let g = one("GRANT EXECUTE ON FUNCTION f(int), lo_export(oid, text) TO app");
-    assert_eq!(
-        (g.kind, g.functions.clone(), dangerous(&g)),
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO app",
+            &["pg_catalog.pg_read_file"],
+            &["pg_catalog.pg_read_file"],
+        ),
         (
-            Kind::Dcl,
-            vec![q("f"), q("lo_export")],
-            vec!["lo_export".to_owned()]
-        )
-    );
+            "REVOKE EXECUTE ON PROCEDURE app.refresh(int) FROM PUBLIC",
+            &["app.refresh"],
+            &[],
+        ),
+        (
+            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO app",
+            &["public.*"],
+            &["public.*"],
+        ),
+        (
+            "GRANT EXECUTE ON FUNCTION f(int), lo_export(oid, text) TO app",
+            &["f", "lo_export"],
+            &["lo_export"],
+        ),
+    ];
+    for (sql, functions, flagged) in grants {
+        let g = one(sql);
+        let named: Vec<QualifiedName> = functions.iter().map(|f| q(f)).collect();
+        let flagged: Vec<String> = flagged.iter().map(|f| f.to_string()).collect();
+        assert_eq!(
+            (g.kind, g.functions.clone(), dangerous(&g)),
+            (Kind::Dcl, named, flagged),
+            "{sql}"
+        );
+    }
 }
 
 #[test]
