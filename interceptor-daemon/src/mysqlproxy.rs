@@ -47,7 +47,7 @@ use tokio::{
     },
     sync::{mpsc, watch},
 };
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{
     audit,
@@ -101,6 +101,9 @@ struct Expects {
     statements: Statements,
     mask: Option<masking::mysql::Pending>,
     record: Option<crate::recording::mysql::Asked>,
+    /// The session's view query goes ahead of the client's first command
+    /// (the server half reads its answer: [`masking::mysql::views`]).
+    views: bool,
 }
 
 /// Queues what the server's answer to a forwarded command will be;
@@ -181,10 +184,12 @@ pub async fn run(
             crate::recording::mysql::for_session(ctx.recorder.clone(), est.caps);
         let statements = Statements::default();
         let tracker = AnswerTracker::new(est.caps & CLIENT_DEPRECATE_EOF != 0);
+        let views = masker.as_ref().and_then(|m| m.views_reader());
         let expects = Expects {
             statements: statements.clone(),
             mask: pending,
             record: asked,
+            views: views.is_some(),
         };
         let (authed_tx, authed) = watch::channel(true);
         let (tx, rx) = mpsc::channel(64);
@@ -199,7 +204,7 @@ pub async fn run(
                 rx,
                 authed_tx,
                 (statements, tracker),
-                (masker, recorder)
+                (masker, views, recorder)
             )
         );
         return Ok(Transferred {
@@ -262,10 +267,12 @@ pub async fn run(
     let (asked, recorder) = crate::recording::mysql::for_session(ctx.recorder.clone(), caps);
     let statements = Statements::default();
     let tracker = AnswerTracker::new(caps & CLIENT_DEPRECATE_EOF != 0);
+    let views = masker.as_ref().and_then(|m| m.views_reader());
     let expects = Expects {
         statements: statements.clone(),
         mask: pending,
         record: asked,
+        views: views.is_some(),
     };
     let (authed_tx, authed) = watch::channel(false);
     let (tx, rx) = mpsc::channel(64);
@@ -280,7 +287,7 @@ pub async fn run(
             rx,
             authed_tx,
             (statements, tracker),
-            (masker, recorder)
+            (masker, views, recorder)
         )
     );
     up += a?;
@@ -502,6 +509,7 @@ async fn client_to_server(
     let mut dropping = false;
     let mut held_input = BytesMut::new();
     let mut readings = Readings::default();
+    let mut views_due = expects.views;
     loop {
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
@@ -534,6 +542,10 @@ async fn client_to_server(
                 continue;
             }
             let cmd = p.payload.first().copied().unwrap_or(0);
+            if views_due && cmd != COM_QUIT {
+                views_due = false;
+                out.extend_from_slice(&packet(0, &masking::mysql::views::Reader::command()));
+            }
             let step = match cmd {
                 COM_QUERY | COM_STMT_PREPARE if p.continued() => Step::Decided(
                     protocol_denial("statement larger than 16 MiB cannot be inspected"),
@@ -653,8 +665,9 @@ async fn server_to_client(
     mut rx: mpsc::Receiver<Vec<u8>>,
     authed: watch::Sender<bool>,
     (statements, mut tracker): (Statements, AnswerTracker),
-    (mut masker, mut recorder): (
+    (mut masker, mut views, mut recorder): (
         Option<masking::mysql::Masker>,
+        Option<masking::mysql::views::Reader>,
         Option<crate::recording::mysql::MysqlRecorder>,
     ),
 ) -> Result<u64, SessionError> {
@@ -666,6 +679,28 @@ async fn server_to_client(
             let len = p.wire_len();
             // The OK that ends authentication: commands may follow.
             let command_phase = *authed.borrow();
+            // The first answer of the command phase is the view query's,
+            // sent ahead of the client's first command: read, not forwarded.
+            if command_phase && let Some(r) = views.as_mut() {
+                if r.on_packet(p.payload)
+                    && let (Some(r), Some(m)) = (views.take(), masker.as_mut())
+                {
+                    match m.learn_views(r) {
+                        Ok(v) if v.unread > 0 => warn!(
+                            views = v.len(),
+                            unread = v.unread,
+                            "masking: view definitions the session's user cannot read (SHOW VIEW) are masked whole"
+                        ),
+                        Ok(v) => debug!(views = v.len(), "masking: views over masked columns"),
+                        Err(e) => warn!(
+                            error = %e,
+                            "masking: the views could not be read; masking by column names"
+                        ),
+                    }
+                }
+                buf.advance(len);
+                continue;
+            }
             if !command_phase {
                 if p.payload.first() == Some(&0x00) {
                     authed.send_replace(true);

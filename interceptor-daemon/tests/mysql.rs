@@ -281,19 +281,22 @@ fn mysql_sessions_replay_with_their_masked_responses() {
         return;
     }
     let policy = format!(
-        "{POLICY}    - id: mask-email\n      targets: [\"shop-db\"]\n      action: mask\n      mask: {{ columns: [\"customers.email\"], strategy: redact }}\n"
+        "{POLICY}    - id: mask-email\n      targets: [\"shop-db\"]\n      action: mask\n      mask: {{ columns: [\"customers.email\"], strategy: redact }}\n    - id: contacts-view\n      sql: {{ kinds: [read], tables: [\"v_contacts\"] }}\n      action: allow\n"
     );
     let mut s = setup_with("mysql-recording", &policy);
     s.db.admin(
         "ALTER TABLE shop.customers ADD email text;
-         UPDATE shop.customers SET email = concat(lower(name), '@example.com');",
+         UPDATE shop.customers SET email = concat(lower(name), '@example.com');
+         CREATE VIEW shop.v_contacts AS SELECT email AS contact FROM shop.customers;",
     )
     .unwrap();
 
-    // One session: a masked read, a server error, a denial, a write, a count.
+    // One session: a masked read, the same column through a view, a server
+    // error, a denial, a write, a count.
     let out = script(
         &s,
         b"SELECT id, email FROM customers ORDER BY id;\n\
+                  SELECT contact FROM v_contacts ORDER BY contact;\n\
                   SELECT nosuchcol FROM customers;\n\
                   DELETE FROM customers WHERE id = 2;\n\
                   INSERT INTO orders VALUES (1, 1), (2, 1);\n\
@@ -301,7 +304,10 @@ fn mysql_sessions_replay_with_their_masked_responses() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stdout, "1\t[redacted]\n2\t[redacted]\n2\n", "stderr: {err}");
+    assert_eq!(
+        stdout, "1\t[redacted]\n2\t[redacted]\n[redacted]\n[redacted]\n2\n",
+        "stderr: {err}"
+    );
     assert!(
         err.contains("ERROR 1054 (42S22)") && err.contains("ERROR 1142 (42000)"),
         "{err}"
@@ -364,6 +370,10 @@ fn mysql_sessions_replay_with_their_masked_responses() {
         "| id | email |",
         "| 1 | [redacted] |",
         "| 2 | [redacted] |",
+        "query read on [v_contacts]",
+        "| contact |",
+        "| [redacted] |",
+        "| [redacted] |",
         "query read on [customers]",
         "result  ERROR 1054/42S22 Unknown column 'nosuchcol'",
         "deny    query write on [customers]: DELETE FROM customers WHERE id = ?",
@@ -384,6 +394,13 @@ fn mysql_sessions_replay_with_their_masked_responses() {
         }
     }
     assert!(!replay.contains("note: no responses"), "{replay}");
+    // The proxy's own view query is neither forwarded nor recorded.
+    for r in [binary, replay] {
+        assert!(
+            !r.contains("VIEW_DEFINITION") && !r.contains("TABLE_SCHEMA"),
+            "{r}"
+        );
+    }
 
     // The stored values appear nowhere: not in the segments, not in the index.
     let bytes = all_bytes(&s.audit_dir);

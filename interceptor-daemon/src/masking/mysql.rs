@@ -17,14 +17,18 @@
 //! * value detectors scan every text value when the session has them.
 //!
 //! MySQL has no catalog of OIDs to consult, so the globs are matched by
-//! name: a view over a masked column is not seen through (its column
-//! definitions name the view), nor are functions; detectors remain there.
+//! name. Views are read once per session ([`views`]): every column of a
+//! view over a masked column (or over such a view) is masked with the
+//! strongest column strategy, and a statement reading one is tainted.
+//! Functions are not seen through; detectors remain there.
 //!
 //! Values keep a form the client decodes: string types get the masked text,
 //! any other type (numbers, dates) becomes NULL. A row longer than one packet
 //! (16 MiB) in a result with masked columns or detectors cannot be rewritten
 //! in place: [`MaskError::Oversized`] ends the session (fail closed).
 //! Nothing here logs a value.
+
+pub mod views;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -122,6 +126,8 @@ pub struct Masker {
     prepared: HashMap<u32, Arc<Facts>>,
     /// Layouts of executed statements, for COM_STMT_FETCH.
     layouts: HashMap<u32, Vec<Col>>,
+    /// Views over masked columns ([`views`]), once read.
+    views: views::MaskedViews,
 }
 
 /// Bounds the per-session maps (statement ids are reused by servers).
@@ -166,17 +172,26 @@ fn is_string(ty: u8) -> bool {
     matches!(ty, 15 | 245 | 247..=254)
 }
 
-/// The globs, by name (MySQL has no catalog to consult).
-struct Globs<'a>(&'a MaskPlan);
+/// The globs, by name (MySQL has no catalog of OIDs), and the session's
+/// masked views, every column of which is masked.
+struct Globs<'a> {
+    plan: &'a MaskPlan,
+    views: &'a views::MaskedViews,
+}
 
 impl Sensitivity for Globs<'_> {
     fn relation(&self, names: &[String]) -> bool {
-        self.0.is_masked_table_name(names)
+        self.plan.is_masked_table_name(names)
+            || names.first().is_some_and(|n| self.views.contains(n))
     }
     fn column(&self, name: &str, relations: &[[String; 2]]) -> bool {
-        relations
-            .iter()
-            .any(|r| self.0.is_masked_column_in(r, name))
+        // MySQL column names are case-insensitive; quoted ones keep their case here.
+        let lower = name.to_lowercase();
+        relations.iter().any(|r| {
+            self.views.contains(&r[0])
+                || self.plan.is_masked_column_in(r, name)
+                || self.plan.is_masked_column_in(r, &lower)
+        })
     }
 }
 
@@ -234,7 +249,39 @@ impl Masker {
             defs: Vec::new(),
             prepared: HashMap::new(),
             layouts: HashMap::new(),
+            views: views::MaskedViews::default(),
         }
+    }
+
+    /// The reader of the session's view query, if the session needs it
+    /// (column rules); the proxy sends [`views::Reader::command`] ahead of
+    /// the client's first command and feeds the answer to the reader.
+    pub fn views_reader(&self) -> Option<views::Reader> {
+        self.plan
+            .has_columns()
+            .then(|| views::Reader::new(self.deprecate_eof))
+    }
+
+    /// Takes the views the reader read; on an unreadable answer no view is
+    /// known (masking by the globs and names alone) and the reason is returned.
+    pub fn learn_views(&mut self, r: views::Reader) -> Result<&views::MaskedViews, String> {
+        let defs = r.finish()?;
+        self.views = views::MaskedViews::judge(&self.plan, &defs);
+        Ok(&self.views)
+    }
+
+    /// Output column `d` comes out of a masked view: it is the view's
+    /// (`org_table`), or the relation it is read from (`table`, itself or
+    /// through an alias) is one.
+    fn comes_from_masked_view(&self, d: &ColumnDef) -> bool {
+        if self.views.is_empty() {
+            return false;
+        }
+        self.views.contains(&d.org_table)
+            || self.views.contains(&d.table)
+            || self.facts.aliases.iter().any(|(rel, alias)| {
+                alias.eq_ignore_ascii_case(&d.table) && self.views.contains(&rel[0])
+            })
     }
 
     /// The facts a statement's text gives (for the client half).
@@ -243,7 +290,10 @@ impl Masker {
     }
 
     fn plan_columns(&self) -> Vec<Col> {
-        let sens = Globs(&self.plan);
+        let sens = Globs {
+            plan: &self.plan,
+            views: &self.views,
+        };
         let n = self.defs.len();
         let detect = self.plan.has_detectors();
         self.defs
@@ -279,7 +329,15 @@ impl Masker {
                 } else {
                     None
                 };
-                let _ = (&d.table, &d.name);
+                let mask = if self.comes_from_masked_view(d) {
+                    match (mask, self.plan.strongest_column()) {
+                        (Some(a), Some(b)) => Some(a.stronger(b)),
+                        (a, b) => a.or(b),
+                    }
+                } else {
+                    mask
+                };
+                let _ = &d.name;
                 Col {
                     ty: d.ty,
                     mask,
@@ -569,8 +627,21 @@ mod tests {
     }
 
     fn def(schema: &str, org_table: &str, name: &str, org_name: &str, ty: u8) -> Vec<u8> {
+        def_in(schema, org_table, org_table, name, org_name, ty)
+    }
+
+    /// A definition whose relation as the statement names it (`table`: an
+    /// alias, a view) is not its `org_table`.
+    fn def_in(
+        schema: &str,
+        table: &str,
+        org_table: &str,
+        name: &str,
+        org_name: &str,
+        ty: u8,
+    ) -> Vec<u8> {
         let mut p = Vec::new();
-        for s in ["def", schema, org_table, org_table, name, org_name] {
+        for s in ["def", schema, table, org_table, name, org_name] {
             put_lenenc(&mut p, s.len());
             p.extend_from_slice(s.as_bytes());
         }
@@ -633,6 +704,70 @@ mod tests {
         // The next answer is the next command's.
         assert_eq!(m.on_packet(&[0, 0, 0, 2, 0, 0, 0]).unwrap(), None);
         assert!(matches!(m.state, State::Idle));
+    }
+
+    /// Views as MariaDB reports their columns: a MERGE view's name their
+    /// `org_table`; a TEMPTABLE view over a view gives the base table with
+    /// the view's column name (`customers.contact`), under the alias.
+    #[test]
+    fn columns_of_views_over_masked_columns_are_masked() {
+        let statements = [
+            "SELECT * FROM v_contacts",
+            "SELECT UPPER(contact) FROM v_contacts v",
+            "SELECT * FROM v_t x",
+            "SELECT n FROM v_names",
+        ];
+        let mut m = masker(
+            "{columns: [customers.email], strategy: redact}",
+            statements
+                .iter()
+                .map(|s| Expect::Query(Masker::facts(s)))
+                .collect(),
+        );
+        let defs = [
+            ("v_contacts", "select `shop`.`customers`.`id` AS `id`,`shop`.`customers`.`email` AS `contact` from `shop`.`customers`"),
+            ("v_t", "select `v_contacts`.`id` AS `id`,`v_contacts`.`contact` AS `contact` from `shop`.`v_contacts`"),
+            ("v_names", "select ucase(`shop`.`customers`.`name`) AS `n` from `shop`.`customers`"),
+        ]
+        .map(|(name, d)| views::ViewDef {
+            schema: "shop".into(),
+            name: name.into(),
+            definition: Some(d.into()),
+        });
+        m.views = views::MaskedViews::judge(&m.plan, &defs);
+        let mut answer = |defs: &[Vec<u8>], row: &[Option<&str>]| {
+            m.on_packet(&[defs.len() as u8]).unwrap();
+            for d in defs {
+                m.on_packet(d).unwrap();
+            }
+            m.on_packet(EOF).unwrap();
+            let got = m.on_packet(&text_row(row)).unwrap();
+            m.on_packet(EOF).unwrap();
+            got
+        };
+        let contact = Some("ada@example.com");
+        let redacted = Some("[redacted]");
+        // Masked whole: the id (not a string) too.
+        let whole = answer(
+            &[
+                def("shop", "v_contacts", "id", "id", 3),
+                def("shop", "v_contacts", "contact", "contact", 253),
+            ],
+            &[Some("1"), contact],
+        );
+        assert_eq!(whole, Some(text_row(&[None, redacted])));
+        let upper = answer(
+            &[def("", "", "UPPER(contact)", "", 253)],
+            &[Some("ADA@EXAMPLE.COM")],
+        );
+        assert_eq!(upper, Some(text_row(&[redacted])));
+        let temptable = answer(
+            &[def_in("", "x", "customers", "contact", "contact", 253)],
+            &[contact],
+        );
+        assert_eq!(temptable, Some(text_row(&[redacted])));
+        let clean = answer(&[def("shop", "v_names", "n", "n", 253)], &[Some("ADA")]);
+        assert_eq!(clean, None, "a view without masked columns passes");
     }
 
     #[test]
