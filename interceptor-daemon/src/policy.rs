@@ -849,12 +849,21 @@ rules:
                 "ALTER DEFAULT PRIVILEGES FOR ROLE app GRANT ALL ON SEQUENCES TO intruder",
                 (Action::Deny, "no-secrets"),
             ),
+            // Granting a dangerous function is risky, which a plain allow
+            // never covers; so is every function of a schema (future ones
+            // too), and altering or dropping a dangerous function.
             (
                 "ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO app",
+                (Action::Deny, "default"),
+            ),
+            (
+                "ALTER FUNCTION pg_read_file(text) SECURITY DEFINER",
+                (Action::Deny, "default"),
+            ),
+            (
+                "ALTER FUNCTION app.refresh(int) OWNER TO reporting",
                 (Action::Allow, "admin"),
             ),
-            // Granting a dangerous function is risky, which a plain allow
-            // never covers; so is every function of a schema.
             (
                 "GRANT EXECUTE ON FUNCTION pg_read_file(text) TO app",
                 (Action::Deny, "default"),
@@ -995,6 +1004,25 @@ rules:
                 "no-exports",
             ),
         ]);
+        // And for the DDL of the function: dropping, altering (also read
+        // from PostgreSQL's tree: ALTER ROUTINE), replacing it, or handing
+        // out future functions where it could be.
+        for sql in [
+            "DROP FUNCTION IF EXISTS app.refresh(int), lo_export(oid, text)",
+            "ALTER FUNCTION pg_catalog.lo_export(oid, text) OWNER TO app",
+            "ALTER ROUTINE lo_export(oid, text) SECURITY DEFINER",
+            "ALTER FUNCTION lo_export(oid, text) RENAME TO safe_name",
+            "CREATE OR REPLACE FUNCTION lo_export(o oid, f text) RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA pg_catalog GRANT EXECUTE ON FUNCTIONS TO app",
+        ] {
+            cases.push(("shop/dba", sql, Action::Deny, "no-exports"));
+        }
+        cases.push((
+            "shop/dba",
+            "DROP FUNCTION app.refresh(int)",
+            Action::Allow,
+            "anything",
+        ));
         for (identity, sql, action, rule) in cases {
             assert_eq!(
                 decide(identity, sql),

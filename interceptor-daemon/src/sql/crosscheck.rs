@@ -102,7 +102,8 @@ impl PgStatement {
 /// Statement types whose effect a policy can judge from their kind and the
 /// names in their tree alone: DDL, maintenance and grants that return no
 /// rows (so no column is read or masked) and carry no code to run later (no
-/// routine, trigger, rule or DO body) and no query whose rows go anywhere
+/// routine, trigger, rule or DO body; ALTER FUNCTION changes a routine's
+/// properties, not its code) and no query whose rows go anywhere
 /// (CREATE TABLE AS, CREATE VIEW and COPY stay with sqlparser). Publications
 /// are left out: they export rows, `FOR ALL TABLES` without naming any.
 fn described_by_names(n: &NodeEnum) -> bool {
@@ -124,6 +125,7 @@ fn described_by_names(n: &NodeEnum) -> bool {
         | N::AlterObjectSchemaStmt(_)
         | N::RenameStmt(_)
         | N::AlterOwnerStmt(_)
+        | N::AlterFunctionStmt(_)
         | N::IndexStmt(_)
         | N::CreateStatsStmt(_)
         | N::AlterStatsStmt(_)

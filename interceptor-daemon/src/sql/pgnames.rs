@@ -29,9 +29,10 @@ pub(crate) struct PgNames {
     pub write_targets: Vec<Vec<String>>,
     /// Names the statement gives its CTEs.
     pub ctes: Vec<String>,
-    /// Functions called by name (`f(...)`), and those a GRANT or REVOKE
-    /// names (`s.*` for ALL FUNCTIONS IN SCHEMA s); not the calls the
-    /// grammar makes up for SQL syntax such as `EXTRACT(...)` or `TRIM(...)`.
+    /// Functions called by name (`f(...)`), those a GRANT or REVOKE names
+    /// (`s.*` for ALL FUNCTIONS IN SCHEMA s), and the routines DDL creates,
+    /// alters, renames, moves, re-owns or drops; not the calls the grammar
+    /// makes up for SQL syntax such as `EXTRACT(...)` or `TRIM(...)`.
     pub calls: Vec<Vec<String>>,
 }
 
@@ -66,7 +67,7 @@ impl PgNames {
     /// sequence's `OWNED BY table.column`; and statements on every table of
     /// a schema or of the database (GRANT ... ON ALL TABLES IN SCHEMA,
     /// ALTER DEFAULT PRIVILEGES, DROP, ALTER and RENAME of a schema, DROP
-    /// and REASSIGN OWNED).
+    /// and REASSIGN OWNED); and the routines GRANT and DDL name.
     fn by_string_lists(&mut self, stmt: &protobuf::Node) {
         use protobuf::{ObjectType as O, node::Node as N};
         let string = |n: &protobuf::Node| match &n.node {
@@ -87,6 +88,14 @@ impl PgNames {
         };
         let on_relations =
             |objtype: i32| matches!(O::try_from(objtype), Ok(O::ObjectTable | O::ObjectSequence));
+        // A routine's name without its argument types, as our reading reports it.
+        let routine = |f: &protobuf::ObjectWithArgs| -> Option<Vec<String>> {
+            f.objname.iter().map(string).collect()
+        };
+        let routine_node = |n: Option<&protobuf::Node>| match n.and_then(|n| n.node.as_ref()) {
+            Some(N::ObjectWithArgs(f)) => routine(f),
+            _ => None,
+        };
         match &stmt.node {
             Some(N::DropStmt(d))
                 if matches!(
@@ -130,22 +139,39 @@ impl PgNames {
                 let all = g.targtype == protobuf::GrantTargetType::AclTargetAllInSchema as i32;
                 for o in &g.objects {
                     match &o.node {
-                        Some(N::ObjectWithArgs(f)) if !all => {
-                            let name: Option<Vec<String>> = f.objname.iter().map(string).collect();
-                            self.calls.extend(name);
-                        }
                         Some(N::String(s)) if all => {
                             self.calls.push(all_in(Some(s.sval.clone())));
                         }
+                        _ if !all => self.calls.extend(routine_node(Some(o))),
                         _ => {}
                     }
                 }
             }
-            // Future tables of the schemas named, or of every schema.
-            Some(N::AlterDefaultPrivilegesStmt(a))
-                if a.action.as_ref().is_some_and(|g| on_relations(g.objtype)) =>
-            {
-                let mut schemas = a
+            // Routines created, altered, renamed, moved, re-owned or dropped.
+            Some(N::CreateFunctionStmt(c)) => {
+                let name: Option<Vec<String>> = c.funcname.iter().map(string).collect();
+                self.calls.extend(name);
+            }
+            Some(N::AlterFunctionStmt(a)) => self.calls.extend(a.func.as_ref().and_then(routine)),
+            Some(N::DropStmt(d)) if on_functions(d.remove_type) => {
+                let names = d.objects.iter().filter_map(|o| routine_node(Some(o)));
+                self.calls.extend(names);
+            }
+            Some(N::RenameStmt(r)) if on_functions(r.rename_type) => {
+                self.calls.extend(routine_node(r.object.as_deref()));
+            }
+            Some(N::AlterOwnerStmt(a)) if on_functions(a.object_type) => {
+                self.calls.extend(routine_node(a.object.as_deref()));
+            }
+            Some(N::AlterObjectSchemaStmt(a)) if on_functions(a.object_type) => {
+                self.calls.extend(routine_node(a.object.as_deref()));
+            }
+            // Future tables (or functions) of the schemas named, or of every schema.
+            Some(N::AlterDefaultPrivilegesStmt(a)) => {
+                let Some(objtype) = a.action.as_ref().map(|g| g.objtype) else {
+                    return;
+                };
+                let mut schemas: Vec<Option<String>> = a
                     .options
                     .iter()
                     .filter_map(|o| match &o.node {
@@ -154,12 +180,17 @@ impl PgNames {
                     })
                     .filter_map(parts)
                     .flatten()
-                    .peekable();
-                if schemas.peek().is_none() {
-                    self.every_table_of(None);
+                    .map(Some)
+                    .collect();
+                if schemas.is_empty() {
+                    schemas.push(None);
                 }
                 for schema in schemas {
-                    self.every_table_of(Some(schema));
+                    if on_relations(objtype) {
+                        self.every_table_of(schema);
+                    } else if on_functions(objtype) {
+                        self.calls.push(all_in(schema));
+                    }
                 }
             }
             // A role's objects, in every schema.

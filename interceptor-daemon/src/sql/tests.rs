@@ -215,36 +215,99 @@ fn ddl_names_what_it_changes_and_what_it_references() {
     assert_eq!(t.functions, [q("audit.f")]);
     // A grant names the functions it hands out, a dangerous one flagged;
     // every function of a schema may hold one. Several at once (sqlparser
-    // takes one) are read from PostgreSQL's tree.
-    let grants: &[(&str, &[&str], &[&str])] = &[
+    // takes one) are read from PostgreSQL's tree. So does a routine's DDL
+    // (ALTER PROCEDURE / ROUTINE and DROP ROUTINE from the tree), and future
+    // functions of a schema are `s.*`.
+    // (statement, kind, functions named, dangerous ones)
+    let routines: &[(&str, Kind, &[&str], &[&str])] = &[
         (
             "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO app",
+            Kind::Dcl,
             &["pg_catalog.pg_read_file"],
             &["pg_catalog.pg_read_file"],
         ),
         (
             "REVOKE EXECUTE ON PROCEDURE app.refresh(int) FROM PUBLIC",
+            Kind::Dcl,
             &["app.refresh"],
             &[],
         ),
         (
             "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO app",
+            Kind::Dcl,
             &["public.*"],
             &["public.*"],
         ),
         (
             "GRANT EXECUTE ON FUNCTION f(int), lo_export(oid, text) TO app",
+            Kind::Dcl,
             &["f", "lo_export"],
             &["lo_export"],
         ),
+        (
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT EXECUTE ON FUNCTIONS TO PUBLIC",
+            Kind::Dcl,
+            &["app.*"],
+            &["app.*"],
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES REVOKE EXECUTE ON ROUTINES FROM PUBLIC",
+            Kind::Dcl,
+            &["*"],
+            &["*"],
+        ),
+        (
+            "DROP FUNCTION IF EXISTS f(int), app.g(text) CASCADE",
+            Kind::Ddl,
+            &["app.g", "f"],
+            &[],
+        ),
+        ("DROP PROCEDURE app.p(int)", Kind::Ddl, &["app.p"], &[]),
+        ("DROP ROUTINE app.p", Kind::Ddl, &["app.p"], &[]),
+        (
+            "DROP FUNCTION lo_export(oid, text)",
+            Kind::Ddl,
+            &["lo_export"],
+            &["lo_export"],
+        ),
+        (
+            "ALTER FUNCTION app.f(int) SECURITY DEFINER",
+            Kind::Ddl,
+            &["app.f"],
+            &[],
+        ),
+        (
+            "ALTER FUNCTION app.f(int) OWNER TO admin",
+            Kind::Ddl,
+            &["app.f"],
+            &[],
+        ),
+        (
+            "ALTER PROCEDURE app.p(int) SET search_path = public",
+            Kind::Ddl,
+            &["app.p"],
+            &[],
+        ),
+        (
+            "ALTER ROUTINE pg_read_file(text) SECURITY DEFINER",
+            Kind::Ddl,
+            &["pg_read_file"],
+            &["pg_read_file"],
+        ),
+        (
+            "CREATE OR REPLACE FUNCTION app.f(a int) RETURNS int LANGUAGE sql AS $$ SELECT a $$",
+            Kind::Ddl,
+            &["app.f"],
+            &[],
+        ),
     ];
-    for (sql, functions, flagged) in grants {
+    for (sql, kind, functions, flagged) in routines {
         let g = one(sql);
         let named: Vec<QualifiedName> = functions.iter().map(|f| q(f)).collect();
         let flagged: Vec<String> = flagged.iter().map(|f| f.to_string()).collect();
         assert_eq!(
             (g.kind, g.functions.clone(), dangerous(&g)),
-            (Kind::Dcl, named, flagged),
+            (*kind, named, flagged),
             "{sql}"
         );
     }

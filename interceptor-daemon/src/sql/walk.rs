@@ -21,11 +21,11 @@ use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
     AlterTableOperation, Assignment, AssignmentTarget, ColumnDef, ColumnOption, CommentObject,
-    CopySource, CopyTarget, CreateTableLikeKind, DiscardObject, DoUpdate, Expr, FromTable,
-    FunctionArg, FunctionArgExpr, FunctionArguments, GrantObjects, Ident, JoinConstraint,
-    JoinOperator, ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert, Query, Reset,
-    Select, SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableConstraint,
-    TableFactor, TableObject, TableWithJoins, Visit, Visitor,
+    CopySource, CopyTarget, CreateTableLikeKind, DiscardObject, DoUpdate, DropFunction, Expr,
+    FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, GrantObjects, Ident,
+    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, ObjectType, OnConflictAction,
+    OnInsert, Query, Reset, Select, SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr,
+    Statement, TableConstraint, TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
 
 use super::{
@@ -703,8 +703,26 @@ impl Visitor for Walker {
                 }
             }
             Statement::Call(f) => self.function(&f.name),
-            Statement::CreateFunction(_) | Statement::CreateProcedure { .. } => {
+            // Creating, replacing, altering or dropping a routine is not
+            // calling it, but a rule on the function holds for it (as for a
+            // table's DDL), and doing so to a dangerous one is risky.
+            Statement::CreateFunction(f) => {
+                self.function(&f.name);
                 self.flags.push(Flag::CreatesRoutine);
+            }
+            Statement::CreateProcedure { name, .. } => {
+                self.function(name);
+                self.flags.push(Flag::CreatesRoutine);
+            }
+            Statement::AlterFunction(a) => self.function(&a.function.name),
+            Statement::DropFunction(DropFunction { func_desc, .. })
+            | Statement::DropProcedure {
+                proc_desc: func_desc,
+                ..
+            } => {
+                for f in func_desc {
+                    self.function(&f.name);
+                }
             }
             Statement::Prepare { name, .. } => self.flags.push(Flag::Prepare(ident(name))),
             Statement::Execute { name: Some(n), .. } => {
