@@ -101,9 +101,10 @@ struct Expects {
     statements: Statements,
     mask: Option<masking::mysql::Pending>,
     record: Option<crate::recording::mysql::Asked>,
-    /// The session's view query goes ahead of the client's first command
-    /// (the server half reads its answer: [`masking::mysql::views`]).
-    views: bool,
+    /// The session's query for views and functions goes ahead of the
+    /// client's first command (the server half reads its answer:
+    /// [`masking::mysql::objects`]).
+    objects: bool,
 }
 
 /// Queues what the server's answer to a forwarded command will be;
@@ -184,12 +185,12 @@ pub async fn run(
             crate::recording::mysql::for_session(ctx.recorder.clone(), est.caps);
         let statements = Statements::default();
         let tracker = AnswerTracker::new(est.caps & CLIENT_DEPRECATE_EOF != 0);
-        let views = masker.as_ref().and_then(|m| m.views_reader());
+        let objects = masker.as_ref().and_then(|m| m.objects_reader());
         let expects = Expects {
             statements: statements.clone(),
             mask: pending,
             record: asked,
-            views: views.is_some(),
+            objects: objects.is_some(),
         };
         let (authed_tx, authed) = watch::channel(true);
         let (tx, rx) = mpsc::channel(64);
@@ -204,7 +205,7 @@ pub async fn run(
                 rx,
                 authed_tx,
                 (statements, tracker),
-                (masker, views, recorder)
+                (masker, objects, recorder)
             )
         );
         return Ok(Transferred {
@@ -267,12 +268,12 @@ pub async fn run(
     let (asked, recorder) = crate::recording::mysql::for_session(ctx.recorder.clone(), caps);
     let statements = Statements::default();
     let tracker = AnswerTracker::new(caps & CLIENT_DEPRECATE_EOF != 0);
-    let views = masker.as_ref().and_then(|m| m.views_reader());
+    let objects = masker.as_ref().and_then(|m| m.objects_reader());
     let expects = Expects {
         statements: statements.clone(),
         mask: pending,
         record: asked,
-        views: views.is_some(),
+        objects: objects.is_some(),
     };
     let (authed_tx, authed) = watch::channel(false);
     let (tx, rx) = mpsc::channel(64);
@@ -287,7 +288,7 @@ pub async fn run(
             rx,
             authed_tx,
             (statements, tracker),
-            (masker, views, recorder)
+            (masker, objects, recorder)
         )
     );
     up += a?;
@@ -509,7 +510,7 @@ async fn client_to_server(
     let mut dropping = false;
     let mut held_input = BytesMut::new();
     let mut readings = Readings::default();
-    let mut views_due = expects.views;
+    let mut objects_due = expects.objects;
     loop {
         while let Some(p) = frame(&buf) {
             let len = p.wire_len();
@@ -542,9 +543,9 @@ async fn client_to_server(
                 continue;
             }
             let cmd = p.payload.first().copied().unwrap_or(0);
-            if views_due && cmd != COM_QUIT {
-                views_due = false;
-                out.extend_from_slice(&packet(0, &masking::mysql::views::Reader::command()));
+            if objects_due && cmd != COM_QUIT {
+                objects_due = false;
+                out.extend_from_slice(&packet(0, &masking::mysql::objects::Reader::command()));
             }
             let step = match cmd {
                 COM_QUERY | COM_STMT_PREPARE if p.continued() => Step::Decided(
@@ -665,9 +666,9 @@ async fn server_to_client(
     mut rx: mpsc::Receiver<Vec<u8>>,
     authed: watch::Sender<bool>,
     (statements, mut tracker): (Statements, AnswerTracker),
-    (mut masker, mut views, mut recorder): (
+    (mut masker, mut objects, mut recorder): (
         Option<masking::mysql::Masker>,
-        Option<masking::mysql::views::Reader>,
+        Option<masking::mysql::objects::Reader>,
         Option<crate::recording::mysql::MysqlRecorder>,
     ),
 ) -> Result<u64, SessionError> {
@@ -679,22 +680,25 @@ async fn server_to_client(
             let len = p.wire_len();
             // The OK that ends authentication: commands may follow.
             let command_phase = *authed.borrow();
-            // The first answer of the command phase is the view query's,
+            // The first answer of the command phase is the objects query's,
             // sent ahead of the client's first command: read, not forwarded.
-            if command_phase && let Some(r) = views.as_mut() {
+            if command_phase && let Some(r) = objects.as_mut() {
                 if r.on_packet(p.payload)
-                    && let (Some(r), Some(m)) = (views.take(), masker.as_mut())
+                    && let (Some(r), Some(m)) = (objects.take(), masker.as_mut())
                 {
-                    match m.learn_views(r) {
+                    match m.learn_objects(r) {
                         Ok(v) if v.unread > 0 => warn!(
-                            views = v.len(),
+                            masked = v.len(),
                             unread = v.unread,
-                            "masking: view definitions the session's user cannot read (SHOW VIEW) are masked whole"
+                            "masking: views and functions whose definition the session's user cannot read (SHOW VIEW, SHOW CREATE ROUTINE) count as masked"
                         ),
-                        Ok(v) => debug!(views = v.len(), "masking: views over masked columns"),
+                        Ok(v) => debug!(
+                            masked = v.len(),
+                            "masking: views and functions over masked columns"
+                        ),
                         Err(e) => warn!(
                             error = %e,
-                            "masking: the views could not be read; masking by column names"
+                            "masking: views and functions could not be read; masking by column names"
                         ),
                     }
                 }

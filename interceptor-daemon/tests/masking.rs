@@ -81,7 +81,15 @@ fn setup(test: &str) -> Setup {
            (6, 1, E'-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----'),
            (7, 1, 'token secret-abc123'),
            (8, 1, 'plain order 1234567812345678');
-         CREATE VIEW v_contacts AS SELECT id, email AS contact FROM customers;",
+         CREATE VIEW v_contacts AS SELECT id, email AS contact FROM customers;
+         CREATE FUNCTION email_of(i int) RETURNS text LANGUAGE plpgsql
+           AS $$ BEGIN RETURN (SELECT email FROM customers WHERE id = i); END $$;
+         CREATE FUNCTION contacts() RETURNS TABLE (id int, e text) LANGUAGE sql
+           AS $$ SELECT id, email FROM customers $$;
+         CREATE FUNCTION email_atomic(i int) RETURNS text LANGUAGE sql
+           BEGIN ATOMIC SELECT email FROM customers WHERE id = i; END;
+         CREATE FUNCTION name_of(i int) RETURNS text LANGUAGE sql
+           AS $$ SELECT name FROM customers WHERE id = i $$;",
     )
     .unwrap();
     let key_file = dir.join("mask.key");
@@ -224,6 +232,15 @@ fn query_results_are_masked_on_the_wire() {
             "SELECT upper(contact) FROM v_contacts WHERE id = 1",
             "[redacted]".into(),
         ),
+        // Functions whose source (or SQL-standard body) reads
+        // customers.email: what they return is masked like an expression
+        // (redact, the strongest column strategy, not the e-mail
+        // detector's partial); one that reads only names is not.
+        ("SELECT email_of(1)", "[redacted]".into()),
+        ("SELECT upper(public.email_of(2))", "[redacted]".into()),
+        ("SELECT e FROM contacts() WHERE id = 1", "[redacted]".into()),
+        ("SELECT email_atomic(1)", "[redacted]".into()),
+        ("SELECT name_of(1)", "Ada".into()),
         // Not built on masked data: untouched.
         (
             "SELECT upper(name) FROM customers WHERE id = 1",

@@ -78,7 +78,13 @@ fn setup() -> Setup {
          CREATE USER app@'%' IDENTIFIED BY '{SECRET}';
          GRANT ALL ON shop.* TO app@'%';
          CREATE USER app_tls@'%' IDENTIFIED BY '{SECRET}' REQUIRE SSL;
-         GRANT ALL ON shop.* TO app_tls@'%';"
+         GRANT ALL ON shop.* TO app_tls@'%';
+         CREATE DEFINER = app@'%' FUNCTION shop.email_of(i int) RETURNS varchar(100)
+           READS SQL DATA RETURN (SELECT email FROM shop.customers WHERE id = i);
+         CREATE DEFINER = app@'%' FUNCTION shop.name_of(i int) RETURNS text
+           READS SQL DATA RETURN (SELECT name FROM shop.customers WHERE id = i);
+         CREATE FUNCTION shop.root_name(i int) RETURNS text
+           READS SQL DATA RETURN (SELECT name FROM shop.customers WHERE id = i);"
     ))
     .unwrap();
     // Daemon-side copies: the CA the daemon trusts (swapped by the test) and
@@ -216,10 +222,10 @@ fn mysql_credentials_are_injected_over_tls() {
         "SELECT e FROM (SELECT email AS e FROM customers) t ORDER BY e",
     );
     assert_ok(&derived, "****.com\n****.org");
-    // Through views (read once per session from information_schema): a view
-    // over the column is masked whole (its id too, not being text: NULL),
-    // also under an alias, in an expression and through a TEMPTABLE view of
-    // it; a view without the column is not.
+    // Through views and functions (read once per session from
+    // information_schema): a view over the column is masked whole (its id
+    // too, not being text: NULL), also under an alias, in an expression and
+    // through a TEMPTABLE view of it; a view without the column is not.
     for (h, sql, want) in [
         (
             5,
@@ -241,6 +247,16 @@ fn mysql_credentials_are_injected_over_tls() {
             "SELECT id, name FROM v_names ORDER BY id",
             "1\tAda\n2\tGrace",
         ),
+        // Stored functions: one whose body reads the column returns it
+        // masked; one reading names does not; one whose body the user
+        // cannot read (root's) counts as reading it (fail closed).
+        (
+            5,
+            "SELECT email_of(1), UPPER(email_of(2))",
+            "****.com\t****.ORG",
+        ),
+        (5, "SELECT name_of(1)", "Ada"),
+        (5, "SELECT root_name(1)", "[redacted]"),
     ] {
         assert_ok(&client(&s, h, sql), want);
     }

@@ -23,6 +23,12 @@ pub trait Sensitivity {
     fn relation(&self, names: &[String]) -> bool;
     /// `name` is a masked column of one of `relations` (each `[name, qualified]`).
     fn column(&self, name: &str, relations: &[[String; 2]]) -> bool;
+    /// Some relation may have a masked column called `name` (a cheap
+    /// filter before [`Sensitivity::column`]).
+    fn column_name(&self, name: &str) -> bool;
+    /// `names` (`f`, `schema.f`) is a routine whose source reads masked data
+    /// ([`source_reads_masked`]): what it returns may carry it.
+    fn function(&self, names: &[String; 2]) -> bool;
 }
 
 /// Provenance facts of one statement string (all its statements together).
@@ -37,6 +43,8 @@ pub struct Facts {
     pub aliases: Vec<([String; 2], String)>,
     /// Every identifier part mentioned in an expression.
     pub idents: BTreeSet<String>,
+    /// Functions called (in expressions and in FROM), each as `[name, qualified]`.
+    pub functions: Vec<[String; 2]>,
     /// A `*` / `t.*` somewhere other than the top-level select list.
     pub inner_wildcard: bool,
     /// A column alias list (`AS x(a, b)`, `WITH x(a, b)`): renames columns.
@@ -121,15 +129,23 @@ impl Facts {
             relations: c.relations,
             aliases: c.aliases,
             idents: c.idents,
+            functions: c.functions,
             inner_wildcard: c.inner_wildcard,
             renames_columns: c.renames_columns,
             items,
         }
     }
 
-    /// The statement names a masked relation (a precondition of taint).
+    /// The statement names a masked relation, or calls a routine that reads
+    /// one (a precondition of taint).
     pub fn reads_masked(&self, s: &dyn Sensitivity) -> bool {
-        self.unparsable || self.relations.iter().any(|r| s.relation(r))
+        self.unparsable || self.relations.iter().any(|r| s.relation(r)) || self.calls_masked(s)
+    }
+
+    /// The statement calls a routine that reads masked data: whatever it
+    /// returns, anywhere in the statement, may carry it.
+    fn calls_masked(&self, s: &dyn Sensitivity) -> bool {
+        self.functions.iter().any(|f| s.function(f))
     }
 
     fn sensitive_ident(&self, i: &str, s: &dyn Sensitivity) -> bool {
@@ -149,7 +165,8 @@ impl Facts {
         if !self.reads_masked(s) {
             return false;
         }
-        self.inner_wildcard
+        self.calls_masked(s)
+            || self.inner_wildcard
             || self.renames_columns
             || self.idents.iter().any(|i| self.sensitive_ident(i, s))
     }
@@ -161,6 +178,9 @@ impl Facts {
             Some(items) if items.len() == columns && !self.unparsable => {
                 if !self.reads_masked(s) {
                     return false;
+                }
+                if self.calls_masked(s) {
+                    return true;
                 }
                 items.get(i).is_none_or(|it| {
                     it.wildcard || it.idents.iter().any(|id| self.sensitive_ident(id, s))
@@ -223,6 +243,7 @@ struct Collector {
     relations: Vec<[String; 2]>,
     aliases: Vec<([String; 2], String)>,
     idents: BTreeSet<String>,
+    functions: Vec<[String; 2]>,
     inner_wildcard: bool,
     renames_columns: bool,
 }
@@ -305,7 +326,13 @@ impl Visitor for Collector {
 
     fn pre_visit_table_factor(&mut self, f: &TableFactor) -> ControlFlow<()> {
         match f {
-            TableFactor::Table { name, alias, .. } => {
+            TableFactor::Table {
+                name, alias, args, ..
+            } => {
+                // `FROM f(...)`: a set-returning function.
+                if args.is_some() {
+                    self.functions.push(names(name));
+                }
                 self.alias(alias);
                 if let Some(a) = alias {
                     self.aliases.push((names(name), ident(&a.name)));
@@ -336,11 +363,68 @@ impl Visitor for Collector {
                 self.idents.extend(names(n).into_iter().take(1));
             }
             Expr::Wildcard(_) => self.inner_wildcard = true,
-            Expr::Function(f) => self.function_args(&f.args),
+            Expr::Function(f) => {
+                self.functions.push(names(&f.name));
+                self.function_args(&f.args);
+            }
             _ => {}
         }
         ControlFlow::Continue(())
     }
+}
+
+/// The words of a routine's source, lowercased: identifiers, the parts of
+/// dotted names and their joins (`public.customers.email` gives
+/// `public.customers` and `customers.email` too), words inside string
+/// literals (dynamic SQL) and quoted identifiers alike. Bodies in PL/pgSQL
+/// or MySQL's compound statements cannot be parsed here, so they are
+/// scanned; the scan over-approximates what they read.
+pub fn source_words(src: &str) -> BTreeSet<String> {
+    let mut words = BTreeSet::new();
+    let word_char = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    for token in src.split(|c: char| !word_char(c) && c != '.') {
+        let parts: Vec<String> = token
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        for i in 0..parts.len() {
+            for j in i + 1..=parts.len() {
+                words.insert(parts[i..j].join("."));
+            }
+        }
+    }
+    words
+}
+
+/// A routine whose source has these [`source_words`] may read masked data:
+/// it names a masked relation and one of that relation's masked columns, or
+/// calls a routine that does (`tainting`, the routines found so far).
+pub fn source_reads_masked(
+    words: &BTreeSet<String>,
+    s: &dyn Sensitivity,
+    tainting: &dyn Fn(&str) -> bool,
+) -> bool {
+    if words.iter().any(|w| tainting(w)) {
+        return true;
+    }
+    // Few words can be masked columns; checking those against each relation
+    // word keeps a long body linear, even when a glob matches any table.
+    let columns: Vec<&String> = words
+        .iter()
+        .filter(|c| !c.contains('.') && s.column_name(c))
+        .collect();
+    !columns.is_empty()
+        && words
+            .iter()
+            .filter(|w| s.relation(std::slice::from_ref(*w)))
+            .any(|rel| {
+                let r = [[
+                    rel.rsplit('.').next().unwrap_or(rel).to_owned(),
+                    rel.clone(),
+                ]];
+                columns.iter().any(|c| s.column(c, &r))
+            })
 }
 
 #[cfg(test)]
@@ -357,6 +441,13 @@ mod tests {
         fn column(&self, n: &str, rels: &[[String; 2]]) -> bool {
             (n == "email" && rels.iter().any(|r| r[0] == "customers"))
                 || (n == "contact" && rels.iter().any(|r| r[0] == "v_contacts"))
+        }
+        fn column_name(&self, n: &str) -> bool {
+            matches!(n, "email" | "contact")
+        }
+        /// `email_of(id)` and `contacts()` read customers.email.
+        fn function(&self, n: &[String; 2]) -> bool {
+            matches!(n[0].as_str(), "email_of" | "contacts")
         }
     }
 
@@ -396,6 +487,11 @@ mod tests {
             ),
             ("SELECT row_to_json(v) FROM v_contacts v", true),
             ("SELECT 1 UNION SELECT email FROM customers", true),
+            ("SELECT email_of(id) FROM orders", true),
+            ("SELECT upper(app.email_of(1))", true),
+            ("SELECT * FROM contacts()", true),
+            ("SELECT c.x FROM orders JOIN contacts() c ON true", true),
+            ("SELECT name_of(id) FROM orders", false),
             ("SELEKT email", true),
             ("FETCH ALL FROM c", true),
             ("EXECUTE p(1)", true),
@@ -404,6 +500,40 @@ mod tests {
         for (sql, want) in table {
             assert_eq!(Facts::of(sql).tainted(&S), want, "{sql}");
         }
+    }
+
+    #[test]
+    fn routine_sources_are_scanned_for_masked_names() {
+        let words = source_words(
+            "BEGIN SELECT \"Email\" INTO e FROM public.customers WHERE id = $1; RETURN e; END",
+        );
+        for w in [
+            "email",
+            "public",
+            "customers",
+            "public.customers",
+            "$1",
+            "e",
+        ] {
+            assert!(words.contains(w), "{w} in {words:?}");
+        }
+        let none = |_: &str| false;
+        assert!(source_reads_masked(&words, &S, &none));
+        // The column without its table, or the table without the column: no.
+        for src in [
+            "SELECT email FROM orders",
+            "SELECT name FROM customers",
+            "SELECT 1",
+        ] {
+            assert!(!source_reads_masked(&source_words(src), &S, &none), "{src}");
+        }
+        // A call of a routine found so far.
+        let found = |w: &str| w == "secret_of";
+        assert!(source_reads_masked(
+            &source_words("RETURN secret_of(1)"),
+            &S,
+            &found
+        ));
     }
 
     #[test]

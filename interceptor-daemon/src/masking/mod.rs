@@ -58,11 +58,17 @@
 //! "[redacted]"`). Likewise a notification payload (`pg_notify('c', email)`)
 //! is redacted whole; detectors scan every payload and message.
 //!
-//! Not seen through: functions (a user function returning a masked column
-//! from a table the statement does not name) and objects created after the
-//! session's first statement (those are judged by the globs and by name).
-//! Value detectors remain the last line of defence there: every text value
-//! of every row is scanned when the session has detector rules. The catalog
+//! Routines are judged from the same catalog query: one whose source names
+//! a masked relation and one of its masked columns (or calls such a
+//! routine), or whose SQL-standard body depends on a masked column, reads
+//! masked data, and a statement calling it anywhere (`SELECT email_of(id)`,
+//! `FROM contacts()`) is tainted. Sources are scanned for words, not parsed
+//! ([`lineage::source_words`]): a mention counts, which errs toward masking.
+//! Not seen through: routines in C or internal languages, and objects
+//! created after the session's first statement (those are judged by the
+//! globs and by name). Value detectors remain the last line of defence
+//! there: every text value of every row is scanned when the session has
+//! detector rules. The catalog
 //! query runs under the client's session settings; if it fails or is
 //! subverted, decisions fall back to the globs and names (more masking, not
 //! less, for the names the globs select).

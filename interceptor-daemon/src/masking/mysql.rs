@@ -17,10 +17,10 @@
 //! * value detectors scan every text value when the session has them.
 //!
 //! MySQL has no catalog of OIDs to consult, so the globs are matched by
-//! name. Views are read once per session ([`views`]): every column of a
-//! view over a masked column (or over such a view) is masked with the
-//! strongest column strategy, and a statement reading one is tainted.
-//! Functions are not seen through; detectors remain there.
+//! name. Views and stored functions are read once per session
+//! ([`objects`]): every column of a view over a masked column (or over such
+//! a view or function) is masked with the strongest column strategy, and a
+//! statement reading such a view or calling such a function is tainted.
 //!
 //! Values keep a form the client decodes: string types get the masked text,
 //! any other type (numbers, dates) becomes NULL. A row longer than one packet
@@ -28,7 +28,7 @@
 //! in place: [`MaskError::Oversized`] ends the session (fail closed).
 //! Nothing here logs a value.
 
-pub mod views;
+pub mod objects;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -126,8 +126,8 @@ pub struct Masker {
     prepared: HashMap<u32, Arc<Facts>>,
     /// Layouts of executed statements, for COM_STMT_FETCH.
     layouts: HashMap<u32, Vec<Col>>,
-    /// Views over masked columns ([`views`]), once read.
-    views: views::MaskedViews,
+    /// Views and functions over masked columns ([`objects`]), once read.
+    derived: objects::Derived,
 }
 
 /// Bounds the per-session maps (statement ids are reused by servers).
@@ -173,25 +173,34 @@ fn is_string(ty: u8) -> bool {
 }
 
 /// The globs, by name (MySQL has no catalog of OIDs), and the session's
-/// masked views, every column of which is masked.
+/// masked views (every column of which is masked) and functions.
 struct Globs<'a> {
     plan: &'a MaskPlan,
-    views: &'a views::MaskedViews,
+    derived: &'a objects::Derived,
 }
 
 impl Sensitivity for Globs<'_> {
     fn relation(&self, names: &[String]) -> bool {
         self.plan.is_masked_table_name(names)
-            || names.first().is_some_and(|n| self.views.contains(n))
+            || names.first().is_some_and(|n| self.derived.contains(n))
     }
     fn column(&self, name: &str, relations: &[[String; 2]]) -> bool {
         // MySQL column names are case-insensitive; quoted ones keep their case here.
         let lower = name.to_lowercase();
         relations.iter().any(|r| {
-            self.views.contains(&r[0])
+            self.derived.contains(&r[0])
                 || self.plan.is_masked_column_in(r, name)
                 || self.plan.is_masked_column_in(r, &lower)
         })
+    }
+    /// By the globs; a masked view's columns (any name) are found through
+    /// the view's name instead.
+    fn column_name(&self, name: &str) -> bool {
+        self.plan.column_by_name(name).is_some()
+            || self.plan.column_by_name(&name.to_lowercase()).is_some()
+    }
+    fn function(&self, names: &[String; 2]) -> bool {
+        names.iter().any(|n| self.derived.reads_masked_function(n))
     }
 }
 
@@ -249,38 +258,38 @@ impl Masker {
             defs: Vec::new(),
             prepared: HashMap::new(),
             layouts: HashMap::new(),
-            views: views::MaskedViews::default(),
+            derived: objects::Derived::default(),
         }
     }
 
-    /// The reader of the session's view query, if the session needs it
-    /// (column rules); the proxy sends [`views::Reader::command`] ahead of
+    /// The reader of the session's objects query, if the session needs it
+    /// (column rules); the proxy sends [`objects::Reader::command`] ahead of
     /// the client's first command and feeds the answer to the reader.
-    pub fn views_reader(&self) -> Option<views::Reader> {
+    pub fn objects_reader(&self) -> Option<objects::Reader> {
         self.plan
             .has_columns()
-            .then(|| views::Reader::new(self.deprecate_eof))
+            .then(|| objects::Reader::new(self.deprecate_eof))
     }
 
-    /// Takes the views the reader read; on an unreadable answer no view is
+    /// Takes the objects the reader read; on an unreadable answer none is
     /// known (masking by the globs and names alone) and the reason is returned.
-    pub fn learn_views(&mut self, r: views::Reader) -> Result<&views::MaskedViews, String> {
+    pub fn learn_objects(&mut self, r: objects::Reader) -> Result<&objects::Derived, String> {
         let defs = r.finish()?;
-        self.views = views::MaskedViews::judge(&self.plan, &defs);
-        Ok(&self.views)
+        self.derived = objects::Derived::judge(&self.plan, &defs);
+        Ok(&self.derived)
     }
 
     /// Output column `d` comes out of a masked view: it is the view's
     /// (`org_table`), or the relation it is read from (`table`, itself or
     /// through an alias) is one.
     fn comes_from_masked_view(&self, d: &ColumnDef) -> bool {
-        if self.views.is_empty() {
+        if self.derived.is_empty() {
             return false;
         }
-        self.views.contains(&d.org_table)
-            || self.views.contains(&d.table)
+        self.derived.contains(&d.org_table)
+            || self.derived.contains(&d.table)
             || self.facts.aliases.iter().any(|(rel, alias)| {
-                alias.eq_ignore_ascii_case(&d.table) && self.views.contains(&rel[0])
+                alias.eq_ignore_ascii_case(&d.table) && self.derived.contains(&rel[0])
             })
     }
 
@@ -292,7 +301,7 @@ impl Masker {
     fn plan_columns(&self) -> Vec<Col> {
         let sens = Globs {
             plan: &self.plan,
-            views: &self.views,
+            derived: &self.derived,
         };
         let n = self.defs.len();
         let detect = self.plan.has_detectors();
@@ -729,12 +738,13 @@ mod tests {
             ("v_t", "select `v_contacts`.`id` AS `id`,`v_contacts`.`contact` AS `contact` from `shop`.`v_contacts`"),
             ("v_names", "select ucase(`shop`.`customers`.`name`) AS `n` from `shop`.`customers`"),
         ]
-        .map(|(name, d)| views::ViewDef {
+        .map(|(name, d)| objects::Definition {
+            object: objects::Object::View,
             schema: "shop".into(),
             name: name.into(),
             definition: Some(d.into()),
         });
-        m.views = views::MaskedViews::judge(&m.plan, &defs);
+        m.derived = objects::Derived::judge(&m.plan, &defs);
         let mut answer = |defs: &[Vec<u8>], row: &[Option<&str>]| {
             m.on_packet(&[defs.len() as u8]).unwrap();
             for d in defs {

@@ -22,9 +22,9 @@ use tracing::warn;
 
 use super::{
     MaskKey, MaskPlan, Strategy, Treatment,
-    catalog::{self, Catalog, CatalogBuilder},
+    catalog::{self, Catalog, CatalogBuilder, Sens},
     detect,
-    lineage::{Facts, Sensitivity},
+    lineage::Facts,
     strategy::REDACTED,
 };
 use crate::protocol::postgres::{
@@ -302,31 +302,6 @@ pub struct ResultMasker {
     warned_unknown_layout: bool,
     /// The catalog answer is behind us (or none was asked for).
     catalog_seen: bool,
-}
-
-struct Sens<'a> {
-    plan: &'a MaskPlan,
-    catalog: &'a Catalog,
-}
-
-impl Sensitivity for Sens<'_> {
-    /// The catalog decides for the relations it knows; the globs for the
-    /// others (created since, or the catalog could not be read).
-    fn relation(&self, names: &[String]) -> bool {
-        names.iter().any(|n| self.catalog.is_masked_relation(n))
-            || (!names.iter().any(|n| self.catalog.knows_name(n))
-                && self.plan.is_masked_table_name(names))
-    }
-    /// Likewise per relation: the catalog's masked columns, or the globs.
-    fn column(&self, name: &str, relations: &[[String; 2]]) -> bool {
-        relations.iter().any(|r| {
-            if r.iter().any(|n| self.catalog.knows_name(n)) {
-                r.iter().any(|n| self.catalog.is_masked_column(n, name))
-            } else {
-                self.plan.is_masked_column_in(r, name)
-            }
-        })
-    }
 }
 
 /// How a type's values can be rewritten.

@@ -1,41 +1,59 @@
-//! Views over masked columns in MySQL/MariaDB sessions.
+//! Views and stored functions over masked columns in MySQL/MariaDB sessions.
 //!
 //! A view's column definitions on the wire name the view, not the base
 //! column behind it (`org_table` = the view, `org_name` = the view's own
 //! column name), and a TEMPTABLE view over another view names a base table
 //! with the view's column name (`customers.contact`): column globs cannot see
-//! through either. So, as a PostgreSQL session reads the catalog, a MySQL
-//! session with column mask rules reads `information_schema.VIEWS` once,
-//! ahead of the client's first command ([`QUERY`]), and judges each view's
-//! definition, which the server stores fully qualified with `*` expanded:
-//! a view is masked whole (every column, strongest column strategy) when its
-//! definition mentions a masked column of a relation it reads, or any column
-//! of a masked view (views of views, to a fixed point). A definition that
-//! cannot be judged is masked whole too (fail closed): empty (the session's
-//! user lacks SHOW VIEW), unparsable, or past the size budget.
+//! through either, nor into a stored function that returns a masked value.
+//! So, as a PostgreSQL session reads the catalog, a MySQL session with column
+//! mask rules reads `information_schema.VIEWS` and `.ROUTINES` once, ahead
+//! of the client's first command ([`QUERY`]), and judges each definition:
+//! * a view (stored fully qualified, `*` expanded, so it is parsed) is masked
+//!   whole (every column, strongest column strategy) when its definition
+//!   mentions a masked column of a relation it reads, any column of a masked
+//!   view, or calls a function below;
+//! * a function *reads masked data* when its body (scanned for words, not
+//!   parsed: [`source_words`]) names a masked relation and one of its masked
+//!   columns, a masked view, or such a function; a statement calling it is
+//!   tainted (its expression outputs are masked);
 //!
-//! Views created after the session's first command are not known to it;
+//! to a fixed point (views of views, functions calling functions). A
+//! definition that cannot be judged counts as masked (fail closed): empty or
+//! NULL (the session's user lacks SHOW VIEW / SHOW CREATE ROUTINE),
+//! unparsable, or past the size budget.
+//!
+//! Objects created after the session's first command are not known to it;
 //! they are judged by the globs and by name, and detectors remain.
 
 use std::collections::HashSet;
 
 use super::super::{
     MaskPlan,
-    lineage::{Facts, Sensitivity},
+    lineage::{Facts, Sensitivity, source_reads_masked, source_words},
 };
 use super::Globs;
 use crate::protocol::mysql::{COM_QUERY, MAX_PAYLOAD, is_eof, lenenc, lenenc_str};
 
 /// The session's query (system schemas hold no user data).
-pub const QUERY: &str = "SELECT TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS \
-WHERE TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')";
+pub const QUERY: &str = "SELECT 'v', TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS \
+WHERE TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema') \
+UNION ALL SELECT 'f', ROUTINE_SCHEMA, ROUTINE_NAME, ROUTINE_DEFINITION FROM information_schema.ROUTINES \
+WHERE ROUTINE_TYPE = 'FUNCTION' AND ROUTINE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')";
 
-/// Definition bytes kept per session; views past it are masked unread.
+/// Definition bytes kept per session; objects past it count as masked unread.
 const BUDGET: usize = 16 << 20;
+
+/// What a row of [`QUERY`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    View,
+    Function,
+}
 
 /// One row of [`QUERY`]: `definition` is `None` when it could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ViewDef {
+pub struct Definition {
+    pub object: Object,
     pub schema: String,
     pub name: String,
     pub definition: Option<String>,
@@ -59,7 +77,7 @@ enum State {
 pub struct Reader {
     deprecate_eof: bool,
     state: State,
-    views: Vec<ViewDef>,
+    views: Vec<Definition>,
     bytes: usize,
     error: Option<String>,
 }
@@ -146,6 +164,14 @@ impl Reader {
             }
             lenenc_str(p, at).map(Some)
         };
+        let object = match value(&mut at) {
+            Some(Some(b"v")) => Object::View,
+            Some(Some(b"f")) => Object::Function,
+            _ => {
+                self.fail("malformed row");
+                return;
+            }
+        };
         let (Some(Some(schema)), Some(Some(name)), Some(def)) =
             (value(&mut at), value(&mut at), value(&mut at))
         else {
@@ -156,7 +182,8 @@ impl Reader {
             self.bytes = self.bytes.saturating_add(d.len());
             (self.bytes <= BUDGET).then(|| String::from_utf8_lossy(d).into_owned())
         });
-        self.views.push(ViewDef {
+        self.views.push(Definition {
+            object,
             schema: String::from_utf8_lossy(schema).into_owned(),
             name: String::from_utf8_lossy(name).into_owned(),
             definition,
@@ -165,7 +192,7 @@ impl Reader {
 
     /// The views read, or why the answer could not be read (then no view
     /// is known: the session masks by the globs and names alone).
-    pub fn finish(self) -> Result<Vec<ViewDef>, String> {
+    pub fn finish(self) -> Result<Vec<Definition>, String> {
         match self.error {
             Some(e) => Err(e),
             None if self.state != State::Done => Err("the answer ended early".into()),
@@ -185,47 +212,78 @@ fn err_text(p: &[u8]) -> String {
     format!("error {code}: {}", String::from_utf8_lossy(msg))
 }
 
-/// The views of a session that carry masked data, by name (lowercase, any
-/// schema: column definitions do not always say the view's schema).
+/// The views and functions of a session that carry masked data, by name
+/// (lowercase, any schema: column definitions do not always say the view's
+/// schema; functions are also kept as `schema.name`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MaskedViews {
-    names: HashSet<String>,
-    /// Views masked because their definition could not be judged.
+pub struct Derived {
+    views: HashSet<String>,
+    functions: HashSet<String>,
+    /// Objects counted as masked because their definition could not be read.
     pub unread: usize,
 }
 
-impl MaskedViews {
-    /// Judges every view of `views` under `plan`.
-    pub fn judge(plan: &MaskPlan, views: &[ViewDef]) -> MaskedViews {
-        let facts: Vec<Option<Facts>> = views
+impl Derived {
+    /// Judges every definition of `defs` under `plan`.
+    pub fn judge(plan: &MaskPlan, defs: &[Definition]) -> Derived {
+        enum Read {
+            View(Facts),
+            Function(std::collections::BTreeSet<String>),
+            Unread,
+        }
+        let read: Vec<Read> = defs
             .iter()
-            .map(|v| v.definition.as_deref().map(Facts::of_mysql))
+            .map(|d| match (&d.definition, d.object) {
+                (None, _) => Read::Unread,
+                (Some(text), Object::View) => Read::View(Facts::of_mysql(text)),
+                (Some(text), Object::Function) => Read::Function(source_words(text)),
+            })
             .collect();
-        let mut out = MaskedViews::default();
-        let mut masked = vec![false; views.len()];
-        // A view over a masked view is masked: repeat until nothing changes.
+        let mut out = Derived::default();
+        let mut masked = vec![false; defs.len()];
+        // Views of views, functions calling functions: repeat until nothing changes.
         loop {
             let mut changed = false;
-            for (i, v) in views.iter().enumerate() {
+            for (i, d) in defs.iter().enumerate() {
                 if masked[i] {
                     continue;
                 }
-                let hit = match &facts[i] {
-                    None => true,
-                    Some(f) => {
-                        let s = Globs { plan, views: &out };
+                let s = Globs {
+                    plan,
+                    derived: &out,
+                };
+                let hit = match &read[i] {
+                    Read::Unread => true,
+                    Read::View(f) => {
                         f.unparsable
                             || (f.inner_wildcard && f.reads_masked(&s))
+                            || f.functions.iter().any(|n| s.function(n))
                             || f.idents.iter().any(|id| s.column(id, &f.relations))
                     }
-                };
-                if hit {
-                    masked[i] = true;
-                    changed = true;
-                    if facts[i].is_none() {
-                        out.unread += 1;
+                    // Naming a masked view: all its columns are masked.
+                    Read::Function(words) => {
+                        words.iter().any(|w| out.contains(w))
+                            || source_reads_masked(words, &s, &|w| out.functions.contains(w))
                     }
-                    out.names.insert(v.name.to_lowercase());
+                };
+                if !hit {
+                    continue;
+                }
+                masked[i] = true;
+                changed = true;
+                if matches!(read[i], Read::Unread) {
+                    out.unread += 1;
+                }
+                let name = d.name.to_lowercase();
+                match d.object {
+                    Object::View => {
+                        out.views.insert(name);
+                    }
+                    Object::Function => {
+                        out.functions
+                            .insert(format!("{}.{name}", d.schema.to_lowercase()));
+                        out.functions.insert(name);
+                    }
                 }
             }
             if !changed {
@@ -236,16 +294,23 @@ impl MaskedViews {
 
     /// `name` (unqualified) is a masked view.
     pub fn contains(&self, name: &str) -> bool {
-        !self.names.is_empty()
-            && (self.names.contains(name) || self.names.contains(&name.to_lowercase()))
+        !self.views.is_empty()
+            && (self.views.contains(name) || self.views.contains(&name.to_lowercase()))
     }
 
+    /// `name` (`f` or `schema.f`) is a function that reads masked data.
+    pub fn reads_masked_function(&self, name: &str) -> bool {
+        !self.functions.is_empty()
+            && (self.functions.contains(name) || self.functions.contains(&name.to_lowercase()))
+    }
+
+    /// Masked views and functions.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.views.len() + self.functions.len() / 2
     }
 
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.views.is_empty() && self.functions.is_empty()
     }
 }
 
@@ -261,8 +326,9 @@ mod tests {
         }
     }
 
-    fn view(name: &str, def: Option<&str>) -> ViewDef {
-        ViewDef {
+    fn view(name: &str, def: Option<&str>) -> Definition {
+        Definition {
+            object: Object::View,
             schema: "shop".into(),
             name: name.into(),
             definition: def.map(str::to_string),
@@ -310,7 +376,8 @@ mod tests {
             view("v_hidden", None),
             view("v_odd", Some("select `a` AS `a` from (")),
         ];
-        let m = MaskedViews::judge(&p, &views);
+        let m = Derived::judge(&p, &views);
+        assert!(!m.reads_masked_function("v_contacts"));
         for (name, want) in [
             ("v_contacts", true),
             ("v_t", true),
@@ -328,14 +395,83 @@ mod tests {
         assert_eq!(m.unread, 1);
         // Without column rules nothing is masked but what cannot be read.
         let detectors_only = plan("{detectors: [email]}");
-        let m = MaskedViews::judge(&detectors_only, &views);
+        let m = Derived::judge(&detectors_only, &views);
         assert_eq!(m.len(), 2, "{m:?}");
     }
 
+    /// Stored functions (bodies as MariaDB returns them in ROUTINE_DEFINITION)
+    /// and the views calling them.
+    #[test]
+    fn functions_reading_masked_columns_are_found() {
+        let p = plan("{columns: [customers.email], strategy: redact}");
+        let function = |name: &str, body: Option<&str>| Definition {
+            object: Object::Function,
+            ..view(name, body)
+        };
+        let defs = [
+            view(
+                "v_contacts",
+                Some("select `shop`.`customers`.`email` AS `contact` from `shop`.`customers`"),
+            ),
+            // Calls one found later: the fixed point finds both.
+            function("contact_of", Some("RETURN CONCAT('<', email_of(id), '>')")),
+            function(
+                "email_of",
+                Some(
+                    "BEGIN DECLARE e TEXT; SELECT `Email` INTO e FROM shop.customers WHERE id = i; RETURN e; END",
+                ),
+            ),
+            function(
+                "name_of",
+                Some("RETURN (SELECT name FROM customers WHERE id = i)"),
+            ),
+            // Dynamic SQL is scanned too: the words are there.
+            function(
+                "mail_dynamic",
+                Some("BEGIN SET @q = 'SELECT email FROM customers'; RETURN 1; END"),
+            ),
+            // Mentions e-mail, but of another table.
+            function(
+                "order_mail",
+                Some("RETURN (SELECT email FROM orders LIMIT 1)"),
+            ),
+            // Through a masked view (any of its columns).
+            function(
+                "via_view",
+                Some("RETURN (SELECT contact FROM shop.v_contacts LIMIT 1)"),
+            ),
+            function("hidden", None),
+            view(
+                "v_calls",
+                Some("select `shop`.`contact_of`(`o`.`id`) AS `c` from `shop`.`orders` `o`"),
+            ),
+            view(
+                "v_plain",
+                Some("select `shop`.`name_of`(`o`.`id`) AS `n` from `shop`.`orders` `o`"),
+            ),
+        ];
+        let m = Derived::judge(&p, &defs);
+        for (name, want) in [
+            ("contact_of", true),
+            ("shop.contact_of", true),
+            ("EMAIL_OF", true),
+            ("mail_dynamic", true),
+            ("hidden", true),
+            ("name_of", false),
+            ("order_mail", false),
+            ("via_view", true),
+        ] {
+            assert_eq!(m.reads_masked_function(name), want, "{name}");
+        }
+        assert!(m.contains("v_calls") && !m.contains("v_plain"));
+        assert!(!m.contains("email_of"), "a function is not a view");
+        assert_eq!(m.unread, 1);
+    }
+
     /// Packets of a text result set, as the server sends them.
-    fn answer(rows: &[[Option<&str>; 3]], deprecate_eof: bool) -> Vec<Vec<u8>> {
-        let mut packets = vec![vec![3u8]];
-        packets.extend((0..3).map(|i| format!("column definition {i}").into_bytes()));
+    fn answer(rows: &[[Option<&str>; 4]], deprecate_eof: bool) -> Vec<Vec<u8>> {
+        let mut packets = vec![vec![4u8]];
+        packets.extend((0..4).map(|i| format!("column definition {i}").into_bytes()));
         let eof = vec![0xfe, 0, 0, 0x02, 0];
         if !deprecate_eof {
             packets.push(eof.clone());
@@ -366,9 +502,9 @@ mod tests {
         for deprecate_eof in [false, true] {
             let packets = answer(
                 &[
-                    [Some("shop"), Some("v1"), Some("select 1 AS `a`")],
-                    [Some("shop"), Some("v2"), None],
-                    [Some("shop"), Some("v3"), Some("")],
+                    [Some("v"), Some("shop"), Some("v1"), Some("select 1 AS `a`")],
+                    [Some("v"), Some("shop"), Some("v2"), None],
+                    [Some("f"), Some("shop"), Some("v3"), Some("")],
                 ],
                 deprecate_eof,
             );
@@ -382,13 +518,17 @@ mod tests {
             assert_eq!(
                 views,
                 [
-                    ViewDef {
+                    Definition {
+                        object: Object::View,
                         schema: "shop".into(),
                         name: "v1".into(),
                         definition: Some("select 1 AS `a`".into())
                     },
                     view("v2", None),
-                    view("v3", None),
+                    Definition {
+                        object: Object::Function,
+                        ..view("v3", None)
+                    },
                 ]
             );
         }
@@ -406,8 +546,8 @@ mod tests {
         assert!(r.finish().is_err());
         // A row with a missing value, then the end: the answer is consumed
         // to its end but not trusted.
-        let mut packets = answer(&[[Some("shop"), Some("v"), Some("x")]], false);
-        packets[5] = vec![4, b's', b'h'];
+        let mut packets = answer(&[[Some("v"), Some("shop"), Some("v"), Some("x")]], false);
+        packets[6] = vec![4, b's', b'h'];
         let mut r = Reader::new(false);
         let done: Vec<bool> = packets.iter().map(|p| r.on_packet(p)).collect();
         assert_eq!(done.iter().filter(|d| **d).count(), 1);
