@@ -317,15 +317,11 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::{MaskSpec, Strategy};
+    use crate::masking::Strategy;
 
     #[test]
     fn views_over_masked_columns_are_masked_whole() {
-        let spec: MaskSpec =
-            serde_yaml::from_str("{columns: [customers.email], strategy: hash}").unwrap();
-        let plan = MaskPlan {
-            specs: vec![spec.compiled().unwrap()],
-        };
+        let plan = MaskPlan::of_yaml(&["{columns: [customers.email], strategy: hash}"]);
         let mut b = CatalogBuilder::default();
         let row = |b: &mut CatalogBuilder, v: &[&str]| {
             let vals: Vec<Option<&[u8]>> = v.iter().map(|s| Some(s.as_bytes())).collect();

@@ -207,6 +207,18 @@ impl MaskPlan {
         self.specs.is_empty()
     }
 
+    /// The plan of these rule specs (YAML), each valid.
+    #[cfg(test)]
+    pub(crate) fn of_yaml(specs: &[&str]) -> MaskPlan {
+        let compiled = |y: &&str| {
+            let spec: MaskSpec = serde_yaml::from_str(y).expect("a mask spec");
+            spec.compiled().expect("a valid mask spec")
+        };
+        MaskPlan {
+            specs: specs.iter().map(compiled).collect(),
+        }
+    }
+
     /// True if any rule masks columns (the session then needs the catalog).
     pub fn has_columns(&self) -> bool {
         self.specs.iter().any(|s| !s.columns.is_empty())

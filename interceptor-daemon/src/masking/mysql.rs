@@ -626,13 +626,9 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::MaskSpec;
 
     fn plan(yaml: &str) -> MaskPlan {
-        let spec: MaskSpec = serde_yaml::from_str(yaml).unwrap();
-        MaskPlan {
-            specs: vec![spec.compiled().unwrap()],
-        }
+        MaskPlan::of_yaml(&[yaml])
     }
 
     fn def(schema: &str, org_table: &str, name: &str, org_name: &str, ty: u8) -> Vec<u8> {

@@ -317,13 +317,9 @@ impl Derived {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::MaskSpec;
 
     fn plan(yaml: &str) -> MaskPlan {
-        let spec: MaskSpec = serde_yaml::from_str(yaml).unwrap();
-        MaskPlan {
-            specs: vec![spec.compiled().unwrap()],
-        }
+        MaskPlan::of_yaml(&[yaml])
     }
 
     fn view(name: &str, def: Option<&str>) -> Definition {

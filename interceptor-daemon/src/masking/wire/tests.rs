@@ -3,10 +3,7 @@
 //! back with the framer (so every rewritten length is checked).
 
 use super::*;
-use crate::{
-    masking::MaskSpec,
-    protocol::postgres::{BackendMessage, Direction, FieldDescription, Framer, Progress},
-};
+use crate::protocol::postgres::{BackendMessage, Direction, FieldDescription, Framer, Progress};
 
 const CUSTOMERS: u32 = 16400;
 const ORDERS: u32 = 16410;
@@ -15,17 +12,7 @@ const TEXT: u32 = 25;
 const INT4: u32 = 23;
 
 fn plan(yaml: &[&str]) -> MaskPlan {
-    MaskPlan {
-        specs: yaml
-            .iter()
-            .map(|y| {
-                serde_yaml::from_str::<MaskSpec>(y)
-                    .unwrap()
-                    .compiled()
-                    .unwrap()
-            })
-            .collect(),
-    }
+    MaskPlan::of_yaml(yaml)
 }
 
 fn key() -> MaskKey {
