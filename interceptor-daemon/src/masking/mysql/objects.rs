@@ -34,10 +34,14 @@ use super::super::{
 use super::Globs;
 use crate::protocol::mysql::{COM_QUERY, MAX_PAYLOAD, is_eof, lenenc, lenenc_str};
 
-/// The session's query (system schemas hold no user data).
-pub const QUERY: &str = "SELECT 'v', TABLE_SCHEMA, TABLE_NAME, VIEW_DEFINITION FROM information_schema.VIEWS \
+/// The session's query (system schemas hold no user data). Every text is
+/// converted to one character set, so the two branches never mix collations
+/// (MySQL 8's information_schema columns differ in theirs).
+pub const QUERY: &str = "SELECT 'v', CONVERT(TABLE_SCHEMA USING utf8mb4), CONVERT(TABLE_NAME USING utf8mb4), \
+CONVERT(VIEW_DEFINITION USING utf8mb4) FROM information_schema.VIEWS \
 WHERE TABLE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema') \
-UNION ALL SELECT 'f', ROUTINE_SCHEMA, ROUTINE_NAME, ROUTINE_DEFINITION FROM information_schema.ROUTINES \
+UNION ALL SELECT 'f', CONVERT(ROUTINE_SCHEMA USING utf8mb4), CONVERT(ROUTINE_NAME USING utf8mb4), \
+CONVERT(ROUTINE_DEFINITION USING utf8mb4) FROM information_schema.ROUTINES \
 WHERE ROUTINE_TYPE = 'FUNCTION' AND ROUTINE_SCHEMA NOT IN ('mysql', 'sys', 'information_schema', 'performance_schema')";
 
 /// Definition bytes kept per session; objects past it count as masked unread.
