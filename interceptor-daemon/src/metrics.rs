@@ -410,4 +410,34 @@ mod tests {
             assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
         }
     }
+
+    /// The README's metrics table lists every family the daemon exports,
+    /// and nothing else (what SREs build dashboards from).
+    #[test]
+    fn the_readme_lists_every_metric() {
+        // Families without a sample yet are not encoded: the names are read
+        // from the registrations themselves.
+        let source = include_str!("metrics.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+        let exported: std::collections::BTreeSet<String> = code
+            .split("registry.register(")
+            .skip(1)
+            .filter_map(|call| call.split('"').nth(1))
+            .map(str::to_owned)
+            .collect();
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Metrics and health")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("a metrics section");
+        let documented: std::collections::BTreeSet<String> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(|m| m.strip_suffix("_total").unwrap_or(m).to_owned())
+            .collect();
+        assert!(exported.len() > 10, "{exported:?}");
+        assert_eq!(documented, exported);
+    }
 }
