@@ -126,6 +126,7 @@ fn described_by_names(n: &NodeEnum) -> bool {
         | N::RenameStmt(_)
         | N::AlterOwnerStmt(_)
         | N::AlterFunctionStmt(_)
+        | N::CommentStmt(_)
         | N::IndexStmt(_)
         | N::CreateStatsStmt(_)
         | N::AlterStatsStmt(_)

@@ -166,6 +166,33 @@ impl PgNames {
             Some(N::AlterObjectSchemaStmt(a)) if on_functions(a.object_type) => {
                 self.calls.extend(routine_node(a.object.as_deref()));
             }
+            // What a COMMENT is on: a relation, a column's table, a routine.
+            Some(N::CommentStmt(c)) => match O::try_from(c.objtype) {
+                Ok(
+                    O::ObjectTable
+                    | O::ObjectView
+                    | O::ObjectMatview
+                    | O::ObjectIndex
+                    | O::ObjectSequence
+                    | O::ObjectForeignTable,
+                ) => {
+                    if let Some(name) = c.object.as_deref().and_then(parts) {
+                        self.written(name);
+                    }
+                }
+                Ok(O::ObjectColumn) => {
+                    if let Some(mut name) = c.object.as_deref().and_then(parts)
+                        && name.len() > 1
+                    {
+                        name.pop();
+                        self.written(name);
+                    }
+                }
+                Ok(_) if on_functions(c.objtype) => {
+                    self.calls.extend(routine_node(c.object.as_deref()));
+                }
+                _ => {}
+            },
             // Future tables (or functions) of the schemas named, or of every schema.
             Some(N::AlterDefaultPrivilegesStmt(a)) => {
                 let Some(objtype) = a.action.as_ref().map(|g| g.objtype) else {

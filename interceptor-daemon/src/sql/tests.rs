@@ -282,6 +282,14 @@ fn ddl_names_what_it_changes_and_what_it_references() {
             &["app.f"],
             &[],
         ),
+        // COMMENT ON a routine with its argument types: from the tree.
+        (
+            "COMMENT ON FUNCTION app.f(int) IS 'refreshes the cache'",
+            Kind::Ddl,
+            &["app.f"],
+            &[],
+        ),
+        ("COMMENT ON PROCEDURE p IS 'x'", Kind::Ddl, &["p"], &[]),
         (
             "ALTER PROCEDURE app.p(int) SET search_path = public",
             Kind::Ddl,

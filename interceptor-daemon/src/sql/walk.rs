@@ -650,6 +650,7 @@ impl Visitor for Walker {
                 | CommentObject::Index
                 | CommentObject::Sequence => self.access(object_name, Access::Write),
                 CommentObject::Column => self.column_table(object_name, Access::Write),
+                CommentObject::Function | CommentObject::Procedure => self.function(object_name),
                 _ => {}
             },
             // MySQL's databases are its schemas.
