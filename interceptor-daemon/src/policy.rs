@@ -1032,6 +1032,48 @@ rules:
         }
     }
 
+    /// A procedure with a `$$` body (which sqlparser cannot parse) is read
+    /// from PostgreSQL's tree and decided like a function sqlparser reads:
+    /// a DDL rule allows it, a rule on the routine's name holds for it.
+    /// (Before, it was unparsable: denied by default under any DDL rule.)
+    #[test]
+    fn routines_are_decided_by_kind_and_name() {
+        let p = Policy::parse(
+            r#"
+default: deny
+rules:
+  - id: migrations
+    identities: ["shop/migrator"]
+    sql: { kinds: [ddl] }
+    action: allow
+  - id: no-purge
+    sql: { functions: ["app.purge"] }
+    action: deny
+"#,
+        )
+        .unwrap();
+        for (sql, outcome) in [
+            (
+                "CREATE FUNCTION app.f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+                (Action::Allow, "migrations"),
+            ),
+            (
+                "CREATE PROCEDURE app.refresh() LANGUAGE sql AS $$ REFRESH MATERIALIZED VIEW mv $$",
+                (Action::Allow, "migrations"),
+            ),
+            (
+                "CREATE OR REPLACE PROCEDURE app.purge() LANGUAGE sql AS $$ DELETE FROM orders $$",
+                (Action::Deny, "no-purge"),
+            ),
+        ] {
+            assert_eq!(
+                decision(&p, "shop/migrator", "db", &classify(sql).statements),
+                (outcome.0, outcome.1.to_owned()),
+                "{sql}"
+            );
+        }
+    }
+
     #[test]
     fn precedence_table() {
         use Action::*;

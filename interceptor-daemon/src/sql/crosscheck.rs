@@ -36,8 +36,8 @@
 use pg_query::{NodeEnum, protobuf};
 
 use super::{
-    Access, Classification, DangerousFunctions, Kind, QualifiedName, StatementInfo, TableAccess,
-    pgnames::PgNames,
+    Access, Classification, DangerousFunctions, Flag, Kind, QualifiedName, StatementInfo,
+    TableAccess, pgnames::PgNames,
 };
 
 /// One statement as PostgreSQL's parser reads it.
@@ -50,6 +50,9 @@ pub(crate) struct PgStatement {
     /// Its type is one whose meaning for a policy is all in its kind and
     /// names ([`described_by_names`]).
     pub described: bool,
+    /// It creates or replaces a routine: code that runs later, flagged
+    /// [`Flag::CreatesRoutine`] as in sqlparser's reading of CREATE FUNCTION.
+    pub creates_routine: bool,
 }
 
 impl PgStatement {
@@ -86,7 +89,10 @@ impl PgStatement {
             .collect();
         functions.sort();
         functions.dedup();
-        let flags = dangerous.flags(&functions).collect();
+        let mut flags: Vec<Flag> = dangerous.flags(&functions).collect();
+        if self.creates_routine {
+            flags.push(Flag::CreatesRoutine);
+        }
         Some(StatementInfo {
             span: self.span.clone(),
             kind: self.kind,
@@ -102,8 +108,10 @@ impl PgStatement {
 /// Statement types whose effect a policy can judge from their kind and the
 /// names in their tree alone: DDL, maintenance and grants that return no
 /// rows (so no column is read or masked) and carry no code to run later (no
-/// routine, trigger, rule or DO body; ALTER FUNCTION changes a routine's
-/// properties, not its code) and no query whose rows go anywhere
+/// trigger, rule or DO body; ALTER FUNCTION changes a routine's properties,
+/// not its code). CREATE FUNCTION / PROCEDURE carries code, but is judged as
+/// sqlparser's reading judges it: by kind and name, flagged as creating a
+/// routine, its body unread and no query whose rows go anywhere
 /// (CREATE TABLE AS, CREATE VIEW and COPY stay with sqlparser). Publications
 /// are left out: they export rows, `FOR ALL TABLES` without naming any.
 fn described_by_names(n: &NodeEnum) -> bool {
@@ -126,6 +134,7 @@ fn described_by_names(n: &NodeEnum) -> bool {
         | N::RenameStmt(_)
         | N::AlterOwnerStmt(_)
         | N::AlterFunctionStmt(_)
+        | N::CreateFunctionStmt(_)
         | N::CommentStmt(_)
         | N::IndexStmt(_)
         | N::CreateStatsStmt(_)
@@ -212,16 +221,13 @@ pub(crate) fn pg_statements(sql: &str) -> Result<Vec<PgStatement>, String> {
             Some(stmt) => PgNames::of(stmt)?,
             None => PgNames::default(),
         };
-        let described = raw
-            .stmt
-            .as_ref()
-            .and_then(|n| n.node.as_ref())
-            .is_some_and(described_by_names);
+        let node = raw.stmt.as_ref().and_then(|n| n.node.as_ref());
         out.push(PgStatement {
             span: start..end,
             kind,
             names,
-            described,
+            described: node.is_some_and(described_by_names),
+            creates_routine: matches!(node, Some(NodeEnum::CreateFunctionStmt(_))),
         });
     }
     Ok(out)

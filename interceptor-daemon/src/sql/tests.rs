@@ -319,6 +319,30 @@ fn ddl_names_what_it_changes_and_what_it_references() {
             "{sql}"
         );
     }
+    // Creating a routine is named and flagged however it is read:
+    // sqlparser's reading, or PostgreSQL's tree for what sqlparser cannot
+    // parse (a procedure with a `$$` body).
+    for (sql, name) in [
+        (
+            "CREATE OR REPLACE FUNCTION app.f(a int) RETURNS int LANGUAGE sql AS $$ SELECT a $$",
+            "app.f",
+        ),
+        (
+            "CREATE PROCEDURE app.p() LANGUAGE sql AS $$ UPDATE t SET x = 1 $$",
+            "app.p",
+        ),
+    ] {
+        let c = one(sql);
+        assert_eq!(
+            (
+                c.kind,
+                c.functions.clone(),
+                c.has_flag(&Flag::CreatesRoutine)
+            ),
+            (Kind::Ddl, vec![q(name)], true),
+            "{sql}"
+        );
+    }
 }
 
 #[test]
