@@ -680,6 +680,16 @@ rules:
         .unwrap()
     }
 
+    /// Asserts that `sql` (classified as the daemon does) gets `outcome`
+    /// (action, rule) for `identity` on target `db`.
+    fn assert_decided(p: &Policy, identity: &str, sql: &str, outcome: (Action, &str)) {
+        assert_eq!(
+            decision(p, identity, "db", &classify(sql).statements),
+            (outcome.0, outcome.1.to_owned()),
+            "{identity}: {sql}"
+        );
+    }
+
     /// Asserts that each statement, read with and without the PostgreSQL
     /// cross-check (both must read it), gets `outcome` for `identity`.
     fn decided_alike_in_both_readings(
@@ -882,11 +892,7 @@ rules:
                 (Action::Deny, "no-secrets"),
             ),
         ] {
-            assert_eq!(
-                decision(&p, "shop/migrator", "db", &classify(sql).statements),
-                (outcome.0, outcome.1.to_owned()),
-                "{sql}"
-            );
+            assert_decided(&p, "shop/migrator", sql, outcome);
         }
 
         let scoped = Policy::parse(
@@ -1066,11 +1072,7 @@ rules:
                 (Action::Deny, "no-purge"),
             ),
         ] {
-            assert_eq!(
-                decision(&p, "shop/migrator", "db", &classify(sql).statements),
-                (outcome.0, outcome.1.to_owned()),
-                "{sql}"
-            );
+            assert_decided(&p, "shop/migrator", sql, outcome);
         }
     }
 
