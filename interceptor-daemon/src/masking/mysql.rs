@@ -316,16 +316,13 @@ impl Masker {
                     .any(|r| r[0].eq_ignore_ascii_case(&d.org_table));
                 let mask = if !d.org_table.is_empty() && !d.org_name.is_empty() && named {
                     let by = |t: &str, c: &str| self.plan.column(&d.schema, t, c);
-                    match (
+                    Treatment::stronger_of(
                         by(&d.org_table, &d.org_name),
                         by(
                             &d.org_table.to_ascii_lowercase(),
                             &d.org_name.to_ascii_lowercase(),
                         ),
-                    ) {
-                        (Some(a), Some(b)) => Some(a.stronger(b)),
-                        (a, b) => a.or(b),
-                    }
+                    )
                 } else if !d.org_table.is_empty() && !d.org_name.is_empty() && !named {
                     // A column of a relation the text does not name (a
                     // materialised derived table, a view's own column
@@ -339,10 +336,7 @@ impl Masker {
                     None
                 };
                 let mask = if self.comes_from_masked_view(d) {
-                    match (mask, self.plan.strongest_column()) {
-                        (Some(a), Some(b)) => Some(a.stronger(b)),
-                        (a, b) => a.or(b),
-                    }
+                    Treatment::stronger_of(mask, self.plan.strongest_column())
                 } else {
                     mask
                 };

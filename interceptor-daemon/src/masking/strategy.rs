@@ -94,6 +94,14 @@ impl Treatment {
         }
     }
 
+    /// The stronger of two that may be absent (either one if only one is).
+    pub fn stronger_of(a: Option<Treatment>, b: Option<Treatment>) -> Option<Treatment> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.stronger(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// The replacement text, or `None` for NULL.
     pub fn render(&self, value: &str, key: &MaskKey) -> Option<String> {
         match self.strategy {

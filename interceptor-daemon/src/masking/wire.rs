@@ -567,10 +567,7 @@ impl ResultMasker {
                 } else {
                     let by_name = plain.then(|| self.plan.column_by_name(&f.name)).flatten();
                     let tainted = facts.iter().any(|x| x.column_tainted(i, n, &sens));
-                    match (by_name, tainted.then_some(strongest).flatten()) {
-                        (Some(a), Some(b)) => Some(a.stronger(b)),
-                        (a, b) => a.or(b),
-                    }
+                    Treatment::stronger_of(by_name, tainted.then_some(strongest).flatten())
                 };
                 Col {
                     type_oid: f.type_oid,

@@ -107,13 +107,13 @@ impl PgStatement {
 
 /// Statement types whose effect a policy can judge from their kind and the
 /// names in their tree alone: DDL, maintenance and grants that return no
-/// rows (so no column is read or masked) and carry no code to run later (no
+/// rows (so no column is read or masked), carry no code to run later (no
 /// trigger, rule or DO body; ALTER FUNCTION changes a routine's properties,
-/// not its code). CREATE FUNCTION / PROCEDURE carries code, but is judged as
-/// sqlparser's reading judges it: by kind and name, flagged as creating a
-/// routine, its body unread and no query whose rows go anywhere
-/// (CREATE TABLE AS, CREATE VIEW and COPY stay with sqlparser). Publications
-/// are left out: they export rows, `FOR ALL TABLES` without naming any.
+/// not its code) and no query whose rows go anywhere (CREATE TABLE AS,
+/// CREATE VIEW and COPY stay with sqlparser). CREATE FUNCTION / PROCEDURE
+/// carries code, but is judged as sqlparser's reading judges it: by kind and
+/// name, flagged as creating a routine, its body unread. Publications are
+/// left out: they export rows, `FOR ALL TABLES` without naming any.
 fn described_by_names(n: &NodeEnum) -> bool {
     use NodeEnum as N;
     match n {

@@ -88,6 +88,13 @@ impl PgNames {
         };
         let on_relations =
             |objtype: i32| matches!(O::try_from(objtype), Ok(O::ObjectTable | O::ObjectSequence));
+        // The table of a column named `[schema.]table.column`.
+        let column_table = |n: &protobuf::Node| {
+            parts(n).filter(|name| name.len() > 1).map(|mut name| {
+                name.pop();
+                name
+            })
+        };
         // A routine's name without its argument types, as our reading reports it.
         let routine = |f: &protobuf::ObjectWithArgs| -> Option<Vec<String>> {
             f.objname.iter().map(string).collect()
@@ -181,11 +188,8 @@ impl PgNames {
                     }
                 }
                 Ok(O::ObjectColumn) => {
-                    if let Some(mut name) = c.object.as_deref().and_then(parts)
-                        && name.len() > 1
-                    {
-                        name.pop();
-                        self.written(name);
+                    if let Some(table) = c.object.as_deref().and_then(column_table) {
+                        self.written(table);
                     }
                 }
                 Ok(_) if on_functions(c.objtype) => {
@@ -227,11 +231,9 @@ impl PgNames {
                 for o in options {
                     if let Some(N::DefElem(d)) = &o.node
                         && d.defname == "owned_by"
-                        && let Some(mut name) = d.arg.as_deref().and_then(parts)
-                        && name.len() > 1
+                        && let Some(table) = d.arg.as_deref().and_then(column_table)
                     {
-                        name.pop();
-                        self.relations.push(name);
+                        self.relations.push(table);
                     }
                 }
             }

@@ -21,9 +21,9 @@ use std::ops::{ControlFlow, Range};
 
 use sqlparser::ast::{
     AlterTableOperation, Assignment, AssignmentTarget, ColumnDef, ColumnOption, CommentObject,
-    CopySource, CopyTarget, CreateTableLikeKind, DiscardObject, DoUpdate, DropFunction, Expr,
-    FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, GrantObjects, Ident,
-    JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, ObjectType, OnConflictAction,
+    CopySource, CopyTarget, CreateFunction, CreateTableLikeKind, DiscardObject, DoUpdate,
+    DropFunction, Expr, FromTable, FunctionArg, FunctionArgExpr, FunctionArguments, GrantObjects,
+    Ident, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, ObjectType, OnConflictAction,
     OnInsert, Query, Reset, Select, SelectItem, SelectItemQualifiedWildcardKind, Set, SetExpr,
     Statement, TableConstraint, TableFactor, TableObject, TableWithJoins, Visit, Visitor,
 };
@@ -707,11 +707,8 @@ impl Visitor for Walker {
             // Creating, replacing, altering or dropping a routine is not
             // calling it, but a rule on the function holds for it (as for a
             // table's DDL), and doing so to a dangerous one is risky.
-            Statement::CreateFunction(f) => {
-                self.function(&f.name);
-                self.flags.push(Flag::CreatesRoutine);
-            }
-            Statement::CreateProcedure { name, .. } => {
+            Statement::CreateFunction(CreateFunction { name, .. })
+            | Statement::CreateProcedure { name, .. } => {
                 self.function(name);
                 self.flags.push(Flag::CreatesRoutine);
             }

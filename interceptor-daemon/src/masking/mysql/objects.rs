@@ -81,7 +81,7 @@ enum State {
 pub struct Reader {
     deprecate_eof: bool,
     state: State,
-    views: Vec<Definition>,
+    defs: Vec<Definition>,
     bytes: usize,
     error: Option<String>,
 }
@@ -91,7 +91,7 @@ impl Reader {
         Reader {
             deprecate_eof,
             state: State::Count,
-            views: Vec::new(),
+            defs: Vec::new(),
             bytes: 0,
             error: None,
         }
@@ -145,7 +145,7 @@ impl Reader {
             State::Rows if is_eof(p) => self.state = State::Done,
             State::Rows if p.len() >= MAX_PAYLOAD => {
                 // A definition of 16 MiB or more: past the budget anyway.
-                self.fail("a view definition longer than one packet");
+                self.fail("a definition longer than one packet");
                 self.state = State::Continued;
             }
             State::Rows => self.row(p),
@@ -186,7 +186,7 @@ impl Reader {
             self.bytes = self.bytes.saturating_add(d.len());
             (self.bytes <= BUDGET).then(|| String::from_utf8_lossy(d).into_owned())
         });
-        self.views.push(Definition {
+        self.defs.push(Definition {
             object,
             schema: String::from_utf8_lossy(schema).into_owned(),
             name: String::from_utf8_lossy(name).into_owned(),
@@ -194,13 +194,14 @@ impl Reader {
         });
     }
 
-    /// The views read, or why the answer could not be read (then no view
-    /// is known: the session masks by the globs and names alone).
+    /// The definitions read, or why the answer could not be read (then no
+    /// view or function is known: the session masks by the globs and names
+    /// alone).
     pub fn finish(self) -> Result<Vec<Definition>, String> {
         match self.error {
             Some(e) => Err(e),
             None if self.state != State::Done => Err("the answer ended early".into()),
-            None => Ok(self.views),
+            None => Ok(self.defs),
         }
     }
 }
@@ -223,7 +224,10 @@ fn err_text(p: &[u8]) -> String {
 pub struct Derived {
     views: HashSet<String>,
     functions: HashSet<String>,
-    /// Objects counted as masked because their definition could not be read.
+    /// Views and functions found masked.
+    masked: usize,
+    /// Of those, the ones counted as masked because their definition could
+    /// not be read.
     pub unread: usize,
 }
 
@@ -275,6 +279,7 @@ impl Derived {
                 }
                 masked[i] = true;
                 changed = true;
+                out.masked += 1;
                 if matches!(read[i], Read::Unread) {
                     out.unread += 1;
                 }
@@ -310,11 +315,11 @@ impl Derived {
 
     /// Masked views and functions.
     pub fn len(&self) -> usize {
-        self.views.len() + self.functions.len() / 2
+        self.masked
     }
 
     pub fn is_empty(&self) -> bool {
-        self.views.is_empty() && self.functions.is_empty()
+        self.masked == 0
     }
 }
 
@@ -465,7 +470,7 @@ mod tests {
         }
         assert!(m.contains("v_calls") && !m.contains("v_plain"));
         assert!(!m.contains("email_of"), "a function is not a view");
-        assert_eq!(m.unread, 1);
+        assert_eq!((m.len(), m.unread), (7, 1));
     }
 
     /// Packets of a text result set, as the server sends them.
