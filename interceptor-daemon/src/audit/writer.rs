@@ -1616,35 +1616,33 @@ mod tests {
     /// a loaded test run).
     #[tokio::test]
     async fn count_and_time_checkpoints() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut c = cfg(tmp.path());
-        c.segment_max_bytes = 1 << 30;
-        c.checkpoint_every_records = 10;
-        c.checkpoint_interval = Duration::from_secs(3600);
-        let (log, rep) = AuditLog::open(c).await.unwrap();
-        for i in 0..25 {
-            log.append(&sample_access(i)).await.unwrap();
+        // A log in one segment, checkpointed every `records` or `interval`,
+        // after `appended` records and 300 ms.
+        async fn checkpoints(
+            records: u64,
+            interval: Duration,
+            appended: u64,
+        ) -> crate::audit::verify::Report {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut c = cfg(tmp.path());
+            c.segment_max_bytes = 1 << 30;
+            c.checkpoint_every_records = records;
+            c.checkpoint_interval = interval;
+            let (log, rep) = AuditLog::open(c).await.unwrap();
+            for i in 0..appended {
+                log.append(&sample_access(i)).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let r = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap();
+            log.close().await.unwrap();
+            r
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
         // 1 genesis + 2 by count; the 5 after them wait for the timer.
-        let r = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap();
+        let r = checkpoints(10, Duration::from_secs(3600), 25).await;
         assert_eq!((r.checkpoints, r.unsigned_tail), (3, 5));
-        log.close().await.unwrap();
-
-        let tmp = tempfile::tempdir().unwrap();
-        let mut c = cfg(tmp.path());
-        c.segment_max_bytes = 1 << 30;
-        c.checkpoint_every_records = 1000;
-        c.checkpoint_interval = Duration::from_millis(50);
-        let (log, rep) = AuditLog::open(c).await.unwrap();
-        for i in 0..5 {
-            log.append(&sample_access(i)).await.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
         // Genesis, then the timer (more than once if appending was slow).
-        let r = crate::audit::verify_dir(tmp.path(), Some(&rep.public_key)).unwrap();
+        let r = checkpoints(1000, Duration::from_millis(50), 5).await;
         assert!(r.checkpoints >= 2, "{r:?}");
         assert_eq!(r.unsigned_tail, 0);
-        log.close().await.unwrap();
     }
 }

@@ -100,41 +100,40 @@ mod tests {
     #[test]
     fn mysql_statements() {
         use Kind::*;
-        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            kinds("SELECT * FROM `Orders` o JOIN shop.customers c ON o.c = c.id"),
-            vec![(Read, t(&["Orders", "shop.customers"]))]
-        );
-        assert_eq!(
-            kinds("DELETE FROM customers WHERE id = 1;"),
-            vec![(Write, t(&["customers"]))]
-        );
-        assert_eq!(
-            kinds("INSERT INTO orders VALUES (1, 'a') # trailing"),
-            vec![(Write, t(&["orders"]))]
-        );
-        assert_eq!(kinds("DROP TABLE customers")[0].0, Ddl);
-        // DDL names the tables it references: a foreign key's, in either form.
-        assert_eq!(
-            kinds(
-                "CREATE TABLE o (c INT REFERENCES customers (id), d INT, FOREIGN KEY (d) REFERENCES `shop`.`vault` (id))"
+        // (statement, its kind, the tables it names)
+        let cases: &[(&str, Kind, &[&str])] = &[
+            (
+                "SELECT * FROM `Orders` o JOIN shop.customers c ON o.c = c.id",
+                Read,
+                &["Orders", "shop.customers"],
             ),
-            vec![(Ddl, t(&["customers", "o", "shop.vault"]))]
-        );
-        assert_eq!(
-            kinds("ALTER TABLE o ADD CONSTRAINT fk FOREIGN KEY (c) REFERENCES customers (id)"),
-            vec![(Ddl, t(&["customers", "o"]))]
-        );
-        // Every table of a database (MySQL's schema), or of all of them.
-        assert_eq!(
-            kinds("GRANT SELECT ON shop.* TO 'app'@'%'"),
-            vec![(Dcl, t(&["shop.*"]))]
-        );
-        assert_eq!(
-            kinds("REVOKE ALL ON *.* FROM 'app'@'%'"),
-            vec![(Dcl, t(&["*.*"]))]
-        );
-        assert_eq!(kinds("DROP DATABASE shop"), vec![(Ddl, t(&["shop.*"]))]);
+            ("DELETE FROM customers WHERE id = 1;", Write, &["customers"]),
+            (
+                "INSERT INTO orders VALUES (1, 'a') # trailing",
+                Write,
+                &["orders"],
+            ),
+            // DDL names the tables it references: a foreign key's, in either form.
+            (
+                "CREATE TABLE o (c INT REFERENCES customers (id), d INT, FOREIGN KEY (d) REFERENCES `shop`.`vault` (id))",
+                Ddl,
+                &["customers", "o", "shop.vault"],
+            ),
+            (
+                "ALTER TABLE o ADD CONSTRAINT fk FOREIGN KEY (c) REFERENCES customers (id)",
+                Ddl,
+                &["customers", "o"],
+            ),
+            // Every table of a database (MySQL's schema), or of all of them.
+            ("GRANT SELECT ON shop.* TO 'app'@'%'", Dcl, &["shop.*"]),
+            ("REVOKE ALL ON *.* FROM 'app'@'%'", Dcl, &["*.*"]),
+            ("DROP DATABASE shop", Ddl, &["shop.*"]),
+        ];
+        for (sql, kind, tables) in cases {
+            let tables: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+            assert_eq!(kinds(sql), vec![(*kind, tables)], "{sql}");
+        }
+        assert_eq!(kinds("DROP TABLE customers")[0].0, Ddl);
         for bad in [
             "SELECT 1; DROP TABLE customers",
             "SELECT 1 /*!50000 , (SELECT secret FROM secrets) */",
